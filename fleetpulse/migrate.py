@@ -1,0 +1,54 @@
+"""Schema migrations: numbered SQL files applied once each, in order, under an advisory lock."""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+
+import psycopg
+
+from fleetpulse import partitions
+
+log = logging.getLogger(__name__)
+
+# Any 64-bit constant works; it only has to be the same for every process that migrates.
+_MIGRATION_LOCK_KEY = 0x666C656574_01
+
+
+def _migration_files() -> list[tuple[int, str, str]]:
+    files = resources.files("fleetpulse") / "schema"
+    found = []
+    for entry in files.iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text()))
+    return sorted(found)
+
+
+def migrate(database_url: str) -> list[str]:
+    """Apply pending migrations and create the partitions needed now; return what was applied."""
+    applied: list[str] = []
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for version, name, sql in _migration_files():
+                if version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(sql.encode())
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                        (version, name),
+                    )
+                log.info("applied migration %s", name)
+                applied.append(name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK_KEY,))
+        partitions.ensure_around_now(conn)
+    return applied

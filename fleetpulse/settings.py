@@ -1,0 +1,78 @@
+"""Server-side settings: one typed object, built once in main() and passed down.
+
+Every field reads ``FLEETPULSE_<NAME>`` from the environment; command-line flags override it.
+Without ``database_url`` / ``redis_url``, ``fleetpulse up`` starts embedded servers under
+``data_dir``; the standalone roles need the URLs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fleetpulse.errors import ConfigError
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "fleetpulse"
+
+
+class Settings(BaseSettings):
+    """Settings shared by the server roles (ingest, worker, api, migrate, up)."""
+
+    model_config = SettingsConfigDict(env_prefix="FLEETPULSE_", extra="forbid")
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    # Agents present it as `authorization: Bearer <token>` at register. Required by `ingest`;
+    # `up` generates one (kept in data_dir) when it is not set.
+    enrollment_token: SecretStr | None = None
+
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=9090, ge=0, le=65535)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+
+    # Redis Streams the batches are sharded over (by agent, so that one agent's batches keep their
+    # order). Fixed per Redis database at first use; see ingest/queue.py.
+    stream_shards: int = Field(default=4, ge=1, le=1024)
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    # An agent is offline after this many heartbeat intervals without one.
+    offline_after_heartbeats: int = Field(default=3, ge=1)
+    heartbeat_flush_interval_s: float = Field(default=2.0, gt=0)
+
+    worker_read_count: int = Field(default=200, ge=1)
+    worker_block_ms: int = Field(default=1000, ge=1)
+    worker_drain_timeout_s: float = Field(default=5.0, ge=0)
+    retention_days: int = Field(default=7, ge=1)
+    max_future_s: float = Field(default=3600.0, ge=0)
+
+    api_max_points: int = Field(default=200_000, ge=1)
+
+    @property
+    def offline_after_s(self) -> float:
+        return self.heartbeat_interval_s * self.offline_after_heartbeats
+
+    def require(self, *names: str) -> None:
+        """Fail fast with a one-line ConfigError when a needed setting is missing."""
+        for name in names:
+            if getattr(self, name) is None:
+                raise ConfigError(f"FLEETPULSE_{name.upper()} is not set (or pass --{name.replace('_', '-')})")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, then flags (``None`` overrides are ignored)."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "settings"
+        raise ConfigError(f"invalid setting {field}: {first['msg']}") from exc

@@ -1,0 +1,25 @@
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Optional as _Optional
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AgentEnvelope(_message.Message):
+    __slots__ = ("register", "heartbeat", "metrics")
+    REGISTER_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    register: bytes
+    heartbeat: bytes
+    metrics: bytes
+    def __init__(self, register: _Optional[bytes] = ..., heartbeat: _Optional[bytes] = ..., metrics: _Optional[bytes] = ...) -> None: ...
+
+class BatchHeader(_message.Message):
+    __slots__ = ("agent_id", "epoch", "sequence")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    epoch: int
+    sequence: int
+    def __init__(self, agent_id: _Optional[str] = ..., epoch: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
