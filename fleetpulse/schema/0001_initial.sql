@@ -64,10 +64,12 @@ CREATE TABLE agent_ingest (
     last_commit_at    timestamptz
 );
 
--- Points refused by the workers, per agent and reason: nothing rejected is silently lost.
+-- What the workers refused, per agent and reason: nothing rejected is silently lost. A batch that
+-- does not decode counts in `batches` (its points are unknown); refused points count in `points`.
 CREATE TABLE rejects (
     agent_id text NOT NULL,
     reason   text NOT NULL,
+    batches  bigint NOT NULL DEFAULT 0,
     points   bigint NOT NULL DEFAULT 0,
     last_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (agent_id, reason)

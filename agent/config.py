@@ -1,0 +1,246 @@
+"""The agent's YAML configuration, read once at startup into a frozen `AgentConfig`.
+
+The file format is the original plan's (``server.address``, ``server.tls``, ``agent.id``,
+``agent.collect_interval``) plus optional keys; a file written for the original agent loads
+unchanged. Every problem is a `ConfigError` with one line naming the file and the key, so that the
+agent exits with status 2 and a message the operator can act on. Unknown keys only log a warning:
+a newer config file must still start an older agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fleetpulse.agent.collectors import COLLECTORS
+from fleetpulse.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# The name of the variable, not a secret.
+ENROLLMENT_TOKEN_ENV = "FLEETPULSE_ENROLLMENT_TOKEN"  # noqa: S105
+
+DEFAULT_SERVER_ADDRESS = "localhost:9090"
+DEFAULT_COLLECT_INTERVAL_S = 30.0
+DEFAULT_HEARTBEAT_INTERVAL_S = 10.0
+DEFAULT_STATE_ROOT = "~/.local/state/fleetpulse-agent"
+
+_TOP_LEVEL_KEYS = frozenset({"server", "agent"})
+_SERVER_KEYS = frozenset({"address", "tls", "enrollment_token", "tls_ca_file"})
+_AGENT_KEYS = frozenset({"id", "collect_interval", "heartbeat_interval", "state_dir", "collectors"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentConfig:
+    """Everything the agent process needs from its config file and environment."""
+
+    server_address: str = DEFAULT_SERVER_ADDRESS
+    server_tls: bool = False
+    enrollment_token: str | None = None
+    tls_ca_file: str | None = None
+    agent_id: str
+    collect_interval_s: float = DEFAULT_COLLECT_INTERVAL_S
+    heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
+    # No default: the default depends on agent_id, and load_config() is what computes it.
+    state_dir: Path
+    # None enables every collector, including ones added in later versions.
+    collectors: frozenset[str] | None = None
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read and validate the agent config file; raise `ConfigError` with a one-line reason."""
+    if env is None:
+        env = os.environ
+    source = str(path)
+    document = _read_yaml(Path(path), source)
+
+    if document is None:  # an empty file
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError(
+            f"{source}: top level must be a mapping with server and agent sections, "
+            f"got {_type_name(document)}"
+        )
+    server = _section(document, "server", source)
+    agent = _section(document, "agent", source)
+    _warn_unknown(source, "", document, _TOP_LEVEL_KEYS)
+    _warn_unknown(source, "server.", server, _SERVER_KEYS)
+    _warn_unknown(source, "agent.", agent, _AGENT_KEYS)
+
+    if "id" not in agent:
+        raise ConfigError(f"{source}: missing required key agent.id")
+    agent_id = _non_empty_string(agent["id"], "agent.id", source)
+
+    enrollment_token = _enrollment_token(server.get("enrollment_token"), source)
+    if enrollment_token is None:
+        # An empty variable counts as unset: `FLEETPULSE_ENROLLMENT_TOKEN= agent ...` is how a
+        # shell clears it.
+        enrollment_token = env.get(ENROLLMENT_TOKEN_ENV) or None
+
+    server_tls = _boolean(_get(server, "tls", False), "server.tls", source)
+    tls_ca_file = _tls_ca_file(server.get("tls_ca_file"), server_tls, source)
+
+    return AgentConfig(
+        server_address=_non_empty_string(
+            _get(server, "address", DEFAULT_SERVER_ADDRESS), "server.address", source
+        ),
+        server_tls=server_tls,
+        enrollment_token=enrollment_token,
+        tls_ca_file=tls_ca_file,
+        agent_id=agent_id,
+        collect_interval_s=_positive_number(
+            _get(agent, "collect_interval", DEFAULT_COLLECT_INTERVAL_S),
+            "agent.collect_interval",
+            source,
+        ),
+        heartbeat_interval_s=_positive_number(
+            _get(agent, "heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL_S),
+            "agent.heartbeat_interval",
+            source,
+        ),
+        state_dir=_state_dir(agent.get("state_dir"), agent_id, source),
+        collectors=_collectors(agent.get("collectors"), source),
+    )
+
+
+def _read_yaml(path: Path, source: str) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read file: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: cannot read file: not UTF-8 text ({exc})") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = exc.problem or exc.context or "syntax error"
+        raise ConfigError(f"{source}: not valid YAML{where}: {_one_line(problem)}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {_one_line(str(exc))}") from exc
+
+
+def _section(document: dict[Any, Any], key: str, source: str) -> dict[Any, Any]:
+    value = document.get(key)
+    if value is None:  # absent, or `server:` with nothing under it
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: {key} must be a mapping, got {_type_name(value)}")
+    return value
+
+
+def _warn_unknown(source: str, prefix: str, section: dict[Any, Any], known: frozenset[str]) -> None:
+    unknown = sorted(f"{prefix}{key}" for key in section if key not in known)
+    if unknown:
+        logger.warning("%s: ignoring unknown keys: %s", source, ", ".join(unknown))
+
+
+def _get(section: dict[Any, Any], key: str, default: Any) -> Any:
+    # `collect_interval:` with nothing after it reads as null; it means "not set", not "invalid".
+    value = section.get(key)
+    return default if value is None else value
+
+
+def _enrollment_token(value: Any, source: str) -> str | None:
+    if value is None:
+        return None
+    # The value is left out of the messages: it may be a secret, and messages end up in logs.
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{source}: server.enrollment_token must be a string, got {type(value).__name__}"
+        )
+    if not value.strip():
+        raise ConfigError(f"{source}: server.enrollment_token must not be empty")
+    return value
+
+
+def _non_empty_string(value: Any, key: str, source: str) -> str:
+    # Numbers are refused rather than converted: YAML reads `id: 007` as the integer 7, and an
+    # agent silently renamed is worse than one that asks for quotes.
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{source}: {key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _optional_string(value: Any, key: str, source: str) -> str | None:
+    if value is None:
+        return None
+    return _non_empty_string(value, key, source)
+
+
+def _boolean(value: Any, key: str, source: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+    return value
+
+
+def _positive_number(value: Any, key: str, source: str) -> float:
+    # bool is an int subclass; `collect_interval: true` is a mistake, not 1 second.
+    seconds = math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer beyond float range
+            seconds = math.inf
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{source}: {key} must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def _tls_ca_file(value: Any, server_tls: bool, source: str) -> str | None:
+    name = _optional_string(value, "server.tls_ca_file", source)
+    if name is None:
+        return None
+    if not server_tls:
+        logger.warning("%s: server.tls_ca_file is ignored because server.tls is false", source)
+        return name
+    # Checked here so that a typo fails at startup with the key's name, not at the first connect.
+    ca_file = Path(name).expanduser()
+    if not ca_file.is_file():
+        raise ConfigError(f"{source}: server.tls_ca_file {name!r} is not a readable file")
+    return str(ca_file)
+
+
+def _state_dir(value: Any, agent_id: str, source: str) -> Path:
+    if value is not None:
+        return Path(_non_empty_string(value, "agent.state_dir", source)).expanduser()
+    # The agent id becomes a path component here, so it must not climb out of the state root.
+    if "/" in agent_id or "\\" in agent_id or "\0" in agent_id or agent_id in {".", ".."}:
+        raise ConfigError(
+            f"{source}: agent.id {agent_id!r} cannot name the default state directory; "
+            "set agent.state_dir"
+        )
+    return Path(DEFAULT_STATE_ROOT).expanduser() / agent_id
+
+
+def _collectors(value: Any, source: str) -> frozenset[str] | None:
+    if value is None:
+        return None
+    valid = ", ".join(sorted(COLLECTORS))
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise ConfigError(
+            f"{source}: agent.collectors must be a list of collector names ({valid}), got {value!r}"
+        )
+    unknown = sorted(set(value) - COLLECTORS.keys())
+    if unknown:
+        raise ConfigError(
+            f"{source}: agent.collectors has unknown collectors {', '.join(unknown)}; "
+            f"valid: {valid}"
+        )
+    return frozenset(value)
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -1,0 +1,250 @@
+"""The agent daemon: one gRPC stream to the platform, held open for as long as the agent runs.
+
+Per stream: register, replay every unacknowledged batch in sequence order, then heartbeat every
+heartbeat_interval_s and send each new batch as it is collected. A batch leaves memory only when
+the platform acked it (it is then durably queued). When the stream breaks, the agent reconnects
+with full-jitter backoff and replays. First version: the unacknowledged batches live in a bounded
+in-memory buffer (oldest dropped and counted when full); the on-disk spool replaces it later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import platform
+import signal
+import socket
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import grpc
+
+from fleetpulse import __version__
+from fleetpulse.agent.backoff import Backoff
+from fleetpulse.agent.collectors import collect
+from fleetpulse.agent.config import AgentConfig
+from fleetpulse.agent.report import SentReport
+from fleetpulse.proto import agent_pb2, common_pb2, metric_pb2
+
+log = logging.getLogger(__name__)
+
+CONNECT_METHOD = "/proto.AgentService/Connect"
+MAX_UNACKED_BATCHES = 10_000
+SHUTDOWN_FLUSH_S = 3.0
+# A session that stayed up this long resets the backoff.
+STABLE_SESSION_S = 10.0
+
+
+class StreamClosed(Exception):
+    """The server ended the stream or answered something unexpected."""
+
+
+class AgentDaemon:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.epoch = int(time.time() * 1000)
+        self._next_seq = 1
+        # seq -> (serialized AgentMessage, points); insertion order is sequence order.
+        self._unacked: OrderedDict[int, tuple[bytes, int]] = OrderedDict()
+        self._new_batch = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self.report = SentReport(config.agent_id)
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.report_path: Path = config.state_dir / "sent.json"
+        self.collector_errors: dict[str, str] = {}
+
+    # -- collection -------------------------------------------------------------------------
+    def collect_batch(self) -> None:
+        """Collect once and queue the result as the next batch of this epoch."""
+        samples, errors = collect(self.config.collectors)
+        for name, error in errors.items():
+            if self.collector_errors.get(name) != error:
+                log.warning("collector %s failed: %s", name, error)
+        self.collector_errors = errors
+        if not samples:
+            return
+        now = time.time()
+        stamp = common_pb2.Timestamp(seconds=int(now), nanos=int((now % 1) * 1e9))
+        seq = self._next_seq
+        self._next_seq += 1
+        batch = metric_pb2.MetricBatch(
+            agent_id=self.config.agent_id,
+            epoch=self.epoch,
+            sequence=seq,
+            metrics=[
+                metric_pb2.MetricPoint(name=name, value=value, timestamp=stamp, labels=labels)
+                for name, value, labels in samples
+            ],
+        )
+        message = agent_pb2.AgentMessage(metrics=batch).SerializeToString()
+        if len(self._unacked) >= MAX_UNACKED_BATCHES:
+            dropped_seq, (_, dropped_points) = self._unacked.popitem(last=False)
+            self.report.dropped(self.epoch, dropped_points)
+            log.warning("buffer full: dropped batch %d (%d points)", dropped_seq, dropped_points)
+        self._unacked[seq] = (message, len(samples))
+        self.report.sent(self.epoch, seq, len(samples))
+        self._new_batch.set()
+
+    async def _collect_forever(self) -> None:
+        interval_s = self.config.collect_interval_s
+        next_at = time.monotonic()
+        while not self._stopping.is_set():
+            try:
+                self.collect_batch()
+            except Exception:
+                log.exception("collection failed")  # never let one bad collection end the agent
+            next_at += interval_s
+            delay_s = max(0.0, next_at - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay_s)
+
+    # -- the stream ---------------------------------------------------------------------------
+    def _channel(self) -> grpc.aio.Channel:
+        if self.config.server_tls:
+            root = Path(self.config.tls_ca_file).read_bytes() if self.config.tls_ca_file else None
+            return grpc.aio.secure_channel(
+                self.config.server_address, grpc.ssl_channel_credentials(root_certificates=root)
+            )
+        return grpc.aio.insecure_channel(self.config.server_address)
+
+    def _register_message(self) -> bytes:
+        return agent_pb2.AgentMessage(
+            register=agent_pb2.AgentRegister(
+                agent_id=self.config.agent_id,
+                hostname=socket.gethostname(),
+                os=platform.system().lower(),
+                arch=platform.machine(),
+                version=__version__,
+            )
+        ).SerializeToString()
+
+    async def _session(self, channel: grpc.aio.Channel) -> None:
+        # Requests go out as bytes: batches are serialized once, when collected, and resent as is.
+        connect = channel.stream_stream(
+            CONNECT_METHOD,
+            request_serializer=None,
+            response_deserializer=agent_pb2.ServerMessage.FromString,
+        )
+        metadata = []
+        if self.config.enrollment_token:
+            metadata.append(("authorization", f"Bearer {self.config.enrollment_token}"))
+        call = connect(metadata=tuple(metadata))
+        try:
+            await call.write(self._register_message())
+            first = await call.read()
+            if first is grpc.aio.EOF or not first.register_response.success:
+                raise StreamClosed(f"register refused: {first}")
+            log.info("registered as %s with %s", self.config.agent_id, self.config.server_address)
+            reader = asyncio.create_task(self._read_acks(call))
+            try:
+                await self._send_loop(call, reader)
+            finally:
+                reader.cancel()
+        finally:
+            call.cancel()
+
+    async def _send_loop(self, call: grpc.aio.StreamStreamCall, reader: asyncio.Task[None]) -> None:
+        sent_up_to = 0  # replay everything unacked first: the new stream has seen nothing
+        next_heartbeat = time.monotonic()
+        while True:
+            # Cleared before sending, so a batch collected while a write awaits still wakes us.
+            self._new_batch.clear()
+            for seq, (message, _) in list(self._unacked.items()):
+                if seq > sent_up_to:
+                    await call.write(message)
+                    sent_up_to = seq
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                heartbeat = agent_pb2.Heartbeat(
+                    agent_id=self.config.agent_id,
+                    timestamp=common_pb2.Timestamp(seconds=int(time.time())),
+                )
+                await call.write(agent_pb2.AgentMessage(heartbeat=heartbeat).SerializeToString())
+                next_heartbeat = now + self.config.heartbeat_interval_s
+            if self._stopping.is_set() and not self._unacked:
+                await call.done_writing()
+                return
+            wakeup = asyncio.create_task(self._new_batch.wait())
+            done, _ = await asyncio.wait(
+                {wakeup, reader},
+                timeout=max(0.0, next_heartbeat - time.monotonic()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            wakeup.cancel()
+            if reader in done:
+                reader.result()  # re-raises the stream's error
+                raise StreamClosed("server closed the stream")
+
+    async def _read_acks(self, call: grpc.aio.StreamStreamCall) -> None:
+        while True:
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                return
+            case = response.WhichOneof("message")
+            if case == "metric_ack":
+                ack = response.metric_ack
+                if not ack.success:
+                    log.warning("batch %d refused: %s", ack.sequence, ack.error)
+                    continue
+                if ack.epoch == self.epoch:
+                    entry = self._unacked.pop(ack.sequence, None)
+                    if entry is not None:
+                        self.report.acked(self.epoch, entry[1])
+                        self.report.write(self.report_path)
+                if not self._unacked:
+                    self._new_batch.set()  # wake the sender: it may be waiting to finish
+            elif case == "heartbeat_ack":
+                continue
+
+    async def _connect_forever(self) -> None:
+        backoff = Backoff()
+        while not self._stopping.is_set() or self._unacked:
+            started = time.monotonic()
+            async with self._channel() as channel:
+                try:
+                    await self._session(channel)
+                    if self._stopping.is_set():
+                        return
+                except grpc.aio.AioRpcError as exc:
+                    log.warning(
+                        "stream to %s failed: %s %s",
+                        self.config.server_address,
+                        exc.code().name,
+                        exc.details(),
+                    )
+                except StreamClosed as exc:
+                    log.warning("stream to %s closed: %s", self.config.server_address, exc)
+            if self._stopping.is_set():
+                return  # shutting down: do not wait through a backoff
+            if time.monotonic() - started > STABLE_SESSION_S:
+                backoff.reset()
+            delay_s = backoff.next_delay_s()
+            log.info("reconnecting in %.1f s", delay_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay_s)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        self.report.write(self.report_path)
+        collector = asyncio.create_task(self._collect_forever())
+        connection = asyncio.create_task(self._connect_forever())
+        await self._stopping.wait()
+        log.info("stopping: flushing %d unacknowledged batches", len(self._unacked))
+        await collector
+        self._new_batch.set()
+        try:
+            await asyncio.wait_for(connection, timeout=SHUTDOWN_FLUSH_S)
+        except TimeoutError:
+            log.warning("%d batches still unacknowledged at exit", len(self._unacked))
+        self.report.write(self.report_path)
+
+
+def main(config: AgentConfig) -> None:
+    from fleetpulse.lifecycle import set_process_title
+
+    set_process_title(f"fleetpulse agent {config.agent_id}")
+    asyncio.run(AgentDaemon(config).run())

@@ -1,0 +1,61 @@
+"""What the agent says it sent: the account an operator (or the e2e test, or an audit) compares
+with what the platform stored.
+
+Kept per epoch as a sequence range and point counts, written atomically (temp file + rename) to
+``<state_dir>/sent.json`` so a reader never sees a torn file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class EpochAccount:
+    first_seq: int = 0
+    last_seq: int = 0
+    batches_sent: int = 0
+    points_sent: int = 0
+    batches_acked: int = 0
+    points_acked: int = 0
+    batches_dropped: int = 0
+    points_dropped: int = 0
+
+
+@dataclass
+class SentReport:
+    agent_id: str
+    epochs: dict[int, EpochAccount] = field(default_factory=dict)
+
+    def sent(self, epoch: int, seq: int, points: int) -> None:
+        account = self.epochs.setdefault(epoch, EpochAccount(first_seq=seq))
+        account.last_seq = seq
+        account.batches_sent += 1
+        account.points_sent += points
+
+    def acked(self, epoch: int, points: int) -> None:
+        account = self.epochs[epoch]
+        account.batches_acked += 1
+        account.points_acked += points
+
+    def dropped(self, epoch: int, points: int) -> None:
+        account = self.epochs[epoch]
+        account.batches_dropped += 1
+        account.points_dropped += points
+
+    def write(self, path: Path) -> None:
+        payload = {
+            "agent_id": self.agent_id,
+            "epochs": {str(epoch): asdict(account) for epoch, account in self.epochs.items()},
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+
+
+def read_report(path: Path) -> dict[str, object]:
+    data: dict[str, object] = json.loads(path.read_text())
+    return data

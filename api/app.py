@@ -1,0 +1,109 @@
+"""The read API process: the FastAPI app, its PostgreSQL pool, and the uvicorn server around it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from typing import Any
+
+import psycopg
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from fleetpulse.api import agents
+from fleetpulse.api.schemas import HealthPublic
+from fleetpulse.errors import RetryableError
+from fleetpulse.settings import Settings
+
+log = logging.getLogger(__name__)
+
+POOL_MIN_SIZE = 1
+POOL_MAX_SIZE = 8
+# Load balancers probe often and give up quickly; answer before they do.
+HEALTH_TIMEOUT_S = 2.0
+
+
+async def _configure_connection(conn: AsyncConnection[Any]) -> None:
+    # Each read is one statement, so autocommit (no transaction left open between requests); UTC
+    # so that timestamps leave the API in one zone whatever the server's TimeZone setting is.
+    await conn.set_autocommit(True)
+    await conn.execute("SET TimeZone = 'UTC'")
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The API app; its lifespan opens the connection pool (and fails startup without a database)."""
+    settings.require("database_url")
+    conninfo = settings.database_url
+    assert conninfo is not None  # require() above
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+            conninfo,
+            min_size=POOL_MIN_SIZE,
+            max_size=POOL_MAX_SIZE,
+            open=False,
+            configure=_configure_connection,
+            # One round trip per checkout, so that the first request after a database restart gets a
+            # fresh connection instead of a 500.
+            check=AsyncConnectionPool.check_connection,
+            name="api",
+        )
+        await pool.open(wait=True)
+        app.state.pool = pool
+        log.info("api pool open (%d-%d connections)", POOL_MIN_SIZE, POOL_MAX_SIZE)
+        try:
+            yield
+        finally:
+            await pool.close()
+            log.info("api pool closed")
+
+    app = FastAPI(title="fleetpulse", lifespan=lifespan)
+    app.state.settings = settings
+
+    @app.get(
+        "/healthz",
+        response_model_exclude_none=True,
+        responses={503: {"model": HealthPublic, "description": "The database is unreachable"}},
+        tags=["health"],
+    )
+    async def get_health(request: Request, response: Response) -> HealthPublic:
+        """200 when the database answers ``SELECT 1`` through the pool, else 503."""
+        pool: AsyncConnectionPool[AsyncConnection[Any]] = request.app.state.pool
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S), pool.connection() as conn:
+                await conn.execute("SELECT 1")
+        except (psycopg.Error, TimeoutError) as exc:
+            log.warning("health check failed: %s", exc)
+            response.status_code = HTTPStatus.SERVICE_UNAVAILABLE
+            return HealthPublic(status="unavailable", error=_one_line(exc))
+        return HealthPublic(status="ok")
+
+    app.include_router(agents.router)
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Serve the API on api_host:api_port until SIGTERM or SIGINT (uvicorn's graceful shutdown)."""
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level="warning",
+        # "on", not "auto": a lifespan that fails (no database) must stop the server, not be ignored.
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        raise RetryableError("the API did not start; uvicorn logged why")

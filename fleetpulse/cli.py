@@ -1,0 +1,221 @@
+"""The ``fleetpulse`` command: one subcommand per role, plus ``up`` which runs them all.
+
+Imports are lazy so that ``fleetpulse agent`` works on a host with only the ``agent`` extra.
+Settings come from ``FLEETPULSE_*`` environment variables; flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fleetpulse import __version__
+from fleetpulse.errors import ConfigError
+
+log = logging.getLogger("fleetpulse")
+
+_EXTRA_OF_MODULE = {
+    "psycopg": "server",
+    "psycopg_pool": "server",
+    "redis": "server",
+    "fastapi": "server",
+    "uvicorn": "server",
+    "uvloop": "server",
+    "pydantic_settings": "server",
+    "numpy": "server",
+    "orjson": "server",
+    "grpc": "agent",
+    "psutil": "agent",
+    "yaml": "agent",
+}
+
+
+def _configure_logging(level: str, role: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s %(levelname)s [{role}] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _server_settings(args: argparse.Namespace) -> Any:
+    from fleetpulse.settings import load_settings
+
+    flags = {
+        name: getattr(args, name, None)
+        for name in (
+            "database_url",
+            "redis_url",
+            "data_dir",
+            "grpc_host",
+            "grpc_port",
+            "api_host",
+            "api_port",
+            "stream_shards",
+            "heartbeat_interval_s",
+        )
+    }
+    return load_settings(**flags)
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from fleetpulse.migrate import migrate
+
+    settings = _server_settings(args)
+    settings.require("database_url")
+    applied = migrate(settings.database_url)
+    log.info("schema up to date (%d migrations applied now)", len(applied))
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from fleetpulse.ingest import frontend
+    from fleetpulse.lifecycle import set_process_title
+
+    set_process_title("fleetpulse ingest")
+    frontend.main(_server_settings(args))
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from fleetpulse.ingest import worker
+
+    worker.main(_server_settings(args), index=args.index, count=args.of)
+    return 0
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    from fleetpulse.api.app import serve
+    from fleetpulse.lifecycle import set_process_title
+
+    settings = _server_settings(args)
+    settings.require("database_url")
+    set_process_title("fleetpulse api")
+    serve(settings)
+    return 0
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from fleetpulse.agent import daemon
+    from fleetpulse.agent.config import load_config
+
+    daemon.main(load_config(args.config))
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from fleetpulse.lifecycle import set_process_title
+    from fleetpulse.supervisor import Supervisor
+
+    settings = _server_settings(args)
+    set_process_title("fleetpulse up")
+    supervisor = Supervisor(
+        settings,
+        agents=args.agents,
+        workers=args.workers,
+        collect_interval_s=args.collect_interval,
+        log_level=args.log_level,
+        out=sys.stdout,
+    )
+    return supervisor.run()
+
+
+def _add_server_flags(
+    parser: argparse.ArgumentParser, *, grpc: bool = False, api: bool = False
+) -> None:
+    parser.add_argument("--database-url", help="PostgreSQL URL (env FLEETPULSE_DATABASE_URL)")
+    parser.add_argument("--redis-url", help="Redis URL (env FLEETPULSE_REDIS_URL)")
+    parser.add_argument("--stream-shards", type=int, help="Redis Streams to shard batches over")
+    parser.add_argument(
+        "--heartbeat-interval",
+        dest="heartbeat_interval_s",
+        type=float,
+        help="expected agent heartbeat interval in seconds (env FLEETPULSE_HEARTBEAT_INTERVAL_S)",
+    )
+    if grpc:
+        parser.add_argument("--grpc-host", help="gRPC listen address (default 127.0.0.1)")
+        parser.add_argument("--grpc-port", type=int, help="gRPC port (default 9090)")
+    if api:
+        parser.add_argument("--api-host", help="API listen address (default 127.0.0.1)")
+        parser.add_argument("--api-port", type=int, help="API port (default 8000)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fleetpulse", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fleetpulse {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("FLEETPULSE_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser(
+        "up", help="run everything on this machine (embedded PostgreSQL and Redis by default)"
+    )
+    _add_server_flags(up, grpc=True, api=True)
+    up.add_argument(
+        "--data-dir", type=Path, help="where embedded data lives (env FLEETPULSE_DATA_DIR)"
+    )
+    up.add_argument("--agents", type=int, default=0, help="local agents to start (default 0)")
+    up.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    up.add_argument(
+        "--collect-interval",
+        type=float,
+        default=10.0,
+        help="collect interval of the local agents, seconds (default 10)",
+    )
+    up.set_defaults(handler=_cmd_up)
+
+    ingest = sub.add_parser("ingest", help="run the gRPC ingest front-end")
+    _add_server_flags(ingest, grpc=True)
+    ingest.set_defaults(handler=_cmd_ingest)
+
+    worker = sub.add_parser("worker", help="run one worker (Redis Streams -> PostgreSQL)")
+    _add_server_flags(worker)
+    worker.add_argument(
+        "--index", type=int, default=1, help="this worker's number, for its consumer name"
+    )
+    worker.add_argument("--of", type=int, default=1, help="how many workers run on this host")
+    worker.set_defaults(handler=_cmd_worker)
+
+    api = sub.add_parser("api", help="run the HTTP API")
+    _add_server_flags(api, api=True)
+    api.set_defaults(handler=_cmd_api)
+
+    migrate = sub.add_parser("migrate", help="create or upgrade the PostgreSQL schema")
+    _add_server_flags(migrate)
+    migrate.set_defaults(handler=_cmd_migrate)
+
+    agent = sub.add_parser("agent", help="run the host agent")
+    agent.add_argument("--config", required=True, type=Path, help="agent YAML config file")
+    agent.set_defaults(handler=_cmd_agent)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level, args.command)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"fleetpulse {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except ModuleNotFoundError as exc:
+        extra = _EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"fleetpulse {args.command}: missing dependency {exc.name!r}; "
+            f"install it with: pip install 'fleetpulse[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        return 130

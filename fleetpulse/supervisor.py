@@ -1,0 +1,299 @@
+"""``fleetpulse up``: the whole platform on one machine, started and stopped in order.
+
+Start: embedded PostgreSQL and Redis (unless URLs are given), migrations, then the ingest
+front-end, the workers and the API as child processes, then the local agents. Stop (Ctrl-C or
+SIGTERM), in the order that loses nothing: agents first (they flush what is unacknowledged), then
+the front-end (no new batches), then the workers (they drain the streams into PostgreSQL), then
+the API, Redis and PostgreSQL. Children run in their own session, so a terminal's Ctrl-C reaches
+only this process, which then stops them in that order; each child also gets SIGTERM if this
+process dies (PR_SET_PDEATHSIG), so none is left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import yaml
+from pydantic import SecretStr
+
+from fleetpulse import lifecycle
+from fleetpulse.embedded import EmbeddedPostgres, EmbeddedRedis
+from fleetpulse.errors import ConfigError
+from fleetpulse.migrate import migrate
+from fleetpulse.settings import Settings
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    stop_timeout_s: float
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        agents: int,
+        workers: int,
+        collect_interval_s: float,
+        log_level: str,
+        out: TextIO,
+    ) -> None:
+        if agents < 0 or workers < 1:
+            raise ConfigError("--agents must be >= 0 and --workers >= 1")
+        self.settings = settings
+        self.agents = agents
+        self.workers = workers
+        self.collect_interval_s = collect_interval_s
+        self.log_level = log_level
+        self.out = out
+        self._stop = threading.Event()
+        self._pg: EmbeddedPostgres | None = None
+        self._redis: EmbeddedRedis | None = None
+        self._children: dict[str, list[Child]] = {
+            "agents": [],
+            "ingest": [],
+            "workers": [],
+            "api": [],
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def run(self) -> int:
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        status = 0
+        try:
+            self._start()
+            if not self._stop.is_set():
+                status = self._watch()
+        finally:
+            self._shutdown()
+        return status
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._stop.set()
+
+    def _start(self) -> None:
+        settings = self.settings
+        data_dir = settings.data_dir.expanduser().resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        updates: dict[str, object] = {"data_dir": data_dir}
+        if settings.database_url is None:
+            self._pg = EmbeddedPostgres(data_dir)
+            updates["database_url"] = self._pg.start()
+        if settings.redis_url is None:
+            self._redis = EmbeddedRedis(data_dir)
+            updates["redis_url"] = self._redis.start()
+        if settings.enrollment_token is None:
+            updates["enrollment_token"] = SecretStr(_stored_token(data_dir))
+        self.settings = settings = settings.model_copy(update=updates)
+        assert settings.database_url
+        migrate(settings.database_url)
+
+        self._spawn("ingest", "ingest", ["ingest"], stop_timeout_s=5.0)
+        for index in range(1, self.workers + 1):
+            self._spawn(
+                "workers",
+                f"worker {index}/{self.workers}",
+                ["worker", "--index", str(index), "--of", str(self.workers)],
+                stop_timeout_s=settings.worker_drain_timeout_s + 5.0,
+            )
+        self._spawn("api", "api", ["api"], stop_timeout_s=5.0)
+        self._wait_ready()
+        agent_ids = [self._spawn_agent(index) for index in range(1, self.agents + 1)]
+        self._banner(agent_ids)
+
+    def _watch(self) -> int:
+        while not self._stop.wait(0.2):
+            for child in self._all_children():
+                assert child.proc is not None
+                code = child.proc.poll()
+                if code is not None:
+                    log.error(
+                        "%s exited unexpectedly with status %s; stopping everything",
+                        child.name,
+                        code,
+                    )
+                    return 1
+        return 0
+
+    def _shutdown(self) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the drain short
+        started = time.monotonic()
+        for group in ("agents", "ingest", "workers", "api"):
+            _stop_all(self._children[group])
+        if self._redis is not None:
+            self._redis.stop()
+        if self._pg is not None:
+            self._pg.stop()
+        log.info("stopped in %.1f s", time.monotonic() - started)
+
+    # -- children ----------------------------------------------------------------------------
+    def _child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for name, value in self.settings.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"FLEETPULSE_{name.upper()}"] = str(value)
+        return env
+
+    def _spawn(self, group: str, name: str, args: list[str], stop_timeout_s: float) -> Child:
+        child = Child(
+            name,
+            [sys.executable, "-m", "fleetpulse", "--log-level", self.log_level, *args],
+            stop_timeout_s,
+        )
+        child.proc = subprocess.Popen(
+            child.argv,
+            env=self._child_env(),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=lifecycle.die_with_parent,
+        )
+        self._children[group].append(child)
+        return child
+
+    def _spawn_agent(self, index: int) -> str:
+        agent_id = f"{socket.gethostname()}-local-{index}"
+        state_dir = self.settings.data_dir / "agents" / agent_id
+        state_dir.mkdir(parents=True, exist_ok=True)
+        config_path = state_dir / "agent.yaml"
+        config_path.write_text(
+            yaml.safe_dump(
+                {
+                    "server": {
+                        "address": f"{_connect_host(self.settings.grpc_host)}:{self.settings.grpc_port}",
+                        "tls": False,
+                    },
+                    "agent": {
+                        "id": agent_id,
+                        "collect_interval": self.collect_interval_s,
+                        "heartbeat_interval": self.settings.heartbeat_interval_s,
+                        "state_dir": str(state_dir),
+                    },
+                },
+                sort_keys=False,
+            )
+        )
+        self._spawn(
+            "agents",
+            f"agent {agent_id}",
+            ["agent", "--config", str(config_path)],
+            stop_timeout_s=8.0,
+        )
+        return agent_id
+
+    def _all_children(self) -> list[Child]:
+        return [child for group in self._children.values() for child in group]
+
+    def _wait_ready(self) -> None:
+        settings = self.settings
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        grpc_ready = api_ready = False
+        while not (grpc_ready and api_ready):
+            if self._stop.is_set():
+                return
+            for child in self._all_children():
+                assert child.proc is not None
+                if child.proc.poll() is not None:
+                    raise ConfigError(
+                        f"{child.name} exited at startup with status {child.proc.returncode}"
+                    )
+            if time.monotonic() > deadline:
+                raise ConfigError(f"the platform did not become ready in {READY_TIMEOUT_S:.0f} s")
+            grpc_ready = grpc_ready or _port_open(
+                _connect_host(settings.grpc_host), settings.grpc_port
+            )
+            api_ready = api_ready or _http_ok(f"{self.api_url}/healthz")
+            time.sleep(0.1)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{_connect_host(self.settings.api_host)}:{self.settings.api_port}"
+
+    def _banner(self, agent_ids: list[str]) -> None:
+        s = self.settings
+        token = s.enrollment_token.get_secret_value() if s.enrollment_token else ""
+        lines = [
+            "fleetpulse is up",
+            f"  API              {self.api_url}  (docs: {self.api_url}/docs)",
+            f"  ingest (gRPC)    {s.grpc_host}:{s.grpc_port}",
+            f"  data dir         {s.data_dir}",
+            f"  PostgreSQL       {'embedded' if self._pg else 'external'}",
+            f"  Redis            {'embedded' if self._redis else 'external'}",
+            f"  workers          {self.workers}",
+            f"  enrollment token {token}",
+            f"  local agents     {', '.join(agent_ids) if agent_ids else 'none'}",
+            "Press Ctrl-C to stop.",
+        ]
+        self.out.write("\n".join(lines) + "\n")
+        self.out.flush()
+
+
+def _stop_all(children: list[Child]) -> None:
+    """SIGTERM every child of a group, then wait for all (SIGKILL after their timeout)."""
+    for child in children:
+        if child.proc is not None and child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+    for child in children:
+        if child.proc is None:
+            continue
+        try:
+            child.proc.wait(child.stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0f s; killing it", child.name, child.stop_timeout_s)
+            child.proc.kill()
+            child.proc.wait()
+
+
+def _stored_token(data_dir: Path) -> str:
+    """The enrollment token kept in the data dir (0600), created on first use."""
+    path = data_dir / "enrollment_token"
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token
+
+
+def _connect_host(listen_host: str) -> str:
+    return "127.0.0.1" if listen_host in ("0.0.0.0", "", "::") else listen_host  # noqa: S104
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - our own URL
+            return bool(response.status == 200)
+    except OSError:
+        return False

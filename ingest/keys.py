@@ -1,0 +1,28 @@
+"""Every Redis key and stream field name the platform uses, in one place."""
+
+from __future__ import annotations
+
+import zlib
+
+PREFIX = "fleetpulse"
+# Stream shard i holds the batches of the agents that hash to i (see shard_for).
+STREAM_PREFIX = f"{PREFIX}:batches:"
+# Number of shards, fixed per Redis database by the first process that starts (SET NX).
+SHARDS_KEY = f"{PREFIX}:stream_shards"
+CONSUMER_GROUP = "fleetpulse-workers"
+
+# Fields of one stream entry (short names: they are repeated in every entry).
+FIELD_AGENT = b"a"
+FIELD_EPOCH = b"e"
+FIELD_SEQUENCE = b"s"
+FIELD_RECEIVED_MS = b"t"
+FIELD_BATCH = b"b"
+
+
+def stream_key(shard: int) -> str:
+    return f"{STREAM_PREFIX}{shard}"
+
+
+def shard_for(agent_id: str, shards: int) -> int:
+    """Stable across processes and restarts (unlike hash()), so an agent always maps to one shard."""
+    return zlib.crc32(agent_id.encode()) % shards

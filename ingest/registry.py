@@ -1,0 +1,79 @@
+"""The front-end's view of the agents table: register upserts, liveness, disconnects.
+
+Heartbeats never cost a PostgreSQL write each: they update an in-memory map, and a background task
+flushes the latest heartbeat of every agent in one statement per interval (sorted by agent_id so
+that two front-ends flushing at once cannot deadlock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from psycopg_pool import AsyncConnectionPool
+
+from fleetpulse.proto import agent_pb2
+
+log = logging.getLogger(__name__)
+
+_UPSERT_AGENT = """
+INSERT INTO agents (agent_id, hostname, ip, os, arch, version, status, last_heartbeat)
+VALUES (%s, %s, %s, %s, %s, %s, 'online', now())
+ON CONFLICT (agent_id) DO UPDATE SET
+    hostname = EXCLUDED.hostname, ip = EXCLUDED.ip, os = EXCLUDED.os, arch = EXCLUDED.arch,
+    version = EXCLUDED.version, status = 'online', last_heartbeat = now(), updated_at = now()
+"""
+
+_FLUSH_HEARTBEATS = """
+UPDATE agents SET last_heartbeat = GREATEST(agents.last_heartbeat, v.ts), status = 'online',
+    updated_at = now()
+FROM unnest(%s::text[], %s::timestamptz[]) AS v(agent_id, ts)
+WHERE agents.agent_id = v.agent_id
+"""
+
+_MARK_OFFLINE = "UPDATE agents SET status = 'offline', updated_at = now() WHERE agent_id = %s"
+
+
+class AgentRegistry:
+    """Writes agent identity and liveness to PostgreSQL on behalf of the front-end."""
+
+    def __init__(self, pool: AsyncConnectionPool, flush_interval_s: float) -> None:
+        self._pool = pool
+        self._flush_interval_s = flush_interval_s
+        self._pending: dict[str, datetime] = {}
+
+    async def register(self, message: agent_pb2.AgentRegister, ip: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                _UPSERT_AGENT,
+                (message.agent_id, message.hostname, ip, message.os, message.arch, message.version),
+            )
+
+    def heartbeat(self, agent_id: str) -> None:
+        """Record liveness in memory; flush_forever writes it out."""
+        self._pending[agent_id] = datetime.now(UTC)
+
+    async def disconnected(self, agent_id: str) -> None:
+        """Mark an agent offline at once when its stream closes (after flushing its heartbeat)."""
+        await self.flush()
+        async with self._pool.connection() as conn:
+            await conn.execute(_MARK_OFFLINE, (agent_id,))
+
+    async def flush(self) -> int:
+        if not self._pending:
+            return 0
+        pending, self._pending = self._pending, {}
+        agent_ids = sorted(pending)
+        async with self._pool.connection() as conn:
+            await conn.execute(_FLUSH_HEARTBEATS, (agent_ids, [pending[a] for a in agent_ids]))
+        return len(agent_ids)
+
+    async def flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_interval_s)
+            try:
+                await self.flush()
+            except Exception:
+                # Liveness is best effort; the next flush carries the newer timestamps anyway.
+                log.exception("heartbeat flush failed")

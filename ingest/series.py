@@ -1,0 +1,63 @@
+"""Series ids: a per-process cache in front of one set-based statement per chunk.
+
+Unseen (agent, name, labels) keys are inserted and looked up in a single round trip; never one
+query per series. Two workers inserting the same new series at once is safe: ON CONFLICT DO
+NOTHING, and a key the statement's snapshot could not see yet is simply asked for again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+SeriesKey = tuple[str, str, str]  # (agent_id, name, canonical labels JSON)
+
+_RESOLVE = """
+WITH input AS (
+    SELECT t.agent_id, t.name, t.labels::jsonb AS labels, t.ord
+    FROM unnest(%s::text[], %s::text[], %s::text[]) WITH ORDINALITY AS t(agent_id, name, labels, ord)
+), inserted AS (
+    INSERT INTO series (agent_id, name, labels)
+    SELECT agent_id, name, labels FROM input ORDER BY agent_id, name, labels
+    ON CONFLICT DO NOTHING
+    RETURNING series_id, agent_id, name, labels
+)
+SELECT i.ord, s.series_id FROM input i JOIN inserted s USING (agent_id, name, labels)
+UNION ALL
+SELECT i.ord, s.series_id FROM input i JOIN series s USING (agent_id, name, labels)
+"""
+
+_MAX_ATTEMPTS = 5
+
+
+class SeriesResolver:
+    """Maps series keys to series ids, creating series on first sight."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self._conn = conn  # autocommit: new series are committed on their own
+        self._ids: dict[SeriesKey, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def resolve(self, unique_keys: list[SeriesKey]) -> list[int]:
+        """Ids for ``unique_keys`` (no duplicates), in the same order."""
+        missing = [key for key in unique_keys if key not in self._ids]
+        for _ in range(_MAX_ATTEMPTS):
+            if not missing:
+                break
+            rows = self._conn.execute(
+                _RESOLVE,
+                ([k[0] for k in missing], [k[1] for k in missing], [k[2] for k in missing]),
+            ).fetchall()
+            for ordinal, series_id in rows:
+                self._ids[missing[ordinal - 1]] = series_id
+            missing = [key for key in missing if key not in self._ids]
+        if missing:
+            raise RuntimeError(
+                f"could not resolve {len(missing)} series after {_MAX_ATTEMPTS} attempts"
+            )
+        return [self._ids[key] for key in unique_keys]

@@ -1,0 +1,165 @@
+"""The worker: XREADGROUP a chunk, write it (copier), then XACK + XDEL. Repeat.
+
+At-least-once from Redis, exactly-once into PostgreSQL: an entry is acknowledged only after its
+transaction committed, and the batch ledger turns a redelivery into a no-op. A worker restarted
+under the same consumer name first re-reads its own pending entries (id 0), so a crash between
+COMMIT and XACK is healed at the next start. SIGTERM finishes the chunk in flight, drains what is
+left in the streams (bounded by worker_drain_timeout_s) and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import time
+from types import FrameType
+from typing import Any
+
+import psycopg
+import redis
+
+from fleetpulse.ingest import keys, queue
+from fleetpulse.ingest.copier import ChunkWriter
+from fleetpulse.ingest.decode import decode_entries
+from fleetpulse.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Entry = tuple[str, str, dict[bytes, bytes]]
+_RETRY_DELAY_S = 1.0
+
+
+class Worker:
+    """One consumer of the group; several run side by side (processes, hosts)."""
+
+    def __init__(self, settings: Settings, consumer: str) -> None:
+        settings.require("database_url", "redis_url")
+        assert settings.database_url and settings.redis_url
+        self._settings = settings
+        self._consumer = consumer
+        self._redis = redis.Redis.from_url(settings.redis_url)
+        shards = queue.ensure_layout(self._redis, settings.stream_shards)
+        self._streams = [keys.stream_key(shard) for shard in range(shards)]
+        self._connect()
+        self._stopping = False
+        self.points_committed = 0
+
+    def _connect(self) -> None:
+        url = self._settings.database_url
+        assert url
+        self._conn = psycopg.connect(url)
+        self._ddl_conn = psycopg.connect(url, autocommit=True)
+        self._writer = ChunkWriter(
+            self._conn, self._ddl_conn, self._settings.retention_days, self._settings.max_future_s
+        )
+
+    def stop(self, *_: object) -> None:
+        self._stopping = True
+
+    def _read(self, start_id: str, block_ms: int | None) -> list[Entry]:
+        response: Any = self._redis.xreadgroup(
+            keys.CONSUMER_GROUP,
+            self._consumer,
+            dict.fromkeys(self._streams, start_id),
+            count=self._settings.worker_read_count,
+            block=block_ms,
+        )
+        entries: list[Entry] = []
+        for stream, items in response or ():
+            name = stream.decode()
+            for entry_id, fields in items:
+                # A pending entry that was deleted meanwhile comes back with no fields: it is done.
+                if fields:
+                    entries.append((name, entry_id.decode(), fields))
+                else:
+                    self._redis.xack(name, keys.CONSUMER_GROUP, entry_id)
+        return entries
+
+    def process(self, entries: list[Entry]) -> None:
+        started = time.perf_counter()
+        decoded = decode_entries(entries)
+        result = self._writer.write(decoded)
+        # Only after COMMIT: acknowledge and delete (nothing else ever removes stream entries).
+        pipe = self._redis.pipeline(transaction=True)
+        by_stream: dict[str, list[str]] = {}
+        for stream, entry_id, _ in entries:
+            by_stream.setdefault(stream, []).append(entry_id)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, keys.CONSUMER_GROUP, *ids)
+            pipe.xdel(stream, *ids)
+        pipe.execute()
+        self.points_committed += result.points_committed
+        log.info(
+            "chunk: %d entries, %d new batches, %d duplicates, %d points committed, %d rejected in %.1f ms",
+            len(entries),
+            result.batches_new,
+            result.batches_duplicate,
+            result.points_committed,
+            result.points_rejected,
+            (time.perf_counter() - started) * 1000,
+        )
+
+    def run(self) -> None:
+        log.info("worker %s reading %d streams", self._consumer, len(self._streams))
+        recovering = True  # first (and after any failure) re-read this consumer's pending entries
+        while not self._stopping:
+            try:
+                if recovering:
+                    entries = self._read("0", None)
+                    recovering = bool(entries)
+                else:
+                    entries = self._read(">", self._settings.worker_block_ms)
+                if entries:
+                    self.process(entries)
+            except (psycopg.OperationalError, redis.ConnectionError) as exc:
+                # Transient: the entries stay pending to this consumer and are retried.
+                log.warning("chunk failed, retrying in %.0f s: %s", _RETRY_DELAY_S, exc)
+                recovering = True
+                time.sleep(_RETRY_DELAY_S)
+                if self._conn.broken or self._ddl_conn.broken:
+                    self.close_database()
+                    try:
+                        self._connect()
+                    except psycopg.OperationalError as again:
+                        log.warning("PostgreSQL still unreachable: %s", again)
+        self._drain()
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + self._settings.worker_drain_timeout_s
+        while time.monotonic() < deadline:
+            entries = self._read(">", None)
+            if not entries:
+                break
+            self.process(entries)
+        log.info("worker %s stopped (%d points committed)", self._consumer, self.points_committed)
+
+    def close_database(self) -> None:
+        self._conn.close()
+        self._ddl_conn.close()
+
+    def close(self) -> None:
+        self.close_database()
+        self._redis.close()
+
+
+def consumer_name(index: int) -> str:
+    """Stable across restarts, so a restarted worker finds its own pending entries."""
+    return f"{socket.gethostname()}-{index}"
+
+
+def main(settings: Settings, index: int = 1, count: int = 1) -> None:
+    from fleetpulse.lifecycle import set_process_title
+
+    set_process_title(f"fleetpulse worker {index}/{count}")
+    worker = Worker(settings, consumer_name(index))
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        worker.run()
+    finally:
+        worker.close()
