@@ -205,7 +205,7 @@ def _tls_ca_file(value: Any, server_tls: bool, source: str) -> str | None:
     # Checked here so that a typo fails at startup with the key's name, not at the first connect.
     ca_file = Path(name).expanduser()
     if not ca_file.is_file():
-        raise ConfigError(f"{source}: server.tls_ca_file {name!r} is not a readable file")
+        raise ConfigError(f"{source}: server.tls_ca_file {name!r} is not a file")
     return str(ca_file)
 
 

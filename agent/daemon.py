@@ -54,15 +54,12 @@ class AgentDaemon:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         self.report_path: Path = config.state_dir / "sent.json"
         self.collector_errors: dict[str, str] = {}
+        self._loop: asyncio.AbstractEventLoop
 
     # -- collection -------------------------------------------------------------------------
     def collect_batch(self) -> None:
         """Collect once and queue the result as the next batch of this epoch."""
-        samples, errors = collect(self.config.collectors)
-        for name, error in errors.items():
-            if self.collector_errors.get(name) != error:
-                log.warning("collector %s failed: %s", name, error)
-        self.collector_errors = errors
+        samples, self.collector_errors = collect(self.config.collectors)  # collect() logs failures
         if not samples:
             return
         now = time.time()
@@ -225,10 +222,16 @@ class AgentDaemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=delay_s)
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
+    def stop_threadsafe(self) -> None:
+        """Ask a daemon running in another thread's event loop to shut down (tests, embedding)."""
+        self._loop.call_soon_threadsafe(self._stopping.set)
+
+    async def run(self, handle_signals: bool = True) -> None:
+        """Run until SIGTERM/SIGINT (or stop_threadsafe), then flush within SHUTDOWN_FLUSH_S."""
+        loop = self._loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stopping.set)
         self.report.write(self.report_path)
         collector = asyncio.create_task(self._collect_forever())
         connection = asyncio.create_task(self._connect_forever())

@@ -17,7 +17,6 @@ from psycopg_pool import AsyncConnectionPool
 
 from fleetpulse.api import agents
 from fleetpulse.api.schemas import HealthPublic
-from fleetpulse.errors import RetryableError
 from fleetpulse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,20 +80,29 @@ def create_app(settings: Settings) -> FastAPI:
         """200 when the database answers ``SELECT 1`` through the pool, else 503."""
         pool: AsyncConnectionPool[AsyncConnection[Any]] = request.app.state.pool
         try:
-            async with asyncio.timeout(HEALTH_TIMEOUT_S), pool.connection() as conn:
-                await conn.execute("SELECT 1")
-        except (psycopg.Error, TimeoutError) as exc:
-            log.warning("health check failed: %s", exc)
-            response.status_code = HTTPStatus.SERVICE_UNAVAILABLE
-            return HealthPublic(status="unavailable", error=_one_line(exc))
-        return HealthPublic(status="ok")
+            async with pool.connection(timeout=HEALTH_TIMEOUT_S) as conn:
+                async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                    await conn.execute("SELECT 1")
+        except TimeoutError:
+            error = f"SELECT 1 took longer than {HEALTH_TIMEOUT_S} s"
+        except psycopg.Error as exc:  # PoolTimeout included: no connection could be made in time
+            error = _one_line(exc)
+        else:
+            return HealthPublic(status="ok")
+        log.warning("health check failed: %s", error)
+        response.status_code = HTTPStatus.SERVICE_UNAVAILABLE
+        return HealthPublic(status="unavailable", error=error)
 
     app.include_router(agents.router)
     return app
 
 
 def serve(settings: Settings) -> None:
-    """Serve the API on api_host:api_port until SIGTERM or SIGINT (uvicorn's graceful shutdown)."""
+    """Serve the API on api_host:api_port until SIGTERM or SIGINT (uvicorn's graceful shutdown).
+
+    When startup fails (no database within the pool's 30 s, port in use) uvicorn logs why and
+    raises SystemExit(3).
+    """
     config = uvicorn.Config(
         create_app(settings),
         host=settings.api_host,
@@ -103,7 +111,4 @@ def serve(settings: Settings) -> None:
         # "on", not "auto": a lifespan that fails (no database) must stop the server, not be ignored.
         lifespan="on",
     )
-    server = uvicorn.Server(config)
-    server.run()
-    if not server.started:
-        raise RetryableError("the API did not start; uvicorn logged why")
+    uvicorn.Server(config).run()

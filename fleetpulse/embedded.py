@@ -22,6 +22,8 @@ from fleetpulse import lifecycle
 from fleetpulse.errors import ConfigError
 
 log = logging.getLogger(__name__)
+# pgserver logs every pg_ctl invocation with its full output at INFO; keep only its warnings.
+logging.getLogger("pgserver").setLevel(logging.WARNING)
 
 # sun_path holds 108 bytes on Linux; leave room for the socket's file name.
 _MAX_SOCKET_DIR_LEN = 90

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -118,8 +119,8 @@ agent:
 
 def test_config_is_frozen(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, ORIGIN_EXAMPLE), env={})
-    with pytest.raises(AttributeError):
-        config.agent_id = "other"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.agent_id = "other"  # type: ignore[misc, unused-ignore]
 
 
 def test_state_dir_expands_home(tmp_path: Path, home: Path) -> None:

@@ -1,0 +1,39 @@
+"""Fixtures for integration tests that need a running ingest front-end."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.processes import fleetpulse_process, free_port, wait_for_port
+
+TOKEN = "test-enrollment-token"
+
+
+@dataclass
+class Ingest:
+    address: str
+    database_url: str
+    redis: redis.Redis
+
+
+@pytest.fixture
+def ingest(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[Ingest]:
+    port = free_port()
+    env = {
+        "FLEETPULSE_DATABASE_URL": database_url,
+        "FLEETPULSE_REDIS_URL": redis_url,
+        "FLEETPULSE_ENROLLMENT_TOKEN": TOKEN,
+        "FLEETPULSE_GRPC_PORT": str(port),
+        "FLEETPULSE_STREAM_SHARDS": "2",
+        "FLEETPULSE_HEARTBEAT_FLUSH_INTERVAL_S": "0.2",
+    }
+    with fleetpulse_process(["ingest"], env, tmp_path / "ingest.log") as proc:
+        wait_for_port(port, proc)
+        client = redis.Redis.from_url(redis_url)
+        yield Ingest(f"127.0.0.1:{port}", database_url, client)
+        client.close()

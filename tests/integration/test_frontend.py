@@ -1,0 +1,214 @@
+"""The ingest front-end as a real process, against real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+
+from fleetpulse.ingest import keys
+from fleetpulse.proto import agent_pb2, agent_pb2_grpc, common_pb2, metric_pb2
+from tests.integration.conftest import TOKEN, Ingest
+
+
+def register(agent_id: str) -> agent_pb2.AgentMessage:
+    return agent_pb2.AgentMessage(
+        register=agent_pb2.AgentRegister(
+            agent_id=agent_id, hostname="h", os="linux", arch="x86_64", version="t"
+        )
+    )
+
+
+def heartbeat(agent_id: str = "") -> agent_pb2.AgentMessage:
+    return agent_pb2.AgentMessage(
+        heartbeat=agent_pb2.Heartbeat(
+            agent_id=agent_id, timestamp=common_pb2.Timestamp(seconds=int(time.time()))
+        )
+    )
+
+
+def metrics(agent_id: str, seq: int, points: int = 3) -> agent_pb2.AgentMessage:
+    now = common_pb2.Timestamp(seconds=int(time.time()))
+    return agent_pb2.AgentMessage(
+        metrics=metric_pb2.MetricBatch(
+            agent_id=agent_id,
+            epoch=99,
+            sequence=seq,
+            metrics=[
+                metric_pb2.MetricPoint(name="load1", value=float(i), timestamp=now)
+                for i in range(points)
+            ],
+        )
+    )
+
+
+def exchange(
+    address: str, messages: list, token: str | None = TOKEN
+) -> tuple[list, grpc.RpcError | None]:
+    """Send messages on one stream; return the responses and the final error, if any."""
+    metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
+    with grpc.insecure_channel(address) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        responses = []
+        try:
+            for response in stub.Connect(iter(messages), metadata=metadata, timeout=10):
+                responses.append(response)
+        except grpc.RpcError as exc:
+            return responses, exc
+    return responses, None
+
+
+def queued(ingest: Ingest) -> int:
+    return sum(ingest.redis.xlen(keys.stream_key(shard)) for shard in range(2))
+
+
+def test_register_heartbeat_metrics_are_answered_and_queued(ingest: Ingest) -> None:
+    responses, error = exchange(
+        ingest.address, [register("fe-1"), heartbeat("fe-1"), metrics("fe-1", 1), metrics("", 2)]
+    )
+    assert error is None
+    kinds = [r.WhichOneof("message") for r in responses]
+    assert kinds == ["register_response", "heartbeat_ack", "metric_ack", "metric_ack"]
+    assert responses[0].register_response.success
+    acks = [r.metric_ack for r in responses[2:]]
+    assert [(a.success, a.epoch, a.sequence) for a in acks] == [(True, 99, 1), (True, 99, 2)]
+    assert queued(ingest) == 2  # acked means XADDed
+    with psycopg.connect(ingest.database_url) as conn:
+        row = conn.execute("SELECT hostname, os, ip FROM agents WHERE agent_id = 'fe-1'").fetchone()
+    assert row == ("h", "linux", "127.0.0.1")  # ip taken from the peer when the agent sends none
+    # the stream closed: the agent is marked offline at once
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with psycopg.connect(ingest.database_url) as conn:
+            status = conn.execute(
+                "SELECT status, last_heartbeat IS NOT NULL FROM agents WHERE agent_id='fe-1'"
+            ).fetchone()
+        if status[0] == "offline":
+            break
+        time.sleep(0.1)
+    assert status == ("offline", True)
+
+
+@pytest.mark.parametrize(
+    ("token", "messages", "code"),
+    [
+        (None, [register("x")], grpc.StatusCode.UNAUTHENTICATED),
+        ("wrong-token", [register("x")], grpc.StatusCode.UNAUTHENTICATED),
+        (TOKEN, [heartbeat("x")], grpc.StatusCode.FAILED_PRECONDITION),
+        (TOKEN, [metrics("x", 1)], grpc.StatusCode.FAILED_PRECONDITION),
+        (TOKEN, [register("")], grpc.StatusCode.INVALID_ARGUMENT),
+        (TOKEN, [agent_pb2.AgentMessage()], grpc.StatusCode.INVALID_ARGUMENT),
+        (TOKEN, [register("me"), metrics("someone-else", 1)], grpc.StatusCode.PERMISSION_DENIED),
+        (TOKEN, [register("me"), heartbeat("someone-else")], grpc.StatusCode.PERMISSION_DENIED),
+        (TOKEN, [register("me"), register("other")], grpc.StatusCode.PERMISSION_DENIED),
+    ],
+    ids=[
+        "no-token",
+        "wrong-token",
+        "heartbeat-first",
+        "metrics-first",
+        "empty-id",
+        "empty-message",
+        "spoofed-batch",
+        "spoofed-heartbeat",
+        "re-register-as-other",
+    ],
+)
+def test_protocol_errors_get_their_status_and_queue_nothing(
+    ingest: Ingest, token: str | None, messages: list, code: grpc.StatusCode
+) -> None:
+    _, error = exchange(ingest.address, messages, token=token)
+    assert error is not None and error.code() == code, error
+    assert error.details()  # a one-line reason
+    assert queued(ingest) == 0
+
+
+def test_undecodable_bytes_are_invalid_argument(ingest: Ingest) -> None:
+    with grpc.insecure_channel(ingest.address) as channel:
+        raw = channel.stream_stream(
+            "/proto.AgentService/Connect", request_serializer=None, response_deserializer=None
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            list(
+                raw(
+                    iter([b"\xff\xff\xff\xff"]),
+                    metadata=(("authorization", f"Bearer {TOKEN}"),),
+                    timeout=10,
+                )
+            )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_agent_generated_from_the_original_protos_alone(
+    ingest: Ingest, repo_root: Path, tmp_path: Path
+) -> None:
+    """Wire compatibility: code generated from the original plan's three .proto files, no project code."""
+    origin = repo_root / "tests" / "origin_proto"
+    out = tmp_path / "gen"
+    out.mkdir()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{origin}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            *(str(p) for p in sorted((origin / "proto").glob("*.proto"))),
+        ],
+        check=True,
+    )
+    client = tmp_path / "origin_client.py"
+    client.write_text(ORIGIN_CLIENT)
+    result = subprocess.run(
+        [sys.executable, str(client), ingest.address, TOKEN],
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(out), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "register_response:True",
+        "heartbeat_ack:True",
+        "heartbeat_ack:True",
+    ]
+    with psycopg.connect(ingest.database_url) as conn:
+        assert conn.execute(
+            "SELECT hostname FROM agents WHERE agent_id = 'agent-001'"
+        ).fetchone() == ("origin-host",)
+
+
+# Runs in a clean interpreter whose only protocol code is what protoc generated from the originals.
+ORIGIN_CLIENT = (
+    """
+import sys, time
+import grpc
+import fleetpulse  # noqa  (must NOT be importable here)
+""".replace("import fleetpulse  # noqa  (must NOT be importable here)\n", "")
+    + """
+from proto import agent_pb2, agent_pb2_grpc, common_pb2
+assert "fleetpulse" not in sys.modules
+
+def messages():
+    yield agent_pb2.AgentMessage(register=agent_pb2.AgentRegister(
+        agent_id="agent-001", hostname="origin-host", ip="10.0.0.1", os="linux", arch="amd64", version="go-0.1"))
+    for _ in range(2):
+        time.sleep(0.05)
+        yield agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(
+            agent_id="agent-001", timestamp=common_pb2.Timestamp(seconds=int(time.time()))))
+
+address, token = sys.argv[1], sys.argv[2]
+with grpc.insecure_channel(address) as channel:
+    stub = agent_pb2_grpc.AgentServiceStub(channel)
+    for response in stub.Connect(messages(), metadata=(("authorization", "Bearer " + token),), timeout=20):
+        kind = response.WhichOneof("message")
+        print(f"{kind}:{getattr(response, kind).success}")
+"""
+)

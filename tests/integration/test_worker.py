@@ -1,0 +1,187 @@
+"""The worker against real Redis and PostgreSQL: exactly-once, rejects, identity-less batches."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import redis
+
+from fleetpulse.ingest import keys, queue
+from fleetpulse.ingest.decode import decode_entries
+from fleetpulse.ingest.worker import Worker
+from fleetpulse.proto import common_pb2, metric_pb2
+from fleetpulse.settings import Settings
+
+
+def make_batch(
+    agent_id: str, epoch: int, seq: int, points: int, ts_s: float | None = None
+) -> bytes:
+    now = time.time() if ts_s is None else ts_s
+    stamp = common_pb2.Timestamp(seconds=int(now), nanos=int((now % 1) * 1e9))
+    return metric_pb2.MetricBatch(
+        agent_id=agent_id,
+        epoch=epoch,
+        sequence=seq,
+        metrics=[
+            metric_pb2.MetricPoint(
+                name="cpu_usage_percent",
+                value=float(i),
+                timestamp=stamp,
+                labels={"mode": f"m{i}", "host": agent_id},
+            )
+            for i in range(points)
+        ],
+    ).SerializeToString()
+
+
+def xadd(
+    client: redis.Redis, agent_id: str, epoch: int, seq: int, payload: bytes, shards: int
+) -> None:
+    client.xadd(
+        keys.stream_key(keys.shard_for(agent_id, shards)),
+        {
+            keys.FIELD_AGENT: agent_id,
+            keys.FIELD_EPOCH: epoch,
+            keys.FIELD_SEQUENCE: seq,
+            keys.FIELD_RECEIVED_MS: int(time.time() * 1000),
+            keys.FIELD_BATCH: payload,
+        },
+    )
+
+
+def run_until_empty(worker: Worker) -> int:
+    rounds = 0
+    while entries := worker._read(">", None):
+        worker.process(entries)
+        rounds += 1
+    return rounds
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str) -> Settings:
+    return Settings(
+        database_url=database_url, redis_url=redis_url, stream_shards=2, worker_read_count=50
+    )
+
+
+@pytest.fixture
+def worker(settings: Settings) -> Iterator[Worker]:
+    w = Worker(settings, "test-1")
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def stored(database_url: str, agent_id: str) -> tuple[int, int, int]:
+    with psycopg.connect(database_url) as conn:
+        points = conn.execute(
+            "SELECT count(*) FROM points JOIN series USING (series_id) WHERE agent_id = %s",
+            (agent_id,),
+        ).fetchone()[0]
+        series = conn.execute(
+            "SELECT count(*) FROM series WHERE agent_id = %s", (agent_id,)
+        ).fetchone()[0]
+        batches = conn.execute(
+            "SELECT count(*) FROM batches WHERE agent_id = %s", (agent_id,)
+        ).fetchone()[0]
+    return points, series, batches
+
+
+def test_batches_are_stored_once_and_streams_emptied(
+    worker: Worker, r: redis.Redis, database_url: str
+) -> None:
+    for seq in range(1, 121):
+        xadd(r, "a1", 1000, seq, make_batch("a1", 1000, seq, 5), shards=2)
+    assert run_until_empty(worker) >= 3  # 120 entries in chunks of at most 50
+    assert stored(database_url, "a1") == (600, 5, 120)
+    # acknowledged entries are deleted; nothing pending
+    for shard in range(2):
+        assert r.xlen(keys.stream_key(shard)) == 0
+        assert r.xpending(keys.stream_key(shard), keys.CONSUMER_GROUP)["pending"] == 0
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT batches_committed, points_committed, last_epoch, last_seq FROM agent_ingest WHERE agent_id='a1'"
+        ).fetchone()
+    assert row == (120, 600, 1000, 120)
+
+
+def test_redelivered_batch_is_a_no_op(worker: Worker, r: redis.Redis, database_url: str) -> None:
+    payload = make_batch("a2", 7, 1, 10)
+    xadd(r, "a2", 7, 1, payload, shards=2)
+    run_until_empty(worker)
+    # the agent never got the ack and resends the same batch; it is queued again
+    xadd(r, "a2", 7, 1, payload, shards=2)
+    xadd(r, "a2", 7, 1, payload, shards=2)  # twice in one chunk as well
+    run_until_empty(worker)
+    assert stored(database_url, "a2") == (10, 10, 1)
+
+
+def test_crash_between_commit_and_ack_is_healed_on_restart(
+    settings: Settings, r: redis.Redis, database_url: str
+) -> None:
+    xadd(r, "a3", 1, 1, make_batch("a3", 1, 1, 4), shards=2)
+    first = Worker(settings, "crashy")
+    entries = first._read(">", None)
+    first._writer.write(decode_entries(entries))
+    first.close()  # committed, never acknowledged
+    second = Worker(settings, "crashy")  # same consumer name: finds its pending entry
+    entries = second._read("0", None)
+    assert len(entries) == 1
+    second.process(entries)
+    second.close()
+    assert stored(database_url, "a3") == (4, 4, 1)
+    assert r.xpending(keys.stream_key(keys.shard_for("a3", 2)), keys.CONSUMER_GROUP)["pending"] == 0
+
+
+def test_identity_less_batches_are_each_stored(
+    worker: Worker, r: redis.Redis, database_url: str
+) -> None:
+    # A third-party agent that sends no epoch/sequence: each queued entry is its own batch.
+    for _ in range(3):
+        xadd(r, "plain", 0, 0, make_batch("plain", 0, 0, 2), shards=2)
+    run_until_empty(worker)
+    assert stored(database_url, "plain") == (6, 2, 3)
+
+
+def test_bad_batches_are_counted_not_stored_and_do_not_block(
+    worker: Worker, r: redis.Redis, database_url: str
+) -> None:
+    xadd(r, "bad", 1, 1, b"\xff\xff\xff not protobuf", shards=2)
+    xadd(r, "bad", 1, 2, make_batch("bad", 1, 2, 3, ts_s=time.time() - 30 * 86400), shards=2)
+    xadd(r, "bad", 1, 3, make_batch("bad", 1, 3, 2), shards=2)
+    run_until_empty(worker)
+    assert stored(database_url, "bad")[0] == 2
+    with psycopg.connect(database_url) as conn:
+        rejects = dict(
+            ((reason), (batches, points))
+            for reason, batches, points in conn.execute(
+                "SELECT reason, batches, points FROM rejects WHERE agent_id = 'bad'"
+            )
+        )
+        accounting = conn.execute(
+            "SELECT batches_committed, points_committed, points_rejected FROM agent_ingest WHERE agent_id='bad'"
+        ).fetchone()
+    assert rejects == {"undecodable_batch": (1, 0), "timestamp_out_of_window": (0, 3)}
+    assert accounting == (2, 2, 3)
+
+
+def test_group_sees_entries_added_before_it_existed(
+    settings: Settings, r: redis.Redis, database_url: str
+) -> None:
+    r.delete(keys.SHARDS_KEY)
+    r.set(keys.SHARDS_KEY, 2)
+    xadd(r, "early", 1, 1, make_batch("early", 1, 1, 1), shards=2)  # stream exists, group does not
+    assert queue.ensure_layout(r, 2) == 2
+    w = Worker(settings, "late")
+    run_until_empty(w)
+    w.close()
+    assert stored(database_url, "early") == (1, 1, 1)
