@@ -27,6 +27,7 @@ _EXTRA_OF_MODULE = {
     "uvicorn": "server",
     "uvloop": "server",
     "pydantic_settings": "server",
+    "pydantic": "server",
     "numpy": "server",
     "orjson": "server",
     "grpc": "agent",

@@ -5,11 +5,9 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,19 +16,12 @@ from urllib.parse import quote
 import httpx
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 from psycopg import sql
-from starlette.exceptions import StarletteDeprecationWarning
 
 from fleetpulse.api.app import create_app
 from fleetpulse.settings import Settings
-
-with warnings.catch_warnings():
-    # Starlette now wants httpx2 for its TestClient and warns when only httpx is installed, as with
-    # the current dev extra. Drop this once pyproject's dev extra lists httpx2.
-    warnings.filterwarnings(
-        "ignore", "Using `httpx` with `starlette.testclient`", StarletteDeprecationWarning
-    )
-    from fastapi.testclient import TestClient
+from tests.processes import free_port
 
 HEARTBEAT_INTERVAL_S = 10.0  # with the default 3 intervals, offline after 30 s without a heartbeat
 MAX_POINTS = 5
@@ -508,15 +499,8 @@ def test_injection_looking_input_is_only_ever_data(
     assert db.execute("SELECT count(*) FROM points").fetchone() == (1,)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_serve_answers_then_exits_cleanly_on_sigterm(database_url: str) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "FLEETPULSE_DATABASE_URL": database_url, "FLEETPULSE_API_PORT": str(port)}
     code = "from fleetpulse.api.app import serve; from fleetpulse.settings import Settings; serve(Settings())"
     proc = subprocess.Popen(

@@ -1,0 +1,61 @@
+"""The command line as a user meets it: clear one-line errors and exit status 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fleetpulse", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("server:\n  address: localhost:9090\n", "agent.id"),
+        ("agent:\n  id: a\n  collect_interval: abc\n", "agent.collect_interval"),
+        ("agent: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_agent_config_errors_are_one_line_with_status_2(
+    tmp_path: Path, content: str, needle: str
+) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text(content)
+    result = run_cli("agent", "--config", str(config))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+
+
+def test_missing_config_file_is_status_2(tmp_path: Path) -> None:
+    result = run_cli("agent", "--config", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2 and "nope.yaml" in result.stderr
+
+
+@pytest.mark.parametrize("role", ["ingest", "worker", "api", "migrate"])
+def test_standalone_roles_need_urls(role: str) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
+    result = run_cli(role, env=env)
+    assert result.returncode == 2
+    assert (
+        "FLEETPULSE_DATABASE_URL is not set" in result.stderr
+        or "FLEETPULSE_REDIS_URL" in result.stderr
+    )
+
+
+def test_invalid_setting_names_it() -> None:
+    result = run_cli(
+        "migrate", env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "FLEETPULSE_GRPC_PORT": "99999"}
+    )
+    assert result.returncode == 2 and "grpc_port" in result.stderr
