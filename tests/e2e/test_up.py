@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from tests.conftest import Backend
+from tests.origin_agent import run_origin_agent
 from tests.processes import free_port
 
 pytestmark = pytest.mark.e2e
@@ -51,6 +52,16 @@ def wait_until(predicate, timeout_s: float, what: str) -> Any:  # type: ignore[n
     raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
 
 
+def processes_using(data_dir: Path) -> list[str]:
+    """Embedded PostgreSQL and Redis are not children of `up` (pg_ctl daemonizes): find them by path."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(p.info["cmdline"] or [])
+        if str(data_dir) in cmdline:
+            found.append(cmdline)
+    return found
+
+
 def stop_and_check_no_orphans(proc: subprocess.Popen[bytes], timeout_s: float) -> float:
     children = psutil.Process(proc.pid).children(recursive=True)
     assert children, "up started no child process"
@@ -64,7 +75,7 @@ def stop_and_check_no_orphans(proc: subprocess.Popen[bytes], timeout_s: float) -
 
 
 def test_up_runs_agents_and_stores_every_point_exactly_once(
-    backend: Backend, request: pytest.FixtureRequest, tmp_path: Path
+    backend: Backend, request: pytest.FixtureRequest, tmp_path: Path, repo_root: Path
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETPULSE_")}
     if backend.name == "external":
@@ -92,18 +103,33 @@ def test_up_runs_agents_and_stores_every_point_exactly_once(
 
         def three_online_with_points() -> list[dict[str, Any]] | None:
             agents = get_json(f"{api}/agents")
+            agents = [a for a in agents if a["agent_id"] != "origin-agent"]
             ok = len(agents) == 3 and all(
                 a["status"] == "online" and a["points_committed"] > 0 for a in agents
             )
             return agents if ok else None
 
         agents = wait_until(three_online_with_points, 60, "3 online agents with points")
+        # a third-party agent generated from the original .proto files alone, against `up`
+        token = (data_dir / "enrollment_token").read_text().strip()
+        origin = run_origin_agent(
+            repo_root, f"127.0.0.1:{grpc_port}", token, tmp_path, "origin-agent"
+        )
+        assert origin.returncode == 0, origin.stderr
+        assert origin.stdout.split() == [
+            "register_response:True",
+            "heartbeat_ack:True",
+            "heartbeat_ack:True",
+        ]
+        if backend.name == "embedded":
+            assert len(processes_using(data_dir)) >= 2  # postgres and redis-server are found by path
         time.sleep(2)  # let a few more batches flow through the whole path
         elapsed = stop_and_check_no_orphans(proc, timeout_s=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     print(f"up stopped in {elapsed:.1f} s")
+    assert processes_using(data_dir) == []
     assert elapsed < 15, f"stopping took {elapsed:.1f} s"
 
     sent = {}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 from fleetpulse.ingest import keys
 from fleetpulse.proto import agent_pb2, agent_pb2_grpc, common_pb2, metric_pb2
 from tests.integration.conftest import TOKEN, Ingest
+from tests.origin_agent import run_origin_agent
 
 
 def register(agent_id: str) -> agent_pb2.AgentMessage:
@@ -148,31 +147,7 @@ def test_agent_generated_from_the_original_protos_alone(
     ingest: Ingest, repo_root: Path, tmp_path: Path
 ) -> None:
     """Wire compatibility: code generated from the original plan's three .proto files, no project code."""
-    origin = repo_root / "tests" / "origin_proto"
-    out = tmp_path / "gen"
-    out.mkdir()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            f"-I{origin}",
-            f"--python_out={out}",
-            f"--grpc_python_out={out}",
-            *(str(p) for p in sorted((origin / "proto").glob("*.proto"))),
-        ],
-        check=True,
-    )
-    client = tmp_path / "origin_client.py"
-    client.write_text(ORIGIN_CLIENT)
-    result = subprocess.run(
-        [sys.executable, str(client), ingest.address, TOKEN],
-        cwd=out,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PYTHONPATH": str(out), "PATH": "/usr/bin:/bin"},
-    )
+    result = run_origin_agent(repo_root, ingest.address, TOKEN, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [
         "register_response:True",
@@ -183,32 +158,3 @@ def test_agent_generated_from_the_original_protos_alone(
         assert conn.execute(
             "SELECT hostname FROM agents WHERE agent_id = 'agent-001'"
         ).fetchone() == ("origin-host",)
-
-
-# Runs in a clean interpreter whose only protocol code is what protoc generated from the originals.
-ORIGIN_CLIENT = (
-    """
-import sys, time
-import grpc
-import fleetpulse  # noqa  (must NOT be importable here)
-""".replace("import fleetpulse  # noqa  (must NOT be importable here)\n", "")
-    + """
-from proto import agent_pb2, agent_pb2_grpc, common_pb2
-assert "fleetpulse" not in sys.modules
-
-def messages():
-    yield agent_pb2.AgentMessage(register=agent_pb2.AgentRegister(
-        agent_id="agent-001", hostname="origin-host", ip="10.0.0.1", os="linux", arch="amd64", version="go-0.1"))
-    for _ in range(2):
-        time.sleep(0.05)
-        yield agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(
-            agent_id="agent-001", timestamp=common_pb2.Timestamp(seconds=int(time.time()))))
-
-address, token = sys.argv[1], sys.argv[2]
-with grpc.insecure_channel(address) as channel:
-    stub = agent_pb2_grpc.AgentServiceStub(channel)
-    for response in stub.Connect(messages(), metadata=(("authorization", "Bearer " + token),), timeout=20):
-        kind = response.WhichOneof("message")
-        print(f"{kind}:{getattr(response, kind).success}")
-"""
-)
