@@ -122,7 +122,9 @@ def test_up_runs_agents_and_stores_every_point_exactly_once(
             "heartbeat_ack:True",
         ]
         if backend.name == "embedded":
-            assert len(processes_using(data_dir)) >= 2  # postgres and redis-server are found by path
+            assert (
+                len(processes_using(data_dir)) >= 2
+            )  # postgres and redis-server are found by path
         time.sleep(2)  # let a few more batches flow through the whole path
         elapsed = stop_and_check_no_orphans(proc, timeout_s=30)
     finally:

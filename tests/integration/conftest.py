@@ -21,17 +21,22 @@ class Ingest:
     redis: redis.Redis
 
 
-@pytest.fixture
-def ingest(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[Ingest]:
-    port = free_port()
-    env = {
+def ingest_env(database_url: str, redis_url: str, port: int, shards: int = 2) -> dict[str, str]:
+    """The environment of a `fleetpulse ingest` process under test."""
+    return {
         "FLEETPULSE_DATABASE_URL": database_url,
         "FLEETPULSE_REDIS_URL": redis_url,
         "FLEETPULSE_ENROLLMENT_TOKEN": TOKEN,
         "FLEETPULSE_GRPC_PORT": str(port),
-        "FLEETPULSE_STREAM_SHARDS": "2",
+        "FLEETPULSE_STREAM_SHARDS": str(shards),
         "FLEETPULSE_HEARTBEAT_FLUSH_INTERVAL_S": "0.2",
     }
+
+
+@pytest.fixture
+def ingest(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[Ingest]:
+    port = free_port()
+    env = ingest_env(database_url, redis_url, port)
     with fleetpulse_process(["ingest"], env, tmp_path / "ingest.log") as proc:
         wait_for_port(port, proc)
         client = redis.Redis.from_url(redis_url)

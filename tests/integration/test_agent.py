@@ -12,7 +12,7 @@ import redis
 from fleetpulse.agent.config import AgentConfig
 from fleetpulse.agent.daemon import AgentDaemon
 from fleetpulse.ingest import keys
-from tests.integration.conftest import TOKEN
+from tests.integration.conftest import TOKEN, ingest_env
 from tests.processes import fleetpulse_process, free_port, wait_for_port
 
 
@@ -33,13 +33,7 @@ def test_agent_replays_what_was_not_acked_across_a_front_end_restart(
     database_url: str, redis_url: str, tmp_path: Path
 ) -> None:
     port = free_port()
-    env = {
-        "FLEETPULSE_DATABASE_URL": database_url,
-        "FLEETPULSE_REDIS_URL": redis_url,
-        "FLEETPULSE_ENROLLMENT_TOKEN": TOKEN,
-        "FLEETPULSE_GRPC_PORT": str(port),
-        "FLEETPULSE_STREAM_SHARDS": "1",
-    }
+    env = ingest_env(database_url, redis_url, port, shards=1)
     config = AgentConfig(
         server_address=f"127.0.0.1:{port}",
         agent_id="replayer",
