@@ -41,8 +41,9 @@ ORDER BY a.agent_id
 """
 )
 
-_GET_AGENT = (  # noqa: S608 - two constants joined; no input is formatted into SQL
-    _AGENT_COLUMNS
+# Two constants joined; no input is ever formatted into SQL.
+_GET_AGENT = (
+    _AGENT_COLUMNS  # noqa: S608
     + """,
     coalesce(i.points_rejected, 0) AS points_rejected,
     i.last_epoch, i.last_seq, i.last_commit_at,
