@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 Entry = tuple[str, str, dict[bytes, bytes]]
 _RETRY_DELAY_S = 1.0
+# Chunks are logged at DEBUG; INFO gets one throughput line per interval.
+SUMMARY_INTERVAL_S = 60.0
 
 
 class Worker:
@@ -44,6 +46,9 @@ class Worker:
         self._connect()
         self._stopping = False
         self.points_committed = 0
+        self._window_started = time.monotonic()
+        self._window_points = 0
+        self._window_chunks = 0
 
     def _connect(self) -> None:
         url = self._settings.database_url
@@ -90,7 +95,9 @@ class Worker:
             pipe.xdel(stream, *ids)
         pipe.execute()
         self.points_committed += result.points_committed
-        log.info(
+        self._window_points += result.points_committed
+        self._window_chunks += 1
+        log.debug(
             "chunk: %d entries, %d new batches, %d duplicates, %d points committed, %d rejected in %.1f ms",
             len(entries),
             result.batches_new,
@@ -99,6 +106,21 @@ class Worker:
             result.points_rejected,
             (time.perf_counter() - started) * 1000,
         )
+        self._maybe_log_summary()
+
+    def _maybe_log_summary(self) -> None:
+        now = time.monotonic()
+        elapsed_s = now - self._window_started
+        if elapsed_s < SUMMARY_INTERVAL_S:
+            return
+        log.info(
+            "%d points committed in %d chunks over the last %.0f s (%.0f points/s)",
+            self._window_points,
+            self._window_chunks,
+            elapsed_s,
+            self._window_points / elapsed_s,
+        )
+        self._window_started, self._window_points, self._window_chunks = now, 0, 0
 
     def run(self) -> None:
         log.info("worker %s reading %d streams", self._consumer, len(self._streams))
