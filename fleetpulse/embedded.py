@@ -49,6 +49,11 @@ class EmbeddedPostgres:
         log.info("embedded PostgreSQL running, data in %s", self.pgdata)
         return url
 
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid while running."""
+        return None if self._server is None else int(self._server.get_pid())
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.cleanup()
@@ -66,6 +71,10 @@ class EmbeddedRedis:
     @property
     def url(self) -> str:
         return f"unix://{self.socket_path}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
 
     def start(self, timeout_s: float = 10.0) -> str:
         try:

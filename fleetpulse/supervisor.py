@@ -82,17 +82,18 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         status = 0
         try:
-            self._start()
+            self.start()
             if not self._stop.is_set():
                 status = self._watch()
         finally:
-            self._shutdown()
+            self.shutdown()
         return status
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stop.set()
 
-    def _start(self) -> None:
+    def start(self, banner: bool = True) -> None:
+        """Start servers and roles and wait until they answer; call shutdown() in any case."""
         settings = self.settings
         data_dir = settings.data_dir.expanduser().resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -120,31 +121,53 @@ class Supervisor:
         self._spawn("api", "api", ["api"], stop_timeout_s=5.0)
         self._wait_ready()
         agent_ids = [self._spawn_agent(index) for index in range(1, self.agents + 1)]
-        self._banner(agent_ids)
+        if banner:
+            self._banner(agent_ids)
 
     def _watch(self) -> int:
         while not self._stop.wait(0.2):
-            for child in self._all_children():
-                assert child.proc is not None
-                code = child.proc.poll()
-                if code is not None:
-                    log.error(
-                        "%s exited unexpectedly with status %s; stopping everything",
-                        child.name,
-                        code,
-                    )
-                    return 1
+            if (failed := self.failed_child()) is not None:
+                log.error("%s exited unexpectedly; stopping everything", failed)
+                return 1
         return 0
 
-    def _shutdown(self) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the drain short
+    def failed_child(self) -> str | None:
+        """The name and status of a child that exited on its own, if any."""
+        for child in self._all_children():
+            assert child.proc is not None
+            code = child.proc.poll()
+            if code is not None:
+                return f"{child.name} (status {code})"
+        return None
+
+    def component_pids(self) -> dict[str, list[int]]:
+        """Top-level pid(s) of each running component, for resource accounting."""
+        pids = {
+            group: [c.proc.pid for c in children if c.proc is not None]
+            for group, children in self._children.items()
+            if children
+        }
+        if self._redis is not None and self._redis.pid is not None:
+            pids["redis"] = [self._redis.pid]
+        if self._pg is not None and self._pg.pid is not None:
+            pids["postgres"] = [self._pg.pid]
+        return pids
+
+    def shutdown(self) -> None:
+        """Stop everything in the order that loses nothing; safe to call more than once."""
+        if threading.current_thread() is threading.main_thread():
+            # a second Ctrl-C must not cut the drain short
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         started = time.monotonic()
         for group in ("agents", "ingest", "workers", "api"):
             _stop_all(self._children[group])
+            self._children[group] = []
         if self._redis is not None:
             self._redis.stop()
+            self._redis = None
         if self._pg is not None:
             self._pg.stop()
+            self._pg = None
         log.info("stopped in %.1f s", time.monotonic() - started)
 
     # -- children ----------------------------------------------------------------------------
