@@ -30,6 +30,8 @@ _EXTRA_OF_MODULE = {
     "pydantic": "server",
     "numpy": "server",
     "orjson": "server",
+    "polars": "server",
+    "matplotlib": "bench",
     "grpc": "agent",
     "psutil": "agent",
     "yaml": "agent",
@@ -126,6 +128,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return supervisor.run()
 
 
+def _cmd_bench_fleet(args: argparse.Namespace) -> int:
+    from fleetpulse.bench import fleet
+
+    return fleet.run(args)
+
+
 def _add_server_flags(
     parser: argparse.ArgumentParser, *, grpc: bool = False, api: bool = False
 ) -> None:
@@ -144,6 +152,16 @@ def _add_server_flags(
     if api:
         parser.add_argument("--api-host", help="API listen address (default 127.0.0.1)")
         parser.add_argument("--api-port", type=int, help="API port (default 8000)")
+
+
+def _add_bench_fleet_arguments(parser: argparse.ArgumentParser) -> None:
+    try:
+        from fleetpulse.bench.fleet import add_arguments
+    except (
+        ModuleNotFoundError
+    ):  # without the bench dependencies, `bench fleet` explains at run time
+        return
+    add_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="create or upgrade the PostgreSQL schema")
     _add_server_flags(migrate)
     migrate.set_defaults(handler=_cmd_migrate)
+
+    bench = sub.add_parser("bench", help="benchmarks (results in bench/results/<timestamp>/)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+    fleet = bench_sub.add_parser("fleet", help="simulate a fleet end to end and verify every batch")
+    _add_bench_fleet_arguments(fleet)
+    fleet.set_defaults(handler=_cmd_bench_fleet)
 
     agent = sub.add_parser("agent", help="run the host agent")
     agent.add_argument("--config", required=True, type=Path, help="agent YAML config file")

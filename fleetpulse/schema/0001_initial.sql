@@ -49,7 +49,9 @@ CREATE TABLE batches (
     points       integer NOT NULL,
     rejected     integer NOT NULL DEFAULT 0,
     stream_id    text NOT NULL,
-    committed_at timestamptz NOT NULL DEFAULT now(),
+    -- Stamped as the row is written, inside the committing transaction just before its COPY, so
+    -- it precedes the real commit by at most that chunk's COPY and COMMIT (freshness figures).
+    committed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (agent_id, epoch, seq)
 );
 

@@ -1,0 +1,470 @@
+"""``fleetpulse bench fleet``: simulate a fleet against the whole platform and measure it.
+
+One run: start the platform (embedded servers by default, or servers given by URL, or an already
+running front-end with ``--target``), spread N simulated agents over simulator processes, send for
+``--duration`` seconds while printing live figures, stop sending, wait until PostgreSQL has caught
+up, then verify per agent and per batch that what was stored is exactly what was sent, measure the
+two anchors on the run's own rows, and write ``<results-dir>/<timestamp>/``. The last line on
+stdout is one JSON object with the headline figures. A run with any missing or duplicated batch
+exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import multiprocessing
+import os
+import secrets
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import psycopg
+from pydantic import SecretStr
+
+from fleetpulse.bench import anchors, report
+from fleetpulse.bench.resources import ResourceSampler, processes_named
+from fleetpulse.bench.simulator import (
+    ACKED_POINTS,
+    NFIELDS,
+    SENT_BATCHES,
+    SENT_POINTS,
+    AgentResult,
+    SimConfig,
+    simulator_main,
+)
+from fleetpulse.errors import ConfigError
+from fleetpulse.settings import Settings, load_settings
+from fleetpulse.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+CATCH_UP_TIMEOUT_S = 120.0
+ANCHOR_MAX_ROWS = 10_000_000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", choices=["saturate", "realistic"], default="saturate")
+    parser.add_argument("--agents", type=int, default=100)
+    parser.add_argument("--duration", type=float, default=30.0, help="send phase, seconds")
+    parser.add_argument("--series", type=int, default=200, help="series per agent")
+    parser.add_argument(
+        "--interval", type=float, default=10.0, help="realistic mode: seconds between batches"
+    )
+    parser.add_argument("--heartbeat-interval", type=float, default=10.0)
+    parser.add_argument(
+        "--window", type=int, default=1, help="saturate mode: batches in flight per agent"
+    )
+    parser.add_argument("--processes", type=int, default=2, help="simulator processes")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="worker processes of the platform it starts"
+    )
+    parser.add_argument(
+        "--ramp", type=float, default=None, help="seconds over which agents connect"
+    )
+    parser.add_argument(
+        "--target", help="gRPC address of a running platform (needs --database-url)"
+    )
+    parser.add_argument("--database-url", help="PostgreSQL URL (env FLEETPULSE_DATABASE_URL)")
+    parser.add_argument("--redis-url", help="Redis URL (env FLEETPULSE_REDIS_URL)")
+    parser.add_argument("--results-dir", type=Path, default=Path("bench/results"))
+    parser.add_argument(
+        "--no-anchors", action="store_true", help="skip the COPY and VictoriaMetrics anchors"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, help="embedded servers' data (default: a temporary dir)"
+    )
+
+
+class Platform:
+    """The platform under test: started here (and stopped after), or given by --target."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.supervisor: Supervisor | None = None
+        self._temp_dir: str | None = None
+        settings = load_settings(database_url=args.database_url, redis_url=args.redis_url)
+        if args.target:
+            settings.require("database_url", "enrollment_token")
+            assert settings.database_url and settings.enrollment_token
+            self.target = args.target
+            self.database_url = settings.database_url
+            self.token = settings.enrollment_token.get_secret_value()
+            self.description = f"running platform at {self.target}"
+            return
+        data_dir = args.data_dir
+        if data_dir is None:
+            self._temp_dir = tempfile.mkdtemp(prefix="fleetpulse-bench-")
+            data_dir = Path(self._temp_dir)
+        from fleetpulse.bench.ports import free_port
+
+        settings = settings.model_copy(
+            update={
+                "data_dir": data_dir,
+                "grpc_port": free_port(),
+                "api_port": free_port(),
+                "enrollment_token": settings.enrollment_token
+                or SecretStr(secrets.token_urlsafe(24)),
+            }
+        )
+        self.supervisor = Supervisor(
+            settings,
+            agents=0,
+            workers=args.workers,
+            collect_interval_s=10.0,
+            log_level="warning",
+            out=sys.stderr,
+        )
+        self.supervisor.start(banner=False)
+        started: Settings = self.supervisor.settings
+        assert started.database_url and started.enrollment_token
+        self.target = f"127.0.0.1:{started.grpc_port}"
+        self.database_url = started.database_url
+        self.token = started.enrollment_token.get_secret_value()
+        pids = self.supervisor.component_pids()
+        pg = "embedded PostgreSQL 16" if "postgres" in pids else "external PostgreSQL"
+        rd = "embedded Redis 6.2" if "redis" in pids else "external Redis"
+        self.description = f"started by the bench: {pg}, {rd}, {len(pids['workers'])} workers"
+
+    def components(self) -> dict[str, tuple[list[int], bool]]:
+        if self.supervisor is None:
+            return {}
+        pids = self.supervisor.component_pids()
+        found: dict[str, tuple[list[int], bool]] = {
+            "front-end": (pids.get("ingest", []), True),
+            "workers": (pids.get("workers", []), True),
+            "api": (pids.get("api", []), True),
+        }
+        found["postgres"] = (
+            (pids["postgres"], True) if "postgres" in pids else (processes_named("postgres"), False)
+        )
+        found["redis"] = (
+            (pids["redis"], True) if "redis" in pids else (processes_named("redis-server"), False)
+        )
+        return found
+
+    def check(self) -> None:
+        if self.supervisor is not None and (failed := self.supervisor.failed_child()) is not None:
+            raise RuntimeError(f"platform component died during the run: {failed}")
+
+    def stop(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.shutdown()
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+
+def _committed(conn: psycopg.Connection, prefix: str) -> tuple[int, int]:
+    row = conn.execute(
+        "SELECT coalesce(sum(batches_committed), 0)::int8, coalesce(sum(points_committed), 0)::int8"
+        " FROM agent_ingest WHERE agent_id LIKE %s",
+        (prefix + "%",),
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _progress(line: str, final: bool = False) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K" + line + ("\n" if final else ""))
+    else:
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _read_table(conn: psycopg.Connection, query: str, params: tuple[Any, ...]) -> pl.DataFrame:
+    """A query's result through COPY … CSV into polars (fast for a million rows)."""
+    buffer = io.BytesIO()
+    with (
+        conn.cursor() as cur,
+        cur.copy(f"COPY ({query}) TO STDOUT (FORMAT CSV, HEADER)", params) as copy,
+    ):
+        for chunk in copy:
+            buffer.write(chunk)
+    buffer.seek(0)
+    return pl.read_csv(buffer)
+
+
+def verify(conn: psycopg.Connection, prefix: str, results: list[AgentResult]) -> dict[str, Any]:
+    """Compare, batch by batch, what the simulator sent with the ledger and the stored rows."""
+    sent = pl.DataFrame(
+        {
+            "agent_id": np.repeat([r.agent_id for r in results], [r.batches_sent for r in results]),
+            "seq": np.concatenate(
+                [np.arange(1, r.batches_sent + 1) for r in results] or [np.zeros(0, np.int64)]
+            ),
+            "send_ns": np.concatenate([r.send_ns for r in results] or [np.zeros(0, np.int64)]),
+            "points": np.repeat(
+                [r.points_per_batch for r in results], [r.batches_sent for r in results]
+            ),
+        }
+    )
+    ledger = _read_table(
+        conn,
+        "SELECT agent_id, seq, points AS ledger_points,"
+        " (extract(epoch FROM committed_at) * 1e6)::int8 AS committed_us"
+        " FROM batches WHERE agent_id LIKE %s",
+        (prefix + "%",),
+    )
+    # Rows actually stored, per agent and timestamp: every batch has its own timestamp per agent,
+    # so a count above the batch's points is a duplicate, below it a loss.
+    stored = _read_table(
+        conn,
+        "SELECT s.agent_id, (extract(epoch FROM p.ts) * 1e6)::int8 AS ts_us, count(*) AS stored_points"
+        " FROM points p JOIN series s USING (series_id) WHERE s.agent_id LIKE %s GROUP BY 1, 2",
+        (prefix + "%",),
+    )
+    if ledger.is_empty():
+        ledger = pl.DataFrame(
+            schema={
+                "agent_id": pl.String,
+                "seq": pl.Int64,
+                "ledger_points": pl.Int64,
+                "committed_us": pl.Int64,
+            }
+        )
+    if stored.is_empty():
+        stored = pl.DataFrame(
+            schema={"agent_id": pl.String, "ts_us": pl.Int64, "stored_points": pl.Int64}
+        )
+    sent = sent.with_columns((pl.col("send_ns") // 1000).alias("ts_us"))
+    joined = (
+        sent.join(ledger, on=["agent_id", "seq"], how="left")
+        .join(stored, on=["agent_id", "ts_us"], how="left")
+        .with_columns(pl.col("stored_points").fill_null(0))
+    )
+    missing = joined.filter(
+        pl.col("ledger_points").is_null() | (pl.col("stored_points") < pl.col("points"))
+    )
+    duplicated = joined.filter(pl.col("stored_points") > pl.col("points"))
+    unexpected = stored.join(sent, on=["agent_id", "ts_us"], how="anti")  # stored, never sent
+    freshness_s = (
+        joined.filter(pl.col("committed_us").is_not_null())
+        .select(((pl.col("committed_us") - pl.col("send_ns") // 1000) / 1e6).alias("f"))["f"]
+        .to_numpy()
+    )
+    first_send_us = int(sent["send_ns"].to_numpy().min()) // 1000 if len(sent) else 0
+    last_commit_us = int(ledger["committed_us"].to_numpy().max()) if len(ledger) else 0
+    return {
+        "sent_batches": len(sent),
+        "sent_points": int(sent["points"].sum()) if len(sent) else 0,
+        "ledger_batches": int(joined["ledger_points"].is_not_null().sum()),
+        "stored_points": int(stored["stored_points"].sum()) if len(stored) else 0,
+        "missing_batches": len(missing),
+        "duplicate_batches": len(duplicated),
+        "unexpected_batches": len(unexpected),
+        "freshness_s": freshness_s,
+        "first_send_us": first_send_us,
+        "last_commit_us": last_commit_us,
+        "missing_examples": missing.head(5).to_dicts(),
+        "duplicate_examples": duplicated.head(5).to_dicts(),
+    }
+
+
+def _percentile(values: np.ndarray, q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 4) if len(values) else None
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.agents < 1 or args.duration <= 0 or args.processes < 1:
+        raise ConfigError("--agents, --duration and --processes must be positive")
+    started_at = datetime.now(UTC)
+    run_id = started_at.strftime("%H%M%S") + secrets.token_hex(2)
+    prefix = f"bench-{run_id}-"
+    command = "fleetpulse bench fleet " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    processes = min(args.processes, args.agents)
+    ramp_s = args.ramp if args.ramp is not None else min(30.0, args.agents / 1000)
+
+    platform = Platform(args)
+    sampler: ResourceSampler | None = None
+    sim_procs: list[Any] = []
+    try:
+        config = SimConfig(
+            target=platform.target,
+            token=platform.token,
+            mode=args.mode,
+            run_id=run_id,
+            epoch=int(time.time() * 1000),
+            series_per_agent=args.series,
+            interval_s=args.interval,
+            heartbeat_interval_s=args.heartbeat_interval,
+            ramp_s=ramp_s,
+            window=args.window,
+        )
+        ctx = multiprocessing.get_context("spawn")
+        stats = ctx.Array("q", processes * NFIELDS, lock=False)
+        stop = ctx.Event()
+        results_queue = ctx.Queue()
+        shares = np.array_split(np.arange(1, args.agents + 1), processes)
+        sim_procs = [
+            ctx.Process(
+                target=simulator_main,
+                args=(config, range(int(s[0]), int(s[-1]) + 1), stats, i, stop, results_queue),
+                daemon=True,
+            )
+            for i, s in enumerate(shares)
+        ]
+        components = platform.components
+
+        def all_components() -> dict[str, tuple[list[int], bool]]:
+            found = components()
+            found["simulator"] = ([p.pid for p in sim_procs if p.pid is not None], False)
+            found["bench"] = ([os.getpid()], False)
+            return found
+
+        sampler = ResourceSampler(all_components)
+        conn = psycopg.connect(platform.database_url, autocommit=True)
+        for proc in sim_procs:
+            proc.start()
+        sampler.start()
+        t0 = time.monotonic()
+        timeline: list[dict[str, Any]] = []
+        last = (0, 0, 0)
+        next_tick = t0 + 1
+        while (now := time.monotonic()) < t0 + args.duration:
+            time.sleep(max(0.0, next_tick - now))
+            next_tick += 1
+            platform.check()
+            sent_points = sum(stats[i * NFIELDS + SENT_POINTS] for i in range(processes))
+            acked_points = sum(stats[i * NFIELDS + ACKED_POINTS] for i in range(processes))
+            sent_batches = sum(stats[i * NFIELDS + SENT_BATCHES] for i in range(processes))
+            _, committed_points = _committed(conn, prefix)
+            elapsed = time.monotonic() - t0
+            timeline.append(
+                {
+                    "t_s": round(elapsed, 2),
+                    "sent_per_s": sent_points - last[0],
+                    "accepted_per_s": acked_points - last[1],
+                    "committed_per_s": committed_points - last[2],
+                    "sent_points": sent_points,
+                    "accepted_points": acked_points,
+                    "committed_points": committed_points,
+                }
+            )
+            last = (sent_points, acked_points, committed_points)
+            done = min(1.0, elapsed / args.duration)
+            bar = "#" * int(done * 30)
+            _progress(
+                f"[{bar:<30}] {elapsed:5.0f}/{args.duration:.0f}s  batches {sent_batches:,}  "
+                f"points/s sent {timeline[-1]['sent_per_s']:,} accepted {timeline[-1]['accepted_per_s']:,} "
+                f"committed {timeline[-1]['committed_per_s']:,}"
+            )
+        stop.set()
+        results: list[AgentResult] = []
+        for _ in sim_procs:
+            results += results_queue.get(timeout=120)
+        for proc in sim_procs:
+            proc.join(30)
+        send_phase_s = time.monotonic() - t0
+        resources = sampler.stop()
+        sampler = None
+        acked_batches = sum(r.batches_acked for r in results)
+        deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
+        while (committed := _committed(conn, prefix))[
+            0
+        ] < acked_batches and time.monotonic() < deadline:
+            platform.check()
+            time.sleep(0.2)
+        _progress(
+            f"sent {sum(r.batches_sent for r in results):,} batches; committed {committed[0]:,}; verifying",
+            final=True,
+        )
+        check = verify(conn, prefix, results)
+        rejects = conn.execute(
+            "SELECT reason, sum(batches)::int8, sum(points)::int8 FROM rejects WHERE agent_id LIKE %s GROUP BY reason",
+            (prefix + "%",),
+        ).fetchall()
+        conn.close()
+
+        ceiling = vm = None
+        if not args.no_anchors:
+            _progress(
+                "anchors: binary COPY ceiling and VictoriaMetrics on the run's rows", final=True
+            )
+            rows = anchors.fetch_run_rows(platform.database_url, prefix, ANCHOR_MAX_ROWS)
+            if rows.rows:
+                ceiling = anchors.copy_ceiling(
+                    platform.database_url, rows, f"bench_copy_ceiling_{run_id}"
+                )
+                vm = anchors.victoriametrics(rows)
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        for proc in sim_procs:
+            if proc.is_alive():
+                proc.kill()
+        platform.stop()
+
+    freshness_s: np.ndarray = check.pop("freshness_s")
+    span_s = max(1e-9, (check["last_commit_us"] - check["first_send_us"]) / 1e6)
+    committed_points = check["stored_points"]
+    steady = [row["committed_per_s"] for row in timeline[len(timeline) // 5 :]] or [0]
+    summary: dict[str, Any] = {
+        "mode": args.mode,
+        "agents": args.agents,
+        "series_per_agent": args.series,
+        "duration_s": args.duration,
+        "sent_points": check["sent_points"],
+        "accepted_points": sum(r.batches_acked * r.points_per_batch for r in results),
+        "committed_points": committed_points,
+        "sent_points_per_s": round(check["sent_points"] / send_phase_s),
+        # first send to last commit, ramp and drain included
+        "committed_points_per_s": round(committed_points / span_s),
+        "committed_points_per_s_steady": int(np.median(steady)),
+        "missing_batches": check["missing_batches"],
+        "duplicate_batches": check["duplicate_batches"],
+        "unexpected_batches": check["unexpected_batches"],
+        "unacked_batches": sum(r.batches_sent - r.batches_acked for r in results),
+        "freshness_p50_s": _percentile(freshness_s, 50),
+        "freshness_p95_s": _percentile(freshness_s, 95),
+        "freshness_p99_s": _percentile(freshness_s, 99),
+        "copy_ceiling_points_per_s": ceiling["points_per_s"] if ceiling else None,
+        "victoriametrics_points_per_s": vm["points_per_s"] if vm else None,
+    }
+    summary["ratio_to_copy_ceiling"] = (
+        round(summary["committed_points_per_s"] / ceiling["points_per_s"], 3) if ceiling else None
+    )
+    summary["ratio_to_victoriametrics"] = (
+        round(summary["committed_points_per_s"] / vm["points_per_s"], 3) if vm else None
+    )
+    verified = (
+        check["missing_batches"] == 0
+        and check["duplicate_batches"] == 0
+        and check["unexpected_batches"] == 0
+    )
+    result = {
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "command": command,
+        "machine": report.machine(),
+        "platform": platform.description,
+        "summary": summary,
+        "verified": verified,
+        "verification": check,
+        "anchors": {"copy_ceiling": ceiling, "victoriametrics": vm},
+        "resources": resources,
+        "rejects": [{"reason": r, "batches": b, "points": p} for r, b, p in rejects],
+        "timeline": timeline,
+        "settings": {k: v for k, v in vars(args).items() if k not in {"handler"}},
+    }
+    out_dir = args.results_dir / started_at.strftime("%Y%m%dT%H%M%SZ")
+    report.write(result, freshness_s, out_dir)
+    sys.stderr.write(report.summary_markdown(result) + f"\nresults in {out_dir}\n")
+    print(json.dumps(summary))
+    if not verified:
+        log.error(
+            "verification FAILED: %d missing, %d duplicate, %d unexpected batches",
+            check["missing_batches"],
+            check["duplicate_batches"],
+            check["unexpected_batches"],
+        )
+        return 1
+    return 0

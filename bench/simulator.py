@@ -1,0 +1,279 @@
+"""Simulated agents: thousands per process, each on its own gRPC channel and stream.
+
+Every simulated agent speaks the real protocol as the project's agent does: bearer enrollment
+token, register, heartbeats, metric batches with (epoch, sequence) identity, replay of what was not
+acknowledged after a broken stream. Batches come from `encoder.BatchEncoder` (numpy templates), so
+the simulator's own CPU stays small next to the platform's.
+
+Modes: ``realistic`` sends one batch per agent every ``interval_s`` (phases spread at random);
+``saturate`` sends the next batch as soon as the previous one is acknowledged (``window`` batches
+in flight per agent).
+
+A process reports live counters through a shared array and, at the end, one ``AgentResult`` per
+agent (what it sent, and when) through a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import resource
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from multiprocessing.sharedctypes import SynchronizedArray
+from typing import Any
+
+import grpc
+import numpy as np
+
+from fleetpulse.bench.encoder import BatchEncoder
+from fleetpulse.bench.hostseries import host_series
+from fleetpulse.proto import agent_pb2, common_pb2
+
+log = logging.getLogger(__name__)
+
+CONNECT_METHOD = "/proto.AgentService/Connect"
+# Live counters, one row of NFIELDS per simulator process.
+SENT_BATCHES, SENT_POINTS, ACKED_BATCHES, ACKED_POINTS, CONNECTED, STREAM_ERRORS, REFUSED = range(7)
+NFIELDS = 7
+DRAIN_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    target: str
+    token: str
+    mode: str  # "realistic" | "saturate"
+    run_id: str
+    epoch: int
+    series_per_agent: int
+    interval_s: float
+    heartbeat_interval_s: float
+    ramp_s: float
+    window: int = 1
+
+
+@dataclass
+class AgentResult:
+    agent_id: str
+    epoch: int
+    points_per_batch: int
+    batches_sent: int
+    batches_acked: int
+    last_seq: int
+    send_ns: np.ndarray  # first-send time of batch seq, at index seq - 1
+
+
+def agent_id_for(run_id: str, index: int) -> str:
+    return f"bench-{run_id}-{index:05d}"
+
+
+class SimAgent:
+    def __init__(self, config: SimConfig, index: int, stats: Any, offset: int) -> None:
+        self.config = config
+        self.agent_id = agent_id_for(config.run_id, index)
+        series = host_series(config.series_per_agent, random.Random(index))
+        self.encoder = BatchEncoder(self.agent_id, series)
+        self._rng = np.random.default_rng(index)
+        self._values = self._rng.uniform(0, 100, size=len(series))
+        self._stats = stats
+        self._offset = offset
+        self._next_seq = 1
+        self._last_ts_ns = 0
+        self._unacked: OrderedDict[int, bytes] = OrderedDict()
+        self._acked = asyncio.Event()
+        self.send_ns: list[int] = []
+        self.batches_acked = 0
+        self.drain_deadline = float("inf")  # set when the run stops: give up replaying after it
+
+    def _count(self, field: int, amount: int = 1) -> None:
+        self._stats[self._offset + field] += amount
+
+    def _new_batch(self) -> tuple[int, bytes]:
+        seq = self._next_seq
+        self._next_seq += 1
+        self._values += self._rng.normal(0, 1, size=len(self._values))
+        # Strictly increasing per agent at microsecond resolution (what PostgreSQL stores), so that
+        # (series, ts) identifies a point and duplicates are detectable.
+        now_ns = max(time.time_ns(), self._last_ts_ns + 1000)
+        self._last_ts_ns = now_ns
+        payload = self.encoder.encode(self.config.epoch, seq, now_ns, self._values)
+        self._unacked[seq] = payload
+        self.send_ns.append(now_ns)
+        self._count(SENT_BATCHES)
+        self._count(SENT_POINTS, self.encoder.points)
+        return seq, payload
+
+    def _register(self) -> bytes:
+        return agent_pb2.AgentMessage(
+            register=agent_pb2.AgentRegister(
+                agent_id=self.agent_id,
+                hostname=self.agent_id,
+                os="linux",
+                arch="x86_64",
+                version="bench",
+            )
+        ).SerializeToString()
+
+    def _heartbeat(self) -> bytes:
+        return agent_pb2.AgentMessage(
+            heartbeat=agent_pb2.Heartbeat(
+                agent_id=self.agent_id, timestamp=common_pb2.Timestamp(seconds=int(time.time()))
+            )
+        ).SerializeToString()
+
+    async def run(self, start_delay_s: float, stopping: asyncio.Event) -> None:
+        await asyncio.sleep(start_delay_s)
+        while not (stopping.is_set() and not self._unacked):
+            try:
+                await self._session(stopping)
+            except grpc.aio.AioRpcError as exc:
+                self._count(STREAM_ERRORS)
+                log.debug("%s: stream failed: %s %s", self.agent_id, exc.code().name, exc.details())
+                await asyncio.sleep(random.uniform(0.1, 1.0))
+            if stopping.is_set() and time.monotonic() > getattr(
+                self, "_drain_deadline", float("inf")
+            ):
+                return
+
+    async def _session(self, stopping: asyncio.Event) -> None:
+        options = [
+            ("grpc.use_local_subchannel_pool", 1)
+        ]  # its own TCP connection, like a real host
+        async with grpc.aio.insecure_channel(self.config.target, options=options) as channel:
+            connect = channel.stream_stream(
+                CONNECT_METHOD,
+                request_serializer=None,
+                response_deserializer=agent_pb2.ServerMessage.FromString,
+            )
+            call = connect(metadata=(("authorization", f"Bearer {self.config.token}"),))
+            await call.write(self._register())
+            first = await call.read()
+            if first is grpc.aio.EOF or not first.register_response.success:
+                raise grpc.aio.AioRpcError(grpc.StatusCode.UNKNOWN, None, None, "register refused")
+            self._count(CONNECTED)
+            reader = asyncio.create_task(self._read_acks(call))
+            try:
+                await self._send_loop(call, reader, stopping)
+            finally:
+                reader.cancel()
+                self._count(CONNECTED, -1)
+
+    async def _send_loop(
+        self, call: Any, reader: asyncio.Task[None], stopping: asyncio.Event
+    ) -> None:
+        for payload in list(self._unacked.values()):  # replay on a new stream
+            await call.write(payload)
+        config = self.config
+        now = time.monotonic()
+        next_heartbeat = now + config.heartbeat_interval_s
+        next_send = now + (
+            random.uniform(0, config.interval_s) if config.mode == "realistic" else 0
+        )
+        while True:
+            if reader.done():
+                reader.result()
+                raise grpc.aio.AioRpcError(
+                    grpc.StatusCode.UNAVAILABLE, None, None, "server closed the stream"
+                )
+            now = time.monotonic()
+            if stopping.is_set():
+                if not self._unacked:
+                    await call.done_writing()
+                    return
+            elif config.mode == "saturate":
+                while len(self._unacked) < config.window:
+                    await call.write(self._new_batch()[1])
+            elif now >= next_send:
+                await call.write(self._new_batch()[1])
+                next_send += config.interval_s
+            if now >= next_heartbeat:
+                await call.write(self._heartbeat())
+                next_heartbeat = now + config.heartbeat_interval_s
+            wake_at = (
+                next_heartbeat
+                if config.mode == "saturate" or stopping.is_set()
+                else min(next_send, next_heartbeat)
+            )
+            self._acked.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._acked.wait(), timeout=max(0.0, wake_at - time.monotonic())
+                )
+
+    async def _read_acks(self, call: Any) -> None:
+        while True:
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                return
+            if response.WhichOneof("message") != "metric_ack":
+                continue
+            ack = response.metric_ack
+            if not ack.success:
+                self._count(REFUSED)
+                continue
+            if self._unacked.pop(ack.sequence, None) is not None:
+                self.batches_acked += 1
+                self._count(ACKED_BATCHES)
+                self._count(ACKED_POINTS, self.encoder.points)
+                self._acked.set()
+
+    def wake(self) -> None:
+        self._acked.set()
+
+    def result(self) -> AgentResult:
+        return AgentResult(
+            agent_id=self.agent_id,
+            epoch=self.config.epoch,
+            points_per_batch=self.encoder.points,
+            batches_sent=self._next_seq - 1,
+            batches_acked=self.batches_acked,
+            last_seq=self._next_seq - 1,
+            send_ns=np.asarray(self.send_ns, dtype=np.int64),
+        )
+
+
+async def _simulate(
+    config: SimConfig, indexes: range, stats: Any, offset: int, stop: Any
+) -> list[AgentResult]:
+    agents = [SimAgent(config, index, stats, offset) for index in indexes]
+    stopping = asyncio.Event()
+    spread_s = config.ramp_s / max(1, len(agents))
+    tasks = [
+        asyncio.create_task(agent.run(i * spread_s, stopping)) for i, agent in enumerate(agents)
+    ]
+    # `stop` is a multiprocessing.Event set by the parent process: it cannot be awaited.
+    while not stop.is_set():  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    stopping.set()
+    for agent in agents:
+        agent.drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        agent.wake()  # so that a sender waiting for an ack sees `stopping`
+    _, pending = await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT_S + 5)
+    for task in pending:
+        task.cancel()
+    return [agent.result() for agent in agents]
+
+
+def simulator_main(
+    config: SimConfig,
+    indexes: range,
+    stats: SynchronizedArray[Any],
+    process_index: int,
+    stop: Any,
+    results: Any,
+) -> None:
+    """Entry point of one simulator process (multiprocessing target)."""
+    from fleetpulse.lifecycle import set_process_title
+
+    set_process_title(f"fleetpulse bench simulator {process_index + 1}")
+    # one socket per simulated agent
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    import uvloop
+
+    outcome = uvloop.run(_simulate(config, indexes, stats, process_index * NFIELDS, stop))
+    results.put(outcome)
