@@ -23,7 +23,7 @@ import grpc
 
 from fleetpulse import __version__
 from fleetpulse.agent.backoff import Backoff
-from fleetpulse.agent.collectors import collect
+from fleetpulse.agent.collectors import Sample, collect
 from fleetpulse.agent.config import AgentConfig
 from fleetpulse.agent.report import SentReport
 from fleetpulse.proto import agent_pb2, common_pb2, metric_pb2
@@ -35,6 +35,21 @@ MAX_UNACKED_BATCHES = 10_000
 SHUTDOWN_FLUSH_S = 3.0
 # A session that stayed up this long resets the backoff.
 STABLE_SESSION_S = 10.0
+
+
+def encode_batch(agent_id: str, epoch: int, seq: int, samples: list[Sample], ts_ns: int) -> bytes:
+    """One collection as a serialized AgentMessage carrying a MetricBatch (row form)."""
+    stamp = common_pb2.Timestamp(seconds=ts_ns // 1_000_000_000, nanos=ts_ns % 1_000_000_000)
+    batch = metric_pb2.MetricBatch(
+        agent_id=agent_id,
+        epoch=epoch,
+        sequence=seq,
+        metrics=[
+            metric_pb2.MetricPoint(name=name, value=value, timestamp=stamp, labels=labels)
+            for name, value, labels in samples
+        ],
+    )
+    return agent_pb2.AgentMessage(metrics=batch).SerializeToString()
 
 
 class StreamClosed(Exception):
@@ -62,20 +77,9 @@ class AgentDaemon:
         samples, self.collector_errors = collect(self.config.collectors)  # collect() logs failures
         if not samples:
             return
-        now = time.time()
-        stamp = common_pb2.Timestamp(seconds=int(now), nanos=int((now % 1) * 1e9))
         seq = self._next_seq
         self._next_seq += 1
-        batch = metric_pb2.MetricBatch(
-            agent_id=self.config.agent_id,
-            epoch=self.epoch,
-            sequence=seq,
-            metrics=[
-                metric_pb2.MetricPoint(name=name, value=value, timestamp=stamp, labels=labels)
-                for name, value, labels in samples
-            ],
-        )
-        message = agent_pb2.AgentMessage(metrics=batch).SerializeToString()
+        message = encode_batch(self.config.agent_id, self.epoch, seq, samples, time.time_ns())
         if len(self._unacked) >= MAX_UNACKED_BATCHES:
             dropped_seq, (_, dropped_points) = self._unacked.popitem(last=False)
             self.report.dropped(self.epoch, dropped_points)

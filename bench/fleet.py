@@ -20,6 +20,7 @@ import os
 import secrets
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -284,6 +285,10 @@ def run(args: argparse.Namespace) -> int:
     processes = min(args.processes, args.agents)
     ramp_s = args.ramp if args.ramp is not None else min(30.0, args.agents / 1000)
 
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds through the finally below, which stops the platform
+
+    signal.signal(signal.SIGTERM, interrupted)
     platform = Platform(args)
     sampler: ResourceSampler | None = None
     sim_procs: list[Any] = []

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import resource
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -267,12 +266,10 @@ def simulator_main(
     results: Any,
 ) -> None:
     """Entry point of one simulator process (multiprocessing target)."""
-    from fleetpulse.lifecycle import set_process_title
+    from fleetpulse.lifecycle import raise_open_files_limit, set_process_title
 
     set_process_title(f"fleetpulse bench simulator {process_index + 1}")
-    # one socket per simulated agent
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files_limit()  # one socket per simulated agent
     import uvloop
 
     outcome = uvloop.run(_simulate(config, indexes, stats, process_index * NFIELDS, stop))

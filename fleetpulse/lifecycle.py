@@ -29,3 +29,12 @@ def set_process_title(title: str) -> None:
     except ImportError:
         return
     setproctitle.setproctitle(title)
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard limit (one socket per agent); return it."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard

@@ -244,9 +244,9 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
     pool = AsyncConnectionPool(settings.database_url, min_size=1, max_size=8, open=False)
     await pool.open(wait=True)
     registry = AgentRegistry(pool, settings.heartbeat_flush_interval_s)
-    service = AgentService(
-        settings.enrollment_token.get_secret_value(), registry, BatchQueue(redis_client, shards)
-    )
+    batches = BatchQueue(redis_client, shards)
+    batches.start()
+    service = AgentService(settings.enrollment_token.get_secret_value(), registry, batches)
     server = build_server(service, settings)
     await server.start()
     flusher = asyncio.create_task(registry.flush_forever())
@@ -268,6 +268,7 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
         log.info("ingest front-end stopping")
         await server.stop(grace=2.0)
         flusher.cancel()
+        await batches.close()
         await registry.flush()
         await redis_client.aclose()
         await pool.close()
@@ -277,4 +278,7 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
 def main(settings: Settings) -> None:
     import uvloop
 
+    from fleetpulse.lifecycle import raise_open_files_limit
+
+    log.info("open files limit: %d (one per connected agent)", raise_open_files_limit())
     uvloop.run(run(settings))

@@ -7,6 +7,8 @@ after their PostgreSQL transaction committed (XACK + XDEL).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import redis
@@ -42,23 +44,79 @@ def ensure_layout(client: redis.Redis, wanted_shards: int) -> int:
 
 
 class BatchQueue:
-    """The front-end's side: append one agent's serialized MetricBatch to its shard."""
+    """The front-end's side: append agents' serialized MetricBatches to their shards.
 
-    def __init__(self, client: redis.asyncio.Redis, shards: int) -> None:
+    Thousands of streams add batches concurrently; instead of one Redis round trip (and one
+    connection) each, their XADDs are coalesced into pipelines on one connection, one pipeline in
+    flight at a time: under load a round trip carries up to ``max_pipeline`` entries, when idle an
+    entry waits for one round trip only. The waiting room is bounded (``max_pending``): when it is
+    full, ``add`` waits, which holds the agent's stream instead of growing memory.
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        shards: int,
+        max_pending: int = 20_000,
+        max_pipeline: int = 512,
+    ) -> None:
         self._client = client
         self._shards = shards
+        self._max_pipeline = max_pipeline
+        self._pending: asyncio.Queue[tuple[str, dict[bytes, object], asyncio.Future[None]]] = (
+            asyncio.Queue(max_pending)
+        )
+        self._flusher: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._flusher = asyncio.create_task(self._flush_forever(), name="xadd-pipeline")
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        while not self._pending.empty():
+            _, _, future = self._pending.get_nowait()
+            if not future.done():
+                future.set_exception(redis.ConnectionError("front-end stopping"))
 
     async def add(
         self, agent_id: str, epoch: int, sequence: int, batch: bytes, received_ms: int
     ) -> None:
-        """XADD the batch bytes untouched (points are never decoded here)."""
-        await self._client.xadd(
-            keys.stream_key(keys.shard_for(agent_id, self._shards)),
-            {
-                keys.FIELD_AGENT: agent_id,
-                keys.FIELD_EPOCH: epoch,
-                keys.FIELD_SEQUENCE: sequence,
-                keys.FIELD_RECEIVED_MS: received_ms,
-                keys.FIELD_BATCH: batch,
-            },
+        """XADD the batch bytes untouched (points are never decoded here); returns once queued.
+
+        Raises redis.RedisError when Redis refused the entry: then nothing was queued.
+        """
+        fields: dict[bytes, object] = {
+            keys.FIELD_AGENT: agent_id,
+            keys.FIELD_EPOCH: epoch,
+            keys.FIELD_SEQUENCE: sequence,
+            keys.FIELD_RECEIVED_MS: received_ms,
+            keys.FIELD_BATCH: batch,
+        }
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._pending.put(
+            (keys.stream_key(keys.shard_for(agent_id, self._shards)), fields, future)
         )
+        await future
+
+    async def _flush_forever(self) -> None:
+        while True:
+            items = [await self._pending.get()]
+            while len(items) < self._max_pipeline and not self._pending.empty():
+                items.append(self._pending.get_nowait())
+            pipe = self._client.pipeline(transaction=False)
+            for stream, fields, _ in items:
+                pipe.xadd(stream, fields)  # type: ignore[arg-type]
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except redis.RedisError as exc:
+                results = [exc] * len(items)
+            for (_, _, future), result in zip(items, results, strict=True):
+                if future.done():
+                    continue  # the stream went away while waiting; the agent will resend
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(None)
