@@ -57,7 +57,14 @@ ANCHOR_MAX_ROWS = 10_000_000
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["saturate", "realistic"], default="saturate")
     parser.add_argument("--agents", type=int, default=100)
-    parser.add_argument("--duration", type=float, default=30.0, help="send phase, seconds")
+    parser.add_argument("--duration", type=float, default=30.0, help="measured window, seconds")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds of sending before the measured window (default: ramp + one interval in "
+        "realistic mode, ramp + 5 s in saturate mode): agents connect and create their series",
+    )
     parser.add_argument("--series", type=int, default=200, help="series per agent")
     parser.add_argument(
         "--interval", type=float, default=10.0, help="realistic mode: seconds between batches"
@@ -248,11 +255,6 @@ def verify(conn: psycopg.Connection, prefix: str, results: list[AgentResult]) ->
     )
     duplicated = joined.filter(pl.col("stored_points") > pl.col("points"))
     unexpected = stored.join(sent, on=["agent_id", "ts_us"], how="anti")  # stored, never sent
-    freshness_s = (
-        joined.filter(pl.col("committed_us").is_not_null())
-        .select(((pl.col("committed_us") - pl.col("send_ns") // 1000) / 1e6).alias("f"))["f"]
-        .to_numpy()
-    )
     first_send_us = int(sent["send_ns"].to_numpy().min()) // 1000 if len(sent) else 0
     last_commit_us = int(ledger["committed_us"].to_numpy().max()) if len(ledger) else 0
     return {
@@ -263,7 +265,7 @@ def verify(conn: psycopg.Connection, prefix: str, results: list[AgentResult]) ->
         "missing_batches": len(missing),
         "duplicate_batches": len(duplicated),
         "unexpected_batches": len(unexpected),
-        "freshness_s": freshness_s,
+        "batches": joined.select("send_ns", "points", "committed_us"),
         "first_send_us": first_send_us,
         "last_commit_us": last_commit_us,
         "missing_examples": missing.head(5).to_dicts(),
@@ -284,6 +286,9 @@ def run(args: argparse.Namespace) -> int:
     command = "fleetpulse bench fleet " + " ".join(shlex.quote(a) for a in sys.argv[3:])
     processes = min(args.processes, args.agents)
     ramp_s = args.ramp if args.ramp is not None else min(30.0, args.agents / 1000)
+    if args.warmup is None:
+        args.warmup = ramp_s + (args.interval if args.mode == "realistic" else 5.0)
+    total_s = args.warmup + args.duration
 
     def interrupted(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # unwinds through the finally below, which stops the platform
@@ -330,15 +335,18 @@ def run(args: argparse.Namespace) -> int:
         conn = psycopg.connect(platform.database_url, autocommit=True)
         for proc in sim_procs:
             proc.start()
-        sampler.start()
         t0 = time.monotonic()
+        window_start_ns = window_end_ns = 0
         timeline: list[dict[str, Any]] = []
         last = (0, 0, 0)
         next_tick = t0 + 1
-        while (now := time.monotonic()) < t0 + args.duration:
+        while (now := time.monotonic()) < t0 + total_s:
             time.sleep(max(0.0, next_tick - now))
             next_tick += 1
             platform.check()
+            if not window_start_ns and time.monotonic() >= t0 + args.warmup:
+                window_start_ns = time.time_ns()
+                sampler.start()  # resources are measured over the window only
             sent_points = sum(stats[i * NFIELDS + SENT_POINTS] for i in range(processes))
             acked_points = sum(stats[i * NFIELDS + ACKED_POINTS] for i in range(processes))
             sent_batches = sum(stats[i * NFIELDS + SENT_BATCHES] for i in range(processes))
@@ -356,20 +364,24 @@ def run(args: argparse.Namespace) -> int:
                 }
             )
             last = (sent_points, acked_points, committed_points)
-            done = min(1.0, elapsed / args.duration)
+            done = min(1.0, elapsed / total_s)
             bar = "#" * int(done * 30)
+            phase = "measuring" if window_start_ns else "warm-up  "
             _progress(
-                f"[{bar:<30}] {elapsed:5.0f}/{args.duration:.0f}s  batches {sent_batches:,}  "
+                f"[{bar:<30}] {phase} {elapsed:5.0f}/{total_s:.0f}s  batches {sent_batches:,}  "
                 f"points/s sent {timeline[-1]['sent_per_s']:,} accepted {timeline[-1]['accepted_per_s']:,} "
                 f"committed {timeline[-1]['committed_per_s']:,}"
             )
+        window_end_ns = time.time_ns()
+        if not window_start_ns:
+            window_start_ns = window_end_ns
+            sampler.start()
         stop.set()
         results: list[AgentResult] = []
         for _ in sim_procs:
             results += results_queue.get(timeout=120)
         for proc in sim_procs:
             proc.join(30)
-        send_phase_s = time.monotonic() - t0
         resources = sampler.stop()
         sampler = None
         acked_batches = sum(r.batches_acked for r in results)
@@ -409,22 +421,37 @@ def run(args: argparse.Namespace) -> int:
                 proc.kill()
         platform.stop()
 
-    freshness_s: np.ndarray = check.pop("freshness_s")
+    batches: pl.DataFrame = check.pop("batches")
+    window_s = max(1e-9, (window_end_ns - window_start_ns) / 1e9)
+    in_window = batches.filter(
+        pl.col("send_ns").is_between(window_start_ns, window_end_ns, closed="left")
+    )
+    committed_in_window = batches.filter(
+        pl.col("committed_us").is_between(
+            window_start_ns // 1000, window_end_ns // 1000, closed="left"
+        )
+    )
+    freshness_s = (
+        in_window.filter(pl.col("committed_us").is_not_null())
+        .select((pl.col("committed_us") - pl.col("send_ns") // 1000) / 1e6)
+        .to_series()
+        .to_numpy()
+    )
     span_s = max(1e-9, (check["last_commit_us"] - check["first_send_us"]) / 1e6)
-    committed_points = check["stored_points"]
-    steady = [row["committed_per_s"] for row in timeline[len(timeline) // 5 :]] or [0]
     summary: dict[str, Any] = {
         "mode": args.mode,
         "agents": args.agents,
         "series_per_agent": args.series,
         "duration_s": args.duration,
+        "warmup_s": args.warmup,
         "sent_points": check["sent_points"],
         "accepted_points": sum(r.batches_acked * r.points_per_batch for r in results),
-        "committed_points": committed_points,
-        "sent_points_per_s": round(check["sent_points"] / send_phase_s),
-        # first send to last commit, ramp and drain included
-        "committed_points_per_s": round(committed_points / span_s),
-        "committed_points_per_s_steady": int(np.median(steady)),
+        "committed_points": check["stored_points"],
+        # the measured window: after warm-up, before the senders stop
+        "sent_points_per_s": round(int(in_window["points"].sum()) / window_s),
+        "committed_points_per_s": round(int(committed_in_window["points"].sum()) / window_s),
+        # the whole run, from the first send to the last commit (ramp, warm-up and drain included)
+        "committed_points_per_s_overall": round(check["stored_points"] / span_s),
         "missing_batches": check["missing_batches"],
         "duplicate_batches": check["duplicate_batches"],
         "unexpected_batches": check["unexpected_batches"],
@@ -432,6 +459,7 @@ def run(args: argparse.Namespace) -> int:
         "freshness_p50_s": _percentile(freshness_s, 50),
         "freshness_p95_s": _percentile(freshness_s, 95),
         "freshness_p99_s": _percentile(freshness_s, 99),
+        "freshness_max_s": _percentile(freshness_s, 100),
         "copy_ceiling_points_per_s": ceiling["points_per_s"] if ceiling else None,
         "victoriametrics_points_per_s": vm["points_per_s"] if vm else None,
     }
@@ -458,6 +486,11 @@ def run(args: argparse.Namespace) -> int:
         "resources": resources,
         "rejects": [{"reason": r, "batches": b, "points": p} for r, b, p in rejects],
         "timeline": timeline,
+        "window": {
+            "start_ns": window_start_ns,
+            "end_ns": window_end_ns,
+            "seconds": round(window_s, 2),
+        },
         "settings": {k: v for k, v in vars(args).items() if k not in {"handler"}},
     }
     out_dir = args.results_dir / started_at.strftime("%Y%m%dT%H%M%SZ")

@@ -1,0 +1,79 @@
+"""`fleetpulse bench fleet` end to end, small: the harness itself must not rot.
+
+Its figures are not asserted (a benchmark measures, it does not pass or fail on speed); what is
+asserted is the contract: the JSON last line, the verification, the files of the results folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REQUIRED = {
+    "mode",
+    "agents",
+    "duration_s",
+    "sent_points",
+    "committed_points",
+    "committed_points_per_s",
+    "missing_batches",
+    "duplicate_batches",
+    "freshness_p50_s",
+    "freshness_p99_s",
+    "copy_ceiling_points_per_s",
+    "victoriametrics_points_per_s",
+}
+
+
+@pytest.mark.parametrize("mode", ["saturate", "realistic"])
+def test_bench_fleet_runs_verifies_and_reports(mode: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETPULSE_")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fleetpulse",
+            "bench",
+            "fleet",
+            "--mode",
+            mode,
+            "--agents",
+            "20",
+            "--duration",
+            "4",
+            "--warmup",
+            "2",
+            "--interval",
+            "1",
+            "--series",
+            "50",
+            "--results-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert REQUIRED <= summary.keys()
+    assert summary["mode"] == mode and summary["agents"] == 20
+    assert summary["sent_points"] == summary["committed_points"] > 0
+    assert summary["missing_batches"] == summary["duplicate_batches"] == 0
+    assert summary["copy_ceiling_points_per_s"] > 0
+    (run_dir,) = tmp_path.iterdir()
+    assert {"result.json", "summary.md", "throughput.png", "freshness.png"} <= {
+        p.name for p in run_dir.iterdir()
+    }
+    full = json.loads((run_dir / "result.json").read_text())
+    assert full["verified"] is True
+    assert {"cores", "memory_gb"} <= full["machine"].keys()
+    assert {"front-end", "workers", "postgres", "redis", "simulator"} <= full["resources"].keys()
