@@ -278,6 +278,14 @@ def _percentile(values: np.ndarray, q: float) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`fleetpulse bench fleet`: one run; the last stdout line is its summary as JSON."""
+    result = measure(args)
+    print(json.dumps(result["summary"]))
+    return 0 if result["verified"] else 1
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """One fleet run, written to its results folder; returns the full result."""
     if args.agents < 1 or args.duration <= 0 or args.processes < 1:
         raise ConfigError("--agents, --duration and --processes must be positive")
     started_at = datetime.now(UTC)
@@ -494,9 +502,9 @@ def run(args: argparse.Namespace) -> int:
         "settings": {k: v for k, v in vars(args).items() if k not in {"handler"}},
     }
     out_dir = args.results_dir / started_at.strftime("%Y%m%dT%H%M%SZ")
+    result["results_dir"] = str(out_dir)
     report.write(result, freshness_s, out_dir)
     sys.stderr.write(report.summary_markdown(result) + f"\nresults in {out_dir}\n")
-    print(json.dumps(summary))
     if not verified:
         log.error(
             "verification FAILED: %d missing, %d duplicate, %d unexpected batches",
@@ -504,5 +512,36 @@ def run(args: argparse.Namespace) -> int:
             check["duplicate_batches"],
             check["unexpected_batches"],
         )
-        return 1
-    return 0
+    return result
+
+
+# The two runs behind the targets of the project (README, "Performance").
+TARGET_RUNS = {
+    "saturate": ["--mode", "saturate", "--agents", "100", "--duration", "60"],
+    "realistic": [
+        "--mode",
+        "realistic",
+        "--agents",
+        "10000",
+        "--duration",
+        "60",
+        "--warmup",
+        "150",
+    ],
+}
+
+
+def run_targets(args: argparse.Namespace) -> int:
+    """`fleetpulse bench targets`: both target runs and the README's table; JSON last line."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    results = {}
+    for name, argv in TARGET_RUNS.items():
+        run_args = parser.parse_args([*argv, "--results-dir", str(args.results_dir)])
+        results[name] = measure(run_args)
+    table = report.targets_markdown(results)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "targets.md").write_text(table)
+    sys.stderr.write(table + "\n")
+    print(json.dumps({name: r["summary"] for name, r in results.items()}))
+    return 0 if all(r["verified"] for r in results.values()) else 1

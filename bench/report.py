@@ -155,3 +155,43 @@ def write(result: dict[str, Any], freshness_s: np.ndarray, out_dir: Path) -> Non
     result["plots"] = plot(result, freshness_s, out_dir)
     (out_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
     (out_dir / "summary.md").write_text(summary_markdown(result))
+
+
+def targets_markdown(results: dict[str, dict[str, Any]]) -> str:
+    """The README's performance table: one row per target run, then where the CPU went."""
+    any_result = next(iter(results.values()))
+    m = any_result["machine"]
+    lines = [
+        f"Measured {any_result['started_at'][:10]} on {m['cores']} cores / {m['memory_gb']} GiB "
+        f"({m['cpu_model']}), simulator on the same machine, `fleetpulse bench targets`.",
+        "",
+        "| run | sent pts/s | committed pts/s | freshness p50 / p99 | missing / duplicate batches "
+        "| COPY ceiling pts/s (ratio) | VictoriaMetrics pts/s (ratio) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        s = result["summary"]
+        vm = (
+            f"{s['victoriametrics_points_per_s']:,} ({s['ratio_to_victoriametrics']})"
+            if s["victoriametrics_points_per_s"]
+            else "not installed"
+        )
+        ceiling = (
+            f"{s['copy_ceiling_points_per_s']:,} ({s['ratio_to_copy_ceiling']})"
+            if s["copy_ceiling_points_per_s"]
+            else "—"
+        )
+        lines.append(
+            f"| {name}: {s['agents']:,} agents x {s['series_per_agent']} series "
+            f"| {s['sent_points_per_s']:,} | {s['committed_points_per_s']:,} "
+            f"| {_fmt(s['freshness_p50_s'])} s / {_fmt(s['freshness_p99_s'])} s "
+            f"| {s['missing_batches']} / {s['duplicate_batches']} | {ceiling} | {vm} |"
+        )
+    names = sorted({c for r in results.values() for c in r["resources"]})
+    lines += ["", "CPU in % of one core during the measured window:", ""]
+    lines += ["| run | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for name, result in results.items():
+        usage = result["resources"]
+        cells = [str(usage.get(c, {}).get("cpu_percent_of_one_core", "—")) for c in names]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -134,6 +134,12 @@ def _cmd_bench_fleet(args: argparse.Namespace) -> int:
     return fleet.run(args)
 
 
+def _cmd_bench_targets(args: argparse.Namespace) -> int:
+    from fleetpulse.bench import fleet
+
+    return fleet.run_targets(args)
+
+
 def _add_server_flags(
     parser: argparse.ArgumentParser, *, grpc: bool = False, api: bool = False
 ) -> None:
@@ -216,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     fleet = bench_sub.add_parser("fleet", help="simulate a fleet end to end and verify every batch")
     _add_bench_fleet_arguments(fleet)
     fleet.set_defaults(handler=_cmd_bench_fleet)
+    targets = bench_sub.add_parser(
+        "targets", help="the two target runs (saturate, realistic 10k agents) and the README table"
+    )
+    targets.add_argument("--results-dir", type=Path, default=Path("bench/results"))
+    targets.set_defaults(handler=_cmd_bench_targets)
 
     agent = sub.add_parser("agent", help="run the host agent")
     agent.add_argument("--config", required=True, type=Path, help="agent YAML config file")

@@ -64,7 +64,7 @@ def test_bench_fleet_runs_verifies_and_reports(mode: str, tmp_path: Path) -> Non
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert REQUIRED <= summary.keys()
+    assert summary.keys() >= REQUIRED
     assert summary["mode"] == mode and summary["agents"] == 20
     assert summary["sent_points"] == summary["committed_points"] > 0
     assert summary["missing_batches"] == summary["duplicate_batches"] == 0
