@@ -50,7 +50,9 @@ from fleetpulse.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
-CATCH_UP_TIMEOUT_S = 120.0
+# After the senders stop, the queue drains into PostgreSQL; verification waits for as long as
+# commits progress, and gives up (reporting the rest as missing) after this long without progress.
+CATCH_UP_STALL_S = 60.0
 ANCHOR_MAX_ROWS = 10_000_000
 
 
@@ -291,7 +293,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     started_at = datetime.now(UTC)
     run_id = started_at.strftime("%H%M%S") + secrets.token_hex(2)
     prefix = f"bench-{run_id}-"
-    command = "fleetpulse bench fleet " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    command = (
+        f"fleetpulse bench fleet --mode {args.mode} --agents {args.agents} --duration {args.duration:g}"
+        + (f" --warmup {args.warmup:g}" if args.warmup is not None else "")
+        + f" --series {args.series} --interval {args.interval:g} --processes {args.processes}"
+        + f" --workers {args.workers}"
+        + (f" --target {shlex.quote(args.target)}" if args.target else "")
+    )
     processes = min(args.processes, args.agents)
     ramp_s = args.ramp if args.ramp is not None else min(30.0, args.agents / 1000)
     if args.warmup is None:
@@ -393,12 +401,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         resources = sampler.stop()
         sampler = None
         acked_batches = sum(r.batches_acked for r in results)
-        deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
-        while (committed := _committed(conn, prefix))[
-            0
-        ] < acked_batches and time.monotonic() < deadline:
+        committed = _committed(conn, prefix)
+        progressed_at, drain_started = time.monotonic(), time.monotonic()
+        while committed[0] < acked_batches and time.monotonic() - progressed_at < CATCH_UP_STALL_S:
             platform.check()
-            time.sleep(0.2)
+            time.sleep(0.5)
+            previous, committed = committed, _committed(conn, prefix)
+            if committed[0] > previous[0]:
+                progressed_at = time.monotonic()
+            _progress(
+                f"draining: {committed[0]:,}/{acked_batches:,} batches committed "
+                f"({time.monotonic() - drain_started:.0f} s after the senders stopped)"
+            )
         _progress(
             f"sent {sum(r.batches_sent for r in results):,} batches; committed {committed[0]:,}; verifying",
             final=True,
