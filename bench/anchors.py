@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -25,6 +24,7 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
+from fleetpulse.bench.ports import free_port
 from fleetpulse.ingest.copybuf import POINT_ROW
 
 log = logging.getLogger(__name__)
@@ -150,13 +150,6 @@ def prometheus_text_bodies(rows: RunRows) -> list[bytes]:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def victoriametrics(rows: RunRows) -> dict[str, Any] | None:
     """Import the same samples into a fresh VictoriaMetrics; None when it is not installed."""
     binary = shutil.which("victoria-metrics") or shutil.which("victoria-metrics-prod")
@@ -164,7 +157,7 @@ def victoriametrics(rows: RunRows) -> dict[str, Any] | None:
         return None
     version = subprocess.run([binary, "-version"], capture_output=True, text=True).stdout.strip()
     bodies = prometheus_text_bodies(rows)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="fleetpulse-vm-") as storage:
         proc = subprocess.Popen(

@@ -34,6 +34,7 @@ import psycopg
 from pydantic import SecretStr
 
 from fleetpulse.bench import anchors, report
+from fleetpulse.bench.ports import free_port
 from fleetpulse.bench.resources import ResourceSampler, processes_named
 from fleetpulse.bench.simulator import (
     ACKED_POINTS,
@@ -115,8 +116,6 @@ class Platform:
         if data_dir is None:
             self._temp_dir = tempfile.mkdtemp(prefix="fleetpulse-bench-")
             data_dir = Path(self._temp_dir)
-        from fleetpulse.bench.ports import free_port
-
         settings = settings.model_copy(
             update={
                 "data_dir": data_dir,
