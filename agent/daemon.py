@@ -38,18 +38,22 @@ STABLE_SESSION_S = 10.0
 
 
 def encode_batch(agent_id: str, epoch: int, seq: int, samples: list[Sample], ts_ns: int) -> bytes:
-    """One collection as a serialized AgentMessage carrying a MetricBatch (row form)."""
-    stamp = common_pb2.Timestamp(seconds=ts_ns // 1_000_000_000, nanos=ts_ns % 1_000_000_000)
-    batch = metric_pb2.MetricBatch(
+    """One collection as a serialized AgentMessage carrying a ColumnarBatch.
+
+    The columnar form lets the platform skip decoding points one by one (docs/architecture.md);
+    the row form (MetricBatch) stays accepted from agents that only know the original protocol.
+    """
+    batch = metric_pb2.ColumnarBatch(
         agent_id=agent_id,
         epoch=epoch,
         sequence=seq,
-        metrics=[
-            metric_pb2.MetricPoint(name=name, value=value, timestamp=stamp, labels=labels)
-            for name, value, labels in samples
-        ],
+        series=metric_pb2.SeriesSet(
+            entries=[metric_pb2.SeriesDef(name=name, labels=labels) for name, _, labels in samples]
+        ),
+        values=[value for _, value, _ in samples],
+        timestamps_ns=[ts_ns],
     )
-    return agent_pb2.AgentMessage(metrics=batch).SerializeToString()
+    return agent_pb2.AgentMessage(metric_columns=batch).SerializeToString()
 
 
 class StreamClosed(Exception):

@@ -1,4 +1,10 @@
-"""Build serialized ``AgentMessage{metrics: MetricBatch}`` bytes for one host at numpy speed.
+"""Serialized batches for simulated hosts, at numpy speed, in both forms of the protocol.
+
+``ColumnarEncoder`` builds ``AgentMessage{metric_columns: ColumnarBatch}`` (the form the project's
+agent sends); ``BatchEncoder`` builds the original row form ``AgentMessage{metrics: MetricBatch}``
+(what an agent generated from the original plan's .proto files sends).
+
+Row form:
 
 Simulating thousands of agents on the machine under test must cost little CPU, so batches are not
 built point by point with protobuf. Each host's batch is laid out once as a template in which every
@@ -95,3 +101,41 @@ class BatchEncoder:
             )
         )
         return b"\x1a" + _varint(len(batch)) + batch  # AgentMessage.metrics
+
+
+class ColumnarEncoder:
+    """Encodes one host's batches in the columnar form (``AgentMessage.metric_columns``).
+
+    The series set is serialized once; per batch only the identity, the packed values and the
+    timestamp are written: a few byte-string joins, no per-point work at all.
+    """
+
+    def __init__(self, agent_id: str, series: list[Series]) -> None:
+        from fleetpulse.proto import metric_pb2
+
+        self.agent_id = agent_id
+        self.points = len(series)
+        series_set = metric_pb2.SeriesSet(
+            entries=[metric_pb2.SeriesDef(name=name, labels=labels) for name, labels in series]
+        ).SerializeToString()
+        self._agent_field = _field_bytes(1, agent_id.encode())
+        self._series_field = _field_bytes(4, series_set)
+        self._values_header = _varint((5 << 3) | 2) + _varint(8 * len(series))
+        self._timestamp_header = _varint((6 << 3) | 2) + _varint(8)
+
+    def encode(self, epoch: int, sequence: int, ts_ns: int, values: np.ndarray) -> bytes:
+        batch = b"".join(
+            (
+                self._agent_field,
+                b"\x10",
+                _varint(epoch),  # ColumnarBatch.epoch
+                b"\x18",
+                _varint(sequence),  # ColumnarBatch.sequence
+                self._series_field,
+                self._values_header,
+                values.astype("<f8").tobytes(),
+                self._timestamp_header,
+                ts_ns.to_bytes(8, "little", signed=True),
+            )
+        )
+        return b"\x22" + _varint(len(batch)) + batch  # AgentMessage.metric_columns

@@ -76,6 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--window", type=int, default=1, help="saturate mode: batches in flight per agent"
     )
+    parser.add_argument(
+        "--form",
+        choices=["columnar", "rows"],
+        default="columnar",
+        help="batch form: columnar (the project's agent) or rows (the original protocol)",
+    )
     parser.add_argument("--processes", type=int, default=2, help="simulator processes")
     parser.add_argument(
         "--workers", type=int, default=2, help="worker processes of the platform it starts"
@@ -295,7 +301,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     command = (
         f"fleetpulse bench fleet --mode {args.mode} --agents {args.agents} --duration {args.duration:g}"
         + (f" --warmup {args.warmup:g}" if args.warmup is not None else "")
-        + f" --series {args.series} --interval {args.interval:g} --processes {args.processes}"
+        + f" --series {args.series} --interval {args.interval:g} --form {args.form}"
+        + f" --processes {args.processes}"
         + f" --workers {args.workers}"
         + (f" --target {shlex.quote(args.target)}" if args.target else "")
     )
@@ -324,6 +331,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             heartbeat_interval_s=args.heartbeat_interval,
             ramp_s=ramp_s,
             window=args.window,
+            form=args.form,
         )
         ctx = multiprocessing.get_context("spawn")
         stats = ctx.Array("q", processes * NFIELDS, lock=False)

@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from fleetpulse.bench.encoder import BatchEncoder
+from fleetpulse.bench.encoder import BatchEncoder, ColumnarEncoder
 from fleetpulse.bench.hostseries import host_series
 from fleetpulse.proto import agent_pb2, common_pb2
 
@@ -53,6 +53,7 @@ class SimConfig:
     heartbeat_interval_s: float
     ramp_s: float
     window: int = 1
+    form: str = "columnar"  # "columnar" (the project's agent) | "rows" (the original protocol)
 
 
 @dataclass
@@ -75,7 +76,8 @@ class SimAgent:
         self.config = config
         self.agent_id = agent_id_for(config.run_id, index)
         series = host_series(config.series_per_agent, random.Random(index))
-        self.encoder = BatchEncoder(self.agent_id, series)
+        encoder_type = ColumnarEncoder if config.form == "columnar" else BatchEncoder
+        self.encoder = encoder_type(self.agent_id, series)
         self._rng = np.random.default_rng(index)
         self._values = self._rng.uniform(0, 100, size=len(series))
         self._stats = stats

@@ -1,5 +1,7 @@
 """Write one decoded chunk: ledger, points (one binary COPY), accounting, in one transaction.
 
+Series are resolved before (decode.py); everything here works on the chunk's numpy columns.
+
 The ledger insert comes first and returns which batches are new; points of batches already in the
 ledger (a redelivery after a crash between COMMIT and XACK) are dropped before the COPY, which is
 what makes redelivery a no-op. The caller XACKs only after this transaction committed.
@@ -19,7 +21,6 @@ import psycopg
 from fleetpulse import partitions
 from fleetpulse.ingest.copybuf import points_copy_buffer
 from fleetpulse.ingest.decode import Decoded
-from fleetpulse.ingest.series import SeriesResolver
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +84,18 @@ class ChunkWriter:
     ) -> None:
         self._conn = conn
         self._ddl_conn = ddl_conn
-        self._series = SeriesResolver(ddl_conn)
         self._retention_us = retention_days * _DAY_US
         self._max_future_us = int(max_future_s * 1_000_000)
         self._known_days: set[date] = partitions.existing_days(ddl_conn)
 
     def write(self, decoded: Decoded) -> ChunkResult:
-        batch_index, series_index, ts_us, values = decoded.columns()
+        batch_index, ts_us = decoded.batch_index, decoded.ts_unix_us
         nbatches = len(decoded.batches)
         now_us = int(time.time() * 1_000_000)
         in_window = (ts_us >= now_us - self._retention_us) & (ts_us <= now_us + self._max_future_us)
         points_per_batch = np.bincount(batch_index[in_window], minlength=nbatches)
         rejected_per_batch = np.bincount(batch_index[~in_window], minlength=nbatches)
 
-        series_ids = np.asarray(self._series.resolve(list(decoded.series_keys)), dtype=np.int32)
         self._ensure_partitions(ts_us[in_window])
 
         with self._conn.transaction():
@@ -104,7 +103,7 @@ class ChunkWriter:
             keep = in_window & new_batch[batch_index]
             if keep.any():
                 buffer = points_copy_buffer(
-                    series_ids[series_index[keep]], ts_us[keep], values[keep]
+                    decoded.series_ids[keep], ts_us[keep], decoded.values[keep]
                 )
                 with self._conn.cursor() as cur, cur.copy(_COPY_POINTS) as copy:
                     copy.write(buffer)

@@ -20,6 +20,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
@@ -28,7 +29,7 @@ import redis.asyncio
 from google.protobuf.message import DecodeError
 from psycopg_pool import AsyncConnectionPool
 
-from fleetpulse.ingest import queue
+from fleetpulse.ingest import keys, queue
 from fleetpulse.ingest.queue import BatchQueue
 from fleetpulse.ingest.registry import AgentRegistry
 from fleetpulse.proto import agent_pb2, common_pb2, edge_pb2
@@ -38,6 +39,20 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "proto.AgentService"
 METHOD_NAME = "Connect"
+
+
+@dataclass(frozen=True)
+class BatchForm:
+    name: str
+    header: Any  # the edge view that reads the identity without the points
+    code: bytes  # how the worker tells the forms apart (keys.FIELD_FORM)
+
+
+# The AgentMessage cases that carry a batch, and how each is handled.
+_BATCH_FORMS = {
+    "metrics": BatchForm("MetricBatch", edge_pb2.BatchHeader, keys.FORM_ROWS),
+    "metric_columns": BatchForm("ColumnarBatch", edge_pb2.ColumnarHeader, keys.FORM_COLUMNS),
+}
 
 _REGISTERED = agent_pb2.ServerMessage(
     register_response=common_pb2.Response(success=True, message="registered")
@@ -138,17 +153,19 @@ class AgentService:
                     await self._check_identity(context, agent_id, heartbeat.agent_id)
                     self._registry.heartbeat(agent_id)
                     yield _HEARTBEAT_ACK
-                elif case == "metrics":
+                elif case in _BATCH_FORMS:
                     if agent_id is None:
                         await _abort(
                             context, grpc.StatusCode.FAILED_PRECONDITION, "metrics before register"
                         )
-                    yield await self._accept_batch(context, agent_id, envelope.metrics)
+                    yield await self._accept_batch(
+                        context, agent_id, getattr(envelope, case), _BATCH_FORMS[case]
+                    )
                 else:
                     await _abort(
                         context,
                         grpc.StatusCode.INVALID_ARGUMENT,
-                        "AgentMessage carries no known message (register, heartbeat or metrics)",
+                        "AgentMessage carries no known message (register, heartbeat, metrics or metric_columns)",
                     )
         finally:
             if agent_id is not None:
@@ -158,15 +175,20 @@ class AgentService:
                     await self._mark_disconnected(agent_id)
 
     async def _accept_batch(
-        self, context: grpc.aio.ServicerContext, agent_id: str, batch: bytes
+        self, context: grpc.aio.ServicerContext, agent_id: str, batch: bytes, form: BatchForm
     ) -> bytes:
-        header = self._decode(edge_pb2.BatchHeader, batch)
+        header = self._decode(form.header, batch)
         if header is None:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "MetricBatch does not decode")
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{form.name} does not decode")
         await self._check_identity(context, agent_id, header.agent_id)
         try:
             await self._batches.add(
-                agent_id, header.epoch, header.sequence, batch, received_ms=int(time.time() * 1000)
+                agent_id,
+                header.epoch,
+                header.sequence,
+                batch,
+                received_ms=int(time.time() * 1000),
+                form=form.code,
             )
         except redis.RedisError as exc:
             log.warning("XADD failed, refusing batch of %s: %s", agent_id, exc)

@@ -17,6 +17,11 @@ FIELD_EPOCH = b"e"
 FIELD_SEQUENCE = b"s"
 FIELD_RECEIVED_MS = b"t"
 FIELD_BATCH = b"b"
+# Which form FIELD_BATCH holds: a MetricBatch (rows, the original plan's) or a ColumnarBatch.
+# Entries without the field are rows.
+FIELD_FORM = b"f"
+FORM_ROWS = b"r"
+FORM_COLUMNS = b"c"
 
 
 def stream_key(shard: int) -> str:

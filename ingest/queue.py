@@ -82,7 +82,13 @@ class BatchQueue:
                 future.set_exception(redis.ConnectionError("front-end stopping"))
 
     async def add(
-        self, agent_id: str, epoch: int, sequence: int, batch: bytes, received_ms: int
+        self,
+        agent_id: str,
+        epoch: int,
+        sequence: int,
+        batch: bytes,
+        received_ms: int,
+        form: bytes = keys.FORM_ROWS,
     ) -> None:
         """XADD the batch bytes untouched (points are never decoded here); returns once queued.
 
@@ -94,6 +100,7 @@ class BatchQueue:
             keys.FIELD_SEQUENCE: sequence,
             keys.FIELD_RECEIVED_MS: received_ms,
             keys.FIELD_BATCH: batch,
+            keys.FIELD_FORM: form,
         }
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await self._pending.put(

@@ -21,12 +21,12 @@ import redis
 
 from fleetpulse.ingest import keys, queue
 from fleetpulse.ingest.copier import ChunkWriter
-from fleetpulse.ingest.decode import decode_entries
+from fleetpulse.ingest.decode import ChunkDecoder, Entry
+from fleetpulse.ingest.series import SeriesResolver
 from fleetpulse.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Entry = tuple[str, str, dict[bytes, bytes]]
 _RETRY_DELAY_S = 1.0
 # Chunks are logged at DEBUG; INFO gets one throughput line per interval.
 SUMMARY_INTERVAL_S = 60.0
@@ -55,6 +55,7 @@ class Worker:
         assert url
         self._conn = psycopg.connect(url)
         self._ddl_conn = psycopg.connect(url, autocommit=True)
+        self._decoder = ChunkDecoder(SeriesResolver(self._ddl_conn))
         self._writer = ChunkWriter(
             self._conn, self._ddl_conn, self._settings.retention_days, self._settings.max_future_s
         )
@@ -83,7 +84,7 @@ class Worker:
 
     def process(self, entries: list[Entry]) -> None:
         started = time.perf_counter()
-        decoded = decode_entries(entries)
+        decoded = self._decoder.decode(entries)
         result = self._writer.write(decoded)
         # Only after COMMIT: acknowledge and delete (nothing else ever removes stream entries).
         pipe = self._redis.pipeline(transaction=True)

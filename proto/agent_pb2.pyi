@@ -58,11 +58,13 @@ class ServerMessage(_message.Message):
     def __init__(self, register_response: _Optional[_Union[_common_pb2.Response, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[_common_pb2.Response, _Mapping]] = ..., metric_ack: _Optional[_Union[MetricAck, _Mapping]] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("register", "heartbeat", "metrics")
+    __slots__ = ("register", "heartbeat", "metrics", "metric_columns")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     register: AgentRegister
     heartbeat: Heartbeat
     metrics: _metric_pb2.MetricBatch
-    def __init__(self, register: _Optional[_Union[AgentRegister, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., metrics: _Optional[_Union[_metric_pb2.MetricBatch, _Mapping]] = ...) -> None: ...
+    metric_columns: _metric_pb2.ColumnarBatch
+    def __init__(self, register: _Optional[_Union[AgentRegister, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., metrics: _Optional[_Union[_metric_pb2.MetricBatch, _Mapping]] = ..., metric_columns: _Optional[_Union[_metric_pb2.ColumnarBatch, _Mapping]] = ...) -> None: ...

@@ -5,16 +5,44 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AgentEnvelope(_message.Message):
-    __slots__ = ("register", "heartbeat", "metrics")
+    __slots__ = ("register", "heartbeat", "metrics", "metric_columns")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     register: bytes
     heartbeat: bytes
     metrics: bytes
-    def __init__(self, register: _Optional[bytes] = ..., heartbeat: _Optional[bytes] = ..., metrics: _Optional[bytes] = ...) -> None: ...
+    metric_columns: bytes
+    def __init__(self, register: _Optional[bytes] = ..., heartbeat: _Optional[bytes] = ..., metrics: _Optional[bytes] = ..., metric_columns: _Optional[bytes] = ...) -> None: ...
 
 class BatchHeader(_message.Message):
+    __slots__ = ("agent_id", "epoch", "sequence")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    epoch: int
+    sequence: int
+    def __init__(self, agent_id: _Optional[str] = ..., epoch: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class ColumnarView(_message.Message):
+    __slots__ = ("agent_id", "epoch", "sequence", "series", "values", "timestamps_ns")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMPS_NS_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    epoch: int
+    sequence: int
+    series: bytes
+    values: bytes
+    timestamps_ns: bytes
+    def __init__(self, agent_id: _Optional[str] = ..., epoch: _Optional[int] = ..., sequence: _Optional[int] = ..., series: _Optional[bytes] = ..., values: _Optional[bytes] = ..., timestamps_ns: _Optional[bytes] = ...) -> None: ...
+
+class ColumnarHeader(_message.Message):
     __slots__ = ("agent_id", "epoch", "sequence")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]

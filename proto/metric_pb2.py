@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fleetpulse.proto import common_pb2 as proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12proto/metric.proto\x12\x05proto\x1a\x12proto/common.proto\"\xae\x01\n\x0bMetricPoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12#\n\ttimestamp\x18\x03 \x01(\x0b\x32\x10.proto.Timestamp\x12.\n\x06labels\x18\x04 \x03(\x0b\x32\x1e.proto.MetricPoint.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"e\n\x0bMetricBatch\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12#\n\x07metrics\x18\x02 \x03(\x0b\x32\x12.proto.MetricPoint\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x42.Z,github.com/yourusername/agent-platform/protob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12proto/metric.proto\x12\x05proto\x1a\x12proto/common.proto\"\xae\x01\n\x0bMetricPoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12#\n\ttimestamp\x18\x03 \x01(\x0b\x32\x10.proto.Timestamp\x12.\n\x06labels\x18\x04 \x03(\x0b\x32\x1e.proto.MetricPoint.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"e\n\x0bMetricBatch\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12#\n\x07metrics\x18\x02 \x03(\x0b\x32\x12.proto.MetricPoint\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x10\n\x08sequence\x18\x04 \x01(\x04\"\x8b\x01\n\rColumnarBatch\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12 \n\x06series\x18\x04 \x01(\x0b\x32\x10.proto.SeriesSet\x12\x0e\n\x06values\x18\x05 \x03(\x01\x12\x15\n\rtimestamps_ns\x18\x06 \x03(\x10\".\n\tSeriesSet\x12!\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x10.proto.SeriesDef\"v\n\tSeriesDef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x06labels\x18\x02 \x03(\x0b\x32\x1c.proto.SeriesDef.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42.Z,github.com/yourusername/agent-platform/protob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z,github.com/yourusername/agent-platform/proto'
   _globals['_METRICPOINT_LABELSENTRY']._loaded_options = None
   _globals['_METRICPOINT_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_SERIESDEF_LABELSENTRY']._loaded_options = None
+  _globals['_SERIESDEF_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_METRICPOINT']._serialized_start=50
   _globals['_METRICPOINT']._serialized_end=224
   _globals['_METRICPOINT_LABELSENTRY']._serialized_start=179
   _globals['_METRICPOINT_LABELSENTRY']._serialized_end=224
   _globals['_METRICBATCH']._serialized_start=226
   _globals['_METRICBATCH']._serialized_end=327
+  _globals['_COLUMNARBATCH']._serialized_start=330
+  _globals['_COLUMNARBATCH']._serialized_end=469
+  _globals['_SERIESSET']._serialized_start=471
+  _globals['_SERIESSET']._serialized_end=517
+  _globals['_SERIESDEF']._serialized_start=519
+  _globals['_SERIESDEF']._serialized_end=637
+  _globals['_SERIESDEF_LABELSENTRY']._serialized_start=179
+  _globals['_SERIESDEF_LABELSENTRY']._serialized_end=224
 # @@protoc_insertion_point(module_scope)

@@ -93,6 +93,30 @@ def test_register_heartbeat_metrics_are_answered_and_queued(ingest: Ingest) -> N
     assert status == ("offline", True)
 
 
+def test_columnar_batches_are_acked_and_queued_with_their_form(ingest: Ingest) -> None:
+    columns = agent_pb2.AgentMessage(
+        metric_columns=metric_pb2.ColumnarBatch(
+            agent_id="fe-c",
+            epoch=3,
+            sequence=1,
+            values=[1.0],
+            timestamps_ns=[time.time_ns()],
+            series=metric_pb2.SeriesSet(entries=[metric_pb2.SeriesDef(name="load1")]),
+        )
+    )
+    responses, error = exchange(ingest.address, [register("fe-c"), columns])
+    assert error is None
+    ack = responses[1].metric_ack
+    assert (ack.success, ack.epoch, ack.sequence) == (True, 3, 1)
+    entries = [e for shard in range(2) for e in ingest.redis.xrange(keys.stream_key(shard))]
+    assert [fields[keys.FIELD_FORM] for _, fields in entries] == [keys.FORM_COLUMNS]
+    spoofed = agent_pb2.AgentMessage(
+        metric_columns=metric_pb2.ColumnarBatch(agent_id="other", sequence=2)
+    )
+    _, error = exchange(ingest.address, [register("fe-c"), spoofed])
+    assert error is not None and error.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
 @pytest.mark.parametrize(
     ("token", "messages", "code"),
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Iterator
 
@@ -10,7 +11,6 @@ import pytest
 import redis
 
 from fleetpulse.ingest import keys, queue
-from fleetpulse.ingest.decode import decode_entries
 from fleetpulse.ingest.worker import Worker
 from fleetpulse.proto import common_pb2, metric_pb2
 from fleetpulse.settings import Settings
@@ -131,7 +131,7 @@ def test_crash_between_commit_and_ack_is_healed_on_restart(
     xadd(r, "a3", 1, 1, make_batch("a3", 1, 1, 4), shards=2)
     first = Worker(settings, "crashy")
     entries = first._read(">", None)
-    first._writer.write(decode_entries(entries))
+    first._writer.write(first._decoder.decode(entries))
     first.close()  # committed, never acknowledged
     second = Worker(settings, "crashy")  # same consumer name: finds its pending entry
     entries = second._read("0", None)
@@ -185,3 +185,132 @@ def test_group_sees_entries_added_before_it_existed(
     run_until_empty(w)
     w.close()
     assert stored(database_url, "early") == (1, 1, 1)
+
+
+def make_columns(
+    agent_id: str,
+    epoch: int,
+    seq: int,
+    series: list[tuple[str, dict[str, str]]],
+    values: list[float],
+    timestamps_s: list[float] | None = None,
+) -> bytes:
+    stamps = [int((t if t is not None else time.time()) * 1e9) for t in (timestamps_s or [None])]
+    return metric_pb2.ColumnarBatch(
+        agent_id=agent_id,
+        epoch=epoch,
+        sequence=seq,
+        series=metric_pb2.SeriesSet(
+            entries=[metric_pb2.SeriesDef(name=n, labels=lab) for n, lab in series]
+        ),
+        values=values,
+        timestamps_ns=stamps,
+    ).SerializeToString()
+
+
+def xadd_columns(
+    client: redis.Redis, agent_id: str, epoch: int, seq: int, payload: bytes, shards: int = 2
+) -> None:
+    client.xadd(
+        keys.stream_key(keys.shard_for(agent_id, shards)),
+        {
+            keys.FIELD_AGENT: agent_id,
+            keys.FIELD_EPOCH: epoch,
+            keys.FIELD_SEQUENCE: seq,
+            keys.FIELD_RECEIVED_MS: int(time.time() * 1000),
+            keys.FIELD_BATCH: payload,
+            keys.FIELD_FORM: keys.FORM_COLUMNS,
+        },
+    )
+
+
+SERIES = [
+    ("cpu_usage_percent", {"mode": "user"}),
+    ("cpu_usage_percent", {"mode": "system"}),
+    ("load1", {}),
+]
+
+
+def test_columnar_batches_are_stored_like_rows(
+    worker: Worker, r: redis.Redis, database_url: str
+) -> None:
+    now = time.time()
+    xadd_columns(r, "col", 5, 1, make_columns("col", 5, 1, SERIES, [1.0, 2.0, 3.0], [now]))
+    # two timestamps in one batch: values are timestamp-major
+    xadd_columns(
+        r,
+        "col",
+        5,
+        2,
+        make_columns("col", 5, 2, SERIES, [4.0, 5.0, 6.0, 7.0, 8.0, 9.0], [now + 1, now + 2]),
+    )
+    xadd(r, "col", 5, 3, make_batch("col", 5, 3, 2, ts_s=now + 3), shards=2)  # rows, same agent
+    run_until_empty(worker)
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT s.name, s.labels->>'mode', p.ts, p.value FROM points p JOIN series s USING (series_id)"
+            " WHERE s.agent_id = 'col' AND NOT s.labels ? 'host' ORDER BY p.ts, s.name, 2"  # columnar only
+        ).fetchall()
+    values = sorted(row[3] for row in rows)
+    assert values == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+    assert stored(database_url, "col")[0] == 9 + 2
+    # the user series got values 1 (t0), 4 (t1), 7 (t2)
+    user = [row[3] for row in rows if row[1] == "user"]
+    assert user == [1.0, 4.0, 7.0]
+
+
+def test_columnar_redelivery_and_cached_series_set(
+    worker: Worker, r: redis.Redis, database_url: str
+) -> None:
+    payload = make_columns("col2", 1, 1, SERIES, [1.0, 2.0, 3.0])
+    xadd_columns(r, "col2", 1, 1, payload)
+    xadd_columns(r, "col2", 1, 1, payload)  # delivered twice
+    xadd_columns(r, "col2", 1, 2, make_columns("col2", 1, 2, SERIES, [4.0, 5.0, 6.0]))
+    run_until_empty(worker)
+    # a changed series set (a new disk appeared) is resolved once and cached too
+    xadd_columns(
+        r,
+        "col2",
+        1,
+        3,
+        make_columns(
+            "col2", 1, 3, [*SERIES, ("disk_bytes", {"device": "sdb"})], [7.0, 8.0, 9.0, 10.0]
+        ),
+    )
+    run_until_empty(worker)
+    assert stored(database_url, "col2") == (10, 4, 3)
+
+
+def test_bad_columnar_batches_are_rejected_alone(
+    worker: Worker, r: redis.Redis, database_url: str
+) -> None:
+    xadd_columns(
+        r, "colbad", 1, 1, make_columns("colbad", 1, 1, SERIES, [1.0, 2.0])
+    )  # 2 values, 3 series
+    xadd_columns(r, "colbad", 1, 2, b"\x0a\xff\xff")  # not protobuf
+    xadd_columns(r, "colbad", 1, 3, make_columns("colbad", 1, 3, SERIES, [1.0, 2.0, 3.0]))
+    run_until_empty(worker)
+    assert stored(database_url, "colbad")[0] == 3
+    with psycopg.connect(database_url) as conn:
+        rejects = conn.execute(
+            "SELECT reason, batches FROM rejects WHERE agent_id = 'colbad'"
+        ).fetchall()
+    assert rejects == [("undecodable_batch", 2)]
+
+
+def test_unpacked_columnar_encoding_is_accepted(
+    worker: Worker, r: redis.Redis, database_url: str
+) -> None:
+    """Repeated scalars may legally arrive unpacked (one tag per element); the view falls back."""
+    series_set = metric_pb2.SeriesSet(
+        entries=[metric_pb2.SeriesDef(name=n, labels=lab) for n, lab in SERIES]
+    )
+    body = b"\x0a\x04cols" + b"\x10\x01" + b"\x18\x01"
+    body += b"\x22" + bytes([len(series_set.SerializeToString())]) + series_set.SerializeToString()
+    for value in (1.0, 2.0, 3.0):
+        body += b"\x29" + struct.pack("<d", value)  # field 5, wire type 1 (fixed64), unpacked
+    body += b"\x31" + struct.pack("<q", time.time_ns())  # field 6, wire type 1, unpacked
+    assert list(metric_pb2.ColumnarBatch.FromString(body).values) == [1.0, 2.0, 3.0]
+    xadd_columns(r, "cols", 1, 1, body)
+    run_until_empty(worker)
+    assert stored(database_url, "cols")[0] == 3

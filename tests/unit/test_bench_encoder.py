@@ -49,3 +49,30 @@ def test_each_batch_gets_its_own_values_and_timestamp() -> None:
     b = agent_pb2.AgentMessage.FromString(second).metrics
     assert [p.value for p in a.metrics] == [0.0] * 10 and [p.value for p in b.metrics] == [1.0] * 10
     assert a.metrics[0].timestamp.nanos + 1 == b.metrics[0].timestamp.nanos
+
+
+def test_columnar_encoder_matches_protobuf() -> None:
+    from fleetpulse.bench.encoder import ColumnarEncoder
+    from fleetpulse.proto import metric_pb2
+
+    series = host_series(200, random.Random(9))
+    encoder = ColumnarEncoder("bench-host-2", series)
+    values = np.random.default_rng(4).normal(size=len(series))
+    ts_ns = time.time_ns()
+    raw = encoder.encode(epoch=77, sequence=5, ts_ns=ts_ns, values=values)
+    batch = agent_pb2.AgentMessage.FromString(raw).metric_columns
+    expected = metric_pb2.ColumnarBatch(
+        agent_id="bench-host-2",
+        epoch=77,
+        sequence=5,
+        series=metric_pb2.SeriesSet(
+            entries=[metric_pb2.SeriesDef(name=n, labels=lab) for n, lab in series]
+        ),
+        values=values.tolist(),
+        timestamps_ns=[ts_ns],
+    )
+    assert batch == expected
+    header = edge_pb2.ColumnarHeader.FromString(
+        edge_pb2.AgentEnvelope.FromString(raw).metric_columns
+    )
+    assert (header.agent_id, header.epoch, header.sequence) == ("bench-host-2", 77, 5)

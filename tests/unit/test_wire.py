@@ -146,6 +146,18 @@ def test_edge_views_match_the_public_messages(
         assert (header.agent_id, header.epoch, header.sequence) == ("a", 7, 8)
 
 
+def test_columnar_view_matches_columnar_batch() -> None:
+    view = edge_pb2.ColumnarView.DESCRIPTOR.fields_by_name
+    header = edge_pb2.ColumnarHeader.DESCRIPTOR.fields_by_name
+    batch = metric_pb2.ColumnarBatch.DESCRIPTOR.fields_by_name
+    assert {n: f.number for n, f in view.items()} == {n: f.number for n, f in batch.items()}
+    assert {n: f.number for n, f in header.items()} == {n: batch[n].number for n in header}
+    # fixed-width packed fields: the view reads them as raw little-endian bytes
+    assert batch["values"].type == batch["values"].TYPE_DOUBLE
+    assert batch["timestamps_ns"].type == batch["timestamps_ns"].TYPE_SFIXED64
+    assert agent_pb2.AgentMessage.DESCRIPTOR.fields_by_name["metric_columns"].number == 4
+
+
 def test_edge_field_numbers_match() -> None:
     envelope = edge_pb2.AgentEnvelope.DESCRIPTOR.fields_by_name
     public = agent_pb2.AgentMessage.DESCRIPTOR.fields_by_name
