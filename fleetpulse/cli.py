@@ -160,6 +160,20 @@ def _add_server_flags(
         parser.add_argument("--api-port", type=int, help="API port (default 8000)")
 
 
+def _add_bench_workers_arguments(parser: argparse.ArgumentParser) -> None:
+    try:
+        from fleetpulse.bench.workers import add_arguments
+    except ModuleNotFoundError:
+        return
+    add_arguments(parser)
+
+
+def _cmd_bench_workers(args: argparse.Namespace) -> int:
+    from fleetpulse.bench import workers
+
+    return workers.run(args)
+
+
 def _add_bench_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     try:
         from fleetpulse.bench.fleet import add_arguments
@@ -227,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     targets.add_argument("--results-dir", type=Path, default=Path("bench/results"))
     targets.set_defaults(handler=_cmd_bench_targets)
+    workers_bench = bench_sub.add_parser(
+        "workers",
+        help="the worker pool alone: pre-loaded queue into PostgreSQL, vs the COPY ceiling",
+    )
+    _add_bench_workers_arguments(workers_bench)
+    workers_bench.set_defaults(handler=_cmd_bench_workers)
 
     agent = sub.add_parser("agent", help="run the host agent")
     agent.add_argument("--config", required=True, type=Path, help="agent YAML config file")

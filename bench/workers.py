@@ -1,0 +1,241 @@
+"""``fleetpulse bench workers``: the worker pool alone, from a pre-loaded queue into PostgreSQL.
+
+Redis is loaded with realistic encoded batches (thousands of agents, ~200 series each, the
+columnar form by default) exactly as the front-end writes them; then N worker processes drain the
+queue into the real schema. Phase one (one batch per agent) creates the series and is reported
+apart; phase two is the timed steady state. In the same run, the same rows are COPYed into an
+index-less table (the machine's ceiling). The last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import redis
+
+from fleetpulse.bench import anchors, report
+from fleetpulse.bench.encoder import BatchEncoder, ColumnarEncoder
+from fleetpulse.bench.hostseries import host_series
+from fleetpulse.bench.resources import ResourceSampler, processes_named
+from fleetpulse.bench.simulator import agent_id_for
+from fleetpulse.embedded import EmbeddedPostgres, EmbeddedRedis
+from fleetpulse.ingest import keys, queue
+from fleetpulse.migrate import migrate
+from fleetpulse.proto import edge_pb2
+from fleetpulse.settings import load_settings
+
+STREAM_SHARDS = 4
+LOAD_PIPELINE = 500
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--agents", type=int, default=2000)
+    parser.add_argument(
+        "--batches", type=int, default=10, help="timed batches per agent (after one warm-up batch)"
+    )
+    parser.add_argument("--series", type=int, default=200)
+    parser.add_argument("--processes", type=int, default=2, help="worker processes")
+    parser.add_argument("--form", choices=["columnar", "rows"], default="columnar")
+    parser.add_argument("--database-url")
+    parser.add_argument("--redis-url")
+    parser.add_argument("--results-dir", type=Path, default=Path("bench/results"))
+
+
+def _load(
+    client: redis.Redis,
+    run_id: str,
+    args: argparse.Namespace,
+    first_seq: int,
+    count: int,
+    epoch: int,
+) -> int:
+    """XADD ``count`` batches per agent, as the front-end would; return the points queued."""
+    encoder_type = ColumnarEncoder if args.form == "columnar" else BatchEncoder
+    form = keys.FORM_COLUMNS if args.form == "columnar" else keys.FORM_ROWS
+    rng = np.random.default_rng(1)
+    points = 0
+    pipe = client.pipeline(transaction=False)
+    pending = 0
+    base_ns = time.time_ns() - 3_600_000_000_000  # an hour ago: inside today's partitions
+    for index in range(1, args.agents + 1):
+        agent_id = agent_id_for(run_id, index)
+        encoder = encoder_type(agent_id, host_series(args.series, random.Random(index)))
+        for seq in range(first_seq, first_seq + count):
+            raw = encoder.encode(
+                epoch, seq, base_ns + seq * 10_000_000_000, rng.normal(50, 10, args.series)
+            )
+            envelope = edge_pb2.AgentEnvelope.FromString(raw)
+            payload = envelope.metric_columns if args.form == "columnar" else envelope.metrics
+            pipe.xadd(
+                keys.stream_key(keys.shard_for(agent_id, STREAM_SHARDS)),
+                {
+                    keys.FIELD_AGENT: agent_id,
+                    keys.FIELD_EPOCH: epoch,
+                    keys.FIELD_SEQUENCE: seq,
+                    keys.FIELD_RECEIVED_MS: int(time.time() * 1000),
+                    keys.FIELD_BATCH: payload,
+                    keys.FIELD_FORM: form,
+                },
+            )
+            points += encoder.points
+            pending += 1
+            if pending >= LOAD_PIPELINE:
+                pipe.execute()
+                pending = 0
+    pipe.execute()
+    return points
+
+
+def _queued(client: redis.Redis) -> int:
+    return sum(int(client.xlen(keys.stream_key(s))) for s in range(STREAM_SHARDS))
+
+
+def _drain(
+    client: redis.Redis, workers: list[subprocess.Popen[bytes]], timeout_s: float = 3600
+) -> float:
+    started = time.monotonic()
+    while _queued(client):
+        if any(w.poll() is not None for w in workers):
+            raise RuntimeError("a worker exited during the benchmark")
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError("the queue did not drain")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def run(args: argparse.Namespace) -> int:
+    started_at = datetime.now(UTC)
+    run_id = started_at.strftime("%H%M%S") + secrets.token_hex(2)
+    prefix = f"bench-{run_id}-"
+    settings = load_settings(database_url=args.database_url, redis_url=args.redis_url)
+    temp_dir = tempfile.mkdtemp(prefix="fleetpulse-bench-workers-")
+    pg = rd = None
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        database_url = settings.database_url
+        if database_url is None:
+            pg = EmbeddedPostgres(Path(temp_dir))
+            database_url = pg.start()
+        redis_url = settings.redis_url
+        if redis_url is None:
+            rd = EmbeddedRedis(Path(temp_dir))
+            redis_url = rd.start()
+        migrate(database_url)
+        client = redis.Redis.from_url(redis_url)
+        client.delete(keys.SHARDS_KEY)
+        queue.ensure_layout(client, STREAM_SHARDS)
+        epoch = int(time.time() * 1000)
+        env = {
+            **os.environ,
+            "FLEETPULSE_DATABASE_URL": database_url,
+            "FLEETPULSE_REDIS_URL": redis_url,
+            "FLEETPULSE_STREAM_SHARDS": str(STREAM_SHARDS),
+        }
+
+        sys.stderr.write(f"loading {args.agents} agents x 1 warm-up batch ...\n")
+        warm_points = _load(client, run_id, args, 1, 1, epoch)
+        workers = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "fleetpulse",
+                    "--log-level",
+                    "warning",
+                    "worker",
+                    "--index",
+                    str(i),
+                    "--of",
+                    str(args.processes),
+                ],
+                env=env,
+            )
+            for i in range(1, args.processes + 1)
+        ]
+        warm_s = _drain(client, workers)
+        sys.stderr.write(
+            f"warm-up: {args.agents * args.series:,} series created in {warm_s:.1f} s\n"
+        )
+        sys.stderr.write(f"loading {args.agents} agents x {args.batches} batches ...\n")
+        timed_points = _load(client, run_id, args, 2, args.batches, epoch)
+        sampler = ResourceSampler(
+            lambda: {
+                "workers": ([w.pid for w in workers], True),
+                "postgres": ([pg.pid], True)
+                if pg and pg.pid
+                else (processes_named("postgres"), False),
+                "redis": ([rd.pid], False)
+                if rd and rd.pid
+                else (processes_named("redis-server"), False),
+            },
+            interval_s=0.5,
+        )
+        sampler.start()
+        timed_s = _drain(client, workers)
+        resources = sampler.stop()
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute(
+                "SELECT coalesce(sum(points_committed), 0)::int8, coalesce(sum(batches_committed), 0)::int8"
+                " FROM agent_ingest WHERE agent_id LIKE %s",
+                (prefix + "%",),
+            ).fetchone()
+        assert row is not None
+        committed_points, committed_batches = int(row[0]), int(row[1])
+        rows = anchors.fetch_run_rows(database_url, prefix, anchors_max_rows := 10_000_000)
+        ceiling = anchors.copy_ceiling(database_url, rows, f"bench_copy_ceiling_{run_id}")
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.wait(30)
+        if rd is not None:
+            rd.stop()
+        if pg is not None:
+            pg.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+    expected_points = warm_points + timed_points
+    summary: dict[str, Any] = {
+        "form": args.form,
+        "agents": args.agents,
+        "series_per_agent": args.series,
+        "processes": args.processes,
+        "points": timed_points,
+        "seconds": round(timed_s, 3),
+        "committed_points_per_s": round(timed_points / timed_s),
+        "series_created": args.agents * args.series,
+        "series_created_per_s": round(args.agents * args.series / warm_s),
+        "copy_ceiling_points_per_s": ceiling["points_per_s"],
+        "copy_ceiling_rows": min(ceiling["rows"], anchors_max_rows),
+        "ratio_to_copy_ceiling": round(timed_points / timed_s / ceiling["points_per_s"], 3),
+        "stored_equals_queued": committed_points == expected_points,
+    }
+    result = {
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "command": f"fleetpulse bench workers --agents {args.agents} --batches {args.batches} "
+        f"--series {args.series} --processes {args.processes} --form {args.form}",
+        "machine": report.machine(),
+        "summary": summary,
+        "committed_batches": committed_batches,
+        "resources": resources,
+    }
+    out_dir = args.results_dir / (started_at.strftime("%Y%m%dT%H%M%SZ") + "-workers")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "result.json").write_text(json.dumps(result, indent=2))
+    sys.stderr.write(json.dumps(result["resources"], indent=1) + f"\nresults in {out_dir}\n")
+    print(json.dumps(summary))
+    return 0 if summary["stored_equals_queued"] else 1
