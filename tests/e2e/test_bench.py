@@ -77,3 +77,43 @@ def test_bench_fleet_runs_verifies_and_reports(mode: str, tmp_path: Path) -> Non
     assert full["verified"] is True
     assert {"cores", "memory_gb"} <= full["machine"].keys()
     assert {"front-end", "workers", "postgres", "redis", "simulator"} <= full["resources"].keys()
+
+
+@pytest.mark.parametrize("form", ["columnar", "rows"])
+def test_bench_workers_drains_the_queue_into_postgres(form: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETPULSE_")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fleetpulse",
+            "bench",
+            "workers",
+            "--agents",
+            "30",
+            "--batches",
+            "3",
+            "--series",
+            "40",
+            "--processes",
+            "2",
+            "--form",
+            form,
+            "--results-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {
+        "committed_points_per_s",
+        "copy_ceiling_points_per_s",
+        "points",
+        "processes",
+    } <= summary.keys()
+    assert summary["points"] == 30 * 3 * 40 and summary["processes"] == 2
+    assert summary["stored_equals_queued"] is True
