@@ -148,7 +148,7 @@ class Platform:
         pids = self.supervisor.component_pids()
         pg = "embedded PostgreSQL 16" if "postgres" in pids else "external PostgreSQL"
         rd = "embedded Redis 6.2" if "redis" in pids else "external Redis"
-        self.description = f"started by the bench: {pg}, {rd}, {len(pids['workers'])} workers"
+        self.description = f"started by the bench: {pg}, {rd}, {self.supervisor.workers} workers"
 
     def components(self) -> dict[str, tuple[list[int], bool]]:
         if self.supervisor is None:

@@ -86,6 +86,11 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    if args.processes is not None:
+        from fleetpulse.ingest import pool
+
+        _server_settings(args).require("database_url", "redis_url")  # fail fast, before forking
+        return pool.main(args.processes, args.log_level)
     from fleetpulse.ingest import worker
 
     worker.main(_server_settings(args), index=args.index, count=args.of)
@@ -215,8 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_flags(ingest, grpc=True)
     ingest.set_defaults(handler=_cmd_ingest)
 
-    worker = sub.add_parser("worker", help="run one worker (Redis Streams -> PostgreSQL)")
+    worker = sub.add_parser("worker", help="run workers (Redis Streams -> PostgreSQL)")
     _add_server_flags(worker)
+    worker.add_argument(
+        "--processes",
+        type=int,
+        help="run a supervised pool of N worker processes (restarted if they die)",
+    )
     worker.add_argument(
         "--index", type=int, default=1, help="this worker's number, for its consumer name"
     )

@@ -111,13 +111,12 @@ class Supervisor:
         migrate(settings.database_url)
 
         self._spawn("ingest", "ingest", ["ingest"], stop_timeout_s=5.0)
-        for index in range(1, self.workers + 1):
-            self._spawn(
-                "workers",
-                f"worker {index}/{self.workers}",
-                ["worker", "--index", str(index), "--of", str(self.workers)],
-                stop_timeout_s=settings.worker_drain_timeout_s + 5.0,
-            )
+        self._spawn(
+            "workers",
+            f"worker pool ({self.workers})",
+            ["worker", "--processes", str(self.workers)],
+            stop_timeout_s=settings.worker_drain_timeout_s + 5.0,
+        )
         self._spawn("api", "api", ["api"], stop_timeout_s=5.0)
         self._wait_ready()
         agent_ids = [self._spawn_agent(index) for index in range(1, self.agents + 1)]
