@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     worker_read_count: int = Field(default=200, ge=1)
     worker_block_ms: int = Field(default=1000, ge=1)
     worker_drain_timeout_s: float = Field(default=5.0, ge=0)
+    # Entries another consumer read but did not acknowledge for this long are taken over.
+    worker_reclaim_idle_ms: int = Field(default=30_000, ge=1)
+    worker_reclaim_interval_s: float = Field(default=10.0, gt=0)
+    # An entry that failed this many times goes to the dead-letter stream.
+    worker_max_deliveries: int = Field(default=5, ge=1)
     retention_days: int = Field(default=7, ge=1)
     max_future_s: float = Field(default=3600.0, ge=0)
 

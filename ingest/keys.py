@@ -10,6 +10,10 @@ STREAM_PREFIX = f"{PREFIX}:batches:"
 # Number of shards, fixed per Redis database by the first process that starts (SET NX).
 SHARDS_KEY = f"{PREFIX}:stream_shards"
 CONSUMER_GROUP = "fleetpulse-workers"
+# Entries that failed worker_max_deliveries times, with their error; each one acknowledged.
+DEAD_LETTER_STREAM = f"{PREFIX}:dead-letter"
+# Failed attempts per pending entry ("<stream>/<entry id>" -> count), shared by all workers.
+ATTEMPTS_KEY = f"{PREFIX}:attempts"
 
 # Fields of one stream entry (short names: they are repeated in every entry).
 FIELD_AGENT = b"a"

@@ -82,6 +82,81 @@ class Worker:
                     self._redis.xack(name, keys.CONSUMER_GROUP, entry_id)
         return entries
 
+    def handle(self, entries: list[Entry]) -> bool:
+        """Commit a chunk; return False when an entry was left pending for a retry.
+
+        A chunk that fails for a reason of its own (not a lost connection, which is retried as a
+        whole) is split in halves, so one bad batch cannot block the others; a single entry that
+        keeps failing goes to the dead-letter stream after worker_max_deliveries attempts.
+        """
+        try:
+            self.process(entries)
+            return True
+        except (psycopg.OperationalError, redis.ConnectionError):
+            raise
+        except Exception as exc:
+            if len(entries) > 1:
+                middle = len(entries) // 2
+                first = self.handle(entries[:middle])
+                return self.handle(entries[middle:]) and first
+            return self._failed(entries[0], exc)
+
+    def _failed(self, entry: Entry, exc: Exception) -> bool:
+        stream, entry_id, fields = entry
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        attempts = int(self._redis.hincrby(keys.ATTEMPTS_KEY, f"{stream}/{entry_id}", 1))
+        if attempts < self._settings.worker_max_deliveries:
+            log.warning("entry %s %s failed (attempt %d): %s", stream, entry_id, attempts, error)
+            return False
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xadd(
+            keys.DEAD_LETTER_STREAM,
+            {
+                **fields,
+                b"stream": stream,
+                b"entry_id": entry_id,
+                b"error": error,
+                b"attempts": attempts,
+            },
+        )
+        pipe.xack(stream, keys.CONSUMER_GROUP, entry_id)
+        pipe.xdel(stream, entry_id)
+        pipe.hdel(keys.ATTEMPTS_KEY, f"{stream}/{entry_id}")
+        pipe.execute()
+        log.error(
+            "entry %s %s moved to %s after %d attempts: %s",
+            stream,
+            entry_id,
+            keys.DEAD_LETTER_STREAM,
+            attempts,
+            error,
+        )
+        return True
+
+    def reclaim(self) -> int:
+        """Take over entries that other (dead or stuck) consumers read and never acknowledged."""
+        taken = 0
+        for stream in self._streams:
+            start: str | bytes = "0-0"
+            while True:
+                response: Any = self._redis.xautoclaim(
+                    stream,
+                    keys.CONSUMER_GROUP,
+                    self._consumer,
+                    min_idle_time=self._settings.worker_reclaim_idle_ms,
+                    start_id=start,
+                    count=self._settings.worker_read_count,
+                )
+                start, claimed = response[0], response[1]
+                entries = [(stream, eid.decode(), fields) for eid, fields in claimed if fields]
+                if entries:
+                    log.info("reclaimed %d idle entries of %s", len(entries), stream)
+                    self.handle(entries)
+                    taken += len(entries)
+                if start in (b"0-0", "0-0"):
+                    break
+        return taken
+
     def process(self, entries: list[Entry]) -> None:
         started = time.perf_counter()
         decoded = self._decoder.decode(entries)
@@ -126,15 +201,19 @@ class Worker:
     def run(self) -> None:
         log.info("worker %s reading %d streams", self._consumer, len(self._streams))
         recovering = True  # first (and after any failure) re-read this consumer's pending entries
+        next_reclaim = time.monotonic() + self._settings.worker_reclaim_interval_s
         while not self._stopping:
             try:
+                if time.monotonic() >= next_reclaim:
+                    self.reclaim()
+                    next_reclaim = time.monotonic() + self._settings.worker_reclaim_interval_s
                 if recovering:
                     entries = self._read("0", None)
                     recovering = bool(entries)
                 else:
                     entries = self._read(">", self._settings.worker_block_ms)
-                if entries:
-                    self.process(entries)
+                if entries and not self.handle(entries):
+                    recovering = True
             except (psycopg.OperationalError, redis.ConnectionError) as exc:
                 # Transient: the entries stay pending to this consumer and are retried.
                 log.warning("chunk failed, retrying in %.0f s: %s", _RETRY_DELAY_S, exc)
@@ -154,7 +233,7 @@ class Worker:
             entries = self._read(">", None)
             if not entries:
                 break
-            self.process(entries)
+            self.handle(entries)
         log.info("worker %s stopped (%d points committed)", self._consumer, self.points_committed)
 
     def close_database(self) -> None:

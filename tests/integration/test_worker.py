@@ -314,3 +314,56 @@ def test_unpacked_columnar_encoding_is_accepted(
     xadd_columns(r, "cols", 1, 1, body)
     run_until_empty(worker)
     assert stored(database_url, "cols")[0] == 3
+
+
+def nul_batch(agent_id: str, epoch: int, seq: int) -> bytes:
+    stamp = common_pb2.Timestamp(seconds=int(time.time()))
+    return metric_pb2.MetricBatch(
+        agent_id=agent_id,
+        epoch=epoch,
+        sequence=seq,
+        metrics=[
+            metric_pb2.MetricPoint(name="m", value=1.0, timestamp=stamp, labels={"k": "a\x00b"})
+        ],
+    ).SerializeToString()
+
+
+def test_poison_entry_is_isolated_and_dead_lettered(
+    settings: Settings, r: redis.Redis, database_url: str
+) -> None:
+    w = Worker(settings.model_copy(update={"worker_max_deliveries": 2}), "poisoned")
+    for seq in range(1, 4):
+        xadd(r, "good", 1, seq, make_batch("good", 1, seq, 2), shards=2)
+    xadd(r, "evil", 1, 1, nul_batch("evil", 1, 1), shards=2)
+    for seq in range(4, 7):
+        xadd(r, "good", 1, seq, make_batch("good", 1, seq, 2), shards=2)
+    assert w.handle(w._read(">", None)) is False  # the chunk is split; the poison stays pending
+    assert stored(database_url, "good") == (12, 2, 6)  # everything else committed
+    assert w.handle(w._read("0", None)) is True  # second failure: dead-lettered
+    w.close()
+    ((entry_id, fields),) = r.xrange(keys.DEAD_LETTER_STREAM)
+    assert fields[keys.FIELD_AGENT] == b"evil" and fields[b"attempts"] == b"2"
+    assert b"DataError" in fields[b"error"] or b"Unicode" in fields[b"error"], fields[b"error"]
+    assert fields[keys.FIELD_BATCH] == nul_batch("evil", 1, 1)  # the batch is kept, as it came
+    for shard in range(2):
+        assert r.xlen(keys.stream_key(shard)) == 0
+        assert r.xpending(keys.stream_key(shard), keys.CONSUMER_GROUP)["pending"] == 0
+    assert r.hlen(keys.ATTEMPTS_KEY) == 0
+
+
+def test_entries_of_a_dead_consumer_are_reclaimed(
+    settings: Settings, r: redis.Redis, database_url: str
+) -> None:
+    for seq in range(1, 6):
+        xadd(r, "orphan", 1, seq, make_batch("orphan", 1, seq, 2), shards=2)
+    dead = Worker(settings, "dead-consumer")
+    assert len(dead._read(">", None)) == 5  # read, never committed nor acknowledged: it "died"
+    dead.close()
+    alive = Worker(settings.model_copy(update={"worker_reclaim_idle_ms": 50}), "alive-consumer")
+    assert alive._read(">", None) == []  # nothing new: the entries belong to the dead consumer
+    time.sleep(0.1)
+    assert alive.reclaim() == 5
+    alive.close()
+    assert stored(database_url, "orphan") == (10, 2, 5)
+    shard = keys.stream_key(keys.shard_for("orphan", 2))
+    assert r.xpending(shard, keys.CONSUMER_GROUP)["pending"] == 0
