@@ -341,7 +341,7 @@ def test_poison_entry_is_isolated_and_dead_lettered(
     assert stored(database_url, "good") == (12, 2, 6)  # everything else committed
     assert w.handle(w._read("0", None)) is True  # second failure: dead-lettered
     w.close()
-    ((entry_id, fields),) = r.xrange(keys.DEAD_LETTER_STREAM)
+    ((_, fields),) = r.xrange(keys.DEAD_LETTER_STREAM)
     assert fields[keys.FIELD_AGENT] == b"evil" and fields[b"attempts"] == b"2"
     assert b"DataError" in fields[b"error"] or b"Unicode" in fields[b"error"], fields[b"error"]
     assert fields[keys.FIELD_BATCH] == nul_batch("evil", 1, 1)  # the batch is kept, as it came
