@@ -94,7 +94,10 @@ class ChunkWriter:
         now_us = int(time.time() * 1_000_000)
         in_window = (ts_us >= now_us - self._retention_us) & (ts_us <= now_us + self._max_future_us)
         points_per_batch = np.bincount(batch_index[in_window], minlength=nbatches)
-        rejected_per_batch = np.bincount(batch_index[~in_window], minlength=nbatches)
+        late_or_early = np.bincount(batch_index[~in_window], minlength=nbatches)
+        rejected_per_batch = late_or_early.copy()
+        for index, _, points in decoded.rejects:
+            rejected_per_batch[index] += points
 
         self._ensure_partitions(ts_us[in_window])
 
@@ -107,7 +110,9 @@ class ChunkWriter:
                 )
                 with self._conn.cursor() as cur, cur.copy(_COPY_POINTS) as copy:
                     copy.write(buffer)
-            self._update_accounting(decoded, new_batch, points_per_batch, rejected_per_batch)
+            self._update_accounting(
+                decoded, new_batch, points_per_batch, rejected_per_batch, late_or_early
+            )
         return ChunkResult(
             batches_new=int(new_batch.sum()),
             batches_duplicate=int(nbatches - new_batch.sum()),
@@ -155,6 +160,7 @@ class ChunkWriter:
         new_batch: np.ndarray,
         points_per_batch: np.ndarray,
         rejected_per_batch: np.ndarray,
+        late_or_early: np.ndarray,
     ) -> None:
         # Loops over batches, never over points: a chunk holds hundreds of batches at most.
         per_agent: dict[str, list[int]] = {}
@@ -170,8 +176,11 @@ class ChunkWriter:
             acc[2] += int(rejected_per_batch[i])
             if (b.epoch, b.sequence) > (acc[3], acc[4]):
                 acc[3], acc[4] = b.epoch, b.sequence
-            if rejected_per_batch[i]:
-                rejects[(b.agent_id, REASON_TIMESTAMP)][1] += int(rejected_per_batch[i])
+            if late_or_early[i]:
+                rejects[(b.agent_id, REASON_TIMESTAMP)][1] += int(late_or_early[i])
+        for index, reason, points in decoded.rejects:
+            if new_batch[index]:
+                rejects[(decoded.batches[index].agent_id, reason)][1] += points
         if per_agent:
             agents = sorted(per_agent)
             self._conn.execute(

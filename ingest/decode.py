@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError
 
 from fleetpulse.ingest import keys
 from fleetpulse.ingest.series import SeriesKey, SeriesResolver
+from fleetpulse.ingest.validate import series_problem
 from fleetpulse.proto import edge_pb2, metric_pb2
 
 # An identity-less batch (sequence 0) is named by its stream entry: epoch 0 and this sequence.
@@ -56,6 +57,8 @@ class Decoded:
     series_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     ts_unix_us: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    # Points refused while decoding (invalid series): (batch index, reason, points).
+    rejects: list[tuple[int, str, int]] = field(default_factory=list)
 
 
 def entry_sequence(entry_id: str) -> int:
@@ -96,7 +99,11 @@ class ChunkDecoder:
 
     def __init__(self, resolver: SeriesResolver) -> None:
         self._resolver = resolver
-        self._sets: dict[tuple[str, bytes], np.ndarray] = {}
+        # Per series set: the series id of each column, -1 where the series is invalid, and the
+        # reason of each invalid column.
+        self._sets: dict[tuple[str, bytes], tuple[np.ndarray, dict[int, str]]] = {}
+        # Row-form series keys already validated, and the problem of those that are invalid.
+        self._row_problems: dict[SeriesKey, str | None] = {}
 
     def decode(self, entries: list[Entry]) -> Decoded:
         batches: list[BatchRef] = []
@@ -124,7 +131,7 @@ class ChunkDecoder:
                 ref = replace(ref, error=f"undecodable: {exc}")
             batches.append(ref)
 
-        self._resolve(unknown_sets, rows)
+        self._resolve(unknown_sets, rows, batches, columns)
         return self._assemble(batches, columns, rows)
 
     @staticmethod
@@ -146,29 +153,67 @@ class ChunkDecoder:
         digest = hashlib.blake2b(view.series, digest_size=16).digest()
         return _Columns(index, (agent_id, digest), view.series, timestamps, values)
 
-    def _resolve(self, unknown_sets: dict[tuple[str, bytes], bytes], rows: _Rows) -> None:
-        """One set-based resolution for every unknown series of the chunk (both forms)."""
-        set_keys: dict[tuple[str, bytes], list[SeriesKey]] = {}
+    def _resolve(
+        self,
+        unknown_sets: dict[tuple[str, bytes], bytes],
+        rows: _Rows,
+        batches: list[BatchRef],
+        columns: list[_Columns],
+    ) -> None:
+        """One set-based resolution for every unknown valid series of the chunk (both forms)."""
+        set_keys: dict[tuple[str, bytes], list[SeriesKey | None]] = {}
+        set_problems: dict[tuple[str, bytes], dict[int, str]] = {}
         for set_key, raw in unknown_sets.items():
             agent_id = set_key[0]
-            entries = metric_pb2.SeriesSet.FromString(raw).entries
-            set_keys[set_key] = [(agent_id, e.name, labels_key(dict(e.labels))) for e in entries]
-        wanted = list(dict.fromkeys([k for ks in set_keys.values() for k in ks] + rows.keys))
-        if not wanted:
-            return
-        ids = dict(zip(wanted, self._resolver.resolve(wanted), strict=True))
+            try:
+                entries = metric_pb2.SeriesSet.FromString(raw).entries
+            except DecodeError as exc:
+                for part in columns:
+                    if part.set_key == set_key:
+                        batches[part.index] = replace(
+                            batches[part.index], error=f"undecodable: {exc}"
+                        )
+                continue
+            problems: dict[int, str] = {}
+            keys_: list[SeriesKey | None] = []
+            for column, entry in enumerate(entries):
+                labels = dict(entry.labels)
+                problem = series_problem(entry.name, labels)
+                if problem is None:
+                    keys_.append((agent_id, entry.name, labels_key(labels)))
+                else:
+                    problems[column] = problem
+                    keys_.append(None)
+            set_keys[set_key] = keys_
+            set_problems[set_key] = problems
+        for key in rows.keys:
+            if key not in self._row_problems:
+                self._row_problems[key] = series_problem(key[1], orjson.loads(key[2]))
+        wanted = list(
+            dict.fromkeys(
+                [k for ks in set_keys.values() for k in ks if k is not None]
+                + [k for k in rows.keys if self._row_problems[k] is None]
+            )
+        )
+        ids = dict(zip(wanted, self._resolver.resolve(wanted), strict=True)) if wanted else {}
         if len(self._sets) + len(set_keys) > MAX_CACHED_SERIES_SETS:
             self._sets.clear()
+        if len(self._row_problems) > MAX_CACHED_SERIES_SETS * 10:
+            self._row_problems.clear()
         for set_key, series_keys in set_keys.items():
-            self._sets[set_key] = np.asarray([ids[k] for k in series_keys], dtype=np.int32)
-        rows.series_ids = [ids[k] for k in rows.keys]
+            column_ids = np.asarray(
+                [ids[k] if k is not None else -1 for k in series_keys], dtype=np.int32
+            )
+            self._sets[set_key] = (column_ids, set_problems[set_key])
+        rows.series_ids = [ids.get(k, -1) for k in rows.keys]
 
     def _assemble(self, batches: list[BatchRef], columns: list[_Columns], rows: _Rows) -> Decoded:
+        rejects: list[tuple[int, str, int]] = []
         parts_batch, parts_series, parts_ts, parts_values = [], [], [], []
         for part in columns:
             if batches[part.index].error is not None:
                 continue
-            ids = self._sets[part.set_key]
+            ids, problems = self._sets[part.set_key]
             nseries, ntimes = len(ids), len(part.timestamps_ns)
             if len(part.values) != nseries * ntimes or (nseries and not ntimes):
                 batches[part.index] = replace(
@@ -176,6 +221,9 @@ class ChunkDecoder:
                     error=f"invalid shape: {len(part.values)} values for {nseries} series x {ntimes} timestamps",
                 )
                 continue
+            for reason in set(problems.values()):
+                columns_ = sum(1 for r in problems.values() if r == reason)
+                rejects.append((part.index, reason, columns_ * ntimes))
             parts_batch.append(np.full(nseries * ntimes, part.index, dtype=np.int32))
             parts_series.append(np.tile(ids, ntimes))
             parts_ts.append(np.repeat(part.timestamps_ns // 1000, nseries))
@@ -185,14 +233,23 @@ class ChunkDecoder:
             parts_series.append(np.asarray(rows.series_ids, dtype=np.int32))
             parts_ts.append(np.asarray(rows.ts_unix_us, dtype=np.int64))
             parts_values.append(np.asarray(rows.values, dtype=np.float64))
+            if any(self._row_problems.get(key) for key in set(rows.keys)):
+                counts: dict[tuple[int, str], int] = {}
+                for index, key in zip(rows.batch_index, rows.keys, strict=True):
+                    if (problem := self._row_problems.get(key)) is not None:
+                        counts[(index, problem)] = counts.get((index, problem), 0) + 1
+                rejects += [(index, reason, n) for (index, reason), n in counts.items()]
         if not parts_batch:
-            return Decoded(batches=batches)
+            return Decoded(batches=batches, rejects=rejects)
+        series_ids = np.concatenate(parts_series).astype(np.int32, copy=False)
+        valid = series_ids >= 0  # invalid series were rejected (counted above), not stored
         return Decoded(
             batches=batches,
-            batch_index=np.concatenate(parts_batch),
-            series_ids=np.concatenate(parts_series).astype(np.int32, copy=False),
-            ts_unix_us=np.concatenate(parts_ts).astype(np.int64, copy=False),
-            values=np.concatenate(parts_values).astype(np.float64, copy=False),
+            batch_index=np.concatenate(parts_batch)[valid],
+            series_ids=series_ids[valid],
+            ts_unix_us=np.concatenate(parts_ts).astype(np.int64, copy=False)[valid],
+            values=np.concatenate(parts_values).astype(np.float64, copy=False)[valid],
+            rejects=rejects,
         )
 
 

@@ -316,25 +316,15 @@ def test_unpacked_columnar_encoding_is_accepted(
     assert stored(database_url, "cols")[0] == 3
 
 
-def nul_batch(agent_id: str, epoch: int, seq: int) -> bytes:
-    stamp = common_pb2.Timestamp(seconds=int(time.time()))
-    return metric_pb2.MetricBatch(
-        agent_id=agent_id,
-        epoch=epoch,
-        sequence=seq,
-        metrics=[
-            metric_pb2.MetricPoint(name="m", value=1.0, timestamp=stamp, labels={"k": "a\x00b"})
-        ],
-    ).SerializeToString()
-
-
 def test_poison_entry_is_isolated_and_dead_lettered(
     settings: Settings, r: redis.Redis, database_url: str
 ) -> None:
+    """An entry that breaks the worker itself (here: written by something else, no agent field)."""
     w = Worker(settings.model_copy(update={"worker_max_deliveries": 2}), "poisoned")
     for seq in range(1, 4):
         xadd(r, "good", 1, seq, make_batch("good", 1, seq, 2), shards=2)
-    xadd(r, "evil", 1, 1, nul_batch("evil", 1, 1), shards=2)
+    poison_stream = keys.stream_key(keys.shard_for("good", 2))
+    r.xadd(poison_stream, {b"not": b"a batch"})
     for seq in range(4, 7):
         xadd(r, "good", 1, seq, make_batch("good", 1, seq, 2), shards=2)
     assert w.handle(w._read(">", None)) is False  # the chunk is split; the poison stays pending
@@ -342,13 +332,68 @@ def test_poison_entry_is_isolated_and_dead_lettered(
     assert w.handle(w._read("0", None)) is True  # second failure: dead-lettered
     w.close()
     ((_, fields),) = r.xrange(keys.DEAD_LETTER_STREAM)
-    assert fields[keys.FIELD_AGENT] == b"evil" and fields[b"attempts"] == b"2"
-    assert b"DataError" in fields[b"error"] or b"Unicode" in fields[b"error"], fields[b"error"]
-    assert fields[keys.FIELD_BATCH] == nul_batch("evil", 1, 1)  # the batch is kept, as it came
+    assert fields[b"not"] == b"a batch" and fields[b"attempts"] == b"2"  # kept as it came
+    assert fields[b"stream"] == poison_stream.encode() and b"KeyError" in fields[b"error"]
     for shard in range(2):
         assert r.xlen(keys.stream_key(shard)) == 0
         assert r.xpending(keys.stream_key(shard), keys.CONSUMER_GROUP)["pending"] == 0
     assert r.hlen(keys.ATTEMPTS_KEY) == 0
+
+
+BAD_SERIES = [
+    ("ok_metric", {"k": "v"}, None),
+    ("bad-name", {}, "invalid_metric_name"),
+    ("", {}, "invalid_metric_name"),
+    ("m", {"k": "a\x00b"}, "invalid_label_value"),
+    ("m", {"k": "x" * 5000}, "invalid_label_value"),
+    ("m", {"bad-key": "v"}, "invalid_label_name"),
+    ("m", {f"k{i}": "v" for i in range(1000)}, "too_many_labels"),
+]
+
+
+def test_invalid_series_are_rejected_per_point_and_counted(
+    worker: Worker, r: redis.Redis, database_url: str
+) -> None:
+    stamp = common_pb2.Timestamp(seconds=int(time.time()))
+    rows = metric_pb2.MetricBatch(
+        agent_id="v-rows",
+        epoch=1,
+        sequence=1,
+        metrics=[
+            metric_pb2.MetricPoint(name=n, value=1.0, timestamp=stamp, labels=lab)
+            for n, lab, _ in BAD_SERIES
+        ],
+    ).SerializeToString()
+    xadd(r, "v-rows", 1, 1, rows, shards=2)
+    columns = make_columns(
+        "v-cols", 1, 1, [(n, lab) for n, lab, _ in BAD_SERIES], [float("nan")] * len(BAD_SERIES)
+    )
+    xadd_columns(r, "v-cols", 1, 1, columns)
+    run_until_empty(worker)
+    expected = {
+        "invalid_metric_name": 2,
+        "invalid_label_value": 2,
+        "invalid_label_name": 1,
+        "too_many_labels": 1,
+    }
+    with psycopg.connect(database_url) as conn:
+        for agent in ("v-rows", "v-cols"):
+            assert stored(database_url, agent)[:2] == (1, 1)  # the valid series, NaN value included
+            reasons = dict(
+                conn.execute(
+                    "SELECT reason, points FROM rejects WHERE agent_id = %s", (agent,)
+                ).fetchall()
+            )
+            assert reasons == expected, (agent, reasons)
+            accounting = conn.execute(
+                "SELECT batches_committed, points_committed, points_rejected FROM agent_ingest WHERE agent_id = %s",
+                (agent,),
+            ).fetchone()
+            assert accounting == (1, 1, 6)
+        value = conn.execute(
+            "SELECT value FROM points JOIN series USING (series_id) WHERE agent_id = 'v-cols'"
+        ).fetchone()[0]
+    assert value != value  # NaN is stored as it is
 
 
 def test_entries_of_a_dead_consumer_are_reclaimed(
