@@ -78,3 +78,40 @@ def ensure_around_now(conn: psycopg.Connection) -> list[date]:
     """Partitions from yesterday to two days ahead; other days are created on demand."""
     today = datetime.now(UTC).date()
     return ensure_days(conn, (today + timedelta(days=offset) for offset in range(-1, 3)))
+
+
+def drop_older_than(conn: psycopg.Connection, retention_days: int) -> list[date]:
+    """Drop whole daily partitions that lie entirely before the retention window; return them.
+
+    Retention is a DROP of whole partitions (no DELETE, no vacuum debt). Like creation, it runs
+    with a short lock_timeout and retries, so it never stalls a COPY for long.
+    """
+    cutoff = datetime.now(UTC).date() - timedelta(days=retention_days)
+    dropped = []
+    for day in sorted(d for d in existing_days(conn) if d < cutoff):
+        stmt = sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(partition_name(day)))
+        for attempt in range(1, DDL_ATTEMPTS + 1):
+            try:
+                conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT_MS)))
+                conn.execute(stmt)
+                dropped.append(day)
+                log.info(
+                    "dropped partition %s (retention %d days)", partition_name(day), retention_days
+                )
+                break
+            except psycopg.errors.LockNotAvailable:
+                if attempt == DDL_ATTEMPTS:
+                    log.warning(
+                        "could not drop %s now (busy); next maintenance retries",
+                        partition_name(day),
+                    )
+                    break
+                time.sleep(0.1 * attempt)
+            finally:
+                conn.execute("RESET lock_timeout")
+    return dropped
+
+
+def maintain(conn: psycopg.Connection, retention_days: int) -> tuple[list[date], list[date]]:
+    """Create the partitions needed soon and drop the expired ones (run periodically by workers)."""
+    return ensure_around_now(conn), drop_older_than(conn, retention_days)

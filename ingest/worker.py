@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import redis
 
+from fleetpulse import partitions
 from fleetpulse.ingest import keys, queue
 from fleetpulse.ingest.copier import ChunkWriter
 from fleetpulse.ingest.decode import ChunkDecoder, Entry
@@ -28,6 +29,9 @@ from fleetpulse.settings import Settings
 log = logging.getLogger(__name__)
 
 _RETRY_DELAY_S = 1.0
+# Every worker checks partitions this often (creating ahead, dropping expired); concurrent runs
+# are harmless (IF [NOT] EXISTS, lock_timeout).
+PARTITION_MAINTENANCE_INTERVAL_S = 600.0
 # Chunks are logged at DEBUG; INFO gets one throughput line per interval.
 SUMMARY_INTERVAL_S = 60.0
 
@@ -202,8 +206,12 @@ class Worker:
         log.info("worker %s reading %d streams", self._consumer, len(self._streams))
         recovering = True  # first (and after any failure) re-read this consumer's pending entries
         next_reclaim = time.monotonic() + self._settings.worker_reclaim_interval_s
+        next_maintenance = time.monotonic()
         while not self._stopping:
             try:
+                if time.monotonic() >= next_maintenance:
+                    partitions.maintain(self._ddl_conn, self._settings.retention_days)
+                    next_maintenance = time.monotonic() + PARTITION_MAINTENANCE_INTERVAL_S
                 if time.monotonic() >= next_reclaim:
                     self.reclaim()
                     next_reclaim = time.monotonic() + self._settings.worker_reclaim_interval_s

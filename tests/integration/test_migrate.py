@@ -1,8 +1,12 @@
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
+import numpy as np
 import psycopg
+from psycopg import sql
 
 from fleetpulse import partitions
+from fleetpulse.ingest.copier import ChunkWriter
+from fleetpulse.ingest.decode import BatchRef, Decoded
 from fleetpulse.migrate import migrate
 
 
@@ -41,3 +45,52 @@ def test_ensure_days_creates_a_missing_day_once(database_url: str) -> None:
             (partitions.day_start(day) + timedelta(hours=23),),
         )
         assert conn.execute("SELECT count(*) FROM points_20300517").fetchone() == (1,)
+
+
+def test_retention_drops_whole_expired_partitions_only(database_url: str) -> None:
+    today = datetime.now(UTC).date()
+    old, kept = today - timedelta(days=10), today - timedelta(days=3)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        partitions.ensure_days(conn, [old, kept])
+        conn.execute(
+            "INSERT INTO points VALUES (1, %s, 1.0), (1, %s, 2.0)",
+            (partitions.day_start(old), partitions.day_start(kept)),
+        )
+        _, dropped = partitions.maintain(conn, retention_days=7)
+        assert dropped == [old]
+        days = partitions.existing_days(conn)
+        assert old not in days and kept in days and today + timedelta(days=2) in days
+        assert conn.execute("SELECT value FROM points").fetchall() == [(2.0,)]
+
+
+def test_points_roll_over_midnight_into_the_right_partitions(database_url: str) -> None:
+    """The last microsecond of a day and the first of the next land in their own partitions."""
+
+
+    day = datetime.now(UTC).date() + timedelta(days=3)  # not created by migrate: made on demand
+    midnight_us = int(partitions.day_start(day).timestamp() * 1_000_000)
+    with (
+        psycopg.connect(database_url) as conn,
+        psycopg.connect(database_url, autocommit=True) as ddl,
+    ):
+        conn.execute("INSERT INTO series (agent_id, name) VALUES ('night', 'm')")
+        conn.commit()
+        series_id = conn.execute(
+            "SELECT series_id FROM series WHERE agent_id = 'night'"
+        ).fetchone()[0]
+        writer = ChunkWriter(conn, ddl, retention_days=7, max_future_s=5 * 86400)
+        decoded = Decoded(
+            batches=[BatchRef("s", "1-0", "night", 1, 1)],
+            batch_index=np.zeros(3, dtype=np.int32),
+            series_ids=np.full(3, series_id, dtype=np.int32),
+            ts_unix_us=np.array([midnight_us - 1, midnight_us, midnight_us + 1], dtype=np.int64),
+            values=np.array([1.0, 2.0, 3.0]),
+        )
+        assert writer.write(decoded).points_committed == 3
+        before = conn.execute(sql_count(day - timedelta(days=1))).fetchone()[0]
+        after = conn.execute(sql_count(day)).fetchone()[0]
+    assert (before, after) == (1, 2)
+
+
+def sql_count(day: date) -> sql.Composed:
+    return sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(partitions.partition_name(day)))
