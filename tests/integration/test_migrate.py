@@ -66,7 +66,6 @@ def test_retention_drops_whole_expired_partitions_only(database_url: str) -> Non
 def test_points_roll_over_midnight_into_the_right_partitions(database_url: str) -> None:
     """The last microsecond of a day and the first of the next land in their own partitions."""
 
-
     day = datetime.now(UTC).date() + timedelta(days=3)  # not created by migrate: made on demand
     midnight_us = int(partitions.day_start(day).timestamp() * 1_000_000)
     with (
