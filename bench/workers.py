@@ -80,17 +80,10 @@ def _load(
             )
             envelope = edge_pb2.AgentEnvelope.FromString(raw)
             payload = envelope.metric_columns if args.form == "columnar" else envelope.metrics
-            pipe.xadd(
-                keys.stream_key(keys.shard_for(agent_id, STREAM_SHARDS)),
-                {
-                    keys.FIELD_AGENT: agent_id,
-                    keys.FIELD_EPOCH: epoch,
-                    keys.FIELD_SEQUENCE: seq,
-                    keys.FIELD_RECEIVED_MS: int(time.time() * 1000),
-                    keys.FIELD_BATCH: payload,
-                    keys.FIELD_FORM: form,
-                },
+            fields = queue.entry_fields(
+                agent_id, epoch, seq, payload, int(time.time() * 1000), form
             )
+            pipe.xadd(keys.stream_key(keys.shard_for(agent_id, STREAM_SHARDS)), fields)
             points += encoder.points
             pending += 1
             if pending >= LOAD_PIPELINE:

@@ -43,6 +43,20 @@ def ensure_layout(client: redis.Redis, wanted_shards: int) -> int:
     return shards
 
 
+def entry_fields(
+    agent_id: str, epoch: int, sequence: int, batch: bytes, received_ms: int, form: bytes
+) -> dict[bytes, object]:
+    """The fields of one stream entry: what front-ends write and workers read."""
+    return {
+        keys.FIELD_AGENT: agent_id,
+        keys.FIELD_EPOCH: epoch,
+        keys.FIELD_SEQUENCE: sequence,
+        keys.FIELD_RECEIVED_MS: received_ms,
+        keys.FIELD_BATCH: batch,
+        keys.FIELD_FORM: form,
+    }
+
+
 class BatchQueue:
     """The front-end's side: append agents' serialized MetricBatches to their shards.
 
@@ -94,14 +108,7 @@ class BatchQueue:
 
         Raises redis.RedisError when Redis refused the entry: then nothing was queued.
         """
-        fields: dict[bytes, object] = {
-            keys.FIELD_AGENT: agent_id,
-            keys.FIELD_EPOCH: epoch,
-            keys.FIELD_SEQUENCE: sequence,
-            keys.FIELD_RECEIVED_MS: received_ms,
-            keys.FIELD_BATCH: batch,
-            keys.FIELD_FORM: form,
-        }
+        fields = entry_fields(agent_id, epoch, sequence, batch, received_ms, form)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await self._pending.put(
             (keys.stream_key(keys.shard_for(agent_id, self._shards)), fields, future)

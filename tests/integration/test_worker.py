@@ -40,6 +40,7 @@ def make_batch(
 def xadd(
     client: redis.Redis, agent_id: str, epoch: int, seq: int, payload: bytes, shards: int
 ) -> None:
+    """A row-form entry as the first front-end version wrote it: no form field (still read)."""
     client.xadd(
         keys.stream_key(keys.shard_for(agent_id, shards)),
         {
@@ -211,17 +212,10 @@ def make_columns(
 def xadd_columns(
     client: redis.Redis, agent_id: str, epoch: int, seq: int, payload: bytes, shards: int = 2
 ) -> None:
-    client.xadd(
-        keys.stream_key(keys.shard_for(agent_id, shards)),
-        {
-            keys.FIELD_AGENT: agent_id,
-            keys.FIELD_EPOCH: epoch,
-            keys.FIELD_SEQUENCE: seq,
-            keys.FIELD_RECEIVED_MS: int(time.time() * 1000),
-            keys.FIELD_BATCH: payload,
-            keys.FIELD_FORM: keys.FORM_COLUMNS,
-        },
+    fields = queue.entry_fields(
+        agent_id, epoch, seq, payload, int(time.time() * 1000), keys.FORM_COLUMNS
     )
+    client.xadd(keys.stream_key(keys.shard_for(agent_id, shards)), fields)
 
 
 SERIES = [
