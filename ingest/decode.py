@@ -186,6 +186,9 @@ class ChunkDecoder:
                     keys_.append(None)
             set_keys[set_key] = keys_
             set_problems[set_key] = problems
+        if len(self._row_problems) > MAX_CACHED_SERIES_SETS * 10:
+            # Cleared before this chunk's keys go in: _assemble still needs them to count rejects.
+            self._row_problems.clear()
         for key in rows.keys:
             if key not in self._row_problems:
                 self._row_problems[key] = series_problem(key[1], orjson.loads(key[2]))
@@ -198,8 +201,6 @@ class ChunkDecoder:
         ids = dict(zip(wanted, self._resolver.resolve(wanted), strict=True)) if wanted else {}
         if len(self._sets) + len(set_keys) > MAX_CACHED_SERIES_SETS:
             self._sets.clear()
-        if len(self._row_problems) > MAX_CACHED_SERIES_SETS * 10:
-            self._row_problems.clear()
         for set_key, series_keys in set_keys.items():
             column_ids = np.asarray(
                 [ids[k] if k is not None else -1 for k in series_keys], dtype=np.int32
