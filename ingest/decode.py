@@ -106,6 +106,8 @@ class ChunkDecoder:
         self._row_problems: dict[SeriesKey, str | None] = {}
 
     def decode(self, entries: list[Entry]) -> Decoded:
+        if len(self._sets) > MAX_CACHED_SERIES_SETS:
+            self._sets.clear()  # before the chunk looks anything up, so all it needs is re-resolved
         batches: list[BatchRef] = []
         columns: list[_Columns] = []
         rows = _Rows()
@@ -199,8 +201,6 @@ class ChunkDecoder:
             )
         )
         ids = dict(zip(wanted, self._resolver.resolve(wanted), strict=True)) if wanted else {}
-        if len(self._sets) + len(set_keys) > MAX_CACHED_SERIES_SETS:
-            self._sets.clear()
         for set_key, series_keys in set_keys.items():
             column_ids = np.asarray(
                 [ids[k] if k is not None else -1 for k in series_keys], dtype=np.int32
