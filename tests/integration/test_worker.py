@@ -406,3 +406,24 @@ def test_entries_of_a_dead_consumer_are_reclaimed(
     assert stored(database_url, "orphan") == (10, 2, 5)
     shard = keys.stream_key(keys.shard_for("orphan", 2))
     assert r.xpending(shard, keys.CONSUMER_GROUP)["pending"] == 0
+
+
+def test_series_set_cache_bound_does_not_lose_points(
+    worker: Worker, r: redis.Redis, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleetpulse.ingest import decode
+
+    monkeypatch.setattr(decode, "MAX_CACHED_SERIES_SETS", 2)
+    for round_ in range(3):
+        for agent in range(4):  # more distinct series sets than the cache holds
+            agent_id = f"many-{agent}"
+            xadd_columns(
+                r,
+                agent_id,
+                1,
+                round_ + 1,
+                make_columns(agent_id, 1, round_ + 1, SERIES, [1.0, 2.0, 3.0]),
+            )
+        run_until_empty(worker)
+    for agent in range(4):
+        assert stored(database_url, f"many-{agent}") == (9, 3, 3)
