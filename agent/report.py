@@ -54,8 +54,3 @@ class SentReport:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
         os.replace(tmp, path)
-
-
-def read_report(path: Path) -> dict[str, object]:
-    data: dict[str, object] = json.loads(path.read_text())
-    return data

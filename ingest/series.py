@@ -40,9 +40,6 @@ class SeriesResolver:
         self._conn = conn  # autocommit: new series are committed on their own
         self._ids: dict[SeriesKey, int] = {}
 
-    def __len__(self) -> int:
-        return len(self._ids)
-
     def resolve(self, unique_keys: list[SeriesKey]) -> list[int]:
         """Ids for ``unique_keys`` (no duplicates), in the same order."""
         missing = [key for key in unique_keys if key not in self._ids]
