@@ -50,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--series", type=int, default=200)
     parser.add_argument("--processes", type=int, default=2, help="worker processes")
     parser.add_argument("--form", choices=["columnar", "rows"], default="columnar")
+    parser.add_argument(
+        "--no-rollups",
+        dest="rollups",
+        action="store_false",
+        help="run the workers without rollup maintenance (to measure what rollups cost)",
+    )
     parser.add_argument("--database-url")
     parser.add_argument("--redis-url")
     parser.add_argument("--results-dir", type=Path, default=Path("bench/results"))
@@ -110,6 +116,40 @@ def _drain(
     return time.monotonic() - started
 
 
+_CLOSED_MARKS = """
+SELECT count(*) FROM rollup_dirty
+WHERE (tier = 1 AND bucket <= now() - interval '1 minute')
+   OR (tier = 2 AND bucket <= now() - interval '1 hour')
+"""
+
+
+def _rollups_current(
+    database_url: str, workers: list[subprocess.Popen[bytes]], timeout_s: float = 1800
+) -> float:
+    """Seconds until the workers' rollup job has recomputed every closed bucket."""
+    started = time.monotonic()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while True:
+            row = conn.execute(_CLOSED_MARKS).fetchone()
+            if row is not None and row[0] == 0:
+                return time.monotonic() - started
+            if any(w.poll() is not None for w in workers):
+                raise RuntimeError("a worker exited during the benchmark")
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError("the rollups did not catch up")
+            time.sleep(0.1)
+
+
+def _rolled_up(conn: psycopg.Connection, prefix: str) -> int:
+    """Points counted by the 1-minute tier for this run's series (all in closed minutes)."""
+    row = conn.execute(
+        "SELECT coalesce(sum(r.count), 0)::int8 FROM rollup_1m r"
+        " JOIN series s USING (series_id) WHERE s.agent_id LIKE %s",
+        (prefix + "%",),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def run(args: argparse.Namespace) -> int:
     started_at = datetime.now(UTC)
     run_id = started_at.strftime("%H%M%S") + secrets.token_hex(2)
@@ -137,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
             "FLEETPULSE_DATABASE_URL": database_url,
             "FLEETPULSE_REDIS_URL": redis_url,
             "FLEETPULSE_STREAM_SHARDS": str(STREAM_SHARDS),
+            "FLEETPULSE_ROLLUPS": "true" if args.rollups else "false",
         }
 
         sys.stderr.write(f"loading {args.agents} agents x 1 warm-up batch ...\n")
@@ -179,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
         )
         sampler.start()
         timed_s = _drain(client, workers)
+        rollup_s = _rollups_current(database_url, workers) if args.rollups else None
         resources = sampler.stop()
         with psycopg.connect(database_url) as conn:
             row = conn.execute(
@@ -186,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
                 " FROM agent_ingest WHERE agent_id LIKE %s",
                 (prefix + "%",),
             ).fetchone()
-        assert row is not None
+            assert row is not None
+            rolled = _rolled_up(conn, prefix) if args.rollups else None
         committed_points, committed_batches = int(row[0]), int(row[1])
         rows = anchors.fetch_run_rows(database_url, prefix, anchors_max_rows := 10_000_000)
         ceiling = anchors.copy_ceiling(database_url, rows, f"bench_copy_ceiling_{run_id}")
@@ -216,11 +259,16 @@ def run(args: argparse.Namespace) -> int:
         "copy_ceiling_rows": min(ceiling["rows"], anchors_max_rows),
         "ratio_to_copy_ceiling": round(timed_points / timed_s / ceiling["points_per_s"], 3),
         "stored_equals_queued": committed_points == expected_points,
+        "rollups": args.rollups,
+        # After the queue drained: until every closed minute and hour was recomputed.
+        "rollups_current_after_s": None if rollup_s is None else round(rollup_s, 3),
+        "rollup_points_equal_stored": None if rolled is None else rolled == expected_points,
     }
     result = {
         "started_at": started_at.isoformat(timespec="seconds"),
         "command": f"fleetpulse bench workers --agents {args.agents} --batches {args.batches} "
-        f"--series {args.series} --processes {args.processes} --form {args.form}",
+        f"--series {args.series} --processes {args.processes} --form {args.form}"
+        + ("" if args.rollups else " --no-rollups"),
         "machine": report.machine(),
         "summary": summary,
         "committed_batches": committed_batches,
@@ -231,4 +279,5 @@ def run(args: argparse.Namespace) -> int:
     (out_dir / "result.json").write_text(json.dumps(result, indent=2))
     sys.stderr.write(json.dumps(result["resources"], indent=1) + f"\nresults in {out_dir}\n")
     print(json.dumps(summary))
-    return 0 if summary["stored_equals_queued"] else 1
+    ok = summary["stored_equals_queued"] and summary["rollup_points_equal_stored"] is not False
+    return 0 if ok else 1

@@ -1,15 +1,19 @@
-"""Daily range partitions of ``points``: created ahead of need, DDL that never stalls COPY.
+"""Daily range partitions of ``points`` and the rollup tiers: created ahead, DDL that never stalls COPY.
 
 Creating a partition locks the parent table, and that lock queues behind a running COPY (and every
 later COPY queues behind the waiting DDL). So DDL runs with a short ``lock_timeout`` and is retried,
 on its own autocommit connection, never inside a COPY transaction.
+
+``points``, ``rollup_1m`` and ``rollup_1h`` are all partitioned by day, and a day is always created
+for all three together (a rollup bucket lies in the day of the points it summarises); each table
+has its own retention, so the coarse tiers outlive the raw points.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
@@ -19,59 +23,73 @@ log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT_MS = 2000
 DDL_ATTEMPTS = 5
+TABLES = ("points", "rollup_1m", "rollup_1h")
 
 
-def partition_name(day: date) -> str:
-    return f"points_{day:%Y%m%d}"
+def partition_name(day: date, table: str = "points") -> str:
+    return f"{table}_{day:%Y%m%d}"
 
 
 def day_start(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
-def existing_days(conn: psycopg.Connection) -> set[date]:
+def existing_days(conn: psycopg.Connection, table: str = "points") -> set[date]:
     rows = conn.execute(
         "SELECT c.relname FROM pg_inherits i"
         " JOIN pg_class c ON c.oid = i.inhrelid"
-        " WHERE i.inhparent = 'points'::regclass"
+        " WHERE i.inhparent = %s::regclass",
+        (table,),
     ).fetchall()
     days = set()
     for (name,) in rows:
         try:
-            days.add(datetime.strptime(name, "points_%Y%m%d").date())
+            days.add(datetime.strptime(name, f"{table}_%Y%m%d").date())
         except ValueError:
             continue  # a partition someone attached by hand; not ours to interpret
     return days
 
 
+def _run_ddl(conn: psycopg.Connection, stmt: sql.Composed, what: str, give_up: bool) -> bool:
+    """Run one DDL statement with lock_timeout, retried; True when it ran."""
+    for attempt in range(1, DDL_ATTEMPTS + 1):
+        try:
+            conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT_MS)))
+            conn.execute(stmt)
+            return True
+        except psycopg.errors.LockNotAvailable:
+            if attempt == DDL_ATTEMPTS:
+                if give_up:
+                    log.warning("could not %s now (busy); next maintenance retries", what)
+                    return False
+                raise
+            time.sleep(0.1 * attempt)
+        except (psycopg.errors.DuplicateTable, psycopg.errors.UniqueViolation):
+            return False  # another process created it first
+        finally:
+            conn.execute("RESET lock_timeout")
+    return False
+
+
 def ensure_days(conn: psycopg.Connection, days: Iterable[date]) -> list[date]:
-    """Create the missing partitions for ``days`` (autocommit connection); return those created."""
-    wanted = sorted(set(days) - existing_days(conn))
-    created = []
-    for day in wanted:
-        stmt = sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {name} PARTITION OF points FOR VALUES FROM ({lo}) TO ({hi})"
-        ).format(
-            name=sql.Identifier(partition_name(day)),
-            lo=sql.Literal(day_start(day)),
-            hi=sql.Literal(day_start(day + timedelta(days=1))),
-        )
-        for attempt in range(1, DDL_ATTEMPTS + 1):
-            try:
-                conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT_MS)))
-                conn.execute(stmt)
-                created.append(day)
-                log.info("created partition %s", partition_name(day))
-                break
-            except psycopg.errors.LockNotAvailable:
-                if attempt == DDL_ATTEMPTS:
-                    raise
-                time.sleep(0.1 * attempt)
-            except (psycopg.errors.DuplicateTable, psycopg.errors.UniqueViolation):
-                break  # another process created it first
-            finally:
-                conn.execute("RESET lock_timeout")
-    return created
+    """Create the missing partitions of every table for ``days``; return the days created."""
+    wanted = set(days)
+    created: set[date] = set()
+    for table in TABLES:
+        for day in sorted(wanted - existing_days(conn, table)):
+            stmt = sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table}"
+                " FOR VALUES FROM ({lo}) TO ({hi})"
+            ).format(
+                name=sql.Identifier(partition_name(day, table)),
+                table=sql.Identifier(table),
+                lo=sql.Literal(day_start(day)),
+                hi=sql.Literal(day_start(day + timedelta(days=1))),
+            )
+            if _run_ddl(conn, stmt, f"create {partition_name(day, table)}", give_up=False):
+                created.add(day)
+                log.info("created partition %s", partition_name(day, table))
+    return sorted(created)
 
 
 def ensure_around_now(conn: psycopg.Connection) -> list[date]:
@@ -80,38 +98,52 @@ def ensure_around_now(conn: psycopg.Connection) -> list[date]:
     return ensure_days(conn, (today + timedelta(days=offset) for offset in range(-1, 3)))
 
 
-def drop_older_than(conn: psycopg.Connection, retention_days: int) -> list[date]:
-    """Drop whole daily partitions that lie entirely before the retention window; return them.
+def drop_older_than(
+    conn: psycopg.Connection, retention_days: int, table: str = "points"
+) -> list[date]:
+    """Drop whole daily partitions of ``table`` entirely before the retention window.
 
     Retention is a DROP of whole partitions (no DELETE, no vacuum debt). Like creation, it runs
     with a short lock_timeout and retries, so it never stalls a COPY for long.
     """
     cutoff = datetime.now(UTC).date() - timedelta(days=retention_days)
     dropped = []
-    for day in sorted(d for d in existing_days(conn) if d < cutoff):
-        stmt = sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(partition_name(day)))
-        for attempt in range(1, DDL_ATTEMPTS + 1):
-            try:
-                conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT_MS)))
-                conn.execute(stmt)
-                dropped.append(day)
-                log.info(
-                    "dropped partition %s (retention %d days)", partition_name(day), retention_days
-                )
-                break
-            except psycopg.errors.LockNotAvailable:
-                if attempt == DDL_ATTEMPTS:
-                    log.warning(
-                        "could not drop %s now (busy); next maintenance retries",
-                        partition_name(day),
-                    )
-                    break
-                time.sleep(0.1 * attempt)
-            finally:
-                conn.execute("RESET lock_timeout")
+    for day in sorted(d for d in existing_days(conn, table) if d < cutoff):
+        name = partition_name(day, table)
+        stmt = sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name))
+        if _run_ddl(conn, stmt, f"drop {name}", give_up=True):
+            dropped.append(day)
+            log.info("dropped partition %s (retention %d days)", name, retention_days)
     return dropped
 
 
-def maintain(conn: psycopg.Connection, retention_days: int) -> tuple[list[date], list[date]]:
-    """Create the partitions needed soon and drop the expired ones (run periodically by workers)."""
-    return ensure_around_now(conn), drop_older_than(conn, retention_days)
+def trim_ledger(conn: psycopg.Connection, retention_days: int, max_future_s: float) -> int:
+    """Delete ledger rows no replay could still need; return how many.
+
+    A batch's points are at most ``max_future_s`` ahead of its commit, so once its ledger row is
+    older than retention plus that window, a replay of it carries only points older than retention,
+    which the worker rejects: it can be counted as rejected again, never stored twice.
+    """
+    cur = conn.execute(
+        "DELETE FROM batches WHERE committed_at < now() - %s * interval '1 day'"
+        " - %s * interval '1 second'",
+        (retention_days, max_future_s),
+    )
+    if cur.rowcount:
+        log.info("trimmed %d ledger rows", cur.rowcount)
+    return cur.rowcount
+
+
+def maintain(
+    conn: psycopg.Connection, retention_days: Mapping[str, int], max_future_s: float = 3600.0
+) -> tuple[list[date], list[date]]:
+    """Create the partitions needed soon, drop expired ones, trim the ledger; return (created,
+    dropped days of points)."""
+    created = ensure_around_now(conn)
+    trim_ledger(conn, retention_days.get("points", 7), max_future_s)
+    dropped: list[date] = []
+    for table, days in retention_days.items():
+        gone = drop_older_than(conn, days, table)
+        if table == "points":
+            dropped = gone
+    return created, dropped

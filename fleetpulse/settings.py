@@ -57,9 +57,25 @@ class Settings(BaseSettings):
     # An entry that failed this many times goes to the dead-letter stream.
     worker_max_deliveries: int = Field(default=5, ge=1)
     retention_days: int = Field(default=7, ge=1)
+    # Rollup tiers (ingest/rollups.py): how often closed buckets are recomputed, and how long each
+    # tier is kept. Turning rollups off is for measuring their cost: the tiers stop updating.
+    rollups: bool = True
+    rollup_interval_s: float = Field(default=2.0, gt=0)
+    rollup_settle_s: float = Field(default=2.0, ge=0)
+    rollup_max_delay_s: float = Field(default=10.0, ge=0)
+    rollup_1m_retention_days: int = Field(default=35, ge=1)
+    rollup_1h_retention_days: int = Field(default=400, ge=1)
     max_future_s: float = Field(default=3600.0, ge=0)
 
     api_max_points: int = Field(default=200_000, ge=1)
+
+    def retentions(self) -> dict[str, int]:
+        """Days kept per partitioned table (fleetpulse/partitions.py)."""
+        return {
+            "points": self.retention_days,
+            "rollup_1m": self.rollup_1m_retention_days,
+            "rollup_1h": self.rollup_1h_retention_days,
+        }
 
     @property
     def offline_after_s(self) -> float:

@@ -4,7 +4,8 @@ Series are resolved before (decode.py); everything here works on the chunk's num
 
 The ledger insert comes first and returns which batches are new; points of batches already in the
 ledger (a redelivery after a crash between COMMIT and XACK) are dropped before the COPY, which is
-what makes redelivery a no-op. The caller XACKs only after this transaction committed.
+what makes redelivery a no-op. The caller XACKs only after this transaction committed. The same
+transaction marks the minutes it wrote into as dirty for the rollup job (rollups.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import psycopg
 
 from fleetpulse import partitions
+from fleetpulse.ingest import rollups
 from fleetpulse.ingest.copybuf import points_copy_buffer
 from fleetpulse.ingest.decode import Decoded
 
@@ -81,8 +83,10 @@ class ChunkWriter:
         ddl_conn: psycopg.Connection,
         retention_days: int,
         max_future_s: float,
+        mark_rollups: bool = True,
     ) -> None:
         self._conn = conn
+        self._mark_rollups = mark_rollups
         self._ddl_conn = ddl_conn
         self._retention_us = retention_days * _DAY_US
         self._max_future_us = int(max_future_s * 1_000_000)
@@ -110,6 +114,8 @@ class ChunkWriter:
                 )
                 with self._conn.cursor() as cur, cur.copy(_COPY_POINTS) as copy:
                     copy.write(buffer)
+                if self._mark_rollups:
+                    self._conn.execute(rollups.MARK_MINUTES, (rollups.minute_starts(ts_us[keep]),))
             self._update_accounting(
                 decoded, new_batch, points_per_batch, rejected_per_batch, late_or_early
             )

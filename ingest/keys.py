@@ -35,3 +35,13 @@ def stream_key(shard: int) -> str:
 def shard_for(agent_id: str, shards: int) -> int:
     """Stable across processes and restarts (unlike hash()), so an agent always maps to one shard."""
     return zlib.crc32(agent_id.encode()) % shards
+
+
+# The committed watermark: one entry per committed chunk, listing the batches (agent, epoch,
+# sequence ranges) now final in PostgreSQL (stored, or counted as rejected). A notification feed
+# for the front-ends, not data: it is trimmed (approximately) to COMMITTED_MAXLEN entries, and a
+# notification lost to trimming costs only a replay that the ledger turns into a no-op, which is
+# announced again. See ingest/watermark.py.
+COMMITTED_STREAM = f"{PREFIX}:committed"
+COMMITTED_MAXLEN = 100_000
+FIELD_COMMITTED = b"c"

@@ -20,9 +20,10 @@ import psycopg
 import redis
 
 from fleetpulse import partitions
-from fleetpulse.ingest import keys, queue
+from fleetpulse.ingest import keys, queue, watermark
 from fleetpulse.ingest.copier import ChunkWriter
 from fleetpulse.ingest.decode import ChunkDecoder, Entry
+from fleetpulse.ingest.rollups import RollupThread
 from fleetpulse.ingest.series import SeriesResolver
 from fleetpulse.settings import Settings
 
@@ -61,7 +62,11 @@ class Worker:
         self._ddl_conn = psycopg.connect(url, autocommit=True)
         self._decoder = ChunkDecoder(SeriesResolver(self._ddl_conn))
         self._writer = ChunkWriter(
-            self._conn, self._ddl_conn, self._settings.retention_days, self._settings.max_future_s
+            self._conn,
+            self._ddl_conn,
+            self._settings.retention_days,
+            self._settings.max_future_s,
+            mark_rollups=self._settings.rollups,
         )
 
     def stop(self, *_: object) -> None:
@@ -165,8 +170,10 @@ class Worker:
         started = time.perf_counter()
         decoded = self._decoder.decode(entries)
         result = self._writer.write(decoded)
-        # Only after COMMIT: acknowledge and delete (nothing else ever removes stream entries).
+        # Only after COMMIT: acknowledge and delete (nothing else ever removes stream entries), and
+        # announce every batch of the chunk as committed (new or already in the ledger).
         pipe = self._redis.pipeline(transaction=True)
+        watermark.publish(pipe, ((b.agent_id, b.epoch, b.sequence) for b in decoded.batches))
         by_stream: dict[str, list[str]] = {}
         for stream, entry_id, _ in entries:
             by_stream.setdefault(stream, []).append(entry_id)
@@ -204,13 +211,33 @@ class Worker:
 
     def run(self) -> None:
         log.info("worker %s reading %d streams", self._consumer, len(self._streams))
+        rollup_thread = None
+        if self._settings.rollups:
+            assert self._settings.database_url
+            rollup_thread = RollupThread(
+                self._settings.database_url,
+                self._settings.rollup_interval_s,
+                self._settings.rollup_settle_s,
+                self._settings.rollup_max_delay_s,
+            )
+            rollup_thread.start()
+        try:
+            self._consume()
+        finally:
+            if rollup_thread is not None:
+                rollup_thread.stop()
+                rollup_thread.join(timeout=self._settings.worker_drain_timeout_s)
+
+    def _consume(self) -> None:
         recovering = True  # first (and after any failure) re-read this consumer's pending entries
         next_reclaim = time.monotonic() + self._settings.worker_reclaim_interval_s
         next_maintenance = time.monotonic()
         while not self._stopping:
             try:
                 if time.monotonic() >= next_maintenance:
-                    partitions.maintain(self._ddl_conn, self._settings.retention_days)
+                    partitions.maintain(
+                        self._ddl_conn, self._settings.retentions(), self._settings.max_future_s
+                    )
                     next_maintenance = time.monotonic() + PARTITION_MAINTENANCE_INTERVAL_S
                 if time.monotonic() >= next_reclaim:
                     self.reclaim()

@@ -56,11 +56,14 @@ def test_retention_drops_whole_expired_partitions_only(database_url: str) -> Non
             "INSERT INTO points VALUES (1, %s, 1.0), (1, %s, 2.0)",
             (partitions.day_start(old), partitions.day_start(kept)),
         )
-        _, dropped = partitions.maintain(conn, retention_days=7)
+        _, dropped = partitions.maintain(conn, {"points": 7, "rollup_1m": 30})
         assert dropped == [old]
         days = partitions.existing_days(conn)
         assert old not in days and kept in days and today + timedelta(days=2) in days
         assert conn.execute("SELECT value FROM points").fetchall() == [(2.0,)]
+        # Each tier has its own retention: the 1-minute rollups of the old day outlive its points.
+        assert old in partitions.existing_days(conn, "rollup_1m")
+        assert old in partitions.existing_days(conn, "rollup_1h")
 
 
 def test_points_roll_over_midnight_into_the_right_partitions(database_url: str) -> None:
@@ -93,3 +96,14 @@ def test_points_roll_over_midnight_into_the_right_partitions(database_url: str) 
 
 def sql_count(day: date) -> sql.Composed:
     return sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(partitions.partition_name(day)))
+
+
+def test_ledger_rows_past_retention_are_trimmed(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO batches (agent_id, epoch, seq, points, stream_id, committed_at) VALUES"
+            " ('old', 1, 1, 1, 's', now() - interval '8 days 2 hours'),"
+            " ('kept', 1, 1, 1, 's', now() - interval '7 days 30 minutes')"
+        )
+        assert partitions.trim_ledger(conn, retention_days=7, max_future_s=3600) == 1
+        assert conn.execute("SELECT agent_id FROM batches").fetchall() == [("kept",)]

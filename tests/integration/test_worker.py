@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from fleetpulse.ingest import keys, queue
+from fleetpulse.ingest.watermark import CommittedFeed
 from fleetpulse.ingest.worker import Worker
 from fleetpulse.proto import common_pb2, metric_pb2
 from fleetpulse.settings import Settings
@@ -427,3 +428,36 @@ def test_series_set_cache_bound_does_not_lose_points(
         run_until_empty(worker)
     for agent in range(4):
         assert stored(database_url, f"many-{agent}") == (9, 3, 3)
+
+
+def test_committed_batches_are_announced_after_commit(
+    worker: Worker, r: redis.Redis, database_url: str
+) -> None:
+    feed = CommittedFeed(r)
+    for seq in (1, 2, 3, 5):
+        xadd(r, "w1", 4, seq, make_batch("w1", 4, seq, 2), shards=2)
+    xadd(r, "w2", 9, 1, make_batch("w2", 9, 1, 2), shards=2)
+    run_until_empty(worker)
+    announced = {(c.agent_id, c.epoch, s) for c in feed.read(block_ms=None) for s in c.sequences()}
+    assert announced == {("w1", 4, 1), ("w1", 4, 2), ("w1", 4, 3), ("w1", 4, 5), ("w2", 9, 1)}
+
+    # A redelivered batch is final already: it is announced again (the agent may have missed it).
+    xadd(r, "w1", 4, 2, make_batch("w1", 4, 2, 2), shards=2)
+    run_until_empty(worker)
+    again = feed.read(block_ms=None)
+    assert [(c.agent_id, c.epoch, c.ranges) for c in again] == [("w1", 4, ((2, 2),))]
+    assert stored(database_url, "w1") == (8, 2, 4)  # points, series, batches: once each
+
+
+def test_nothing_is_announced_for_a_chunk_that_did_not_commit(
+    settings: Settings, r: redis.Redis
+) -> None:
+    feed = CommittedFeed(r)
+    xadd(r, "w3", 1, 1, make_batch("w3", 1, 1, 2), shards=2)
+    crashing = Worker(settings, "announcer")
+    entries = crashing._read(">", None)
+    crashing.close_database()  # the database goes away before the chunk is written
+    with pytest.raises(psycopg.OperationalError):
+        crashing.process(entries)
+    crashing.close()
+    assert feed.read(block_ms=None) == []

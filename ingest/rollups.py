@@ -1,0 +1,269 @@
+"""Rollup tiers (1 minute, 1 hour): count, sum, min, max, last per series and bucket.
+
+How they stay exact:
+
+- Workers append a *dirty mark* (tier 1, minute) for every minute a chunk wrote points into, in the
+  chunk's own transaction (copier.py). A redelivered batch writes no points and marks nothing.
+- The rollup job (a thread in every worker process; one at a time runs, by advisory lock) takes the
+  marks of *closed* minutes and, per minute and in one transaction, deletes them and recomputes
+  that minute for every series from the raw points (replace, never merge), then marks the hour.
+  Closed hours are recomputed the same way from the minute tier.
+- The marks are deleted by the statement before the recompute reads the points, and under READ
+  COMMITTED each statement sees everything committed before it started. A chunk that commits points
+  for that minute later also committed a new mark, which the delete did not see; the next round
+  recomputes the minute again. So late data corrects its buckets, and no mark is lost: a crash rolls
+  the delete back with the recompute.
+
+What is current when: a closed bucket is recomputed once its marks have settled (no new one for
+``rollup_settle_s``, 2 s) or at the latest ``rollup_max_delay_s`` (10 s) after it closed or after
+a late point's commit, by the next round (every ``rollup_interval_s``, 2 s) plus that round's
+duration; ``rollup_log`` records each bucket's lag. The open minute and the open hour are not in
+their tier; readers take them from the finer tier.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+import numpy as np
+import psycopg
+
+from fleetpulse import partitions
+
+log = logging.getLogger(__name__)
+
+ROLLUP_LOCK_KEY = 0x666C656574_02
+TIER_MINUTE, TIER_HOUR = 1, 2
+# Buckets recomputed per round, oldest first; the rest wait for the next round.
+MAX_BUCKETS_PER_ROUND = 120
+
+# Closed buckets whose marks have settled (no new mark for `settle`), or that have waited `max_delay`
+# since they closed or were first marked after closing, whichever is later. Settling keeps a minute
+# whose last batches are still arriving (agents send every collect interval) from being recomputed
+# once per arriving batch; the delay caps how long that can postpone it.
+_PENDING = """
+SELECT bucket FROM rollup_dirty
+WHERE tier = %(tier)s AND bucket <= now() - %(width)s::interval
+GROUP BY bucket
+HAVING max(marked_at) <= now() - %(settle)s * interval '1 second'
+    OR min(greatest(marked_at, bucket + %(width)s::interval))
+       <= now() - %(max_delay)s * interval '1 second'
+ORDER BY bucket LIMIT %(limit)s
+"""
+
+_TAKE_MARKS = "DELETE FROM rollup_dirty WHERE tier = %s AND bucket = %s RETURNING marked_at"
+
+_LOG = """
+INSERT INTO rollup_log (tier, bucket, rows, lag_s, took_s)
+VALUES (%(tier)s, %(bucket)s, %(rows)s,
+        extract(epoch FROM clock_timestamp() - greatest(%(marked)s, %(bucket)s + %(width)s::interval)),
+        %(took)s)
+RETURNING lag_s
+"""
+
+# Tie-break of `last` (two points of one series with the same timestamp): the greater value, in both
+# tiers, so that the hour derived from minutes equals the hour computed from raw points.
+_RECOMPUTE = {
+    TIER_MINUTE: """
+INSERT INTO rollup_1m (series_id, bucket, count, sum, min, max, last, last_ts)
+SELECT series_id, %(bucket)s, count(*), sum(value), min(value), max(value),
+       (array_agg(value ORDER BY ts DESC, value DESC))[1], max(ts)
+FROM points
+WHERE ts >= %(bucket)s AND ts < %(bucket)s + interval '1 minute'
+GROUP BY series_id
+""",
+    TIER_HOUR: """
+INSERT INTO rollup_1h (series_id, bucket, count, sum, min, max, last, last_ts)
+SELECT series_id, %(bucket)s, sum(count)::int4, sum(sum), min(min), max(max),
+       (array_agg(last ORDER BY last_ts DESC, last DESC))[1], max(last_ts)
+FROM rollup_1m
+WHERE bucket >= %(bucket)s AND bucket < %(bucket)s + interval '1 hour'
+GROUP BY series_id
+""",
+}
+
+# A recompute replaces the bucket: delete, then a plain INSERT (measured: 2.4x cheaper than an
+# upsert over existing rows, 1.2x when none exist; docs/performance.md). Readers see the old rows
+# until the transaction commits.
+_CLEAR = {
+    TIER_MINUTE: "DELETE FROM rollup_1m WHERE bucket = %(bucket)s",
+    TIER_HOUR: "DELETE FROM rollup_1h WHERE bucket = %(bucket)s",
+}
+
+_WIDTH = {TIER_MINUTE: "1 minute", TIER_HOUR: "1 hour"}
+
+
+# Run by the worker inside a chunk's transaction, with the distinct minutes the chunk wrote into.
+MARK_MINUTES = "INSERT INTO rollup_dirty (tier, bucket) SELECT 1, unnest(%s::timestamptz[])"
+
+
+@dataclass
+class RoundResult:
+    minutes: int = 0
+    hours: int = 0
+    rows: int = 0
+    # Largest lag of a bucket recomputed in the round (see rollup_log), seconds.
+    max_lag_s: float = 0.0
+    seconds: float = 0.0
+
+
+class RollupJob:
+    """Recomputes dirty buckets; ``run_round`` is safe to call from several processes at once."""
+
+    def __init__(
+        self, conn: psycopg.Connection, settle_s: float = 0.0, max_delay_s: float = 0.0
+    ) -> None:
+        if not conn.autocommit:
+            raise ValueError("the rollup job needs an autocommit connection")
+        self._conn = conn
+        self._settle_s = settle_s
+        self._max_delay_s = max_delay_s
+        self._known_days: dict[str, set[date]] = {}
+
+    def run_round(self, limit: int = MAX_BUCKETS_PER_ROUND) -> RoundResult | None:
+        """One round; None when another process holds the job (it is doing the same work)."""
+        conn = self._conn
+        locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (ROLLUP_LOCK_KEY,)).fetchone()
+        if not locked or not locked[0]:
+            return None
+        started = time.perf_counter()
+        result = RoundResult()
+        try:
+            for tier in (TIER_MINUTE, TIER_HOUR):
+                buckets = [
+                    row[0]
+                    for row in conn.execute(
+                        _PENDING,
+                        {
+                            "tier": tier,
+                            "width": _WIDTH[tier],
+                            "settle": self._settle_s,
+                            "max_delay": self._max_delay_s,
+                            "limit": limit,
+                        },
+                    )
+                ]
+                for bucket in buckets:
+                    rows, lag = self._recompute(tier, bucket)
+                    result.rows += rows
+                    result.max_lag_s = max(result.max_lag_s, lag)
+                if tier == TIER_MINUTE:
+                    result.minutes = len(buckets)
+                else:
+                    result.hours = len(buckets)
+            conn.execute("DELETE FROM rollup_log WHERE done_at < now() - interval '1 day'")
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (ROLLUP_LOCK_KEY,))
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _recompute(self, tier: int, bucket: datetime) -> tuple[int, float]:
+        """Recompute one bucket; return (rows written, lag in seconds)."""
+        self._ensure_partition(bucket)
+        conn = self._conn
+        started = time.perf_counter()
+        with conn.transaction():
+            # Fresh partitions have no statistics yet; the BRIN path is right for one bucket.
+            conn.execute("SET LOCAL enable_seqscan = off")
+            marks = [row[0] for row in conn.execute(_TAKE_MARKS, (tier, bucket))]
+            conn.execute(_CLEAR[tier], {"bucket": bucket})
+            rows = conn.execute(_RECOMPUTE[tier], {"bucket": bucket}).rowcount
+            if tier == TIER_MINUTE:
+                hour = bucket.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+                conn.execute(
+                    "INSERT INTO rollup_dirty (tier, bucket) VALUES (%s, %s)", (TIER_HOUR, hour)
+                )
+            logged = conn.execute(
+                _LOG,
+                {
+                    "tier": tier,
+                    "bucket": bucket,
+                    "rows": rows,
+                    "marked": max(marks, default=bucket),
+                    "width": _WIDTH[tier],
+                    "took": time.perf_counter() - started,
+                },
+            ).fetchone()
+        return rows, float(logged[0]) if logged else 0.0
+
+    def _ensure_partition(self, bucket: datetime) -> None:
+        """Days older than the rollup tiers (a database from before them) get partitions here."""
+        day = bucket.astimezone(UTC).date()
+        for table in ("rollup_1m", "rollup_1h"):
+            known = self._known_days.get(table)
+            if known is None or day not in known:
+                known = self._known_days[table] = partitions.existing_days(self._conn, table)
+            if day not in known:
+                partitions.ensure_days(self._conn, [day])
+                self._known_days.clear()
+                return
+
+    def catch_up(self) -> RoundResult:
+        """Rounds until nothing closed is left (tests and the benchmark use it)."""
+        total = RoundResult()
+        while True:
+            result = self.run_round()
+            if result is None:
+                time.sleep(0.05)
+                continue
+            total.minutes += result.minutes
+            total.hours += result.hours
+            total.rows += result.rows
+            total.seconds += result.seconds
+            total.max_lag_s = max(total.max_lag_s, result.max_lag_s)
+            if not result.minutes and not result.hours:
+                return total
+
+
+class RollupThread(threading.Thread):
+    """The job inside a worker process: a round every ``interval_s`` on its own connection."""
+
+    def __init__(
+        self, database_url: str, interval_s: float, settle_s: float, max_delay_s: float
+    ) -> None:
+        super().__init__(name="rollups", daemon=True)
+        self._database_url = database_url
+        self._interval_s = interval_s
+        self._settle_s = settle_s
+        self._max_delay_s = max_delay_s
+        self._stop_event = threading.Event()
+        self.rounds = 0
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        conn: psycopg.Connection | None = None
+        while not self._stop_event.wait(self._interval_s):
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self._database_url, autocommit=True)
+                    job = RollupJob(conn, self._settle_s, self._max_delay_s)
+                result = job.run_round()
+                self.rounds += 1
+                if result and (result.minutes or result.hours):
+                    log.debug(
+                        "rollups: %d minutes, %d hours, %d rows in %.2f s (max lag %.1f s)",
+                        result.minutes,
+                        result.hours,
+                        result.rows,
+                        result.seconds,
+                        result.max_lag_s,
+                    )
+            except psycopg.Error as exc:
+                log.warning("rollup round failed, retrying next round: %s", exc)
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+
+def minute_starts(ts_unix_us: np.ndarray) -> list[datetime]:
+    """The distinct minutes (as their start) that these timestamps fall into."""
+    minutes = np.unique(ts_unix_us // 60_000_000)
+    return [datetime.fromtimestamp(int(m) * 60, UTC) for m in minutes]
