@@ -86,6 +86,15 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    if args.processes is not None and args.processes < 1:
+        raise ConfigError("--processes must be at least 1")
+    if args.engine == "ray":
+        from fleetpulse.ingest import rayengine  # ConfigError without the 'ray' extra
+
+        settings = _server_settings(args)
+        settings.require("database_url", "redis_url")  # fail fast, before starting Ray
+        actors = 1 if args.processes is None else args.processes
+        return rayengine.main(settings, actors, args.ray_address, args.log_level)
     if args.processes is not None:
         from fleetpulse.ingest import pool
 
@@ -225,7 +234,20 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--processes",
         type=int,
-        help="run a supervised pool of N worker processes (restarted if they die)",
+        help="run a supervised pool of N worker processes (restarted if they die); "
+        "with --engine ray, N actors (default 1)",
+    )
+    worker.add_argument(
+        "--engine",
+        choices=["process", "ray"],
+        default="process",
+        help="process: child processes of this one (default); ray: Ray actors, on a local Ray "
+        "or the cluster at --ray-address (needs the 'ray' extra)",
+    )
+    worker.add_argument(
+        "--ray-address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster to run the actors on (env RAY_ADDRESS; default: start a local Ray)",
     )
     worker.add_argument(
         "--index", type=int, default=1, help="this worker's number, for its consumer name"

@@ -59,3 +59,22 @@ def test_invalid_setting_names_it() -> None:
         "migrate", env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "FLEETPULSE_GRPC_PORT": "99999"}
     )
     assert result.returncode == 2 and "grpc_port" in result.stderr
+
+
+def test_ray_engine_without_ray_names_the_extra() -> None:
+    # `ray` made unimportable in this interpreter only (the dev install has it).
+    code = (
+        "import sys; sys.modules['ray'] = None; from fleetpulse.cli import main;"
+        " sys.exit(main(['worker', '--engine', 'ray', '--processes', '2']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "fleetpulse worker: the ray engine needs the 'ray' extra: pip install 'fleetpulse[ray]'"
+    ]
