@@ -280,6 +280,29 @@ def verify(conn: psycopg.Connection, prefix: str, results: list[AgentResult]) ->
     }
 
 
+ROLLUP_CATCH_UP_S = 90.0
+
+
+def _rollup_lags(conn: psycopg.Connection, since: datetime, platform: Any) -> np.ndarray:
+    """Lag of every minute recomputed during the run (rollup_log), once the closed ones are done.
+
+    The lag runs from the later of the minute's close and the newest commit that marked it, to
+    its recompute: how long a dashboard waits for a closed minute's rollup."""
+    deadline = time.monotonic() + ROLLUP_CATCH_UP_S
+    while time.monotonic() < deadline:
+        row = conn.execute(
+            "SELECT count(*) FROM rollup_dirty WHERE tier = 1 AND bucket <= now() - interval '1 minute'"
+        ).fetchone()
+        if row is not None and row[0] == 0:
+            break
+        platform.check()
+        time.sleep(0.5)
+    rows = conn.execute(
+        "SELECT lag_s FROM rollup_log WHERE tier = 1 AND done_at >= %s", (since,)
+    ).fetchall()
+    return np.array([r[0] for r in rows], dtype=np.float64)
+
+
 def _percentile(values: np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(values, q)), 4) if len(values) else None
 
@@ -429,6 +452,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "SELECT reason, sum(batches)::int8, sum(points)::int8 FROM rejects WHERE agent_id LIKE %s GROUP BY reason",
             (prefix + "%",),
         ).fetchall()
+        rollup_lags = _rollup_lags(conn, started_at, platform)
         conn.close()
 
         ceiling = vm = None
@@ -489,6 +513,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "freshness_p95_s": _percentile(freshness_s, 95),
         "freshness_p99_s": _percentile(freshness_s, 99),
         "freshness_max_s": _percentile(freshness_s, 100),
+        # closed minutes recomputed into rollup_1m during the run, and how long each waited
+        "rollup_minutes": len(rollup_lags),
+        "rollup_lag_p50_s": _percentile(rollup_lags, 50),
+        "rollup_lag_p99_s": _percentile(rollup_lags, 99),
+        "rollup_lag_max_s": _percentile(rollup_lags, 100),
         "copy_ceiling_points_per_s": ceiling["points_per_s"] if ceiling else None,
         "victoriametrics_points_per_s": vm["points_per_s"] if vm else None,
     }

@@ -15,6 +15,7 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -150,6 +151,28 @@ def _rolled_up(conn: psycopg.Connection, prefix: str) -> int:
     return int(row[0]) if row else 0
 
 
+def _profile(stats: dict[str, float], rollup_work: Any, points: int) -> dict[str, Any]:
+    """Where the workers' time went during the timed drain (summed over processes), and the
+    rollup job's work for the whole run, in seconds and microseconds per timed point."""
+    steps = {k[:-2]: v for k, v in stats.items() if k.endswith("_s")}
+    if rollup_work is not None:
+        steps["rollup_job (all buckets of the run)"] = float(rollup_work[2])
+    total = sum(steps.values()) or 1e-9
+    return {
+        "chunks": int(stats.get("chunks", 0)),
+        "steps": {
+            step: {
+                "seconds": round(seconds, 3),
+                "share": round(seconds / total, 3),
+                "us_per_point": round(seconds / max(points, 1) * 1e6, 3),
+            }
+            for step, seconds in steps.items()
+        },
+        "rollup_buckets": int(rollup_work[0]) if rollup_work else 0,
+        "rollup_rows": int(rollup_work[1]) if rollup_work else 0,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     started_at = datetime.now(UTC)
     run_id = started_at.strftime("%H%M%S") + secrets.token_hex(2)
@@ -178,6 +201,9 @@ def run(args: argparse.Namespace) -> int:
             "FLEETPULSE_REDIS_URL": redis_url,
             "FLEETPULSE_STREAM_SHARDS": str(STREAM_SHARDS),
             "FLEETPULSE_ROLLUPS": "true" if args.rollups else "false",
+            # A short block, so a read in flight when the workers are paused returns empty
+            # (idle) instead of holding entries through the pause and counting it as read time.
+            "FLEETPULSE_WORKER_BLOCK_MS": "100",
         }
 
         sys.stderr.write(f"loading {args.agents} agents x 1 warm-up batch ...\n")
@@ -205,7 +231,19 @@ def run(args: argparse.Namespace) -> int:
             f"warm-up: {args.agents * args.series:,} series created in {warm_s:.1f} s\n"
         )
         sys.stderr.write(f"loading {args.agents} agents x {args.batches} batches ...\n")
-        timed_points = _load(client, run_id, args, 2, args.batches, epoch)
+        # The workers are paused while the queue fills (SIGSTOP keeps their series caches warm,
+        # which a restart would not), so that the timed drain is the only time they work.
+        for w in workers:
+            os.kill(w.pid, signal.SIGSTOP)
+        time.sleep(0.3)  # their blocked reads time out (empty) before the first entry arrives
+        try:
+            timed_points = _load(client, run_id, args, 2, args.batches, epoch)
+            client.delete(keys.WORKER_STATS_KEY)  # the profile covers the timed drain only
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute("DELETE FROM rollup_log")
+        finally:
+            for w in workers:
+                os.kill(w.pid, signal.SIGCONT)
         sampler = ResourceSampler(
             lambda: {
                 "workers": ([w.pid for w in workers], True),
@@ -220,6 +258,8 @@ def run(args: argparse.Namespace) -> int:
         )
         sampler.start()
         timed_s = _drain(client, workers)
+        raw_stats: Any = client.hgetall(keys.WORKER_STATS_KEY)
+        stats = {k.decode(): float(v) for k, v in raw_stats.items()}
         rollup_s = _rollups_current(database_url, workers) if args.rollups else None
         resources = sampler.stop()
         with psycopg.connect(database_url) as conn:
@@ -230,6 +270,9 @@ def run(args: argparse.Namespace) -> int:
             ).fetchone()
             assert row is not None
             rolled = _rolled_up(conn, prefix) if args.rollups else None
+            rollup_work = conn.execute(
+                "SELECT count(*), coalesce(sum(rows), 0), coalesce(sum(took_s), 0) FROM rollup_log"
+            ).fetchone()
         committed_points, committed_batches = int(row[0]), int(row[1])
         rows = anchors.fetch_run_rows(database_url, prefix, anchors_max_rows := 10_000_000)
         ceiling = anchors.copy_ceiling(database_url, rows, f"bench_copy_ceiling_{run_id}")
@@ -265,6 +308,7 @@ def run(args: argparse.Namespace) -> int:
         "rollup_points_equal_stored": None if rolled is None else rolled == expected_points,
     }
     result = {
+        "profile": _profile(stats, rollup_work, timed_points),
         "started_at": started_at.isoformat(timespec="seconds"),
         "command": f"fleetpulse bench workers --agents {args.agents} --batches {args.batches} "
         f"--series {args.series} --processes {args.processes} --form {args.form}"
@@ -277,7 +321,10 @@ def run(args: argparse.Namespace) -> int:
     out_dir = args.results_dir / (started_at.strftime("%Y%m%dT%H%M%SZ") + "-workers")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "result.json").write_text(json.dumps(result, indent=2))
-    sys.stderr.write(json.dumps(result["resources"], indent=1) + f"\nresults in {out_dir}\n")
+    sys.stderr.write(
+        json.dumps({"resources": result["resources"], "profile": result["profile"]}, indent=1)
+        + f"\nresults in {out_dir}\n"
+    )
     print(json.dumps(summary))
     ok = summary["stored_equals_queued"] and summary["rollup_points_equal_stored"] is not False
     return 0 if ok else 1

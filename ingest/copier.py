@@ -32,7 +32,7 @@ REASON_UNDECODABLE = "undecodable_batch"
 
 _INSERT_LEDGER = """
 INSERT INTO batches (agent_id, epoch, seq, points, rejected, stream_id)
-SELECT * FROM unnest(%s::text[], %s::int8[], %s::int8[], %s::int4[], %s::int4[], %s::text[])
+SELECT * FROM unnest(%b::text[], %b::int8[], %b::int8[], %b::int4[], %b::int4[], %b::text[])
 ORDER BY 1, 2, 3
 ON CONFLICT DO NOTHING
 RETURNING agent_id, epoch, seq
@@ -41,7 +41,7 @@ RETURNING agent_id, epoch, seq
 _UPDATE_ACCOUNTING = """
 INSERT INTO agent_ingest AS ai
     (agent_id, batches_committed, points_committed, points_rejected, last_epoch, last_seq, last_commit_at)
-SELECT t.*, now() FROM unnest(%s::text[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[]) AS t
+SELECT t.*, now() FROM unnest(%b::text[], %b::int8[], %b::int8[], %b::int8[], %b::int8[], %b::int8[]) AS t
 ORDER BY 1
 ON CONFLICT (agent_id) DO UPDATE SET
     batches_committed = ai.batches_committed + EXCLUDED.batches_committed,
@@ -58,7 +58,7 @@ ON CONFLICT (agent_id) DO UPDATE SET
 
 _UPDATE_REJECTS = """
 INSERT INTO rejects AS r (agent_id, reason, batches, points)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::int8[], %s::int8[]) ORDER BY 1, 2
+SELECT * FROM unnest(%b::text[], %b::text[], %b::int8[], %b::int8[]) ORDER BY 1, 2
 ON CONFLICT (agent_id, reason) DO UPDATE SET
     batches = r.batches + EXCLUDED.batches, points = r.points + EXCLUDED.points, last_at = now()
 """
@@ -72,6 +72,8 @@ class ChunkResult:
     batches_duplicate: int
     points_committed: int
     points_rejected: int
+    # Seconds spent per step (ledger, copy, marks, accounting, commit): the worker's profile.
+    timings: dict[str, float]
 
 
 class ChunkWriter:
@@ -105,25 +107,38 @@ class ChunkWriter:
 
         self._ensure_partitions(ts_us[in_window])
 
+        clock = time.perf_counter
+        t0 = clock()
+        timings = dict.fromkeys(("ledger", "copy", "marks", "accounting", "commit"), 0.0)
         with self._conn.transaction():
             new_batch = self._insert_ledger(decoded, points_per_batch, rejected_per_batch)
             keep = in_window & new_batch[batch_index]
+            t1 = clock()
+            timings["ledger"] = t1 - t0
             if keep.any():
                 buffer = points_copy_buffer(
                     decoded.series_ids[keep], ts_us[keep], decoded.values[keep]
                 )
                 with self._conn.cursor() as cur, cur.copy(_COPY_POINTS) as copy:
                     copy.write(buffer)
+                t2 = clock()
+                timings["copy"] = t2 - t1
                 if self._mark_rollups:
                     self._conn.execute(rollups.MARK_MINUTES, (rollups.minute_starts(ts_us[keep]),))
+                t1 = clock()
+                timings["marks"] = t1 - t2
             self._update_accounting(
                 decoded, new_batch, points_per_batch, rejected_per_batch, late_or_early
             )
+            t2 = clock()
+            timings["accounting"] = t2 - t1
+        timings["commit"] = clock() - t2
         return ChunkResult(
             batches_new=int(new_batch.sum()),
             batches_duplicate=int(nbatches - new_batch.sum()),
             points_committed=int(keep.sum()),
             points_rejected=int(rejected_per_batch[new_batch].sum()),
+            timings=timings,
         )
 
     def _ensure_partitions(self, ts_us: np.ndarray) -> None:

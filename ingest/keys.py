@@ -45,3 +45,7 @@ def shard_for(agent_id: str, shards: int) -> int:
 COMMITTED_STREAM = f"{PREFIX}:committed"
 COMMITTED_MAXLEN = 100_000
 FIELD_COMMITTED = b"c"
+
+# Running totals of the workers' time per step (read, decode, ledger, copy, marks, accounting,
+# commit, ack: seconds) and of chunks and points, summed over all workers: the pipeline's profile.
+WORKER_STATS_KEY = f"{PREFIX}:worker-stats"

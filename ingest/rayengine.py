@@ -66,13 +66,21 @@ _CONTROL = "control"
 class FleetpulseWorker:
     """One ``Worker`` in a Ray actor: ``run()`` is ``Worker.run``, ``stop()`` its stop flag."""
 
-    def __init__(self, settings: Settings, consumer: str, title: str, log_level: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        consumer: str,
+        title: str,
+        log_level: str,
+        slot: tuple[int, int] | None = None,
+    ) -> None:
         logging.basicConfig(
             level=log_level.upper(),
             format=f"%(asctime)s %(levelname)s [{title}] %(name)s: %(message)s",
         )
         self._settings = settings
         self._consumer = consumer
+        self._slot = slot
         self._lock = threading.Lock()
         self._worker: Worker | None = None
         self._stopping = False
@@ -83,7 +91,7 @@ class FleetpulseWorker:
             return 0
         # Built here, not in __init__: a database that is down fails this call (retried by the
         # driver), never the actor's creation (which Ray would not retry).
-        worker = Worker(self._settings, self._consumer)
+        worker = Worker(self._settings, self._consumer, self._slot)
         with self._lock:
             self._worker = worker
             if self._stopping:
@@ -175,7 +183,9 @@ class RayWorkerPool:
 
     def _create(self, slot: _Slot) -> None:
         consumer = f"{self.host}-ray-{slot.index}"
-        slot.actor = WorkerActor.remote(self.settings, consumer, self._name(slot), self.log_level)
+        slot.actor = WorkerActor.remote(
+            self.settings, consumer, self._name(slot), self.log_level, (slot.index, self.actors)
+        )
 
     def _start(self, slot: _Slot) -> None:
         slot.run_ref = slot.actor.run.remote()

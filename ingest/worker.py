@@ -21,7 +21,7 @@ import redis
 
 from fleetpulse import partitions
 from fleetpulse.ingest import keys, queue, watermark
-from fleetpulse.ingest.copier import ChunkWriter
+from fleetpulse.ingest.copier import ChunkResult, ChunkWriter
 from fleetpulse.ingest.decode import ChunkDecoder, Entry
 from fleetpulse.ingest.rollups import RollupThread
 from fleetpulse.ingest.series import SeriesResolver
@@ -40,7 +40,10 @@ SUMMARY_INTERVAL_S = 60.0
 class Worker:
     """One consumer of the group; several run side by side (processes, hosts)."""
 
-    def __init__(self, settings: Settings, consumer: str) -> None:
+    def __init__(
+        self, settings: Settings, consumer: str, slot: tuple[int, int] | None = None
+    ) -> None:
+        """``slot`` = (i, n): this is worker i of n, which prefers the shards s with s % n == i - 1."""
         settings.require("database_url", "redis_url")
         assert settings.database_url and settings.redis_url
         self._settings = settings
@@ -48,12 +51,20 @@ class Worker:
         self._redis = redis.Redis.from_url(settings.redis_url)
         shards = queue.ensure_layout(self._redis, settings.stream_shards)
         self._streams = [keys.stream_key(shard) for shard in range(shards)]
+        # Shard affinity: under load each worker reads its own shards, so each agent's batches
+        # (one agent, one shard) meet the same worker's series cache; only when its own shards are
+        # empty does it read all of them (a stopped worker's shards still drain). Without it, every
+        # worker ends up caching and resolving every agent's series (measured: docs/performance.md).
+        index, count = slot or (1, 1)
+        own = [s for i, s in enumerate(self._streams) if i % count == index - 1]
+        self._own_streams = own if own and len(own) < len(self._streams) else None
         self._connect()
         self._stopping = False
         self.points_committed = 0
         self._window_started = time.monotonic()
         self._window_points = 0
         self._window_chunks = 0
+        self._read_s = 0.0
 
     def _connect(self) -> None:
         url = self._settings.database_url
@@ -73,13 +84,23 @@ class Worker:
         self._stopping = True
 
     def _read(self, start_id: str, block_ms: int | None) -> list[Entry]:
-        response: Any = self._redis.xreadgroup(
-            keys.CONSUMER_GROUP,
-            self._consumer,
-            dict.fromkeys(self._streams, start_id),
-            count=self._settings.worker_read_count,
-            block=block_ms,
-        )
+        started = time.perf_counter()
+        response: Any = None
+        if start_id == ">" and self._own_streams is not None:
+            response = self._redis.xreadgroup(
+                keys.CONSUMER_GROUP,
+                self._consumer,
+                dict.fromkeys(self._own_streams, start_id),
+                count=self._settings.worker_read_count,
+            )
+        if not response:
+            response = self._redis.xreadgroup(
+                keys.CONSUMER_GROUP,
+                self._consumer,
+                dict.fromkeys(self._streams, start_id),
+                count=self._settings.worker_read_count,
+                block=block_ms,
+            )
         entries: list[Entry] = []
         for stream, items in response or ():
             name = stream.decode()
@@ -89,6 +110,8 @@ class Worker:
                     entries.append((name, entry_id.decode(), fields))
                 else:
                     self._redis.xack(name, keys.CONSUMER_GROUP, entry_id)
+        if entries:  # time spent blocked on an empty queue is idle time, not work
+            self._read_s += time.perf_counter() - started
         return entries
 
     def handle(self, entries: list[Entry]) -> bool:
@@ -169,7 +192,9 @@ class Worker:
     def process(self, entries: list[Entry]) -> None:
         started = time.perf_counter()
         decoded = self._decoder.decode(entries)
+        decoded_at = time.perf_counter()
         result = self._writer.write(decoded)
+        written_at = time.perf_counter()
         # Only after COMMIT: acknowledge and delete (nothing else ever removes stream entries), and
         # announce every batch of the chunk as committed (new or already in the ledger).
         pipe = self._redis.pipeline(transaction=True)
@@ -181,6 +206,7 @@ class Worker:
             pipe.xack(stream, keys.CONSUMER_GROUP, *ids)
             pipe.xdel(stream, *ids)
         pipe.execute()
+        self._publish_stats(result, decoded_at - started, time.perf_counter() - written_at)
         self.points_committed += result.points_committed
         self._window_points += result.points_committed
         self._window_chunks += 1
@@ -194,6 +220,17 @@ class Worker:
             (time.perf_counter() - started) * 1000,
         )
         self._maybe_log_summary()
+
+    def _publish_stats(self, result: ChunkResult, decode_s: float, ack_s: float) -> None:
+        """Add this chunk's profile to the shared totals (one pipelined round trip)."""
+        pipe = self._redis.pipeline(transaction=False)
+        stats = {"read": self._read_s, "decode": decode_s, **result.timings, "ack": ack_s}
+        for step, seconds in stats.items():
+            pipe.hincrbyfloat(keys.WORKER_STATS_KEY, f"{step}_s", seconds)
+        pipe.hincrby(keys.WORKER_STATS_KEY, "chunks", 1)
+        pipe.hincrby(keys.WORKER_STATS_KEY, "points", result.points_committed)
+        pipe.execute()
+        self._read_s = 0.0
 
     def _maybe_log_summary(self) -> None:
         now = time.monotonic()
@@ -289,7 +326,7 @@ def main(settings: Settings, index: int = 1, count: int = 1) -> None:
     from fleetpulse.lifecycle import set_process_title
 
     set_process_title(f"fleetpulse worker {index}/{count}")
-    worker = Worker(settings, consumer_name(index))
+    worker = Worker(settings, consumer_name(index), slot=(index, count))
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         worker.stop()

@@ -461,3 +461,26 @@ def test_nothing_is_announced_for_a_chunk_that_did_not_commit(
         crashing.process(entries)
     crashing.close()
     assert feed.read(block_ms=None) == []
+
+
+def test_worker_prefers_its_own_shards_and_helps_when_they_are_empty(
+    settings: Settings, r: redis.Redis, database_url: str
+) -> None:
+    agents = {
+        shard: next(f"s{i}" for i in range(100) if keys.shard_for(f"s{i}", 2) == shard)
+        for shard in (0, 1)
+    }
+    for agent in agents.values():
+        for seq in (1, 2):
+            xadd(r, agent, 1, seq, make_batch(agent, 1, seq, 2), shards=2)
+    first = Worker(settings.model_copy(update={"worker_read_count": 10}), "own-1", slot=(1, 2))
+    try:
+        chunk = first._read(">", None)
+        assert {stream for stream, _, _ in chunk} == {keys.stream_key(0)}  # its own shard only
+        first.process(chunk)
+        chunk = first._read(">", None)  # its shard is empty: it takes the other one's work
+        assert {stream for stream, _, _ in chunk} == {keys.stream_key(1)}
+        first.process(chunk)
+    finally:
+        first.close()
+    assert stored(database_url, agents[1]) == (4, 2, 2)
