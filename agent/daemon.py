@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import os
 import platform
 import signal
 import socket
@@ -35,6 +37,32 @@ MAX_UNACKED_BATCHES = 10_000
 SHUTDOWN_FLUSH_S = 3.0
 # A session that stayed up this long resets the backoff.
 STABLE_SESSION_S = 10.0
+# AgentRegister.protocol: this agent understands ServerMessage.credential and .committed.
+PROTOCOL = 1
+CREDENTIAL_FILE = "credential"
+
+
+def machine_id() -> str:
+    """A stable id of this host (hashed systemd machine-id): tells cloned images apart."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            raw = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if raw:
+            return hashlib.sha256(raw.encode()).hexdigest()[:32]
+    return ""
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only this user can read, atomically (the credential)."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
 
 
 def encode_batch(agent_id: str, epoch: int, seq: int, samples: list[Sample], ts_ns: int) -> bytes:
@@ -74,6 +102,12 @@ class AgentDaemon:
         self.report_path: Path = config.state_dir / "sent.json"
         self.collector_errors: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop
+        self.credential_path: Path = config.state_dir / CREDENTIAL_FILE
+        self._machine_id = machine_id()
+        # Set when the platform refused a batch for now (retry_after_ms): when to send it again.
+        self._retry_at: float | None = None
+        # Batches the platform reported committed in PostgreSQL (ServerMessage.committed).
+        self.committed_batches = 0
 
     # -- collection -------------------------------------------------------------------------
     def collect_batch(self) -> None:
@@ -122,8 +156,17 @@ class AgentDaemon:
                 os=platform.system().lower(),
                 arch=platform.machine(),
                 version=__version__,
+                machine_id=self._machine_id,
+                protocol=PROTOCOL,
             )
         ).SerializeToString()
+
+    def _bearer(self) -> str | None:
+        """The agent's own credential once enrolled, else the enrollment token."""
+        try:
+            return self.credential_path.read_text().strip() or None
+        except FileNotFoundError:
+            return self.config.enrollment_token
 
     async def _session(self, channel: grpc.aio.Channel) -> None:
         # Requests go out as bytes: batches are serialized once, when collected, and resent as is.
@@ -133,8 +176,9 @@ class AgentDaemon:
             response_deserializer=agent_pb2.ServerMessage.FromString,
         )
         metadata = []
-        if self.config.enrollment_token:
-            metadata.append(("authorization", f"Bearer {self.config.enrollment_token}"))
+        bearer = self._bearer()
+        if bearer:
+            metadata.append(("authorization", f"Bearer {bearer}"))
         call = connect(metadata=tuple(metadata))
         try:
             await call.write(self._register_message())
@@ -168,13 +212,25 @@ class AgentDaemon:
                 )
                 await call.write(agent_pb2.AgentMessage(heartbeat=heartbeat).SerializeToString())
                 next_heartbeat = now + self.config.heartbeat_interval_s
+            if self._retry_at is not None and time.monotonic() >= self._retry_at:
+                self._retry_at = None
+                sent_up_to = 0  # resend what was refused, in order (a duplicate is a no-op)
+                continue
             if self._stopping.is_set() and not self._unacked:
+                goodbye = agent_pb2.Disconnect(reason="agent shutting down")
+                await call.write(agent_pb2.AgentMessage(disconnect=goodbye).SerializeToString())
                 await call.done_writing()
+                # Let the platform record the goodbye and end the stream before we hang up.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(reader), timeout=2.0)
                 return
             wakeup = asyncio.create_task(self._new_batch.wait())
+            wake_at = (
+                next_heartbeat if self._retry_at is None else min(next_heartbeat, self._retry_at)
+            )
             done, _ = await asyncio.wait(
                 {wakeup, reader},
-                timeout=max(0.0, next_heartbeat - time.monotonic()),
+                timeout=max(0.0, wake_at - time.monotonic()),
                 return_when=asyncio.FIRST_COMPLETED,
             )
             wakeup.cancel()
@@ -191,7 +247,7 @@ class AgentDaemon:
             if case == "metric_ack":
                 ack = response.metric_ack
                 if not ack.success:
-                    log.warning("batch %d refused: %s", ack.sequence, ack.error)
+                    self._refused(ack)
                     continue
                 if ack.epoch == self.epoch:
                     entry = self._unacked.pop(ack.sequence, None)
@@ -202,6 +258,26 @@ class AgentDaemon:
                     self._new_batch.set()  # wake the sender: it may be waiting to finish
             elif case == "heartbeat_ack":
                 continue
+            elif case == "credential":
+                write_private(self.credential_path, response.credential.token)
+                log.info("enrolled: credential stored in %s", self.credential_path)
+            elif case == "committed" and response.committed.epoch == self.epoch:
+                self.committed_batches += sum(
+                    r.last - r.first + 1 for r in response.committed.ranges
+                )
+
+    def _refused(self, ack: agent_pb2.MetricAck) -> None:
+        if ack.retry_after_ms:
+            # Not now (workers behind, over our rate, queue down): keep it, send it again later.
+            log.info("batch %d deferred %d ms: %s", ack.sequence, ack.retry_after_ms, ack.error)
+            retry_at = time.monotonic() + ack.retry_after_ms / 1000
+            self._retry_at = max(self._retry_at or 0.0, retry_at)
+            return
+        log.warning("batch %d refused for good: %s", ack.sequence, ack.error)
+        if ack.epoch == self.epoch:
+            entry = self._unacked.pop(ack.sequence, None)
+            if entry is not None:
+                self.report.dropped(self.epoch, entry[1])
 
     async def _connect_forever(self) -> None:
         backoff = Backoff()
@@ -219,6 +295,14 @@ class AgentDaemon:
                         exc.code().name,
                         exc.details(),
                     )
+                    if (
+                        exc.code() == grpc.StatusCode.UNAUTHENTICATED
+                        and self.credential_path.exists()
+                        and self.config.enrollment_token
+                    ):
+                        # Revoked (or the platform lost it): enroll again with the token.
+                        log.warning("credential refused; enrolling again")
+                        self.credential_path.unlink()
                 except StreamClosed as exc:
                     log.warning("stream to %s closed: %s", self.config.server_address, exc)
             if self._stopping.is_set():

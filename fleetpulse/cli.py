@@ -77,11 +77,43 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
+    if args.processes is not None:
+        if args.processes < 1:
+            raise ConfigError("--processes must be at least 1")
+        from fleetpulse.ingest import pool
+
+        # fail fast, before forking
+        _server_settings(args).require("database_url", "redis_url", "enrollment_token")
+        return pool.main(args.processes, args.log_level, role="ingest")
     from fleetpulse.ingest import frontend
     from fleetpulse.lifecycle import set_process_title
 
-    set_process_title("fleetpulse ingest")
-    frontend.main(_server_settings(args))
+    title = "fleetpulse ingest" if args.of == 1 else f"fleetpulse ingest {args.index}/{args.of}"
+    set_process_title(title)
+    frontend.main(_server_settings(args), index=args.index)
+    return 0
+
+
+def _cmd_agents_revoke(args: argparse.Namespace) -> int:
+    import orjson
+    import psycopg
+    import redis
+
+    from fleetpulse.ingest import credentials
+    from fleetpulse.ingest.frontend import CONTROL_CHANNEL
+
+    settings = _server_settings(args)
+    settings.require("database_url")
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        revoked = credentials.revoke(conn, args.agent_id)
+    if not revoked:
+        print(f"{args.agent_id}: no active credential (nothing revoked)", file=sys.stderr)
+        return 1
+    if settings.redis_url:  # close its open streams now, on every front-end
+        client = redis.Redis.from_url(settings.redis_url)
+        client.publish(CONTROL_CHANNEL, orjson.dumps({"kind": "revoked", "agent": args.agent_id}))
+        client.close()
+    print(f"{args.agent_id}: credential revoked; the agent may enroll again with the token")
     return 0
 
 
@@ -188,6 +220,34 @@ def _cmd_bench_workers(args: argparse.Namespace) -> int:
     return workers.run(args)
 
 
+def _add_bench_connections_arguments(parser: argparse.ArgumentParser) -> None:
+    try:
+        from fleetpulse.bench.connections import add_arguments
+    except ModuleNotFoundError:
+        return
+    add_arguments(parser)
+
+
+def _cmd_bench_connections(args: argparse.Namespace) -> int:
+    from fleetpulse.bench import connections
+
+    return connections.run(args)
+
+
+def _add_bench_ingest_arguments(parser: argparse.ArgumentParser) -> None:
+    try:
+        from fleetpulse.bench.ingestload import add_arguments
+    except ModuleNotFoundError:
+        return
+    add_arguments(parser)
+
+
+def _cmd_bench_ingest(args: argparse.Namespace) -> int:
+    from fleetpulse.bench import ingestload
+
+    return ingestload.run(args)
+
+
 def _add_bench_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     try:
         from fleetpulse.bench.fleet import add_arguments
@@ -227,7 +287,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = sub.add_parser("ingest", help="run the gRPC ingest front-end")
     _add_server_flags(ingest, grpc=True)
+    ingest.add_argument(
+        "--processes",
+        type=int,
+        help="run N supervised front-end processes sharing the gRPC port (SO_REUSEPORT)",
+    )
+    ingest.add_argument("--index", type=int, default=1, help=argparse.SUPPRESS)
+    ingest.add_argument("--of", type=int, default=1, help=argparse.SUPPRESS)
     ingest.set_defaults(handler=_cmd_ingest)
+
+    agents = sub.add_parser("agents", help="manage agents (credentials)")
+    agents_sub = agents.add_subparsers(dest="agents_command", required=True, metavar="ACTION")
+    revoke = agents_sub.add_parser(
+        "revoke", help="revoke an agent's credential and close its streams"
+    )
+    _add_server_flags(revoke)
+    revoke.add_argument("agent_id")
+    revoke.set_defaults(handler=_cmd_agents_revoke)
 
     worker = sub.add_parser("worker", help="run workers (Redis Streams -> PostgreSQL)")
     _add_server_flags(worker)
@@ -279,6 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_bench_workers_arguments(workers_bench)
     workers_bench.set_defaults(handler=_cmd_bench_workers)
+    connections_bench = bench_sub.add_parser(
+        "connections",
+        help="the front-end alone: idle heartbeating agents, each on its own connection",
+    )
+    _add_bench_connections_arguments(connections_bench)
+    connections_bench.set_defaults(handler=_cmd_bench_connections)
+    ingest_bench = bench_sub.add_parser(
+        "ingest", help="the front-end alone: batches into Redis as fast as it acks, no workers"
+    )
+    _add_bench_ingest_arguments(ingest_bench)
+    ingest_bench.set_defaults(handler=_cmd_bench_ingest)
 
     agent = sub.add_parser("agent", help="run the host agent")
     agent.add_argument("--config", required=True, type=Path, help="agent YAML config file")

@@ -43,6 +43,16 @@ class Settings(BaseSettings):
     stream_shards: int = Field(default=4, ge=1, le=1024)
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
+    # Backpressure: metric batches are refused (retry after ingest_retry_after_ms) while this many
+    # batches are queued and not yet committed; accepted again below 80 % of it.
+    ingest_max_queued_entries: int = Field(default=50_000, ge=1)
+    ingest_retry_after_ms: int = Field(default=2_000, ge=1)
+    # Fairness: each agent's batch bytes per second, with a burst (a token bucket per stream).
+    ingest_agent_bytes_per_s: float = Field(default=1_048_576.0, gt=0)
+    ingest_agent_burst_bytes: float = Field(default=8_388_608.0, gt=0)
+    # The front-end's Prometheus /metrics (0: off); process i of --processes N uses port + i - 1.
+    ingest_metrics_port: int = Field(default=9464, ge=0, le=65535)
+
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
     # An agent is offline after this many heartbeat intervals without one.
     offline_after_heartbeats: int = Field(default=3, ge=1)

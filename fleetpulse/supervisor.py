@@ -261,6 +261,12 @@ class Supervisor:
             "fleetpulse is up",
             f"  API              {self.api_url}  (docs: {self.api_url}/docs)",
             f"  ingest (gRPC)    {s.grpc_host}:{s.grpc_port}",
+            "  ingest metrics   "
+            + (
+                f"http://{_connect_host(s.grpc_host)}:{s.ingest_metrics_port}/metrics"
+                if s.ingest_metrics_port
+                else "off"
+            ),
             f"  data dir         {s.data_dir}",
             f"  PostgreSQL       {'embedded' if self._pg else 'external'}",
             f"  Redis            {'embedded' if self._redis else 'external'}",

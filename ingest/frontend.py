@@ -5,40 +5,61 @@ Requests arrive as raw bytes (no request deserializer) and are parsed as the int
 comes from the ``BatchHeader`` view, which skips the points, and the bytes are XADDed untouched:
 the front-end never touches a point (docs/architecture.md, "Hot path").
 
-Status codes: no or wrong bearer token UNAUTHENTICATED; a message that does not decode or carries no
-known case INVALID_ARGUMENT; heartbeat or metrics before register FAILED_PRECONDITION; an agent_id
-in a payload that differs from the registered one PERMISSION_DENIED; Redis refusing the XADD
-UNAVAILABLE (retryable: the agent keeps the batch and resends it).
+Each stream is a ``Session``: a reader task handles the agent's messages in order and puts the
+answers in the session's outbox, which the stream writes out; the committed watermark, a newer
+connection of the same agent and a revocation reach the session through the same outbox.
+
+Identity: the stream's bearer token is either the enrollment token (the agent then names itself
+at register and is issued its own credential, ingest/credentials.py) or an agent credential (the
+identity is the credential's agent_id). Any agent_id in a payload must equal it.
+
+Status codes that end a stream: no, wrong or revoked credential UNAUTHENTICATED; a message that
+does not decode or carries no known case INVALID_ARGUMENT; heartbeat or metrics before register
+FAILED_PRECONDITION; an agent_id that differs from the stream's identity, or an enrolled agent_id
+claimed with the enrollment token, PERMISSION_DENIED; a second machine claiming a connected agent
+ALREADY_EXISTS; the stream replaced by a newer connection of the same agent ABORTED; a message over
+the size limit RESOURCE_EXHAUSTED (gRPC's own check, naming the limit). A batch the platform cannot
+take *now* (workers behind, the agent over its rate, Redis refusing the XADD) does not end the
+stream: its ``MetricAck`` says success=false with ``retry_after_ms``, and nothing was queued.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import itertools
 import logging
+import os
 import signal
 import time
-from collections import Counter
+import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
+import orjson
 import redis
 import redis.asyncio
 from google.protobuf.message import DecodeError
 from psycopg_pool import AsyncConnectionPool
 
-from fleetpulse.ingest import keys, queue
+from fleetpulse.ingest import credentials, keys, queue, selfmetrics, watermark
 from fleetpulse.ingest.queue import BatchQueue
 from fleetpulse.ingest.registry import AgentRegistry
-from fleetpulse.proto import agent_pb2, common_pb2, edge_pb2
+from fleetpulse.proto import agent_pb2, common_pb2, edge_pb2, metric_pb2
 from fleetpulse.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "proto.AgentService"
 METHOD_NAME = "Connect"
+# Published by front-ends and `fleetpulse agents revoke`: claims of agent ids, conflicts, revocations.
+CONTROL_CHANNEL = f"{keys.PREFIX}:control"
+BACKPRESSURE_CHECK_S = 0.5
+# AgentRegister.protocol from which an agent understands ServerMessage.credential and .committed.
+PROTOCOL_CREDENTIALS = 1
 
 
 @dataclass(frozen=True)
@@ -62,11 +83,13 @@ _HEARTBEAT_ACK = agent_pb2.ServerMessage(
 ).SerializeToString()
 
 
-async def _abort(
-    context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str
-) -> NoReturn:
-    await context.abort(code, details)
-    raise AssertionError("context.abort returned")  # it always raises
+class StreamEnd(Exception):
+    """Ends one stream with a gRPC status (raised inside the session's reader)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
 
 
 def _bearer_token(context: grpc.aio.ServicerContext) -> str | None:
@@ -86,123 +109,351 @@ def _peer_ip(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
+def _refusal(epoch: int, sequence: int, error: str, retry_after_ms: int) -> bytes:
+    return agent_pb2.ServerMessage(
+        metric_ack=agent_pb2.MetricAck(
+            success=False,
+            message="not accepted",
+            error=error,
+            epoch=epoch,
+            sequence=sequence,
+            retry_after_ms=retry_after_ms,
+        )
+    ).SerializeToString()
+
+
+class TokenBucket:
+    """Per-agent fairness: batch bytes per second with a burst; refused bytes cost nothing."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = burst
+        self.updated = time.monotonic()
+
+    def take(self, amount: float) -> float:
+        """0.0 when taken, else the seconds until ``amount`` will be available."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if amount <= self.tokens:
+            self.tokens -= amount
+            return 0.0
+        return (min(amount, self.burst) - self.tokens) / self.rate
+
+
+@dataclass
+class Session:
+    """One agent stream: what the reader decided, written out in order."""
+
+    id: int
+    peer_ip: str
+    enrolling: bool  # authenticated with the enrollment token
+    agent_id: str | None = None
+    machine_id: str = ""
+    protocol: int = 0  # AgentRegister.protocol: 1 understands credential and committed
+    outbox: asyncio.Queue[bytes | StreamEnd | None] = field(default_factory=asyncio.Queue)
+    bucket: TokenBucket | None = None
+
+    def send(self, message: bytes) -> None:
+        self.outbox.put_nowait(message)
+
+    def end(self, code: grpc.StatusCode, details: str) -> None:
+        self.outbox.put_nowait(StreamEnd(code, details))
+
+
 class AgentService:
     """Serves Connect streams; one instance per front-end process."""
 
-    def __init__(self, enrollment_token: str, registry: AgentRegistry, batches: BatchQueue) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        enrollment_token: str,
+        registry: AgentRegistry,
+        batches: BatchQueue,
+        pool: AsyncConnectionPool,
+        redis_client: redis.asyncio.Redis,
+    ) -> None:
+        self._settings = settings
         self._token = enrollment_token.encode()
         self._registry = registry
         self._batches = batches
-        # Open streams per agent: an agent is marked offline only when its last stream closes.
-        self._open_streams: Counter[str] = Counter()
+        self._pool = pool
+        self._redis = redis_client
+        self._ids = itertools.count(1)
+        self.front_end_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # The live session of every agent connected to this process.
+        self.sessions: dict[str, Session] = {}
+        # Why metric batches are refused right now (workers behind), or None.
+        self.backpressure: str | None = None
+        self._shards = batches.shards
 
-    def _authenticated(self, context: grpc.aio.ServicerContext) -> bool:
-        presented = _bearer_token(context)
-        return presented is not None and hmac.compare_digest(presented.encode(), self._token)
+    # -- the stream ------------------------------------------------------------------------------
 
     async def connect(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        if not self._authenticated(context):
-            await _abort(
-                context,
+        session = Session(next(self._ids), _peer_ip(context), enrolling=False)
+        reader = None
+        try:
+            try:
+                await self._authenticate(context, session)
+            except StreamEnd as end:
+                selfmetrics.REJECTS.labels(end.code.name.lower()).inc()
+                await context.abort(end.code, end.details)
+            reader = asyncio.create_task(self._read(requests, session))
+            while True:
+                item = await session.outbox.get()
+                if item is None:
+                    break
+                if isinstance(item, StreamEnd):
+                    selfmetrics.REJECTS.labels(item.code.name.lower()).inc()
+                    await context.abort(item.code, item.details)
+                else:
+                    yield item
+        finally:
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+            await self._forget(session)
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext, session: Session) -> None:
+        presented = _bearer_token(context)
+        if presented is None:
+            raise StreamEnd(
                 grpc.StatusCode.UNAUTHENTICATED,
-                "missing or invalid credential: send metadata 'authorization: Bearer <enrollment token>'",
+                "missing credential: send metadata 'authorization: Bearer <agent credential or enrollment token>'",
             )
-        agent_id: str | None = None
+        if hmac.compare_digest(presented.encode(), self._token):
+            session.enrolling = True
+            return
+        identity = None
+        if credentials.looks_like_credential(presented):
+            async with self._pool.connection() as conn:
+                identity = await credentials.lookup(conn, presented)
+        if identity is None:
+            raise StreamEnd(grpc.StatusCode.UNAUTHENTICATED, "invalid credential")
+        if identity.revoked:
+            raise StreamEnd(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"credential of {identity.agent_id!r} was revoked; enroll again with the enrollment token",
+            )
+        session.agent_id = identity.agent_id
+
+    async def _read(self, requests: AsyncIterator[bytes], session: Session) -> None:
+        registered = False
         try:
             async for raw in requests:
+                selfmetrics.MESSAGES.inc()
+                selfmetrics.BYTES.inc(len(raw))
                 try:
                     envelope = edge_pb2.AgentEnvelope.FromString(raw)
                 except DecodeError:
-                    await _abort(
-                        context, grpc.StatusCode.INVALID_ARGUMENT, "AgentMessage does not decode"
-                    )
+                    raise StreamEnd(
+                        grpc.StatusCode.INVALID_ARGUMENT, "AgentMessage does not decode"
+                    ) from None
                 case = envelope.WhichOneof("message")
                 if case == "register":
-                    register = self._decode(agent_pb2.AgentRegister, envelope.register)
-                    if register is None or not register.agent_id:
-                        await _abort(
-                            context,
-                            grpc.StatusCode.INVALID_ARGUMENT,
-                            "register: agent_id is required",
-                        )
-                    if agent_id is not None and register.agent_id != agent_id:
-                        await _abort(
-                            context,
-                            grpc.StatusCode.PERMISSION_DENIED,
-                            f"stream is registered as {agent_id!r}, not {register.agent_id!r}",
-                        )
-                    await self._registry.register(register, register.ip or _peer_ip(context))
-                    if agent_id is None:
-                        agent_id = register.agent_id
-                        self._open_streams[agent_id] += 1
-                    yield _REGISTERED
+                    await self._register(session, envelope.register, registered)
+                    registered = True
                 elif case == "heartbeat":
-                    if agent_id is None:
-                        await _abort(
-                            context,
-                            grpc.StatusCode.FAILED_PRECONDITION,
-                            "heartbeat before register",
-                        )
-                    heartbeat = self._decode(agent_pb2.Heartbeat, envelope.heartbeat)
-                    if heartbeat is None:
-                        await _abort(
-                            context, grpc.StatusCode.INVALID_ARGUMENT, "heartbeat does not decode"
-                        )
-                    await self._check_identity(context, agent_id, heartbeat.agent_id)
-                    self._registry.heartbeat(agent_id)
-                    yield _HEARTBEAT_ACK
+                    self._heartbeat(session, envelope.heartbeat, registered)
                 elif case in _BATCH_FORMS:
-                    if agent_id is None:
-                        await _abort(
-                            context, grpc.StatusCode.FAILED_PRECONDITION, "metrics before register"
+                    if not registered:
+                        raise StreamEnd(
+                            grpc.StatusCode.FAILED_PRECONDITION, "metrics before register"
                         )
-                    yield await self._accept_batch(
-                        context, agent_id, getattr(envelope, case), _BATCH_FORMS[case]
-                    )
+                    session.send(await self._accept_batch(session, envelope, case))
+                elif case == "disconnect":
+                    if registered and session.agent_id is not None:
+                        reason = self._decode(agent_pb2.Disconnect, envelope.disconnect)
+                        await self._say_goodbye(session, reason.reason if reason else "")
+                    break
                 else:
-                    await _abort(
-                        context,
+                    raise StreamEnd(
                         grpc.StatusCode.INVALID_ARGUMENT,
-                        "AgentMessage carries no known message (register, heartbeat, metrics or metric_columns)",
+                        "AgentMessage carries no known message "
+                        "(register, heartbeat, metrics, metric_columns or disconnect)",
                     )
-        finally:
-            if agent_id is not None:
-                self._open_streams[agent_id] -= 1
-                if self._open_streams[agent_id] <= 0:
-                    del self._open_streams[agent_id]
-                    await self._mark_disconnected(agent_id)
+        except StreamEnd as end:
+            session.outbox.put_nowait(end)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("stream of %s failed", session.agent_id)
+            session.end(grpc.StatusCode.INTERNAL, "internal error; reconnect")
+            return
+        session.outbox.put_nowait(None)  # the agent closed its side: end the stream with OK
 
-    async def _accept_batch(
-        self, context: grpc.aio.ServicerContext, agent_id: str, batch: bytes, form: BatchForm
-    ) -> bytes:
+    async def _register(self, session: Session, payload: bytes, registered: bool) -> None:
+        register = self._decode(agent_pb2.AgentRegister, payload)
+        if register is None or not register.agent_id:
+            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, "register: agent_id is required")
+        if session.agent_id is not None and register.agent_id != session.agent_id:
+            raise StreamEnd(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"stream is authenticated as {session.agent_id!r}, not {register.agent_id!r}",
+            )
+        if "\x00" in register.agent_id or len(register.agent_id) > 256:
+            raise StreamEnd(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "register: agent_id must be at most 256 characters, without NUL",
+            )
+        issued = None
+        # An agent of the original protocol cannot receive a credential: it keeps the token.
+        if session.enrolling and not registered and register.protocol >= PROTOCOL_CREDENTIALS:
+            async with self._pool.connection() as conn:
+                try:
+                    issued = await credentials.enroll(conn, register.agent_id)
+                except credentials.AlreadyEnrolled:
+                    raise StreamEnd(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"agent {register.agent_id!r} is enrolled: connect with its credential, "
+                        f"or revoke it (fleetpulse agents revoke {register.agent_id}) to enroll again",
+                    ) from None
+        agent_id = register.agent_id
+        if not registered:
+            session.agent_id = agent_id
+            session.machine_id = register.machine_id
+            session.protocol = register.protocol
+            self._claim(session)
+            await self._redis.publish(
+                CONTROL_CHANNEL,
+                orjson.dumps(
+                    {
+                        "kind": "claim",
+                        "agent": agent_id,
+                        "machine": session.machine_id,
+                        "front_end": self.front_end_id,
+                        "session": session.id,
+                    }
+                ),
+            )
+        await self._registry.register(register, register.ip or session.peer_ip)
+        session.send(_REGISTERED)
+        if issued is not None:
+            session.send(
+                agent_pb2.ServerMessage(
+                    credential=agent_pb2.Credential(agent_id=agent_id, token=issued)
+                ).SerializeToString()
+            )
+
+    def _claim(self, session: Session) -> None:
+        """Make ``session`` the agent's live session here, or refuse it (a second machine)."""
+        assert session.agent_id is not None
+        current = self.sessions.get(session.agent_id)
+        if current is not None and current is not session:
+            if self._same_machine(current.machine_id, session.machine_id):
+                current.end(
+                    grpc.StatusCode.ABORTED,
+                    "replaced by a newer connection of this agent",
+                )
+            else:
+                self._conflict(session, current.machine_id)
+        self.sessions[session.agent_id] = session
+        selfmetrics.CONNECTED.set(len(self.sessions))
+
+    @staticmethod
+    def _same_machine(a: str, b: str) -> bool:
+        return not a or not b or a == b  # an agent that sends none is taken at its word
+
+    def _conflict(self, newcomer: Session, holder_machine: str) -> None:
+        """A second machine claims a connected agent: refuse it, report it, keep the first."""
+        agent_id = newcomer.agent_id
+        assert agent_id is not None
+        detail = (
+            f"agent {agent_id!r} is connected from another machine ({holder_machine[:12]}); "
+            f"this one is {newcomer.machine_id[:12]}: a cloned image? give each host its own agent id"
+        )
+        log.warning("identity conflict: %s", detail)
+        asyncio.get_running_loop().create_task(self._registry.conflict(agent_id, detail))
+        raise StreamEnd(grpc.StatusCode.ALREADY_EXISTS, detail)
+
+    def _heartbeat(self, session: Session, payload: bytes, registered: bool) -> None:
+        if not registered or session.agent_id is None:
+            raise StreamEnd(grpc.StatusCode.FAILED_PRECONDITION, "heartbeat before register")
+        heartbeat = self._decode(agent_pb2.Heartbeat, payload)
+        if heartbeat is None:
+            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, "heartbeat does not decode")
+        self._check_identity(session.agent_id, heartbeat.agent_id)
+        self._registry.heartbeat(session.agent_id)
+        selfmetrics.HEARTBEATS.inc()
+        session.send(_HEARTBEAT_ACK)
+
+    async def _accept_batch(self, session: Session, envelope: Any, case: str) -> bytes:
+        form = _BATCH_FORMS[case]
+        batch = getattr(envelope, case)
+        agent_id = session.agent_id
+        assert agent_id is not None
         header = self._decode(form.header, batch)
         if header is None:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{form.name} does not decode")
-        await self._check_identity(context, agent_id, header.agent_id)
+            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, f"{form.name} does not decode")
+        self._check_identity(agent_id, header.agent_id)
+        epoch, sequence = header.epoch, header.sequence
+        if self._is_empty(header, case, batch):
+            selfmetrics.REJECTS.labels("empty_batch").inc()
+            return _refusal(epoch, sequence, "INVALID_ARGUMENT: empty batch (no points)", 0)
+        if self.backpressure is not None:
+            selfmetrics.REJECTS.labels("backpressure").inc()
+            return _refusal(
+                epoch,
+                sequence,
+                f"RESOURCE_EXHAUSTED: {self.backpressure}; keep the batch and retry",
+                self._settings.ingest_retry_after_ms,
+            )
+        if session.bucket is None:
+            session.bucket = TokenBucket(
+                self._settings.ingest_agent_bytes_per_s, self._settings.ingest_agent_burst_bytes
+            )
+        wait_s = session.bucket.take(len(batch))
+        if wait_s:
+            selfmetrics.REJECTS.labels("rate_limited").inc()
+            return _refusal(
+                epoch,
+                sequence,
+                f"RESOURCE_EXHAUSTED: over this agent's rate "
+                f"({self._settings.ingest_agent_bytes_per_s:.0f} batch bytes/s)",
+                max(1, int(wait_s * 1000)),
+            )
+        started = time.perf_counter()
         try:
             await self._batches.add(
                 agent_id,
-                header.epoch,
-                header.sequence,
+                epoch,
+                sequence,
                 batch,
                 received_ms=int(time.time() * 1000),
                 form=form.code,
             )
         except redis.RedisError as exc:
             log.warning("XADD failed, refusing batch of %s: %s", agent_id, exc)
-            await _abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                "queue unavailable, retry later (batch not accepted)",
+            selfmetrics.REJECTS.labels("queue_unavailable").inc()
+            return _refusal(
+                epoch,
+                sequence,
+                "UNAVAILABLE: queue unavailable; keep the batch and retry",
+                self._settings.ingest_retry_after_ms,
             )
+        selfmetrics.XADD_SECONDS.observe(time.perf_counter() - started)
+        selfmetrics.BATCHES.inc()
         # Acked only now that the XADD succeeded: "accepted" means durably queued.
         return agent_pb2.ServerMessage(
             metric_ack=agent_pb2.MetricAck(
-                success=True, message="accepted", epoch=header.epoch, sequence=header.sequence
+                success=True, message="accepted", epoch=epoch, sequence=sequence
             )
         ).SerializeToString()
+
+    @staticmethod
+    def _is_empty(header: Any, case: str, batch: bytes) -> bool:
+        if case == "metric_columns":
+            if header.values:
+                return False
+            try:  # unpacked values (or none at all): the full parse tells
+                return not metric_pb2.ColumnarBatch.FromString(batch).values
+            except DecodeError:
+                return False  # the worker counts it as an undecodable batch
+        return not header.metrics
 
     @staticmethod
     def _decode(message_type: Any, payload: bytes) -> Any:
@@ -212,22 +463,141 @@ class AgentService:
             return None
 
     @staticmethod
-    async def _check_identity(
-        context: grpc.aio.ServicerContext, agent_id: str, claimed: str
-    ) -> None:
+    def _check_identity(agent_id: str, claimed: str) -> None:
         # An empty agent_id in a payload is fine: identity comes from the stream, not the payload.
         if claimed and claimed != agent_id:
-            await _abort(
-                context,
+            raise StreamEnd(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"payload agent_id {claimed!r} differs from the registered agent {agent_id!r}",
+                f"payload agent_id {claimed!r} differs from the stream's identity {agent_id!r}",
             )
 
-    async def _mark_disconnected(self, agent_id: str) -> None:
+    async def _say_goodbye(self, session: Session, reason: str) -> None:
+        assert session.agent_id is not None
+        if self.sessions.get(session.agent_id) is session:
+            del self.sessions[session.agent_id]
+            selfmetrics.CONNECTED.set(len(self.sessions))
+            await self._registry.disconnected(session.agent_id, reason or "shutdown")
+
+    async def _forget(self, session: Session) -> None:
+        agent_id = session.agent_id
+        if agent_id is None or self.sessions.get(agent_id) is not session:
+            return
+        del self.sessions[agent_id]
+        selfmetrics.CONNECTED.set(len(self.sessions))
         try:
             await self._registry.disconnected(agent_id)
         except Exception:
             log.exception("could not mark %s offline", agent_id)
+
+    # -- background tasks ------------------------------------------------------------------------
+
+    async def watch_backpressure(self) -> None:
+        """Refuse batches while the queue (entries not yet committed) is over its limit."""
+        limit = self._settings.ingest_max_queued_entries
+        resume = int(limit * 0.8)
+        streams = [keys.stream_key(shard) for shard in range(self._shards)]
+        while True:
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for stream in streams:
+                    pipe.xlen(stream)
+                queued = sum(int(n) for n in await pipe.execute())
+                selfmetrics.QUEUED.set(queued)
+                if self.backpressure is None and queued >= limit:
+                    self.backpressure = (
+                        f"workers are behind ({queued} batches queued, limit {limit})"
+                    )
+                    log.warning("backpressure on: %s", self.backpressure)
+                elif self.backpressure is not None and queued < resume:
+                    log.info("backpressure off: %d batches queued", queued)
+                    self.backpressure = None
+            except redis.RedisError as exc:
+                self.backpressure = f"queue unreachable ({exc})"
+            selfmetrics.BACKPRESSURE.set(0 if self.backpressure is None else 1)
+            await asyncio.sleep(BACKPRESSURE_CHECK_S)
+
+    async def relay_committed(self) -> None:
+        """Tell each connected agent what the workers committed (ServerMessage.committed)."""
+        feed = await watermark.AsyncCommittedFeed.start(self._redis)
+        while True:
+            try:
+                announced = await feed.read(block_ms=1000)
+            except redis.RedisError as exc:
+                log.warning("committed feed unavailable: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            for committed in announced:
+                session = self.sessions.get(committed.agent_id)
+                if session is None or session.protocol < PROTOCOL_CREDENTIALS:
+                    continue
+                session.send(
+                    agent_pb2.ServerMessage(
+                        committed=agent_pb2.Committed(
+                            epoch=committed.epoch,
+                            ranges=[
+                                agent_pb2.SequenceRange(first=a, last=b)
+                                for a, b in committed.ranges
+                            ],
+                        )
+                    ).SerializeToString()
+                )
+                selfmetrics.COMMITTED_RELAYED.inc()
+
+    async def follow_control(self) -> None:
+        """Claims, conflicts and revocations from the other front-ends and the CLI."""
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(CONTROL_CHANNEL)
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                try:
+                    event = orjson.loads(message["data"])
+                    await self._on_control(event)
+                except Exception:
+                    log.exception("bad control message %r", message.get("data"))
+        finally:
+            await pubsub.aclose()
+
+    async def _on_control(self, event: dict[str, Any]) -> None:
+        kind, agent_id = event.get("kind"), event.get("agent")
+        if not isinstance(agent_id, str):
+            return
+        session = self.sessions.get(agent_id)
+        if kind == "revoked" and session is not None:
+            session.end(grpc.StatusCode.UNAUTHENTICATED, f"credential of {agent_id!r} revoked")
+        elif kind == "claim" and event.get("front_end") != self.front_end_id and session:
+            if self._same_machine(session.machine_id, str(event.get("machine", ""))):
+                session.end(
+                    grpc.StatusCode.ABORTED,
+                    "replaced by a newer connection of this agent (on another front-end)",
+                )
+            else:
+                await self._redis.publish(
+                    CONTROL_CHANNEL,
+                    orjson.dumps(
+                        {
+                            "kind": "conflict",
+                            "agent": agent_id,
+                            "front_end": event.get("front_end"),
+                            "session": event.get("session"),
+                            "holder_machine": session.machine_id,
+                        }
+                    ),
+                )
+        elif (
+            kind == "conflict"
+            and event.get("front_end") == self.front_end_id
+            and session is not None
+            and session.id == event.get("session")
+        ):
+            try:
+                self._conflict(session, str(event.get("holder_machine", "")))
+            except StreamEnd as end:
+                del self.sessions[agent_id]
+                selfmetrics.CONNECTED.set(len(self.sessions))
+                session.outbox.put_nowait(end)
 
 
 def build_server(service: AgentService, settings: Settings) -> grpc.aio.Server:
@@ -244,10 +614,14 @@ def build_server(service: AgentService, settings: Settings) -> grpc.aio.Server:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
+            # Dead peers (a host that vanished without closing) are found by HTTP/2 keepalive:
+            # a ping after 30 s without traffic, the connection dropped 10 s after no answer.
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # Several `fleetpulse ingest` processes share one port (the kernel spreads connections).
+            ("grpc.so_reuseport", 1),
         ]
     )
     server.add_generic_rpc_handlers((handler,))
@@ -257,7 +631,7 @@ def build_server(service: AgentService, settings: Settings) -> grpc.aio.Server:
     return server
 
 
-async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
+async def run(settings: Settings, ready: asyncio.Event | None = None, index: int = 1) -> None:
     """Serve until SIGTERM/SIGINT, then stop accepting, let open calls finish, flush liveness."""
     settings.require("database_url", "redis_url", "enrollment_token")
     assert settings.database_url and settings.redis_url and settings.enrollment_token
@@ -268,15 +642,29 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
     registry = AgentRegistry(pool, settings.heartbeat_flush_interval_s)
     batches = BatchQueue(redis_client, shards)
     batches.start()
-    service = AgentService(settings.enrollment_token.get_secret_value(), registry, batches)
+    service = AgentService(
+        settings,
+        settings.enrollment_token.get_secret_value(),
+        registry,
+        batches,
+        pool,
+        redis_client,
+    )
     server = build_server(service, settings)
     await server.start()
-    flusher = asyncio.create_task(registry.flush_forever())
+    metrics_port = selfmetrics.serve(settings.grpc_host, settings.ingest_metrics_port, index)
+    tasks = [
+        asyncio.create_task(registry.flush_forever(), name="heartbeat-flush"),
+        asyncio.create_task(service.watch_backpressure(), name="backpressure"),
+        asyncio.create_task(service.relay_committed(), name="committed-relay"),
+        asyncio.create_task(service.follow_control(), name="control"),
+    ]
     log.info(
-        "ingest front-end listening on %s:%d (%d stream shards)",
+        "ingest front-end listening on %s:%d (%d stream shards; metrics on port %s)",
         settings.grpc_host,
         settings.grpc_port,
         shards,
+        metrics_port or "off",
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -289,7 +677,9 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
     finally:
         log.info("ingest front-end stopping")
         await server.stop(grace=2.0)
-        flusher.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await batches.close()
         await registry.flush()
         await redis_client.aclose()
@@ -297,10 +687,10 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
         log.info("ingest front-end stopped")
 
 
-def main(settings: Settings) -> None:
+def main(settings: Settings, index: int = 1) -> None:
     import uvloop
 
     from fleetpulse.lifecycle import raise_open_files_limit
 
     log.info("open files limit: %d (one per connected agent)", raise_open_files_limit())
-    uvloop.run(run(settings))
+    uvloop.run(run(settings, index=index))

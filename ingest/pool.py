@@ -38,7 +38,10 @@ class _Slot:
 
 
 class WorkerPool:
-    def __init__(self, processes: int, log_level: str) -> None:
+    """Also runs `fleetpulse ingest --processes N` (role "ingest"): same supervision."""
+
+    def __init__(self, processes: int, log_level: str, role: str = "worker") -> None:
+        self.role = role
         self.processes = processes
         self.log_level = log_level
         self.slots = [_Slot(i) for i in range(1, processes + 1)]
@@ -51,7 +54,7 @@ class WorkerPool:
             "fleetpulse",
             "--log-level",
             self.log_level,
-            "worker",
+            self.role,
             "--index",
             str(slot.index),
             "--of",
@@ -73,7 +76,7 @@ class WorkerPool:
         signal.signal(signal.SIGINT, self.stop)
         for slot in self.slots:
             self._start(slot)
-        log.info("worker pool: %d processes", self.processes)
+        log.info("%s pool: %d processes", self.role, self.processes)
         while True:
             now = time.monotonic()
             alive = 0
@@ -91,7 +94,8 @@ class WorkerPool:
                         else min(MAX_RESTART_DELAY_S, slot.delay_s * 2)
                     )
                     log.warning(
-                        "worker %d/%d exited with status %s; restarting in %.0f s",
+                        "%s %d/%d exited with status %s; restarting in %.0f s",
+                        self.role,
                         slot.index,
                         self.processes,
                         proc.returncode,
@@ -104,11 +108,11 @@ class WorkerPool:
                     self._start(slot)
                     alive += 1
             if self._stopping and alive == 0:
-                log.info("worker pool stopped")
+                log.info("%s pool stopped", self.role)
                 return 0
             time.sleep(0.1)
 
 
-def main(processes: int, log_level: str) -> int:
-    lifecycle.set_process_title(f"fleetpulse worker pool ({processes})")
-    return WorkerPool(processes, log_level).run()
+def main(processes: int, log_level: str, role: str = "worker") -> int:
+    lifecycle.set_process_title(f"fleetpulse {role} pool ({processes})")
+    return WorkerPool(processes, log_level, role).run()

@@ -75,6 +75,7 @@ class BatchQueue:
         max_pipeline: int = 512,
     ) -> None:
         self._client = client
+        self.shards = shards
         self._shards = shards
         self._max_pipeline = max_pipeline
         self._pending: asyncio.Queue[tuple[str, dict[bytes, object], asyncio.Future[None]]] = (

@@ -18,11 +18,13 @@ from fleetpulse.proto import agent_pb2
 log = logging.getLogger(__name__)
 
 _UPSERT_AGENT = """
-INSERT INTO agents (agent_id, hostname, ip, os, arch, version, status, last_heartbeat)
-VALUES (%s, %s, %s, %s, %s, %s, 'online', now())
+INSERT INTO agents
+    (agent_id, hostname, ip, os, arch, version, machine_id, status, last_heartbeat)
+VALUES (%s, %s, %s, %s, %s, %s, %s, 'online', now())
 ON CONFLICT (agent_id) DO UPDATE SET
     hostname = EXCLUDED.hostname, ip = EXCLUDED.ip, os = EXCLUDED.os, arch = EXCLUDED.arch,
-    version = EXCLUDED.version, status = 'online', last_heartbeat = now(), updated_at = now()
+    version = EXCLUDED.version, machine_id = EXCLUDED.machine_id, status = 'online',
+    last_heartbeat = now(), updated_at = now(), disconnect_reason = NULL
 """
 
 _FLUSH_HEARTBEATS = """
@@ -32,7 +34,16 @@ FROM unnest(%s::text[], %s::timestamptz[]) AS v(agent_id, ts)
 WHERE agents.agent_id = v.agent_id
 """
 
-_MARK_OFFLINE = "UPDATE agents SET status = 'offline', updated_at = now() WHERE agent_id = %s"
+_MARK_OFFLINE = """
+UPDATE agents SET status = 'offline', updated_at = now(),
+    disconnect_reason = coalesce(%s, disconnect_reason)
+WHERE agent_id = %s
+"""
+
+_CONFLICT = """
+UPDATE agents SET conflict = %s, conflict_at = now(), conflicts = conflicts + 1
+WHERE agent_id = %s
+"""
 
 
 class AgentRegistry:
@@ -47,18 +58,35 @@ class AgentRegistry:
         async with self._pool.connection() as conn:
             await conn.execute(
                 _UPSERT_AGENT,
-                (message.agent_id, message.hostname, ip, message.os, message.arch, message.version),
+                (
+                    message.agent_id,
+                    message.hostname,
+                    ip,
+                    message.os,
+                    message.arch,
+                    message.version,
+                    message.machine_id,
+                ),
             )
 
     def heartbeat(self, agent_id: str) -> None:
         """Record liveness in memory; flush_forever writes it out."""
         self._pending[agent_id] = datetime.now(UTC)
 
-    async def disconnected(self, agent_id: str) -> None:
-        """Mark an agent offline at once when its stream closes (after flushing its heartbeat)."""
+    async def disconnected(self, agent_id: str, reason: str | None = None) -> None:
+        """Mark an agent offline at once when its stream closes (after flushing its heartbeat);
+        ``reason`` is what the agent said when it disconnected on purpose."""
         await self.flush()
         async with self._pool.connection() as conn:
-            await conn.execute(_MARK_OFFLINE, (agent_id,))
+            await conn.execute(_MARK_OFFLINE, (reason, agent_id))
+
+    async def conflict(self, agent_id: str, detail: str) -> None:
+        """Record that a second machine claimed this agent (shown by the API)."""
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(_CONFLICT, (detail, agent_id))
+        except Exception:
+            log.exception("could not record the conflict of %s", agent_id)
 
     async def flush(self) -> int:
         if not self._pending:

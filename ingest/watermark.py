@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import redis
+import redis.asyncio
 
 from fleetpulse.ingest import keys
 
@@ -82,6 +83,30 @@ class CommittedFeed:
 
     def read(self, block_ms: int | None = 1000, count: int = 1000) -> list[Committed]:
         response: Any = self._redis.xread(
+            {keys.COMMITTED_STREAM: self.last_id}, count=count, block=block_ms
+        )
+        found: list[Committed] = []
+        for _, items in response or ():
+            for entry_id, fields in items:
+                self.last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                found.extend(decode(fields[keys.FIELD_COMMITTED]))
+        return found
+
+
+class AsyncCommittedFeed:
+    """``CommittedFeed`` for the front-end's event loop."""
+
+    def __init__(self, client: redis.asyncio.Redis, last_id: str) -> None:
+        self._redis = client
+        self.last_id = last_id
+
+    @classmethod
+    async def start(cls, client: redis.asyncio.Redis) -> AsyncCommittedFeed:
+        newest: Any = await client.xrevrange(keys.COMMITTED_STREAM, count=1)
+        return cls(client, newest[0][0].decode() if newest else "0-0")
+
+    async def read(self, block_ms: int = 1000, count: int = 1000) -> list[Committed]:
+        response: Any = await self._redis.xread(
             {keys.COMMITTED_STREAM: self.last_id}, count=count, block=block_ms
         )
         found: list[Committed] = []

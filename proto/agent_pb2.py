@@ -26,7 +26,7 @@ from fleetpulse.proto import common_pb2 as proto_dot_common__pb2
 from fleetpulse.proto import metric_pb2 as proto_dot_metric__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11proto/agent.proto\x12\x05proto\x1a\x12proto/common.proto\x1a\x12proto/metric.proto\"j\n\rAgentRegister\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\n\n\x02ip\x18\x03 \x01(\t\x12\n\n\x02os\x18\x04 \x01(\t\x12\x0c\n\x04\x61rch\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\"B\n\tHeartbeat\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12#\n\ttimestamp\x18\x02 \x01(\x0b\x32\x10.proto.Timestamp\"m\n\tMetricAck\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x0e\n\x06points\x18\x06 \x01(\r\"\x9a\x01\n\rServerMessage\x12,\n\x11register_response\x18\x01 \x01(\x0b\x32\x0f.proto.ResponseH\x00\x12(\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x0f.proto.ResponseH\x00\x12&\n\nmetric_ack\x18\x03 \x01(\x0b\x32\x10.proto.MetricAckH\x00\x42\t\n\x07message\"\xc1\x01\n\x0c\x41gentMessage\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.proto.AgentRegisterH\x00\x12%\n\theartbeat\x18\x02 \x01(\x0b\x32\x10.proto.HeartbeatH\x00\x12%\n\x07metrics\x18\x03 \x01(\x0b\x32\x12.proto.MetricBatchH\x00\x12.\n\x0emetric_columns\x18\x04 \x01(\x0b\x32\x14.proto.ColumnarBatchH\x00\x42\t\n\x07message2H\n\x0c\x41gentService\x12\x38\n\x07\x43onnect\x12\x13.proto.AgentMessage\x1a\x14.proto.ServerMessage(\x01\x30\x01\x42.Z,github.com/yourusername/agent-platform/protob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11proto/agent.proto\x12\x05proto\x1a\x12proto/common.proto\x1a\x12proto/metric.proto\"\x90\x01\n\rAgentRegister\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\n\n\x02ip\x18\x03 \x01(\t\x12\n\n\x02os\x18\x04 \x01(\t\x12\x0c\n\x04\x61rch\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x12\n\nmachine_id\x18\x07 \x01(\t\x12\x10\n\x08protocol\x18\x08 \x01(\r\"B\n\tHeartbeat\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12#\n\ttimestamp\x18\x02 \x01(\x0b\x32\x10.proto.Timestamp\"\x85\x01\n\tMetricAck\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x0e\n\x06points\x18\x06 \x01(\r\x12\x16\n\x0eretry_after_ms\x18\x07 \x01(\r\",\n\rSequenceRange\x12\r\n\x05\x66irst\x18\x01 \x01(\x04\x12\x0c\n\x04last\x18\x02 \x01(\x04\"@\n\tCommitted\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12$\n\x06ranges\x18\x02 \x03(\x0b\x32\x14.proto.SequenceRange\"-\n\nCredential\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"\x1c\n\nDisconnect\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xea\x01\n\rServerMessage\x12,\n\x11register_response\x18\x01 \x01(\x0b\x32\x0f.proto.ResponseH\x00\x12(\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x0f.proto.ResponseH\x00\x12&\n\nmetric_ack\x18\x03 \x01(\x0b\x32\x10.proto.MetricAckH\x00\x12%\n\tcommitted\x18\x04 \x01(\x0b\x32\x10.proto.CommittedH\x00\x12\'\n\ncredential\x18\x05 \x01(\x0b\x32\x11.proto.CredentialH\x00\x42\t\n\x07message\"\xea\x01\n\x0c\x41gentMessage\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.proto.AgentRegisterH\x00\x12%\n\theartbeat\x18\x02 \x01(\x0b\x32\x10.proto.HeartbeatH\x00\x12%\n\x07metrics\x18\x03 \x01(\x0b\x32\x12.proto.MetricBatchH\x00\x12.\n\x0emetric_columns\x18\x04 \x01(\x0b\x32\x14.proto.ColumnarBatchH\x00\x12\'\n\ndisconnect\x18\x05 \x01(\x0b\x32\x11.proto.DisconnectH\x00\x42\t\n\x07message2H\n\x0c\x41gentService\x12\x38\n\x07\x43onnect\x12\x13.proto.AgentMessage\x1a\x14.proto.ServerMessage(\x01\x30\x01\x42.Z,github.com/yourusername/agent-platform/protob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +34,24 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z,github.com/yourusername/agent-platform/proto'
-  _globals['_AGENTREGISTER']._serialized_start=68
-  _globals['_AGENTREGISTER']._serialized_end=174
-  _globals['_HEARTBEAT']._serialized_start=176
-  _globals['_HEARTBEAT']._serialized_end=242
-  _globals['_METRICACK']._serialized_start=244
-  _globals['_METRICACK']._serialized_end=353
-  _globals['_SERVERMESSAGE']._serialized_start=356
-  _globals['_SERVERMESSAGE']._serialized_end=510
-  _globals['_AGENTMESSAGE']._serialized_start=513
-  _globals['_AGENTMESSAGE']._serialized_end=706
-  _globals['_AGENTSERVICE']._serialized_start=708
-  _globals['_AGENTSERVICE']._serialized_end=780
+  _globals['_AGENTREGISTER']._serialized_start=69
+  _globals['_AGENTREGISTER']._serialized_end=213
+  _globals['_HEARTBEAT']._serialized_start=215
+  _globals['_HEARTBEAT']._serialized_end=281
+  _globals['_METRICACK']._serialized_start=284
+  _globals['_METRICACK']._serialized_end=417
+  _globals['_SEQUENCERANGE']._serialized_start=419
+  _globals['_SEQUENCERANGE']._serialized_end=463
+  _globals['_COMMITTED']._serialized_start=465
+  _globals['_COMMITTED']._serialized_end=529
+  _globals['_CREDENTIAL']._serialized_start=531
+  _globals['_CREDENTIAL']._serialized_end=576
+  _globals['_DISCONNECT']._serialized_start=578
+  _globals['_DISCONNECT']._serialized_end=606
+  _globals['_SERVERMESSAGE']._serialized_start=609
+  _globals['_SERVERMESSAGE']._serialized_end=843
+  _globals['_AGENTMESSAGE']._serialized_start=846
+  _globals['_AGENTMESSAGE']._serialized_end=1080
+  _globals['_AGENTSERVICE']._serialized_start=1082
+  _globals['_AGENTSERVICE']._serialized_end=1154
 # @@protoc_insertion_point(module_scope)

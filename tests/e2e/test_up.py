@@ -82,6 +82,7 @@ def test_up_runs_agents_and_stores_every_point_exactly_once(
         env["FLEETPULSE_DATABASE_URL"] = request.getfixturevalue("database_url")
         env["FLEETPULSE_REDIS_URL"] = request.getfixturevalue("redis_url")
     api_port, grpc_port = free_port(), free_port()
+    env["FLEETPULSE_INGEST_METRICS_PORT"] = str(free_port())
     data_dir = tmp_path / "data"
     common = [
         "--data-dir",

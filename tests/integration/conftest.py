@@ -21,7 +21,9 @@ class Ingest:
     redis: redis.Redis
 
 
-def ingest_env(database_url: str, redis_url: str, port: int, shards: int = 2) -> dict[str, str]:
+def ingest_env(
+    database_url: str, redis_url: str, port: int, shards: int = 2, metrics_port: int = 0
+) -> dict[str, str]:
     """The environment of a `fleetpulse ingest` process under test."""
     return {
         "FLEETPULSE_DATABASE_URL": database_url,
@@ -30,6 +32,7 @@ def ingest_env(database_url: str, redis_url: str, port: int, shards: int = 2) ->
         "FLEETPULSE_GRPC_PORT": str(port),
         "FLEETPULSE_STREAM_SHARDS": str(shards),
         "FLEETPULSE_HEARTBEAT_FLUSH_INTERVAL_S": "0.2",
+        "FLEETPULSE_INGEST_METRICS_PORT": str(metrics_port),
     }
 
 

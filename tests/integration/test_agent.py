@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import psycopg
 import redis
 
 from fleetpulse.agent.config import AgentConfig
@@ -71,6 +72,17 @@ def test_agent_replays_what_was_not_acked_across_a_front_end_restart(
 
     final = account(daemon)
     assert final.batches_acked == final.batches_sent  # flushed at shutdown
+    # it enrolled: its credential is private to it, and the reconnect used it
+    assert daemon.credential_path.stat().st_mode & 0o777 == 0o600
+    with psycopg.connect(database_url) as conn:
+        used = conn.execute(
+            "SELECT last_used_at IS NOT NULL FROM agent_credentials WHERE agent_id = 'replayer'"
+        ).fetchone()
+        goodbye = conn.execute(
+            "SELECT status, disconnect_reason FROM agents WHERE agent_id = 'replayer'"
+        ).fetchone()
+    assert used == (True,)
+    assert goodbye == ("offline", "agent shutting down")
     client = redis.Redis.from_url(redis_url)
     sequences = [
         int(fields[keys.FIELD_SEQUENCE])
@@ -83,3 +95,50 @@ def test_agent_replays_what_was_not_acked_across_a_front_end_restart(
     assert set(sequences) == set(range(1, final.last_seq + 1))
     first_seen = list(dict.fromkeys(sequences))
     assert first_seen == sorted(first_seen)
+
+
+def test_agent_keeps_batches_refused_under_backpressure_and_sends_them_later(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = ingest_env(database_url, redis_url, port, shards=1)
+    env["FLEETPULSE_INGEST_MAX_QUEUED_ENTRIES"] = "4"
+    env["FLEETPULSE_INGEST_RETRY_AFTER_MS"] = "300"
+    config = AgentConfig(
+        server_address=f"127.0.0.1:{port}",
+        agent_id="patient",
+        enrollment_token=TOKEN,
+        collect_interval_s=0.1,
+        heartbeat_interval_s=0.5,
+        state_dir=tmp_path / "state",
+        collectors=frozenset({"load"}),
+    )
+    daemon = AgentDaemon(config)
+    thread = threading.Thread(target=lambda: asyncio.run(daemon.run(handle_signals=False)))
+    client = redis.Redis.from_url(redis_url)
+    seen: set[int] = set()
+
+    def drain() -> None:  # stands in for the workers: take what is queued, then delete it
+        for entry_id, fields in client.xrange(keys.stream_key(0)):
+            seen.add(int(fields[keys.FIELD_SEQUENCE]))
+            client.xdel(keys.stream_key(0), entry_id)
+
+    with fleetpulse_process(["ingest"], env, tmp_path / "ingest.log") as proc:
+        wait_for_port(port, proc)
+        thread.start()
+        # no workers: the queue fills, the front-end refuses, the agent keeps its batches
+        wait_for(lambda: client.xlen(keys.stream_key(0)) >= 4, 10, "a full queue")
+        time.sleep(1.5)
+        assert account(daemon).batches_sent > account(daemon).batches_acked + 5
+        assert client.xlen(keys.stream_key(0)) <= 5  # refused batches were never queued
+        daemon.stop_threadsafe()  # it stops collecting; it has until its flush deadline
+        deadline = time.monotonic() + 20
+        while thread.is_alive() and time.monotonic() < deadline:
+            drain()
+            time.sleep(0.2)
+        thread.join(5)
+        drain()
+    client.close()
+    final = account(daemon)
+    assert final.batches_acked == final.batches_sent
+    assert seen == set(range(1, final.last_seq + 1))  # every batch queued in the end

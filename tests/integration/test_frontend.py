@@ -15,10 +15,16 @@ from tests.integration.conftest import TOKEN, Ingest
 from tests.origin_agent import run_origin_agent
 
 
-def register(agent_id: str) -> agent_pb2.AgentMessage:
+def register(agent_id: str, machine_id: str = "", protocol: int = 1) -> agent_pb2.AgentMessage:
     return agent_pb2.AgentMessage(
         register=agent_pb2.AgentRegister(
-            agent_id=agent_id, hostname="h", os="linux", arch="x86_64", version="t"
+            agent_id=agent_id,
+            hostname="h",
+            os="linux",
+            arch="x86_64",
+            version="t",
+            machine_id=machine_id,
+            protocol=protocol,
         )
     )
 
@@ -72,9 +78,11 @@ def test_register_heartbeat_metrics_are_answered_and_queued(ingest: Ingest) -> N
     )
     assert error is None
     kinds = [r.WhichOneof("message") for r in responses]
-    assert kinds == ["register_response", "heartbeat_ack", "metric_ack", "metric_ack"]
+    assert kinds == ["register_response", "credential", "heartbeat_ack", "metric_ack", "metric_ack"]
     assert responses[0].register_response.success
-    acks = [r.metric_ack for r in responses[2:]]
+    assert responses[1].credential.agent_id == "fe-1"
+    assert responses[1].credential.token.startswith("fpa_")
+    acks = [r.metric_ack for r in responses[3:]]
     assert [(a.success, a.epoch, a.sequence) for a in acks] == [(True, 99, 1), (True, 99, 2)]
     assert queued(ingest) == 2  # acked means XADDed
     with psycopg.connect(ingest.database_url) as conn:
@@ -106,7 +114,7 @@ def test_columnar_batches_are_acked_and_queued_with_their_form(ingest: Ingest) -
     )
     responses, error = exchange(ingest.address, [register("fe-c"), columns])
     assert error is None
-    ack = responses[1].metric_ack
+    ack = responses[2].metric_ack
     assert (ack.success, ack.epoch, ack.sequence) == (True, 3, 1)
     entries = [e for shard in range(2) for e in ingest.redis.xrange(keys.stream_key(shard))]
     assert [fields[keys.FIELD_FORM] for _, fields in entries] == [keys.FORM_COLUMNS]
