@@ -50,8 +50,12 @@ _GET_AGENT = (
     coalesce(
         (SELECT jsonb_object_agg(r.reason, r.points) FROM rejects r WHERE r.agent_id = a.agent_id),
         '{}'::jsonb
-    ) AS rejected_by_reason
+    ) AS rejected_by_reason,
+    a.machine_id, a.disconnect_reason, a.conflicts, a.conflict, a.conflict_at,
+    c.agent_id IS NOT NULL AND c.revoked_at IS NULL AS credential_active,
+    c.revoked_at AS credential_revoked_at
 FROM agents a LEFT JOIN agent_ingest i USING (agent_id)
+    LEFT JOIN agent_credentials c USING (agent_id)
 WHERE a.agent_id = %(agent_id)s
 """
 )

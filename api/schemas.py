@@ -35,6 +35,16 @@ class AgentDetailPublic(AgentPublic):
     last_seq: int | None
     last_commit_at: datetime | None
     rejected_by_reason: dict[str, int]
+    # Identity (issue 5): the host's id, why it last disconnected (its own word), how often a
+    # second machine claimed this agent_id while it was connected (a cloned image) and the last
+    # such claim, and whether it holds an active credential.
+    machine_id: str
+    disconnect_reason: str | None
+    conflicts: int
+    conflict: str | None
+    conflict_at: datetime | None
+    credential_active: bool
+    credential_revoked_at: datetime | None
 
 
 class SeriesPublic(BaseModel):

@@ -56,6 +56,17 @@ async def lookup(conn: AsyncConnection, token: str) -> Identity | None:
     return Identity(row[0], bool(row[1])) if row else None
 
 
+async def ensure_claimable(conn: AsyncConnection, agent_id: str) -> None:
+    """Raise AlreadyEnrolled when the enrollment token may not claim ``agent_id`` (see above)."""
+    cur = await conn.execute(
+        "SELECT 1 FROM agent_credentials"
+        " WHERE agent_id = %s AND last_used_at IS NOT NULL AND revoked_at IS NULL",
+        (agent_id,),
+    )
+    if await cur.fetchone():
+        raise AlreadyEnrolled(agent_id)
+
+
 async def enroll(conn: AsyncConnection, agent_id: str) -> str:
     """Issue a new credential for ``agent_id`` (replacing an unused or revoked one)."""
     token = new_token()

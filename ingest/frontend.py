@@ -301,11 +301,13 @@ class AgentService:
                 "register: agent_id must be at most 256 characters, without NUL",
             )
         issued = None
-        # An agent of the original protocol cannot receive a credential: it keeps the token.
-        if session.enrolling and not registered and register.protocol >= PROTOCOL_CREDENTIALS:
+        if session.enrolling and not registered:
             async with self._pool.connection() as conn:
                 try:
-                    issued = await credentials.enroll(conn, register.agent_id)
+                    if register.protocol >= PROTOCOL_CREDENTIALS:
+                        issued = await credentials.enroll(conn, register.agent_id)
+                    else:  # the original protocol cannot receive a credential: it keeps the token
+                        await credentials.ensure_claimable(conn, register.agent_id)
                 except credentials.AlreadyEnrolled:
                     raise StreamEnd(
                         grpc.StatusCode.PERMISSION_DENIED,

@@ -54,7 +54,10 @@ class Stream:
     """One open Connect stream: send messages whenever, collect what comes back."""
 
     def __init__(self, address: str, token: str) -> None:
-        self._channel = grpc.insecure_channel(address)
+        # its own connection, as a separate agent would have (channels otherwise share one)
+        self._channel = grpc.insecure_channel(
+            address, options=[("grpc.use_local_subchannel_pool", 1)]
+        )
         self._outgoing: queue.Queue[agent_pb2.AgentMessage | None] = queue.Queue()
         self.received: list[agent_pb2.ServerMessage] = []
         self.error: grpc.RpcError | None = None
@@ -222,6 +225,30 @@ def test_a_cloned_machine_is_refused_and_reported_not_flapped(edge: Edge) -> Non
     original.close()
 
 
+def test_api_shows_identity_conflicts_and_credentials(edge: Edge) -> None:
+    from fastapi.testclient import TestClient
+
+    from fleetpulse.api.app import create_app
+    from fleetpulse.settings import Settings
+
+    token = enroll(edge, "api-1", "machine-a")
+    holder = Stream(edge.address, token)
+    holder.send(register("api-1", "machine-a"))
+    holder.wait_for("register_response")
+    clone = Stream(edge.address, TOKEN)
+    clone.send(register("api-1", "machine-b", protocol=0))
+    assert clone.wait_closed().code() == grpc.StatusCode.PERMISSION_DENIED  # enrolled id
+    clone = Stream(edge.address, token)  # a cloned image carries the credential file too
+    clone.send(register("api-1", "machine-b"))
+    assert clone.wait_closed().code() == grpc.StatusCode.ALREADY_EXISTS
+    time.sleep(0.3)
+    with TestClient(create_app(Settings(database_url=edge.database_url))) as api:
+        detail = api.get("/agents/api-1").json()
+    assert detail["conflicts"] == 1 and "another machine" in detail["conflict"]
+    assert detail["credential_active"] is True and detail["machine_id"] == "machine-a"
+    holder.close()
+
+
 def test_empty_batch_is_refused_for_good_and_not_queued(edge: Edge) -> None:
     stream = Stream(edge.address, TOKEN)
     stream.send(register("em-1"), columns("em-1", 1, values=0), columns("em-1", 2))
@@ -343,3 +370,33 @@ def test_heartbeats_are_answered_on_an_open_stream(edge: Edge) -> None:
     )
     assert len(stream.wait_for("heartbeat_ack", 2)) == 2
     stream.close()
+
+
+def test_several_front_end_processes_share_one_port(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    import psutil
+
+    port, metrics_port = free_port(), free_port()
+    while metrics_port + 1 == port:
+        metrics_port = free_port()
+    env = ingest_env(database_url, redis_url, port, metrics_port=metrics_port)
+    with fleetpulse_process(["ingest", "--processes", "2"], env, tmp_path / "ingest.log") as proc:
+        wait_for_port(port, proc)
+        time.sleep(1.0)  # the second process binds the same port a moment later
+        titles = sorted(" ".join(c.cmdline()).strip() for c in psutil.Process(proc.pid).children())
+        assert titles == ["fleetpulse ingest 1/2", "fleetpulse ingest 2/2"]
+        streams = [Stream(f"127.0.0.1:{port}", TOKEN) for _ in range(20)]
+        for i, stream in enumerate(streams):
+            stream.send(register(f"rp-{i}", protocol=0))
+        for stream in streams:
+            stream.wait_for("register_response")
+        connected = []
+        for index in (0, 1):
+            url = f"http://127.0.0.1:{metrics_port + index}/metrics"
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+            line = next(x for x in text.splitlines() if x.startswith("fleetpulse_ingest_connected"))
+            connected.append(float(line.split()[-1]))
+        assert sum(connected) == 20 and all(connected)  # the kernel spread the connections
+        for stream in streams:
+            stream.close()
