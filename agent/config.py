@@ -34,7 +34,10 @@ DEFAULT_STATE_ROOT = "~/.local/state/fleetpulse-agent"
 
 _TOP_LEVEL_KEYS = frozenset({"server", "agent"})
 _SERVER_KEYS = frozenset({"address", "tls", "enrollment_token", "tls_ca_file"})
-_AGENT_KEYS = frozenset({"id", "collect_interval", "heartbeat_interval", "state_dir", "collectors"})
+_AGENT_KEYS = frozenset(
+    {"id", "collect_interval", "heartbeat_interval", "state_dir", "collectors", "spool_max_mb"}
+)
+DEFAULT_SPOOL_MAX_MB = 64
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,6 +55,8 @@ class AgentConfig:
     state_dir: Path
     # None enables every collector, including ones added in later versions.
     collectors: frozenset[str] | None = None
+    # The on-disk spool of batches not yet committed (agent/spool.py); oldest dropped beyond it.
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_MB * 1024 * 1024
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> AgentConfig:
@@ -107,6 +112,13 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Agent
         ),
         state_dir=_state_dir(agent.get("state_dir"), agent_id, source),
         collectors=_collectors(agent.get("collectors"), source),
+        spool_max_bytes=int(
+            _positive_number(
+                _get(agent, "spool_max_mb", DEFAULT_SPOOL_MAX_MB), "agent.spool_max_mb", source
+            )
+            * 1024
+            * 1024
+        ),
     )
 
 

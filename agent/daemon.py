@@ -18,7 +18,6 @@ import platform
 import signal
 import socket
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import grpc
@@ -28,12 +27,12 @@ from fleetpulse.agent.backoff import Backoff
 from fleetpulse.agent.collectors import Sample, collect
 from fleetpulse.agent.config import AgentConfig
 from fleetpulse.agent.report import SentReport
+from fleetpulse.agent.spool import Spool
 from fleetpulse.proto import agent_pb2, common_pb2, metric_pb2
 
 log = logging.getLogger(__name__)
 
 CONNECT_METHOD = "/proto.AgentService/Connect"
-MAX_UNACKED_BATCHES = 10_000
 SHUTDOWN_FLUSH_S = 3.0
 # A session that stayed up this long resets the backoff.
 STABLE_SESSION_S = 10.0
@@ -93,13 +92,21 @@ class AgentDaemon:
         self.config = config
         self.epoch = int(time.time() * 1000)
         self._next_seq = 1
-        # seq -> (serialized AgentMessage, points); insertion order is sequence order.
-        self._unacked: OrderedDict[int, tuple[bytes, int]] = OrderedDict()
         self._new_batch = asyncio.Event()
         self._stopping = asyncio.Event()
-        self.report = SentReport(config.agent_id)
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         self.report_path: Path = config.state_dir / "sent.json"
+        self.report = SentReport.load(self.report_path, config.agent_id)
+        # Every batch not yet committed in PostgreSQL, on disk (survives restarts and kill -9).
+        self.spool = Spool(
+            config.state_dir / "spool",
+            config.spool_max_bytes,
+            on_drop=lambda record: self.report.dropped(record.epoch, record.points),
+        )
+        # Batches the platform accepted (queued) on the current stream: not sent again on it.
+        self._accepted: set[tuple[int, int]] = set()
+        # Accepted at least once (counted in the report once), until committed.
+        self._acked_once: set[tuple[int, int]] = set()
         self.collector_errors: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop
         self.credential_path: Path = config.state_dir / CREDENTIAL_FILE
@@ -118,13 +125,12 @@ class AgentDaemon:
         seq = self._next_seq
         self._next_seq += 1
         message = encode_batch(self.config.agent_id, self.epoch, seq, samples, time.time_ns())
-        if len(self._unacked) >= MAX_UNACKED_BATCHES:
-            dropped_seq, (_, dropped_points) = self._unacked.popitem(last=False)
-            self.report.dropped(self.epoch, dropped_points)
-            log.warning("buffer full: dropped batch %d (%d points)", dropped_seq, dropped_points)
-        self._unacked[seq] = (message, len(samples))
         self.report.sent(self.epoch, seq, len(samples))
+        self.spool.append(self.epoch, seq, len(samples), message)  # fsynced before it is sent
         self._new_batch.set()
+
+    def _unaccepted(self) -> int:
+        return sum(1 for b in self.spool.pending() if (b.epoch, b.sequence) not in self._accepted)
 
     async def _collect_forever(self) -> None:
         interval_s = self.config.collect_interval_s
@@ -195,15 +201,19 @@ class AgentDaemon:
             call.cancel()
 
     async def _send_loop(self, call: grpc.aio.StreamStreamCall, reader: asyncio.Task[None]) -> None:
-        sent_up_to = 0  # replay everything unacked first: the new stream has seen nothing
+        # A new stream has seen nothing: replay the whole spool in order (the ledger makes a
+        # batch the platform already has a no-op, and says so in a committed announcement).
+        self._accepted.clear()
+        sent: set[tuple[int, int]] = set()
         next_heartbeat = time.monotonic()
         while True:
             # Cleared before sending, so a batch collected while a write awaits still wakes us.
             self._new_batch.clear()
-            for seq, (message, _) in list(self._unacked.items()):
-                if seq > sent_up_to:
-                    await call.write(message)
-                    sent_up_to = seq
+            for batch in self.spool.pending():
+                key = (batch.epoch, batch.sequence)
+                if key not in sent:
+                    await call.write(batch.payload)
+                    sent.add(key)
             now = time.monotonic()
             if now >= next_heartbeat:
                 heartbeat = agent_pb2.Heartbeat(
@@ -214,9 +224,11 @@ class AgentDaemon:
                 next_heartbeat = now + self.config.heartbeat_interval_s
             if self._retry_at is not None and time.monotonic() >= self._retry_at:
                 self._retry_at = None
-                sent_up_to = 0  # resend what was refused, in order (a duplicate is a no-op)
+                sent &= self._accepted  # resend what was refused, in order
                 continue
-            if self._stopping.is_set() and not self._unacked:
+            if self._stopping.is_set() and not self._unaccepted():
+                # Everything is at least queued on the platform; what is not committed yet stays
+                # in the spool and is replayed (as a no-op) at the next start.
                 goodbye = agent_pb2.Disconnect(reason="agent shutting down")
                 await call.write(agent_pb2.AgentMessage(disconnect=goodbye).SerializeToString())
                 await call.done_writing()
@@ -249,22 +261,40 @@ class AgentDaemon:
                 if not ack.success:
                     self._refused(ack)
                     continue
-                if ack.epoch == self.epoch:
-                    entry = self._unacked.pop(ack.sequence, None)
-                    if entry is not None:
-                        self.report.acked(self.epoch, entry[1])
-                        self.report.write(self.report_path)
-                if not self._unacked:
+                key = (ack.epoch, ack.sequence)
+                self._accepted.add(key)
+                if key not in self._acked_once:
+                    self._acked_once.add(key)
+                    self.report.acked(ack.epoch, self._points_of(key))
+                    self.report.write(self.report_path)
+                if not self._unaccepted():
                     self._new_batch.set()  # wake the sender: it may be waiting to finish
             elif case == "heartbeat_ack":
                 continue
             elif case == "credential":
                 write_private(self.credential_path, response.credential.token)
                 log.info("enrolled: credential stored in %s", self.credential_path)
-            elif case == "committed" and response.committed.epoch == self.epoch:
-                self.committed_batches += sum(
-                    r.last - r.first + 1 for r in response.committed.ranges
-                )
+            elif case == "committed":
+                self._committed(response.committed)
+
+    def _points_of(self, key: tuple[int, int]) -> int:
+        for batch in self.spool.pending():
+            if (batch.epoch, batch.sequence) == key:
+                return batch.points
+        return 0
+
+    def _committed(self, committed: agent_pb2.Committed) -> None:
+        """Final in PostgreSQL: free the spool."""
+        points = {(b.epoch, b.sequence): b.points for b in self.spool.pending()}
+        for span in committed.ranges:
+            for sequence in range(span.first, span.last + 1):
+                key = (committed.epoch, sequence)
+                if self.spool.free(*key):
+                    self.committed_batches += 1
+                    self.report.committed(committed.epoch, points.get(key, 0))
+                self._accepted.discard(key)
+                self._acked_once.discard(key)
+        self.report.write(self.report_path)
 
     def _refused(self, ack: agent_pb2.MetricAck) -> None:
         if ack.retry_after_ms:
@@ -274,14 +304,13 @@ class AgentDaemon:
             self._retry_at = max(self._retry_at or 0.0, retry_at)
             return
         log.warning("batch %d refused for good: %s", ack.sequence, ack.error)
-        if ack.epoch == self.epoch:
-            entry = self._unacked.pop(ack.sequence, None)
-            if entry is not None:
-                self.report.dropped(self.epoch, entry[1])
+        points = self._points_of((ack.epoch, ack.sequence))
+        if self.spool.free(ack.epoch, ack.sequence):
+            self.report.dropped(ack.epoch, points)
 
     async def _connect_forever(self) -> None:
         backoff = Backoff()
-        while not self._stopping.is_set() or self._unacked:
+        while not self._stopping.is_set() or self._unaccepted():
             started = time.monotonic()
             async with self._channel() as channel:
                 try:
@@ -328,14 +357,17 @@ class AgentDaemon:
         collector = asyncio.create_task(self._collect_forever())
         connection = asyncio.create_task(self._connect_forever())
         await self._stopping.wait()
-        log.info("stopping: flushing %d unacknowledged batches", len(self._unacked))
+        log.info("stopping: flushing %d batches not yet accepted", self._unaccepted())
         await collector
         self._new_batch.set()
         try:
             await asyncio.wait_for(connection, timeout=SHUTDOWN_FLUSH_S)
         except TimeoutError:
-            log.warning("%d batches still unacknowledged at exit", len(self._unacked))
+            log.warning(
+                "%d batches not accepted by the deadline; kept in the spool", self._unaccepted()
+            )
         self.report.write(self.report_path)
+        self.spool.close()
 
 
 def main(config: AgentConfig) -> None:

@@ -23,6 +23,9 @@ class EpochAccount:
     points_acked: int = 0
     batches_dropped: int = 0
     points_dropped: int = 0
+    # Reported final in PostgreSQL by the platform (ServerMessage.committed).
+    batches_committed: int = 0
+    points_committed: int = 0
 
 
 @dataclass
@@ -37,14 +40,33 @@ class SentReport:
         account.points_sent += points
 
     def acked(self, epoch: int, points: int) -> None:
-        account = self.epochs[epoch]
+        account = self.epochs.setdefault(epoch, EpochAccount())
         account.batches_acked += 1
         account.points_acked += points
 
+    def committed(self, epoch: int, points: int) -> None:
+        account = self.epochs.setdefault(epoch, EpochAccount())
+        account.batches_committed += 1
+        account.points_committed += points
+
     def dropped(self, epoch: int, points: int) -> None:
-        account = self.epochs[epoch]
+        account = self.epochs.setdefault(epoch, EpochAccount())
         account.batches_dropped += 1
         account.points_dropped += points
+
+    @classmethod
+    def load(cls, path: Path, agent_id: str) -> SentReport:
+        """The account so far (earlier runs included: their spooled batches are still sent)."""
+        try:
+            data = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            return cls(agent_id)
+        if data.get("agent_id") != agent_id:
+            return cls(agent_id)
+        return cls(
+            agent_id,
+            {int(epoch): EpochAccount(**fields) for epoch, fields in data["epochs"].items()},
+        )
 
     def write(self, path: Path) -> None:
         payload = {

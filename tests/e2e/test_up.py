@@ -141,6 +141,8 @@ def test_up_runs_agents_and_stores_every_point_exactly_once(
         (account,) = report["epochs"].values()
         assert account["batches_sent"] == account["batches_acked"] > 0  # flushed before exit
         assert account["batches_dropped"] == 0
+        # two-level acks end to end: the workers' commits reached the agent and freed its spool
+        assert 0 < account["batches_committed"] <= account["batches_acked"]
         sent[agent["agent_id"]] = account
 
     # Start again on the same data (nothing running but the API matters here) and compare.

@@ -142,3 +142,50 @@ def test_agent_keeps_batches_refused_under_backpressure_and_sends_them_later(
     final = account(daemon)
     assert final.batches_acked == final.batches_sent
     assert seen == set(range(1, final.last_seq + 1))  # every batch queued in the end
+
+
+def test_spooled_batches_survive_an_agent_restart_and_are_sent_then(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = AgentConfig(
+        server_address=f"127.0.0.1:{port}",  # nothing listens yet: the platform is down
+        agent_id="spooler",
+        enrollment_token=TOKEN,
+        collect_interval_s=0.1,
+        heartbeat_interval_s=0.5,
+        state_dir=tmp_path / "state",
+        collectors=frozenset({"load"}),
+    )
+    first = AgentDaemon(config)
+    thread = threading.Thread(target=lambda: asyncio.run(first.run(handle_signals=False)))
+    thread.start()
+    wait_for(lambda: len(first.spool) >= 5, 10, "batches spooled while the platform is down")
+    first.stop_threadsafe()
+    thread.join(15)
+    spooled = {(b.epoch, b.sequence) for b in first.spool.pending()}
+    assert len(spooled) >= 5
+
+    second = AgentDaemon(config)  # a restart: a new epoch, the old batches still on disk
+    assert second.epoch != first.epoch
+    assert spooled <= {(b.epoch, b.sequence) for b in second.spool.pending()}
+    client = redis.Redis.from_url(redis_url)
+    with fleetpulse_process(
+        ["ingest"], ingest_env(database_url, redis_url, port, shards=1), tmp_path / "ingest.log"
+    ) as proc:
+        wait_for_port(port, proc)
+        thread = threading.Thread(target=lambda: asyncio.run(second.run(handle_signals=False)))
+        thread.start()
+
+        def queued_identities() -> set[tuple[int, int]]:
+            return {
+                (int(f[keys.FIELD_EPOCH]), int(f[keys.FIELD_SEQUENCE]))
+                for _, f in client.xrange(keys.stream_key(0))
+            }
+
+        wait_for(lambda: spooled <= queued_identities(), 20, "the old epoch's batches queued")
+        second.stop_threadsafe()
+        thread.join(15)
+    client.close()
+    report = second.report.epochs
+    assert first.epoch in report and report[first.epoch].batches_acked >= len(spooled)
