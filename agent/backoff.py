@@ -18,10 +18,12 @@ class Backoff:
         self.attempt = 0
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
 
-    def next_delay_s(self) -> float:
+    def next_delay_s(self, floor_s: float = 0.0) -> float:
+        """The next delay; ``floor_s`` is a delay the server asked for (retry-after-ms), which
+        the jitter is added to, so a fleet told "5 s" still does not come back all at once."""
         ceiling = min(self.cap_s, self.base_s * (2**self.attempt))
         self.attempt += 1
-        return self._rng.uniform(0.0, ceiling)
+        return floor_s + self._rng.uniform(0.0, ceiling)
 
     def reset(self) -> None:
         self.attempt = 0

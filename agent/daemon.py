@@ -18,6 +18,7 @@ import platform
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -51,6 +52,17 @@ def machine_id() -> str:
         if raw:
             return hashlib.sha256(raw.encode()).hexdigest()[:32]
     return ""
+
+
+def _retry_after_s(exc: grpc.aio.AioRpcError) -> float:
+    """A delay the server asked for when it ended the stream (trailing metadata retry-after-ms)."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "retry-after-ms":
+            try:
+                return max(0.0, int(value) / 1000)
+            except (TypeError, ValueError):
+                return 0.0
+    return 0.0
 
 
 def write_private(path: Path, text: str) -> None:
@@ -115,6 +127,7 @@ class AgentDaemon:
         self._retry_at: float | None = None
         # Batches the platform reported committed in PostgreSQL (ServerMessage.committed).
         self.committed_batches = 0
+        self.backoff_factory: Callable[[], Backoff] = Backoff
 
     # -- collection -------------------------------------------------------------------------
     def collect_batch(self) -> None:
@@ -309,9 +322,10 @@ class AgentDaemon:
             self.report.dropped(ack.epoch, points)
 
     async def _connect_forever(self) -> None:
-        backoff = Backoff()
+        backoff = self.backoff_factory()
         while not self._stopping.is_set() or self._unaccepted():
             started = time.monotonic()
+            floor_s = 0.0
             async with self._channel() as channel:
                 try:
                     await self._session(channel)
@@ -324,6 +338,7 @@ class AgentDaemon:
                         exc.code().name,
                         exc.details(),
                     )
+                    floor_s = _retry_after_s(exc)
                     if (
                         exc.code() == grpc.StatusCode.UNAUTHENTICATED
                         and self.credential_path.exists()
@@ -338,7 +353,7 @@ class AgentDaemon:
                 return  # shutting down: do not wait through a backoff
             if time.monotonic() - started > STABLE_SESSION_S:
                 backoff.reset()
-            delay_s = backoff.next_delay_s()
+            delay_s = backoff.next_delay_s(floor_s)
             log.info("reconnecting in %.1f s", delay_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=delay_s)

@@ -60,6 +60,7 @@ CONTROL_CHANNEL = f"{keys.PREFIX}:control"
 BACKPRESSURE_CHECK_S = 0.5
 # AgentRegister.protocol from which an agent understands ServerMessage.credential and .committed.
 PROTOCOL_CREDENTIALS = 1
+CONFLICT_RETRY_AFTER_MS = 60_000
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,12 @@ _HEARTBEAT_ACK = agent_pb2.ServerMessage(
 class StreamEnd(Exception):
     """Ends one stream with a gRPC status (raised inside the session's reader)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(self, code: grpc.StatusCode, details: str, retry_after_ms: int = 0) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
+        # Sent as trailing metadata `retry-after-ms`: the agent waits at least this long.
+        self.retry_after_ms = retry_after_ms
 
 
 def _bearer_token(context: grpc.aio.ServicerContext) -> str | None:
@@ -207,6 +210,10 @@ class AgentService:
                     break
                 if isinstance(item, StreamEnd):
                     selfmetrics.REJECTS.labels(item.code.name.lower()).inc()
+                    if item.retry_after_ms:
+                        context.set_trailing_metadata(
+                            (("retry-after-ms", str(item.retry_after_ms)),)
+                        )
                     await context.abort(item.code, item.details)
                 else:
                     yield item
@@ -282,7 +289,9 @@ class AgentService:
             raise
         except Exception:
             log.exception("stream of %s failed", session.agent_id)
-            session.end(grpc.StatusCode.INTERNAL, "internal error; reconnect")
+            session.outbox.put_nowait(
+                StreamEnd(grpc.StatusCode.INTERNAL, "internal error; reconnect", 1000)
+            )
             return
         session.outbox.put_nowait(None)  # the agent closed its side: end the stream with OK
 
@@ -370,7 +379,8 @@ class AgentService:
         )
         log.warning("identity conflict: %s", detail)
         asyncio.get_running_loop().create_task(self._registry.conflict(agent_id, detail))
-        raise StreamEnd(grpc.StatusCode.ALREADY_EXISTS, detail)
+        # The clone is told to stay away a while: it keeps being refused, but not in a tight loop.
+        raise StreamEnd(grpc.StatusCode.ALREADY_EXISTS, detail, CONFLICT_RETRY_AFTER_MS)
 
     def _heartbeat(self, session: Session, payload: bytes, registered: bool) -> None:
         if not registered or session.agent_id is None:

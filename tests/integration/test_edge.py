@@ -212,6 +212,7 @@ def test_a_cloned_machine_is_refused_and_reported_not_flapped(edge: Edge) -> Non
         error = clone.wait_closed()
         assert error.code() == grpc.StatusCode.ALREADY_EXISTS
         assert "another machine" in error.details()
+        assert ("retry-after-ms", "60000") in tuple(error.trailing_metadata())
     original.send(heartbeat("cl-1"))
     assert original.wait_for("heartbeat_ack")
     assert not original.done.is_set()
