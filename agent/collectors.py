@@ -217,3 +217,22 @@ def collect(enabled: frozenset[str] | None = None) -> tuple[list[Sample], dict[s
             logger.info("collector %s works again", name)
         samples.extend(collected)
     return samples, errors
+
+
+def format_table(samples: list[Sample], errors: dict[str, str]) -> str:
+    """One collection as a fixed-width table (``fleetpulse agent --once``), failures last."""
+    rows = [
+        (name, ",".join(f"{k}={v}" for k, v in sorted(labels.items())), f"{value:.6g}")
+        for name, value, labels in sorted(samples, key=lambda s: (s[0], sorted(s[2].items())))
+    ]
+    widths = [
+        max([len(h), *(len(r[i]) for r in rows)])
+        for i, h in enumerate(("metric", "labels", "value"))
+    ]
+    lines = [
+        "  ".join(h.ljust(w) for h, w in zip(("metric", "labels", "value"), widths, strict=True)),
+        *("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows),
+        f"{len(rows)} series",
+    ]
+    lines += [f"collector {name} FAILED: {error}" for name, error in sorted(errors.items())]
+    return "\n".join(lines)

@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,17 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     from fleetpulse.agent import daemon
     from fleetpulse.agent.config import load_config
 
+    if args.once:
+        from fleetpulse.agent.collectors import collect, format_table
+
+        enabled = load_config(args.config).collectors if args.config else None
+        collect(enabled)  # rates (CPU percent) are measured between two calls
+        time.sleep(0.5)
+        samples, errors = collect(enabled)
+        print(format_table(samples, errors))
+        return 1 if errors else 0
+    if args.config is None:
+        raise ConfigError("--config is required (only --once runs without one)")
     daemon.main(load_config(args.config))
     return 0
 
@@ -368,7 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_bench.set_defaults(handler=_cmd_bench_ingest)
 
     agent = sub.add_parser("agent", help="run the host agent")
-    agent.add_argument("--config", required=True, type=Path, help="agent YAML config file")
+    agent.add_argument("--config", type=Path, help="agent YAML config file")
+    agent.add_argument(
+        "--once",
+        action="store_true",
+        help="collect once, print the samples as a table and exit (check a host by hand)",
+    )
     agent.set_defaults(handler=_cmd_agent)
     return parser
 

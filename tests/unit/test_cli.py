@@ -78,3 +78,21 @@ def test_ray_engine_without_ray_names_the_extra() -> None:
     assert result.stderr.strip().splitlines() == [
         "fleetpulse worker: the ray engine needs the 'ray' extra: pip install 'fleetpulse[ray]'"
     ]
+
+
+def test_agent_once_prints_one_collection_as_a_table() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "fleetpulse", "agent", "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["metric", "labels", "value"]
+    assert any(line.startswith("load1 ") for line in lines)
+    count = int(lines[-1].split()[0])
+    assert count == len(lines) - 2 and count > 20
