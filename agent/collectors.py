@@ -25,7 +25,9 @@ Every sample gets a label dict of its own, so a consumer may change one without 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeAlias
 
 import psutil
@@ -183,6 +185,64 @@ def collect_network() -> list[Sample]:
     return samples
 
 
+def collect_system() -> list[Sample]:
+    """Processes, open file descriptors (whole host, Linux) and seconds since boot."""
+    samples: list[Sample] = [
+        ("processes", float(len(psutil.pids())), {}),
+        ("uptime_seconds", max(0.0, time.time() - psutil.boot_time()), {}),
+    ]
+    try:
+        # "allocated  free  max" for the whole kernel: cheap, unlike walking every /proc/<pid>/fd
+        allocated, _, maximum = Path("/proc/sys/fs/file-nr").read_text().split()[:3]
+        samples.append(("open_fds", float(allocated), {"state": "allocated"}))
+        samples.append(("open_fds", float(maximum), {"state": "max"}))
+    except (OSError, ValueError):
+        pass  # not Linux: processes and uptime still count
+    return samples
+
+
+# /proc/net/tcp "st" column (include/net/tcp_states.h)
+_TCP_STATES = {
+    "01": "established",
+    "02": "syn_sent",
+    "03": "syn_recv",
+    "04": "fin_wait1",
+    "05": "fin_wait2",
+    "06": "time_wait",
+    "07": "close",
+    "08": "close_wait",
+    "09": "last_ack",
+    "0A": "listen",
+    "0B": "closing",
+}
+
+
+def collect_tcp() -> list[Sample]:
+    """TCP connections by state (IPv4 and IPv6), read from /proc/net/tcp{,6} on Linux.
+
+    psutil.net_connections() would map every socket to its process by walking every
+    /proc/<pid>/fd, which costs milliseconds and needs root; the kernel's tables are enough.
+    """
+    counts = dict.fromkeys(_TCP_STATES.values(), 0)
+    found = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        found = True
+        for line in lines:
+            fields = line.split(None, 4)
+            state = _TCP_STATES.get(fields[3]) if len(fields) > 3 else None
+            if state is not None:
+                counts[state] += 1
+    if not found:
+        for conn in psutil.net_connections(kind="tcp"):
+            state = str(conn.status).lower()
+            counts[state] = counts.get(state, 0) + 1
+    return [("tcp_connections", float(n), {"state": state}) for state, n in counts.items()]
+
+
 COLLECTORS: dict[str, Callable[[], list[Sample]]] = {
     "cpu": collect_cpu,
     "load": collect_load,
@@ -190,6 +250,8 @@ COLLECTORS: dict[str, Callable[[], list[Sample]]] = {
     "disk": collect_disk,
     "diskio": collect_diskio,
     "network": collect_network,
+    "system": collect_system,
+    "tcp": collect_tcp,
 }
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import psutil
 
 from fleetpulse import __version__
 from fleetpulse.agent.backoff import Backoff
@@ -128,6 +129,7 @@ class AgentDaemon:
         # Batches the platform reported committed in PostgreSQL (ServerMessage.committed).
         self.committed_batches = 0
         self.backoff_factory: Callable[[], Backoff] = Backoff
+        self._process = psutil.Process()
 
     # -- collection -------------------------------------------------------------------------
     def collect_batch(self) -> None:
@@ -135,12 +137,29 @@ class AgentDaemon:
         samples, self.collector_errors = collect(self.config.collectors)  # collect() logs failures
         if not samples:
             return
+        samples.extend(self._health())
         seq = self._next_seq
         self._next_seq += 1
         message = encode_batch(self.config.agent_id, self.epoch, seq, samples, time.time_ns())
         self.report.sent(self.epoch, seq, len(samples))
         self.spool.append(self.epoch, seq, len(samples), message)  # fsynced before it is sent
         self._new_batch.set()
+
+    def _health(self) -> list[Sample]:
+        """The agent's own health, sent with every batch: what it costs the host, what waits."""
+        with self._process.oneshot():
+            cpu = self._process.cpu_times()
+            rss = self._process.memory_info().rss
+        return [
+            ("agent_rss_bytes", float(rss), {}),
+            ("agent_cpu_seconds_total", float(cpu.user + cpu.system), {}),
+            ("agent_spool_bytes", float(self.spool.size_bytes), {}),
+            ("agent_spool_batches", float(len(self.spool)), {}),
+            ("agent_dropped_batches_total", float(self.spool.dropped_batches), {}),
+            ("agent_collector_errors", float(len(self.collector_errors)), {}),
+            # the send lag, in batches: spooled and not yet accepted by the platform
+            ("agent_unaccepted_batches", float(self._unaccepted()), {}),
+        ]
 
     def _unaccepted(self) -> int:
         return sum(1 for b in self.spool.pending() if (b.epoch, b.sequence) not in self._accepted)

@@ -191,3 +191,34 @@ def test_recovered_collector_is_logged_and_warns_again_on_new_failure(
 
     levels = [record.levelno for record in caplog.records]
     assert levels == [logging.WARNING, logging.INFO, logging.WARNING]
+
+
+def test_tcp_connections_are_counted_by_state() -> None:
+    import socket
+
+    from fleetpulse.agent.collectors import collect_tcp
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    before = {labels["state"]: value for _, value, labels in collect_tcp()}
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    try:
+        after = {labels["state"]: value for _, value, labels in collect_tcp()}
+    finally:
+        client.close()
+        accepted.close()
+        server.close()
+    assert set(after) >= {"established", "listen", "time_wait"}
+    assert after["listen"] >= 1
+    assert after["established"] >= before["established"] + 2  # both ends are on this host
+
+
+def test_system_collector_reports_processes_uptime_and_fds() -> None:
+    from fleetpulse.agent.collectors import collect_system
+
+    values = {(name, labels.get("state")): value for name, value, labels in collect_system()}
+    assert values[("processes", None)] >= 1
+    assert values[("uptime_seconds", None)] > 0
+    assert 0 < values[("open_fds", "allocated")] <= values[("open_fds", "max")]
