@@ -401,3 +401,32 @@ def test_several_front_end_processes_share_one_port(
         assert sum(connected) == 20 and all(connected)  # the kernel spread the connections
         for stream in streams:
             stream.close()
+
+
+def test_an_agent_that_stops_heartbeating_is_offline_within_the_bound(edge: Edge) -> None:
+    """A hung agent keeps its stream open but sends nothing: the API shows it offline once
+    offline_after_heartbeats x heartbeat_interval_s passed since its last heartbeat."""
+    from fastapi.testclient import TestClient
+
+    from fleetpulse.api.app import create_app
+    from fleetpulse.settings import Settings
+
+    settings = Settings(
+        database_url=edge.database_url, heartbeat_interval_s=0.5, offline_after_heartbeats=3
+    )
+    stream = Stream(edge.address, TOKEN)
+    stream.send(register("hung-1"), heartbeat("hung-1"))
+    stream.wait_for("heartbeat_ack")
+    last_heartbeat = time.monotonic()
+    with TestClient(create_app(settings)) as api:
+        time.sleep(0.4)  # the front-end flushes heartbeats every 0.2 s here
+        assert api.get("/agents/hung-1").json()["status"] == "online"
+        deadline = last_heartbeat + 10
+        while time.monotonic() < deadline:
+            if api.get("/agents/hung-1").json()["status"] == "offline":
+                break
+            time.sleep(0.1)
+        went_offline_after = time.monotonic() - last_heartbeat
+    assert not stream.done.is_set()  # its stream is still open: only the bound made it offline
+    assert 1.2 <= went_offline_after <= 1.5 + 1.0, went_offline_after  # the bound is 1.5 s
+    stream.close()
