@@ -125,6 +125,11 @@ def _refusal(epoch: int, sequence: int, error: str, retry_after_ms: int) -> byte
     ).SerializeToString()
 
 
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("could not mark an agent offline: %s", task.exception())
+
+
 class TokenBucket:
     """Per-agent fairness: batch bytes per second with a burst; refused bytes cost nothing."""
 
@@ -189,6 +194,7 @@ class AgentService:
         # Why metric batches are refused right now (workers behind), or None.
         self.backpressure: str | None = None
         self._shards = batches.shards
+        self._control_out: asyncio.Queue[bytes] = asyncio.Queue(10_000)
 
     # -- the stream ------------------------------------------------------------------------------
 
@@ -329,19 +335,18 @@ class AgentService:
             session.machine_id = register.machine_id
             session.protocol = register.protocol
             self._claim(session)
-            await self._redis.publish(
-                CONTROL_CHANNEL,
-                orjson.dumps(
-                    {
-                        "kind": "claim",
-                        "agent": agent_id,
-                        "machine": session.machine_id,
-                        "front_end": self.front_end_id,
-                        "session": session.id,
-                    }
-                ),
+            self._announce(
+                {
+                    "kind": "claim",
+                    "agent": agent_id,
+                    "machine": session.machine_id,
+                    "front_end": self.front_end_id,
+                    "session": session.id,
+                }
             )
-        await self._registry.register(register, register.ip or session.peer_ip)
+        await self._registry.register(
+            register, register.ip or session.peer_ip, self._session_key(session)
+        )
         session.send(_REGISTERED)
         if issued is not None:
             session.send(
@@ -483,12 +488,34 @@ class AgentService:
                 f"payload agent_id {claimed!r} differs from the stream's identity {agent_id!r}",
             )
 
+    def _session_key(self, session: Session) -> str:
+        return f"{self.front_end_id}/{session.id}"
+
+    def _announce(self, event: dict[str, Any]) -> None:
+        """Queue a control message; one task publishes them in order on one connection, so a
+        burst of registrations never needs a Redis connection each. Best effort: a claim that is
+        lost only delays the detection of a duplicate on another front-end."""
+        try:
+            self._control_out.put_nowait(orjson.dumps(event))
+        except asyncio.QueueFull:
+            log.warning("control queue full; dropped %s", event.get("kind"))
+
+    async def publish_control(self) -> None:
+        while True:
+            message = await self._control_out.get()
+            try:
+                await self._redis.publish(CONTROL_CHANNEL, message)
+            except redis.RedisError as exc:
+                log.warning("control message not published: %s", exc)
+
     async def _say_goodbye(self, session: Session, reason: str) -> None:
         assert session.agent_id is not None
         if self.sessions.get(session.agent_id) is session:
             del self.sessions[session.agent_id]
             selfmetrics.CONNECTED.set(len(self.sessions))
-            await self._registry.disconnected(session.agent_id, reason or "shutdown")
+            await self._registry.disconnected(
+                session.agent_id, reason or "shutdown", self._session_key(session)
+            )
 
     async def _forget(self, session: Session) -> None:
         agent_id = session.agent_id
@@ -496,8 +523,16 @@ class AgentService:
             return
         del self.sessions[agent_id]
         selfmetrics.CONNECTED.set(len(self.sessions))
+        # Shielded: the stream's task may be cancelled again while this runs (a mass
+        # disconnect); the agent must still be marked offline.
+        update = asyncio.ensure_future(
+            self._registry.disconnected(agent_id, None, self._session_key(session))
+        )
         try:
-            await self._registry.disconnected(agent_id)
+            await asyncio.shield(update)
+        except asyncio.CancelledError:
+            update.add_done_callback(_log_failure)
+            raise
         except Exception:
             log.exception("could not mark %s offline", agent_id)
 
@@ -586,17 +621,14 @@ class AgentService:
                     "replaced by a newer connection of this agent (on another front-end)",
                 )
             else:
-                await self._redis.publish(
-                    CONTROL_CHANNEL,
-                    orjson.dumps(
-                        {
-                            "kind": "conflict",
-                            "agent": agent_id,
-                            "front_end": event.get("front_end"),
-                            "session": event.get("session"),
-                            "holder_machine": session.machine_id,
-                        }
-                    ),
+                self._announce(
+                    {
+                        "kind": "conflict",
+                        "agent": agent_id,
+                        "front_end": event.get("front_end"),
+                        "session": event.get("session"),
+                        "holder_machine": session.machine_id,
+                    }
                 )
         elif (
             kind == "conflict"
@@ -670,6 +702,7 @@ async def run(settings: Settings, ready: asyncio.Event | None = None, index: int
         asyncio.create_task(service.watch_backpressure(), name="backpressure"),
         asyncio.create_task(service.relay_committed(), name="committed-relay"),
         asyncio.create_task(service.follow_control(), name="control"),
+        asyncio.create_task(service.publish_control(), name="control-publish"),
     ]
     log.info(
         "ingest front-end listening on %s:%d (%d stream shards; metrics on port %s)",

@@ -19,17 +19,17 @@ log = logging.getLogger(__name__)
 
 _UPSERT_AGENT = """
 INSERT INTO agents
-    (agent_id, hostname, ip, os, arch, version, machine_id, status, last_heartbeat)
-VALUES (%s, %s, %s, %s, %s, %s, %s, 'online', now())
+    (agent_id, hostname, ip, os, arch, version, machine_id, status, last_heartbeat, session)
+VALUES (%s, %s, %s, %s, %s, %s, %s, 'online', now(), %s)
 ON CONFLICT (agent_id) DO UPDATE SET
     hostname = EXCLUDED.hostname, ip = EXCLUDED.ip, os = EXCLUDED.os, arch = EXCLUDED.arch,
     version = EXCLUDED.version, machine_id = EXCLUDED.machine_id, status = 'online',
-    last_heartbeat = now(), updated_at = now(), disconnect_reason = NULL
+    last_heartbeat = now(), updated_at = now(), disconnect_reason = NULL,
+    session = EXCLUDED.session
 """
 
 _FLUSH_HEARTBEATS = """
-UPDATE agents SET last_heartbeat = GREATEST(agents.last_heartbeat, v.ts), status = 'online',
-    updated_at = now()
+UPDATE agents SET last_heartbeat = GREATEST(agents.last_heartbeat, v.ts), updated_at = now()
 FROM unnest(%s::text[], %s::timestamptz[]) AS v(agent_id, ts)
 WHERE agents.agent_id = v.agent_id
 """
@@ -37,7 +37,7 @@ WHERE agents.agent_id = v.agent_id
 _MARK_OFFLINE = """
 UPDATE agents SET status = 'offline', updated_at = now(),
     disconnect_reason = coalesce(%s, disconnect_reason)
-WHERE agent_id = %s
+WHERE agent_id = %s AND session IS NOT DISTINCT FROM %s
 """
 
 _CONFLICT = """
@@ -54,7 +54,9 @@ class AgentRegistry:
         self._flush_interval_s = flush_interval_s
         self._pending: dict[str, datetime] = {}
 
-    async def register(self, message: agent_pb2.AgentRegister, ip: str) -> None:
+    async def register(
+        self, message: agent_pb2.AgentRegister, ip: str, session: str | None = None
+    ) -> None:
         async with self._pool.connection() as conn:
             await conn.execute(
                 _UPSERT_AGENT,
@@ -66,6 +68,7 @@ class AgentRegistry:
                     message.arch,
                     message.version,
                     message.machine_id,
+                    session,
                 ),
             )
 
@@ -73,12 +76,14 @@ class AgentRegistry:
         """Record liveness in memory; flush_forever writes it out."""
         self._pending[agent_id] = datetime.now(UTC)
 
-    async def disconnected(self, agent_id: str, reason: str | None = None) -> None:
-        """Mark an agent offline at once when its stream closes (after flushing its heartbeat);
-        ``reason`` is what the agent said when it disconnected on purpose."""
+    async def disconnected(
+        self, agent_id: str, reason: str | None = None, session: str | None = None
+    ) -> None:
+        """Mark an agent offline at once when its stream (``session``) closes, unless a newer
+        session registered meanwhile; ``reason`` is what the agent said if it left on purpose."""
         await self.flush()
         async with self._pool.connection() as conn:
-            await conn.execute(_MARK_OFFLINE, (reason, agent_id))
+            await conn.execute(_MARK_OFFLINE, (reason, agent_id, session))
 
     async def conflict(self, agent_id: str, detail: str) -> None:
         """Record that a second machine claimed this agent (shown by the API)."""

@@ -430,3 +430,31 @@ def test_an_agent_that_stops_heartbeating_is_offline_within_the_bound(edge: Edge
     assert not stream.done.is_set()  # its stream is still open: only the bound made it offline
     assert 1.2 <= went_offline_after <= 1.5 + 1.0, went_offline_after  # the bound is 1.5 s
     stream.close()
+
+
+def test_a_closed_old_stream_never_marks_a_reconnected_agent_offline(database_url: str) -> None:
+    """Stream 1 closes after the agent already registered on stream 2 (elsewhere): stays online."""
+    import asyncio
+
+    from psycopg_pool import AsyncConnectionPool
+
+    from fleetpulse.ingest.registry import AgentRegistry
+
+    async def scenario() -> list[str]:
+        async with AsyncConnectionPool(database_url, min_size=1, max_size=2) as pool:
+            registry = AgentRegistry(pool, flush_interval_s=60)
+            message = register("moved").register
+            await registry.register(message, "10.0.0.1", "front-end-a/1")
+            await registry.register(message, "10.0.0.2", "front-end-b/7")
+            registry.heartbeat("moved")  # a heartbeat flush never flips status back to online
+            await registry.disconnected("moved", None, "front-end-a/1")
+            states = [agent_status()]
+            await registry.disconnected("moved", None, "front-end-b/7")
+            states.append(agent_status())
+            return states
+
+    def agent_status() -> str:
+        with psycopg.connect(database_url) as conn:
+            return conn.execute("SELECT status FROM agents WHERE agent_id = 'moved'").fetchone()[0]
+
+    assert asyncio.run(scenario()) == ["online", "offline"]

@@ -1,0 +1,663 @@
+"""``fleetpulse bench connections``: how many idle, heartbeating agents one front-end holds.
+
+One ``fleetpulse ingest`` process (``frontendproc.py``: its own PostgreSQL, Redis and schema, no
+workers), then N simulated agents that only register and heartbeat, as a fleet does between
+batches. Each agent has its own grpc.aio channel, hence its own TCP connection
+(``grpc.use_local_subchannel_pool``: channels do not share a subchannel), opens the Connect stream
+with the enrollment token, registers, then heartbeats every ``--heartbeat-interval`` seconds from a
+random phase, reading every ServerMessage. The agents are spread over client processes (at most
+``CHANNELS_PER_PROCESS`` each) and connect over ``--ramp`` seconds.
+
+Once every agent is registered (or the connect timeout passed), and one more heartbeat interval
+has settled, the window of ``--duration`` seconds measures the front-end: RSS idle (before any
+agent) and at steady state, CPU, heartbeats acknowledged, plus established TCP connections on its
+port and agents online in PostgreSQL at the end of the window. The last stdout line is one JSON
+object; the exit status is 1 when not every agent was connected at the end of the window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import math
+import multiprocessing
+import random
+import secrets
+import signal
+import sys
+import time
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+
+from fleetpulse.bench import report
+from fleetpulse.bench.frontendproc import (
+    FrontendProcess,
+    machine_busy_s,
+    percentile,
+    progress,
+    raise_open_files_limit_to,
+    tcp_established,
+)
+from fleetpulse.errors import ConfigError
+from fleetpulse.proto import agent_pb2, common_pb2
+
+CONNECT_METHOD = "/proto.AgentService/Connect"
+# A Python process with grpc.aio holds a few thousand channels comfortably (docs/performance.md).
+CHANNELS_PER_PROCESS = 5000
+# Live counters, one row of NFIELDS per client process (CONNECTED is a gauge, the rest counts).
+CONNECTED, REGISTERED, HEARTBEATS_SENT, HEARTBEATS_ACKED, FAILURES = range(5)
+NFIELDS = 5
+# Its own subchannel pool: the channel opens its own TCP connection, like a real host.
+CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
+RETRY_DELAY_MAX_S = 30.0
+# Samples of the front-end's /metrics (ingest/selfmetrics.py).
+_SERVER_CONNECTED = "fleetpulse_ingest_connected_agents"
+_SERVER_HEARTBEATS = "fleetpulse_ingest_heartbeats_total"
+_SERVER_REJECTS = "fleetpulse_ingest_rejects_total{"
+# After the agents disconnect: stop waiting for them to be marked offline after this long with no
+# progress, and report how many were left online.
+OFFLINE_STALL_S = 10.0
+MAX_ERROR_KINDS = 30
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--agents", type=int, default=20_000, help="simulated agents (default 20,000)"
+    )
+    parser.add_argument("--heartbeat-interval", type=float, default=10.0, help="seconds")
+    parser.add_argument(
+        "--duration", type=float, default=60.0, help="measured window, seconds (default 60)"
+    )
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=None,
+        help=f"processes holding the agents' channels (default: {CHANNELS_PER_PROCESS:,} agents each)",
+    )
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=None,
+        help="seconds over which agents connect (default: agents / 500)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=None,
+        help="seconds after the ramp to wait for every agent to register (default: max(30, ramp))",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=None,
+        help="seconds between all connected and the window (default: one heartbeat interval)",
+    )
+    parser.add_argument(
+        "--open-files-limit",
+        type=int,
+        default=None,
+        help="open-files limit for the front-end and clients (default: agents + 1,024, raised "
+        "if the bench may; 0 keeps the machine's limit)",
+    )
+    parser.add_argument("--database-url", help="PostgreSQL URL (env FLEETPULSE_DATABASE_URL)")
+    parser.add_argument("--redis-url", help="Redis URL (env FLEETPULSE_REDIS_URL)")
+    parser.add_argument("--results-dir", type=Path, default=Path("bench/results"))
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    target: str
+    token: str
+    run_id: str
+    heartbeat_interval_s: float
+    ramp_s: float
+
+
+@dataclass
+class ClientResult:
+    """What one client process observed, returned to the parent at the end."""
+
+    agents: int
+    errors: Counter[str] = field(default_factory=Counter)
+    # failed attempts by status code and details (what the server or gRPC said), a few kinds
+    error_details: Counter[str] = field(default_factory=Counter)
+    connect_s: array[float] = field(default_factory=lambda: array("d"))
+    # (wall time of the ack, seconds from heartbeat written to ack read), for the window's RTTs
+    ack_at: array[float] = field(default_factory=lambda: array("d"))
+    ack_rtt_s: array[float] = field(default_factory=lambda: array("d"))
+    # the client process's own pauses for garbage collection (they delay its reads, and so RTTs)
+    gc_pause_max_s: float = 0.0
+    gc_pause_total_s: float = 0.0
+
+    def note_error(self, code: str, details: str) -> None:
+        # Details name addresses and ports: keep the first MAX_ERROR_KINDS kinds, count the rest.
+        key = f"{code}: {details[:160]}"
+        if key in self.error_details or len(self.error_details) < MAX_ERROR_KINDS:
+            self.error_details[key] += 1
+        else:
+            self.error_details[f"{code}: (other details)"] += 1
+
+
+def agent_id_for(run_id: str, index: int) -> str:
+    return f"conn-{run_id}-{index:05d}"
+
+
+class _StreamEnded(Exception):
+    """The server ended the stream without an error status, or refused the register."""
+
+
+class IdleAgent:
+    """One simulated agent between batches: register, then heartbeats; reconnects on failure."""
+
+    def __init__(
+        self, config: ClientConfig, index: int, stats: Any, offset: int, result: ClientResult
+    ) -> None:
+        self.config = config
+        self.agent_id = agent_id_for(config.run_id, index)
+        self._stats = stats
+        self._offset = offset
+        self._result = result
+        self._heartbeat_sent_at = 0.0
+        self._register = agent_pb2.AgentMessage(
+            register=agent_pb2.AgentRegister(
+                agent_id=self.agent_id,
+                hostname=self.agent_id,
+                os="linux",
+                arch="x86_64",
+                version="bench",
+            )
+        ).SerializeToString()
+
+    def _count(self, name: int, amount: int = 1) -> None:
+        self._stats[self._offset + name] += amount
+
+    async def run(self, start_delay_s: float) -> None:
+        import grpc
+
+        await asyncio.sleep(start_delay_s)
+        first_attempt_at = time.monotonic()
+        connected_once = False
+        retry_delay_s = 0.5
+        while True:
+            try:
+                async with grpc.aio.insecure_channel(
+                    self.config.target, options=CHANNEL_OPTIONS
+                ) as channel:
+                    connect = channel.stream_stream(
+                        CONNECT_METHOD,
+                        request_serializer=None,
+                        response_deserializer=agent_pb2.ServerMessage.FromString,
+                    )
+                    call = connect(metadata=(("authorization", f"Bearer {self.config.token}"),))
+                    await call.write(self._register)
+                    await self._registered(call)
+                    if not connected_once:
+                        connected_once = True
+                        self._result.connect_s.append(time.monotonic() - first_attempt_at)
+                    self._count(REGISTERED)
+                    self._count(CONNECTED)
+                    retry_delay_s = 0.5
+                    try:
+                        await self._heartbeats(call)
+                    finally:
+                        self._count(CONNECTED, -1)
+            except grpc.aio.AioRpcError as exc:
+                self._result.errors[exc.code().name] += 1
+                self._result.note_error(exc.code().name, str(exc.details()))
+                server_delay_s = _retry_after_s(exc)
+            except _StreamEnded as exc:
+                self._result.errors[str(exc)] += 1
+                self._result.note_error(str(exc), "")
+                server_delay_s = 0.0
+            self._count(FAILURES)
+            # Like the project's agent: jittered exponential backoff, at least what the server asked.
+            await asyncio.sleep(max(server_delay_s, random.uniform(0.5, 1.0) * retry_delay_s))
+            retry_delay_s = min(RETRY_DELAY_MAX_S, retry_delay_s * 2)
+
+    async def _registered(self, call: Any) -> None:
+        import grpc
+
+        while True:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                raise _StreamEnded("stream ended before register_response")
+            if message.WhichOneof("message") == "register_response":
+                if not message.register_response.success:
+                    raise _StreamEnded("register refused")
+                return
+
+    async def _heartbeats(self, call: Any) -> None:
+        interval_s = self.config.heartbeat_interval_s
+        reader = asyncio.create_task(self._read(call))
+        next_at = time.monotonic() + random.uniform(0, interval_s)  # phases spread like a fleet
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    (reader,), timeout=max(0.0, next_at - time.monotonic())
+                )
+                if done:
+                    reader.result()  # raises the stream's error status, if any
+                    raise _StreamEnded("server closed the stream")
+                message = agent_pb2.AgentMessage(
+                    heartbeat=agent_pb2.Heartbeat(
+                        agent_id=self.agent_id,
+                        timestamp=common_pb2.Timestamp(seconds=int(time.time())),
+                    )
+                ).SerializeToString()
+                self._heartbeat_sent_at = time.monotonic()
+                await call.write(message)
+                self._count(HEARTBEATS_SENT)
+                next_at += interval_s
+        finally:
+            reader.cancel()
+
+    async def _read(self, call: Any) -> None:
+        import grpc
+
+        while True:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                return
+            if message.WhichOneof("message") == "heartbeat_ack":
+                self._count(HEARTBEATS_ACKED)
+                self._result.ack_at.append(time.time())
+                self._result.ack_rtt_s.append(time.monotonic() - self._heartbeat_sent_at)
+
+
+def _retry_after_s(exc: Any) -> float:
+    """The delay the front-end asked for in trailing metadata ``retry-after-ms``, if any."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "retry-after-ms":
+            try:
+                return int(value) / 1000
+            except ValueError:
+                return 0.0
+    return 0.0
+
+
+async def _hold(
+    config: ClientConfig, indexes: range, stats: Any, offset: int, stop: Any
+) -> ClientResult:
+    result = ClientResult(agents=len(indexes))
+    spread_s = config.ramp_s / max(1, len(indexes))
+    agents = [IdleAgent(config, index, stats, offset, result) for index in indexes]
+    tasks = [
+        asyncio.create_task(agent.run(i * spread_s + random.uniform(0, spread_s)))
+        for i, agent in enumerate(agents)
+    ]
+    # `stop` is a multiprocessing.Event set by the parent process: it cannot be awaited.
+    while not stop.is_set():  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait(tasks, timeout=60)
+    return result
+
+
+def client_main(
+    config: ClientConfig, indexes: range, stats: Any, process_index: int, stop: Any, results: Any
+) -> None:
+    """Entry point of one client process (multiprocessing target)."""
+    from fleetpulse.lifecycle import raise_open_files_limit, set_process_title
+
+    set_process_title(f"fleetpulse bench connections client {process_index + 1}")
+    raise_open_files_limit()  # one socket per agent
+    import uvloop
+
+    pauses: list[float] = []
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses.append(time.perf_counter() - started[0])
+
+    gc.callbacks.append(on_gc)
+    result = uvloop.run(_hold(config, indexes, stats, process_index * NFIELDS, stop))
+    gc.callbacks.remove(on_gc)
+    result.gc_pause_max_s = max(pauses, default=0.0)
+    result.gc_pause_total_s = sum(pauses)
+    results.put(result)
+
+
+def _sum(stats: Any, processes: int, name: int) -> int:
+    return sum(stats[i * NFIELDS + name] for i in range(processes))
+
+
+_ONLINE = """
+SELECT count(*) FILTER (WHERE status = 'online'),
+       count(*) FILTER (WHERE status = 'online' AND last_heartbeat > now() - make_interval(secs => %s))
+FROM agents WHERE agent_id LIKE %s
+"""
+
+
+def _online(database_url: str, prefix: str, offline_after_s: float) -> tuple[int, int]:
+    """Agents of the run with status online, and those also heartbeating recently enough that
+    readers report them online (docs/architecture.md, schema: agents)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(_ONLINE, (offline_after_s, prefix + "%")).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _cpu_s(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def _rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def run(args: argparse.Namespace) -> int:
+    """`fleetpulse bench connections`: one run; the last stdout line is its summary as JSON."""
+    if args.agents < 1 or args.duration <= 0 or args.heartbeat_interval <= 0:
+        raise ConfigError("--agents, --duration and --heartbeat-interval must be positive")
+    started_at = datetime.now(UTC)
+    run_id = started_at.strftime("%H%M%S") + secrets.token_hex(2)
+    prefix = f"conn-{run_id}-"
+    processes = args.client_processes or math.ceil(args.agents / CHANNELS_PER_PROCESS)
+    processes = max(1, min(processes, args.agents))
+    ramp_s = args.ramp if args.ramp is not None else args.agents / 500
+    connect_timeout_s = (
+        args.connect_timeout if args.connect_timeout is not None else max(30.0, ramp_s)
+    )
+    settle_s = args.settle if args.settle is not None else args.heartbeat_interval
+    wanted_files = (
+        args.open_files_limit if args.open_files_limit is not None else args.agents + 1024
+    )
+    files_limit = raise_open_files_limit_to(wanted_files) if wanted_files else None
+    command = (
+        f"fleetpulse bench connections --agents {args.agents}"
+        f" --heartbeat-interval {args.heartbeat_interval:g} --duration {args.duration:g}"
+        f" --client-processes {processes} --ramp {ramp_s:g}"
+        + (
+            f" --open-files-limit {args.open_files_limit}"
+            if args.open_files_limit is not None
+            else ""
+        )
+    )
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds through the finally below, which stops everything
+
+    signal.signal(signal.SIGTERM, interrupted)
+    frontend = FrontendProcess(args.database_url, args.redis_url)
+    clients: list[Any] = []
+    stop: Any = None
+    try:
+        frontend.start(
+            settings_env={"FLEETPULSE_HEARTBEAT_INTERVAL_S": str(args.heartbeat_interval)}
+        )
+        assert frontend.database_url is not None
+        time.sleep(2.0)  # let the process finish starting (imports, pools) before the idle figure
+        rss_idle = frontend.rss_bytes()
+        fds_idle = frontend.open_fds()
+        config = ClientConfig(
+            target=frontend.target,
+            token=frontend.token,
+            run_id=run_id,
+            heartbeat_interval_s=args.heartbeat_interval,
+            ramp_s=ramp_s,
+        )
+        ctx = multiprocessing.get_context("spawn")
+        stats = ctx.Array("q", processes * NFIELDS, lock=False)
+        stop = ctx.Event()
+        results_queue = ctx.Queue()
+        bounds = [round(i * args.agents / processes) for i in range(processes + 1)]
+        clients = [
+            ctx.Process(
+                target=client_main,
+                args=(
+                    config,
+                    range(bounds[i] + 1, bounds[i + 1] + 1),
+                    stats,
+                    i,
+                    stop,
+                    results_queue,
+                ),
+                daemon=True,
+            )
+            for i in range(processes)
+        ]
+        sys.stderr.write(
+            f"front-end {frontend.target} (pid {frontend.pid}, open files limit "
+            f"{frontend.open_files_limit():,}); {args.agents:,} agents over {processes} client "
+            f"processes, ramp {ramp_s:g} s\n"
+        )
+        timeline: list[dict[str, Any]] = []
+
+        def sample(phase: str) -> dict[str, Any]:
+            """One point of the timeline (result.json): what clients and front-end are at."""
+            frontend.check()
+            timeline.append(
+                {
+                    "t_s": round(time.monotonic() - t0, 1),
+                    "phase": phase,
+                    "connected": _sum(stats, processes, CONNECTED),
+                    "registrations": _sum(stats, processes, REGISTERED),
+                    "failed_attempts": _sum(stats, processes, FAILURES),
+                    "heartbeats_acked": _sum(stats, processes, HEARTBEATS_ACKED),
+                    "server_cpu_s": round(frontend.cpu_s(), 2),
+                    "server_rss_mb": round(frontend.rss_bytes() / 2**20, 1),
+                    "server_open_fds": frontend.open_fds(),
+                    "clients_cpu_s": round(_cpu_s([p.pid for p in clients if p.pid]), 2),
+                    # every process of the machine, since the previous point (200 = both cores)
+                    "machine_cpu_percent": round(
+                        psutil.cpu_percent() * (psutil.cpu_count() or 1), 1
+                    ),
+                }
+            )
+            return timeline[-1]
+
+        cpu_before_ramp = frontend.cpu_s()
+        psutil.cpu_percent()  # starts the machine-wide measure of the timeline
+        t0 = time.monotonic()
+        for proc in clients:
+            proc.start()
+        deadline = t0 + ramp_s + connect_timeout_s
+        while (now := sample("connect"))["connected"] < args.agents:
+            if time.monotonic() > deadline:
+                break
+            progress(
+                f"connecting: {now['connected']:,}/{args.agents:,} registered, "
+                f"{now['failed_attempts']:,} failed attempts, {now['t_s']:.0f} s"
+            )
+            time.sleep(1.0)
+        connected = now["connected"]
+        connect_phase_s = time.monotonic() - t0
+        all_connected = connected >= args.agents
+        cpu_ramp_s = frontend.cpu_s() - cpu_before_ramp
+        progress(
+            f"{connected:,}/{args.agents:,} registered after {connect_phase_s:.1f} s; "
+            f"settling {settle_s:g} s",
+            final=True,
+        )
+        settle_until = time.monotonic() + settle_s
+        while time.monotonic() < settle_until:
+            time.sleep(min(1.0, max(0.0, settle_until - time.monotonic())))
+            sample("settle")
+
+        client_pids = [p.pid for p in clients if p.pid is not None]
+        # First, as it can take up to its timeout (a front-end out of file descriptors cannot
+        # accept the scrape); then the window's starting figures, all at once.
+        server_heartbeats_0 = frontend.metrics().get(_SERVER_HEARTBEATS)
+        acked_0 = _sum(stats, processes, HEARTBEATS_ACKED)
+        sent_0 = _sum(stats, processes, HEARTBEATS_SENT)
+        failures_0 = _sum(stats, processes, FAILURES)
+        cpu_0, clients_cpu_0 = frontend.cpu_s(), _cpu_s(client_pids)
+        machine_0 = machine_busy_s()
+        wall_0, window_0 = time.time(), time.monotonic()
+        rss_samples: list[int] = []
+        while (elapsed := time.monotonic() - window_0) < args.duration:
+            time.sleep(min(1.0, args.duration - elapsed))
+            now = sample("window")
+            rss_samples.append(frontend.rss_bytes())
+            progress(
+                f"measuring {elapsed:3.0f}/{args.duration:g} s: {now['connected']:,} connected, "
+                f"{now['heartbeats_acked'] - acked_0:,} heartbeats acked, "
+                f"RSS {now['server_rss_mb']:,.0f} MB"
+            )
+        window_s = time.monotonic() - window_0
+        wall_1 = time.time()
+        cpu_window_s = frontend.cpu_s() - cpu_0
+        clients_cpu_window_s = _cpu_s(client_pids) - clients_cpu_0
+        machine_window_s = machine_busy_s() - machine_0
+        acked = _sum(stats, processes, HEARTBEATS_ACKED) - acked_0
+        sent = _sum(stats, processes, HEARTBEATS_SENT) - sent_0
+        failures_in_window = _sum(stats, processes, FAILURES) - failures_0
+        agents_connected = _sum(stats, processes, CONNECTED)
+        server_metrics = frontend.metrics()  # after the window's figures (see above)
+        rss = frontend.rss_bytes()
+        fds = frontend.open_fds()
+        established = tcp_established(frontend.port)
+        clients_rss = _rss_bytes(client_pids)
+        status_online, online = _online(frontend.database_url, prefix, 3 * args.heartbeat_interval)
+        progress(
+            f"window done: {agents_connected:,} connected, {established:,} TCP connections, "
+            f"{online:,} online in PostgreSQL",
+            final=True,
+        )
+
+        # Disconnect every agent; the front-end marks each offline as its stream closes.
+        stop.set()
+        results: list[ClientResult] = [results_queue.get(timeout=120) for _ in clients]
+        for proc in clients:
+            proc.join(30)
+        # Every stream is closed now; wait while the front-end keeps marking agents offline.
+        disconnect_0 = progressed_at = time.monotonic()
+        still_online = status_online
+        while still_online and time.monotonic() - progressed_at < OFFLINE_STALL_S:
+            time.sleep(0.5)
+            previous = still_online
+            still_online = _online(frontend.database_url, prefix, 3 * args.heartbeat_interval)[0]
+            if still_online < previous:
+                progressed_at = time.monotonic()
+        offline_after_s = progressed_at - disconnect_0
+    finally:
+        if stop is not None:
+            stop.set()
+        for proc in clients:
+            if proc.is_alive():
+                proc.kill()
+        frontend_description = frontend.description
+        frontend.stop()
+
+    errors: Counter[str] = Counter()
+    connect_s: list[float] = []
+    rtt_in_window: list[float] = []
+    error_details: Counter[str] = Counter()
+    for result in results:
+        errors.update(result.errors)
+        error_details.update(result.error_details)
+        connect_s += result.connect_s
+        rtt_in_window += [
+            rtt
+            for at, rtt in zip(result.ack_at, result.ack_rtt_s, strict=True)
+            if wall_0 <= at < wall_1
+        ]
+    summary: dict[str, Any] = {
+        "agents_target": args.agents,
+        "agents_connected": agents_connected,
+        "agents_online_in_db": online,
+        "agents_status_online_in_db": status_online,
+        "tcp_connections": established,
+        # the front-end's own view (its /metrics): registered streams it holds, heartbeats it acked
+        "server_connected_agents": _int(server_metrics.get(_SERVER_CONNECTED)),
+        "server_heartbeats_per_s": round(
+            (server_metrics[_SERVER_HEARTBEATS] - server_heartbeats_0) / window_s, 1
+        )
+        if server_heartbeats_0 is not None and _SERVER_HEARTBEATS in server_metrics
+        else None,
+        "server_rejects": {
+            name.split('"')[1]: int(value)
+            for name, value in server_metrics.items()
+            if name.startswith(_SERVER_REJECTS) and value
+        },
+        "client_processes": processes,
+        "heartbeat_interval_s": args.heartbeat_interval,
+        "duration_s": round(window_s, 2),
+        "ramp_s": ramp_s,
+        "all_connected_after_s": round(connect_phase_s, 2) if all_connected else None,
+        "server_rss_idle_mb": round(rss_idle / 2**20, 1),
+        "server_rss_mb": round(rss / 2**20, 1),
+        "server_rss_peak_mb": round(max([rss, *rss_samples]) / 2**20, 1),
+        "rss_per_agent_kb": round((rss - rss_idle) / 1024 / agents_connected, 2)
+        if agents_connected
+        else None,
+        "server_open_fds": fds,
+        "server_open_fds_idle": fds_idle,
+        "open_files_limit": files_limit,
+        "heartbeats_sent": sent,
+        "heartbeats_acked": acked,
+        "heartbeats_per_s": round(acked / window_s, 1),
+        "heartbeats_expected_per_s": round(args.agents / args.heartbeat_interval, 1),
+        "heartbeat_rtt_p50_ms": _ms(percentile(rtt_in_window, 50, 6)),
+        "heartbeat_rtt_p99_ms": _ms(percentile(rtt_in_window, 99, 6)),
+        "server_cpu_s": round(cpu_window_s, 2),
+        "server_cpu_percent": round(100 * cpu_window_s / window_s, 1),
+        "server_cpu_s_per_1k_heartbeats": round(cpu_window_s / (acked / 1000), 4)
+        if acked
+        else None,
+        "server_cpu_s_connect_phase": round(cpu_ramp_s, 2),
+        "clients_cpu_percent": round(100 * clients_cpu_window_s / window_s, 1),
+        "clients_rss_mb": round(clients_rss / 2**20, 1),
+        "clients_gc_pause_max_ms": round(max(r.gc_pause_max_s for r in results) * 1000, 1),
+        # every process of the machine (the clients share it; 100 per core)
+        "machine_cpu_percent": round(100 * machine_window_s / window_s, 1),
+        "client_errors": dict(sorted(errors.items())),
+        "stream_failures_in_window": failures_in_window,
+        "connect_p50_s": percentile(connect_s, 50),
+        "connect_p99_s": percentile(connect_s, 99),
+        "connect_max_s": percentile(connect_s, 100),
+        # After every client disconnected: until the last agent was marked offline in PostgreSQL,
+        # and how many never were (status 'online' left behind).
+        "offline_in_db_after_disconnect_s": round(offline_after_s, 1),
+        "agents_left_online_after_disconnect": still_online,
+    }
+    result_doc = {
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "command": command,
+        "machine": report.machine(),
+        "platform": frontend_description,
+        "summary": summary,
+        "client_error_details": dict(error_details.most_common()),
+        "server_metrics_at_window_end": server_metrics,
+        "timeline": timeline,
+    }
+    out_dir = args.results_dir / (started_at.strftime("%Y%m%dT%H%M%SZ") + "-connections")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "result.json").write_text(json.dumps(result_doc, indent=2))
+    sys.stderr.write(f"results in {out_dir}\n")
+    print(json.dumps(summary))
+    return 0 if agents_connected == args.agents else 1
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
