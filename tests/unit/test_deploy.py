@@ -22,3 +22,20 @@ def test_compose_services_run_real_subcommands(repo_root: Path) -> None:
         assert args.command == name
     agent_config = yaml.safe_load(compose["configs"]["agent-config"]["content"])
     assert agent_config["server"]["address"] == "ingest:9090" and agent_config["agent"]["id"]
+
+
+def test_example_systemd_unit_runs_the_agent_and_is_packaged(repo_root: Path) -> None:
+    import configparser
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(repo_root / "agent" / "fleetpulse-agent.service")
+    assert unit["Service"]["ExecStart"].split()[1:4] == [
+        "agent",
+        "--config",
+        "/etc/fleetpulse/agent.yaml",
+    ]
+    assert unit["Service"]["Restart"] == "always"
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+    pyproject = (repo_root / "pyproject.toml").read_text()
+    assert '"fleetpulse.agent" = ["*.yaml", "*.service"]' in pyproject
