@@ -143,6 +143,7 @@ class AgentDaemon:
         message = encode_batch(self.config.agent_id, self.epoch, seq, samples, time.time_ns())
         self.report.sent(self.epoch, seq, len(samples))
         self.spool.append(self.epoch, seq, len(samples), message)  # fsynced before it is sent
+        self.report.write(self.report_path)  # what it sent, readable at any time (audit, bench)
         self._new_batch.set()
 
     def _health(self) -> list[Sample]:

@@ -260,6 +260,20 @@ def _cmd_bench_ingest(args: argparse.Namespace) -> int:
     return ingestload.run(args)
 
 
+def _add_bench_agent_arguments(parser: argparse.ArgumentParser) -> None:
+    try:
+        from fleetpulse.bench.agentfoot import add_arguments
+    except ModuleNotFoundError:
+        return
+    add_arguments(parser)
+
+
+def _cmd_bench_agent(args: argparse.Namespace) -> int:
+    from fleetpulse.bench import agentfoot
+
+    return agentfoot.run(args)
+
+
 def _add_bench_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     try:
         from fleetpulse.bench.fleet import add_arguments
@@ -378,6 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_bench_ingest_arguments(ingest_bench)
     ingest_bench.set_defaults(handler=_cmd_bench_ingest)
+    agent_bench = bench_sub.add_parser(
+        "agent", help="the agent's footprint: CPU per collection, series, RSS (vs node_exporter)"
+    )
+    _add_bench_agent_arguments(agent_bench)
+    agent_bench.set_defaults(handler=_cmd_bench_agent)
 
     agent = sub.add_parser("agent", help="run the host agent")
     agent.add_argument("--config", type=Path, help="agent YAML config file")

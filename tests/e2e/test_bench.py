@@ -197,3 +197,19 @@ def test_bench_ingest_queues_exactly_the_batches_it_acked(tmp_path: Path) -> Non
     assert summary["points"] == 20 * 10 * 50
     assert summary["queued_entries_equal_acked"] is True
     assert isinstance(summary["points_per_s"], int) and summary["points_per_s"] > 0
+
+
+def test_bench_agent_reports_the_footprint(tmp_path: Path) -> None:
+    summary = _bench(
+        ["agent", "--interval", "0.5", "--duration", "3", "--warmup", "2", "--scrapes", "2"],
+        tmp_path,
+    )
+    assert {
+        "cpu_ms_per_cycle",
+        "series_per_cycle",
+        "rss_mb",
+        "node_exporter_cpu_ms_per_scrape",
+        "node_exporter_series",
+    } <= summary.keys()
+    assert summary["cycles"] >= 4 and summary["series_per_cycle"] > 20  # type: ignore[operator]
+    assert summary["cpu_ms_per_cycle"] > 0 and summary["rss_mb"] > 10  # type: ignore[operator]
