@@ -311,20 +311,18 @@ class AgentDaemon:
                 self._committed(response.committed)
 
     def _points_of(self, key: tuple[int, int]) -> int:
-        for batch in self.spool.pending():
-            if (batch.epoch, batch.sequence) == key:
-                return batch.points
-        return 0
+        batch = self.spool.get(*key)
+        return batch.points if batch else 0
 
     def _committed(self, committed: agent_pb2.Committed) -> None:
         """Final in PostgreSQL: free the spool."""
-        points = {(b.epoch, b.sequence): b.points for b in self.spool.pending()}
         for span in committed.ranges:
             for sequence in range(span.first, span.last + 1):
                 key = (committed.epoch, sequence)
+                points = self._points_of(key)
                 if self.spool.free(*key):
                     self.committed_batches += 1
-                    self.report.committed(committed.epoch, points.get(key, 0))
+                    self.report.committed(committed.epoch, points)
                 self._accepted.discard(key)
                 self._acked_once.discard(key)
         self.report.write(self.report_path)

@@ -111,6 +111,10 @@ class Spool:
         """Every batch not freed, in the order it was spooled."""
         return [record for record, _ in self._batches.values()]
 
+    def get(self, epoch: int, sequence: int) -> Spooled | None:
+        entry = self._batches.get((epoch, sequence))
+        return entry[0] if entry else None
+
     def __len__(self) -> int:
         return len(self._batches)
 

@@ -40,9 +40,14 @@ import psycopg
 
 from fleetpulse.bench import report
 from fleetpulse.bench.frontendproc import (
+    CHANNEL_OPTIONS,
+    CONNECT_METHOD,
     FrontendProcess,
+    int_or_none,
     machine_busy_s,
+    ms,
     percentile,
+    processes_cpu_s,
     progress,
     raise_open_files_limit_to,
     tcp_established,
@@ -50,14 +55,11 @@ from fleetpulse.bench.frontendproc import (
 from fleetpulse.errors import ConfigError
 from fleetpulse.proto import agent_pb2, common_pb2
 
-CONNECT_METHOD = "/proto.AgentService/Connect"
 # A Python process with grpc.aio holds a few thousand channels comfortably (docs/performance.md).
 CHANNELS_PER_PROCESS = 5000
 # Live counters, one row of NFIELDS per client process (CONNECTED is a gauge, the rest counts).
 CONNECTED, REGISTERED, HEARTBEATS_SENT, HEARTBEATS_ACKED, FAILURES = range(5)
 NFIELDS = 5
-# Its own subchannel pool: the channel opens its own TCP connection, like a real host.
-CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 RETRY_DELAY_MAX_S = 30.0
 # Samples of the front-end's /metrics (ingest/selfmetrics.py).
 _SERVER_CONNECTED = "fleetpulse_ingest_connected_agents"
@@ -330,10 +332,6 @@ def client_main(
     results.put(result)
 
 
-def _sum(stats: Any, processes: int, name: int) -> int:
-    return sum(stats[i * NFIELDS + name] for i in range(processes))
-
-
 _ONLINE = """
 SELECT count(*) FILTER (WHERE status = 'online'),
        count(*) FILTER (WHERE status = 'online' AND last_heartbeat > now() - make_interval(secs => %s))
@@ -350,17 +348,6 @@ def _online(database_url: str, prefix: str, offline_after_s: float) -> tuple[int
     return int(row[0]), int(row[1])
 
 
-def _cpu_s(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            times = psutil.Process(pid).cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
-
-
 def _rss_bytes(pids: list[int]) -> int:
     total = 0
     for pid in pids:
@@ -369,6 +356,10 @@ def _rss_bytes(pids: list[int]) -> int:
         except psutil.NoSuchProcess:
             continue
     return total
+
+
+def _sum(stats: Any, processes: int, name: int) -> int:
+    return sum(stats[i * NFIELDS + name] for i in range(processes))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -463,7 +454,7 @@ def run(args: argparse.Namespace) -> int:
                     "server_cpu_s": round(frontend.cpu_s(), 2),
                     "server_rss_mb": round(frontend.rss_bytes() / 2**20, 1),
                     "server_open_fds": frontend.open_fds(),
-                    "clients_cpu_s": round(_cpu_s([p.pid for p in clients if p.pid]), 2),
+                    "clients_cpu_s": round(processes_cpu_s([p.pid for p in clients if p.pid]), 2),
                     # every process of the machine, since the previous point (200 = both cores)
                     "machine_cpu_percent": round(
                         psutil.cpu_percent() * (psutil.cpu_count() or 1), 1
@@ -507,7 +498,7 @@ def run(args: argparse.Namespace) -> int:
         acked_0 = _sum(stats, processes, HEARTBEATS_ACKED)
         sent_0 = _sum(stats, processes, HEARTBEATS_SENT)
         failures_0 = _sum(stats, processes, FAILURES)
-        cpu_0, clients_cpu_0 = frontend.cpu_s(), _cpu_s(client_pids)
+        cpu_0, clients_cpu_0 = frontend.cpu_s(), processes_cpu_s(client_pids)
         machine_0 = machine_busy_s()
         wall_0, window_0 = time.time(), time.monotonic()
         rss_samples: list[int] = []
@@ -523,7 +514,7 @@ def run(args: argparse.Namespace) -> int:
         window_s = time.monotonic() - window_0
         wall_1 = time.time()
         cpu_window_s = frontend.cpu_s() - cpu_0
-        clients_cpu_window_s = _cpu_s(client_pids) - clients_cpu_0
+        clients_cpu_window_s = processes_cpu_s(client_pids) - clients_cpu_0
         machine_window_s = machine_busy_s() - machine_0
         acked = _sum(stats, processes, HEARTBEATS_ACKED) - acked_0
         sent = _sum(stats, processes, HEARTBEATS_SENT) - sent_0
@@ -585,7 +576,7 @@ def run(args: argparse.Namespace) -> int:
         "agents_status_online_in_db": status_online,
         "tcp_connections": established,
         # the front-end's own view (its /metrics): registered streams it holds, heartbeats it acked
-        "server_connected_agents": _int(server_metrics.get(_SERVER_CONNECTED)),
+        "server_connected_agents": int_or_none(server_metrics.get(_SERVER_CONNECTED)),
         "server_heartbeats_per_s": round(
             (server_metrics[_SERVER_HEARTBEATS] - server_heartbeats_0) / window_s, 1
         )
@@ -614,8 +605,8 @@ def run(args: argparse.Namespace) -> int:
         "heartbeats_acked": acked,
         "heartbeats_per_s": round(acked / window_s, 1),
         "heartbeats_expected_per_s": round(args.agents / args.heartbeat_interval, 1),
-        "heartbeat_rtt_p50_ms": _ms(percentile(rtt_in_window, 50, 6)),
-        "heartbeat_rtt_p99_ms": _ms(percentile(rtt_in_window, 99, 6)),
+        "heartbeat_rtt_p50_ms": ms(percentile(rtt_in_window, 50, 6)),
+        "heartbeat_rtt_p99_ms": ms(percentile(rtt_in_window, 99, 6)),
         "server_cpu_s": round(cpu_window_s, 2),
         "server_cpu_percent": round(100 * cpu_window_s / window_s, 1),
         "server_cpu_s_per_1k_heartbeats": round(cpu_window_s / (acked / 1000), 4)
@@ -653,11 +644,3 @@ def run(args: argparse.Namespace) -> int:
     sys.stderr.write(f"results in {out_dir}\n")
     print(json.dumps(summary))
     return 0 if agents_connected == args.agents else 1
-
-
-def _int(value: float | None) -> int | None:
-    return None if value is None else int(value)
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 2)

@@ -257,3 +257,29 @@ def _port_open(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+# Every simulated agent dials the Connect method on a channel of its own: its own subchannel pool,
+# so its own TCP connection, as a separate host would have.
+CONNECT_METHOD = "/proto.AgentService/Connect"
+CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
+
+
+def processes_cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes (those that still exist)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def int_or_none(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)

@@ -31,20 +31,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import redis
 
 from fleetpulse.bench import report
 from fleetpulse.bench.encoder import ColumnarEncoder
-from fleetpulse.bench.frontendproc import FrontendProcess, machine_busy_s, percentile, progress
+from fleetpulse.bench.frontendproc import (
+    CHANNEL_OPTIONS,
+    CONNECT_METHOD,
+    FrontendProcess,
+    int_or_none,
+    machine_busy_s,
+    ms,
+    percentile,
+    processes_cpu_s,
+    progress,
+)
 from fleetpulse.bench.hostseries import host_series
 from fleetpulse.bench.resources import processes_named
 from fleetpulse.errors import ConfigError
 from fleetpulse.ingest import keys
 from fleetpulse.proto import agent_pb2
 
-CONNECT_METHOD = "/proto.AgentService/Connect"
-CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]  # its own TCP connection per agent
 # Live counters, one row of NFIELDS per client process.
 READY, SENT, ACKED, REFUSED, FINISHED, FAILED = range(6)
 NFIELDS = 6
@@ -224,25 +231,14 @@ def client_main(
     results.put(uvloop.run(_load(config, indexes, stats, process_index * NFIELDS, go)))
 
 
-def _sum(stats: Any, processes: int, name: int) -> int:
-    return sum(stats[i * NFIELDS + name] for i in range(processes))
-
-
 def _queued(client: redis.Redis) -> int:
     """Entries in every batch stream of this Redis database."""
     shards = int(client.get(keys.SHARDS_KEY) or 0)
     return sum(int(client.xlen(keys.stream_key(shard))) for shard in range(shards))
 
 
-def _cpu_s(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            times = psutil.Process(pid).cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
+def _sum(stats: Any, processes: int, name: int) -> int:
+    return sum(stats[i * NFIELDS + name] for i in range(processes))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -313,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.1)
         client_pids = [p.pid for p in clients if p.pid is not None]
         cpu_0 = frontend.cpu_s()
-        redis_cpu_0, clients_cpu_0 = _cpu_s(redis_pids), _cpu_s(client_pids)
+        redis_cpu_0, clients_cpu_0 = processes_cpu_s(redis_pids), processes_cpu_s(client_pids)
         machine_0 = machine_busy_s()
         t0 = time.monotonic()
         go.set()
@@ -334,8 +330,8 @@ def run(args: argparse.Namespace) -> int:
                 )
         elapsed_s = time.monotonic() - t0
         cpu_s = frontend.cpu_s() - cpu_0
-        redis_cpu_s = _cpu_s(redis_pids) - redis_cpu_0
-        clients_cpu_s = _cpu_s(client_pids) - clients_cpu_0
+        redis_cpu_s = processes_cpu_s(redis_pids) - redis_cpu_0
+        clients_cpu_s = processes_cpu_s(client_pids) - clients_cpu_0
         machine_s = machine_busy_s() - machine_0
         finished = _sum(stats, processes, FINISHED)
         acked = _sum(stats, processes, ACKED)
@@ -376,11 +372,11 @@ def run(args: argparse.Namespace) -> int:
         "seconds": round(window_s, 3),
         "points_per_s": round(points / window_s),
         "batches_per_s": round(acked / window_s, 1),
-        "ack_latency_p50_ms": _ms(percentile(latencies, 50, 6)),
-        "ack_latency_p99_ms": _ms(percentile(latencies, 99, 6)),
+        "ack_latency_p50_ms": ms(percentile(latencies, 50, 6)),
+        "ack_latency_p99_ms": ms(percentile(latencies, 99, 6)),
         "refused_batches": refused,
         # the front-end's own counters (/metrics): batches it XADDed and acked, refusals by reason
-        "server_batches_accepted": _int(
+        "server_batches_accepted": int_or_none(
             server_metrics.get("fleetpulse_ingest_batches_accepted_total")
         ),
         "server_rejects": {
@@ -413,11 +409,3 @@ def run(args: argparse.Namespace) -> int:
     sys.stderr.write(f"results in {out_dir}\n")
     print(json.dumps(summary))
     return 0 if summary["queued_entries_equal_acked"] and finished == args.agents else 1
-
-
-def _int(value: float | None) -> int | None:
-    return None if value is None else int(value)
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 2)

@@ -69,6 +69,16 @@ def publish(pipe: redis.client.Pipeline, identities: Iterable[tuple[str, int, in
     )
 
 
+def _entries(response: Any, last_id: str) -> tuple[list[Committed], str]:
+    """The announcements of an XREAD reply, and the id to read on from."""
+    found: list[Committed] = []
+    for _, items in response or ():
+        for entry_id, fields in items:
+            last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            found.extend(decode(fields[keys.FIELD_COMMITTED]))
+    return found, last_id
+
+
 class CommittedFeed:
     """Follows the watermark stream from now on (or from ``last_id``), without a consumer group:
     every front-end sees every announcement and keeps the ones for the agents it holds."""
@@ -85,11 +95,7 @@ class CommittedFeed:
         response: Any = self._redis.xread(
             {keys.COMMITTED_STREAM: self.last_id}, count=count, block=block_ms
         )
-        found: list[Committed] = []
-        for _, items in response or ():
-            for entry_id, fields in items:
-                self.last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                found.extend(decode(fields[keys.FIELD_COMMITTED]))
+        found, self.last_id = _entries(response, self.last_id)
         return found
 
 
@@ -109,9 +115,5 @@ class AsyncCommittedFeed:
         response: Any = await self._redis.xread(
             {keys.COMMITTED_STREAM: self.last_id}, count=count, block=block_ms
         )
-        found: list[Committed] = []
-        for _, items in response or ():
-            for entry_id, fields in items:
-                self.last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                found.extend(decode(fields[keys.FIELD_COMMITTED]))
+        found, self.last_id = _entries(response, self.last_id)
         return found

@@ -3,6 +3,7 @@ images, backpressure, fairness, empty and oversized input, committed relay, disc
 
 from __future__ import annotations
 
+import os
 import queue
 import subprocess
 import sys
@@ -174,7 +175,7 @@ def test_revoked_credential_closes_the_stream_and_is_refused(edge: Edge, tmp_pat
     env = {"FLEETPULSE_DATABASE_URL": edge.database_url, "FLEETPULSE_REDIS_URL": edge.redis_url}
     result = subprocess.run(
         [sys.executable, "-m", "fleetpulse", "agents", "revoke", "rv-1"],
-        env={**__import__("os").environ, **env},
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=60,
