@@ -33,7 +33,9 @@ DEFAULT_HEARTBEAT_INTERVAL_S = 10.0
 DEFAULT_STATE_ROOT = "~/.local/state/fleetpulse-agent"
 
 _TOP_LEVEL_KEYS = frozenset({"server", "agent"})
-_SERVER_KEYS = frozenset({"address", "tls", "enrollment_token", "tls_ca_file"})
+_SERVER_KEYS = frozenset(
+    {"address", "tls", "enrollment_token", "tls_ca_file", "tls_cert_file", "tls_key_file"}
+)
 _AGENT_KEYS = frozenset(
     {"id", "collect_interval", "heartbeat_interval", "state_dir", "collectors", "spool_max_mb"}
 )
@@ -47,7 +49,11 @@ class AgentConfig:
     server_address: str = DEFAULT_SERVER_ADDRESS
     server_tls: bool = False
     enrollment_token: str | None = None
+    # None: the system's CA bundle (what `ssl` finds, SSL_CERT_FILE included).
     tls_ca_file: str | None = None
+    # A client certificate and its key (PEM), for a platform that requires one (mutual TLS).
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     agent_id: str
     collect_interval_s: float = DEFAULT_COLLECT_INTERVAL_S
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
@@ -90,7 +96,13 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Agent
         enrollment_token = env.get(ENROLLMENT_TOKEN_ENV) or None
 
     server_tls = _boolean(_get(server, "tls", False), "server.tls", source)
-    tls_ca_file = _tls_ca_file(server.get("tls_ca_file"), server_tls, source)
+    tls_ca_file = _tls_file(server, "tls_ca_file", server_tls, source)
+    tls_cert_file = _tls_file(server, "tls_cert_file", server_tls, source)
+    tls_key_file = _tls_file(server, "tls_key_file", server_tls, source)
+    if (tls_cert_file is None) != (tls_key_file is None):
+        raise ConfigError(
+            f"{source}: server.tls_cert_file and server.tls_key_file go together; set both or neither"
+        )
 
     return AgentConfig(
         server_address=_non_empty_string(
@@ -99,6 +111,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Agent
         server_tls=server_tls,
         enrollment_token=enrollment_token,
         tls_ca_file=tls_ca_file,
+        tls_cert_file=tls_cert_file if server_tls else None,
+        tls_key_file=tls_key_file if server_tls else None,
         agent_id=agent_id,
         collect_interval_s=_positive_number(
             _get(agent, "collect_interval", DEFAULT_COLLECT_INTERVAL_S),
@@ -207,18 +221,18 @@ def _positive_number(value: Any, key: str, source: str) -> float:
     return seconds
 
 
-def _tls_ca_file(value: Any, server_tls: bool, source: str) -> str | None:
-    name = _optional_string(value, "server.tls_ca_file", source)
+def _tls_file(server: dict[Any, Any], key: str, server_tls: bool, source: str) -> str | None:
+    name = _optional_string(server.get(key), f"server.{key}", source)
     if name is None:
         return None
     if not server_tls:
-        logger.warning("%s: server.tls_ca_file is ignored because server.tls is false", source)
+        logger.warning("%s: server.%s is ignored because server.tls is false", source, key)
         return name
     # Checked here so that a typo fails at startup with the key's name, not at the first connect.
-    ca_file = Path(name).expanduser()
-    if not ca_file.is_file():
-        raise ConfigError(f"{source}: server.tls_ca_file {name!r} is not a file")
-    return str(ca_file)
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{source}: server.{key} {name!r} is not a file")
+    return str(path)
 
 
 def _state_dir(value: Any, agent_id: str, source: str) -> Path:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import platform
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +28,9 @@ import psutil
 
 from fleetpulse import __version__
 from fleetpulse.agent.backoff import Backoff
-from fleetpulse.agent.collectors import Sample, collect
+from fleetpulse.agent.collectors import COLLECTORS, Sample, collect
 from fleetpulse.agent.config import AgentConfig
+from fleetpulse.agent.remote import check
 from fleetpulse.agent.report import SentReport
 from fleetpulse.agent.spool import Spool
 from fleetpulse.proto import agent_pb2, common_pb2, metric_pb2
@@ -38,9 +41,12 @@ CONNECT_METHOD = "/proto.AgentService/Connect"
 SHUTDOWN_FLUSH_S = 3.0
 # A session that stayed up this long resets the backoff.
 STABLE_SESSION_S = 10.0
-# AgentRegister.protocol: this agent understands ServerMessage.credential and .committed.
-PROTOCOL = 1
+# AgentRegister.protocol: this agent understands ServerMessage.credential, .committed and
+# .settings (and answers the last with SettingsStatus).
+PROTOCOL = 2
 CREDENTIAL_FILE = "credential"
+# The platform's settings last applied, so that a restart keeps them until the next register.
+SETTINGS_FILE = "settings.json"
 
 
 def machine_id() -> str:
@@ -64,6 +70,29 @@ def _retry_after_s(exc: grpc.aio.AioRpcError) -> float:
             except (TypeError, ValueError):
                 return 0.0
     return 0.0
+
+
+def system_ca_bundle() -> bytes | None:
+    """The host's CA certificates, as OpenSSL finds them (SSL_CERT_FILE, then the distribution's
+    bundle); None leaves gRPC with the roots it ships."""
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile):
+        if candidate and os.path.isfile(candidate):
+            return Path(candidate).read_bytes()
+    return None
+
+
+def channel_credentials(config: AgentConfig) -> grpc.ChannelCredentials:
+    """TLS to the platform: the configured CA file or the system's CAs, and a client certificate
+    when one is configured (read at every connect, so a renewed certificate needs no restart)."""
+    roots = Path(config.tls_ca_file).read_bytes() if config.tls_ca_file else system_ca_bundle()
+    key = cert = None
+    if config.tls_cert_file and config.tls_key_file:
+        key = Path(config.tls_key_file).read_bytes()
+        cert = Path(config.tls_cert_file).read_bytes()
+    return grpc.ssl_channel_credentials(
+        root_certificates=roots, private_key=key, certificate_chain=cert
+    )
 
 
 def write_private(path: Path, text: str) -> None:
@@ -130,11 +159,24 @@ class AgentDaemon:
         self.committed_batches = 0
         self.backoff_factory: Callable[[], Backoff] = Backoff
         self._process = psutil.Process()
+        # In effect now: the config file's values, or the platform's settings (remote).
+        self.collect_interval_s = config.collect_interval_s
+        self.heartbeat_interval_s = config.heartbeat_interval_s
+        self.collectors = config.collectors
+        self.settings_version = 0
+        self.settings_path: Path = config.state_dir / SETTINGS_FILE
+        # Set when the intervals changed: the collector and the sender reschedule at once.
+        self._collect_rescheduled = asyncio.Event()
+        self._heartbeat_rescheduled = False
+        # Messages other than batches and heartbeats for the sender to write (SettingsStatus):
+        # only the send loop writes to the stream.
+        self._outgoing: list[bytes] = []
+        self._load_settings()
 
     # -- collection -------------------------------------------------------------------------
     def collect_batch(self) -> None:
         """Collect once and queue the result as the next batch of this epoch."""
-        samples, self.collector_errors = collect(self.config.collectors)  # collect() logs failures
+        samples, self.collector_errors = collect(self.collectors)  # collect() logs failures
         if not samples:
             return
         samples.extend(self._health())
@@ -166,24 +208,106 @@ class AgentDaemon:
         return sum(1 for b in self.spool.pending() if (b.epoch, b.sequence) not in self._accepted)
 
     async def _collect_forever(self) -> None:
-        interval_s = self.config.collect_interval_s
         next_at = time.monotonic()
         while not self._stopping.is_set():
+            collected_at = time.monotonic()
             try:
                 self.collect_batch()
             except Exception:
                 log.exception("collection failed")  # never let one bad collection end the agent
-            next_at += interval_s
-            delay_s = max(0.0, next_at - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=delay_s)
+            next_at += self.collect_interval_s
+            while not self._stopping.is_set():
+                self._collect_rescheduled.clear()
+                wakeup = asyncio.create_task(self._collect_rescheduled.wait())
+                stopping = asyncio.create_task(self._stopping.wait())
+                await asyncio.wait(
+                    {wakeup, stopping},
+                    timeout=max(0.0, next_at - time.monotonic()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                wakeup.cancel()
+                stopping.cancel()
+                if not self._collect_rescheduled.is_set():
+                    break  # time to collect (or stopping)
+                # A new interval counts from the last collection: a shorter one may be due now.
+                next_at = collected_at + self.collect_interval_s
+
+    # -- remote settings ----------------------------------------------------------------------
+    def _load_settings(self) -> None:
+        """Apply the platform's settings kept from an earlier run (the next register resends)."""
+        try:
+            saved = json.loads(self.settings_path.read_text())
+            self._apply(agent_pb2.AgentSettings(**saved))
+        except FileNotFoundError:
+            return
+        except (ValueError, TypeError) as exc:  # unreadable, or no longer valid for this agent
+            log.warning("ignoring saved settings %s: %s", self.settings_path, exc)
+
+    def _apply(self, settings: agent_pb2.AgentSettings) -> None:
+        """All or nothing: ValueError (nothing changed) if any setting is invalid here."""
+        collectors = list(settings.collectors)
+        check(
+            settings.collect_interval_ms or None,
+            settings.heartbeat_interval_ms or None,
+            collectors or None,
+            COLLECTORS.keys(),
+        )
+        collect_s = (settings.collect_interval_ms / 1000) or self.config.collect_interval_s
+        heartbeat_s = (settings.heartbeat_interval_ms / 1000) or self.config.heartbeat_interval_s
+        if collect_s != self.collect_interval_s:
+            self.collect_interval_s = collect_s
+            self._collect_rescheduled.set()
+        if heartbeat_s != self.heartbeat_interval_s:
+            self.heartbeat_interval_s = heartbeat_s
+            self._heartbeat_rescheduled = True
+        self.collectors = frozenset(collectors) if collectors else self.config.collectors
+        self.settings_version = settings.version
+
+    def _settings_received(self, settings: agent_pb2.AgentSettings) -> None:
+        try:
+            self._apply(settings)
+        except ValueError as exc:
+            log.warning("settings version %d not applied: %s", settings.version, exc)
+            self._report_settings(settings.version, str(exc))
+            return
+        write_private(
+            self.settings_path,
+            json.dumps(
+                {
+                    "version": settings.version,
+                    "collect_interval_ms": settings.collect_interval_ms,
+                    "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+                    "collectors": list(settings.collectors),
+                }
+            ),
+        )
+        log.info(
+            "settings version %d applied: collect every %g s, heartbeat every %g s, collectors %s",
+            settings.version,
+            self.collect_interval_s,
+            self.heartbeat_interval_s,
+            ",".join(sorted(self.collectors)) if self.collectors is not None else "all",
+        )
+        self._report_settings(settings.version)
+
+    def _report_settings(self, version: int, error: str = "") -> None:
+        """Queue a SettingsStatus: the answer to a version, and what is in effect now."""
+        status = agent_pb2.SettingsStatus(
+            version=version,
+            applied=not error,
+            error=error,
+            collect_interval_ms=round(self.collect_interval_s * 1000),
+            heartbeat_interval_ms=round(self.heartbeat_interval_s * 1000),
+            collectors=sorted(self.collectors if self.collectors is not None else COLLECTORS),
+        )
+        self._outgoing.append(agent_pb2.AgentMessage(settings_status=status).SerializeToString())
+        self._new_batch.set()  # wake the sender
 
     # -- the stream ---------------------------------------------------------------------------
     def _channel(self) -> grpc.aio.Channel:
         if self.config.server_tls:
-            root = Path(self.config.tls_ca_file).read_bytes() if self.config.tls_ca_file else None
             return grpc.aio.secure_channel(
-                self.config.server_address, grpc.ssl_channel_credentials(root_certificates=root)
+                self.config.server_address, channel_credentials(self.config)
             )
         return grpc.aio.insecure_channel(self.config.server_address)
 
@@ -239,9 +363,17 @@ class AgentDaemon:
         self._accepted.clear()
         sent: set[tuple[int, int]] = set()
         next_heartbeat = time.monotonic()
+        # Tell the platform what is in effect (its heartbeat interval decides when we are offline).
+        self._outgoing.clear()
+        self._report_settings(self.settings_version)
         while True:
             # Cleared before sending, so a batch collected while a write awaits still wakes us.
             self._new_batch.clear()
+            while self._outgoing:
+                await call.write(self._outgoing.pop(0))
+            if self._heartbeat_rescheduled:
+                self._heartbeat_rescheduled = False
+                next_heartbeat = time.monotonic()  # the new interval counts from a heartbeat now
             for batch in self.spool.pending():
                 key = (batch.epoch, batch.sequence)
                 if key not in sent:
@@ -254,7 +386,7 @@ class AgentDaemon:
                     timestamp=common_pb2.Timestamp(seconds=int(time.time())),
                 )
                 await call.write(agent_pb2.AgentMessage(heartbeat=heartbeat).SerializeToString())
-                next_heartbeat = now + self.config.heartbeat_interval_s
+                next_heartbeat = now + self.heartbeat_interval_s
             if self._retry_at is not None and time.monotonic() >= self._retry_at:
                 self._retry_at = None
                 sent &= self._accepted  # resend what was refused, in order
@@ -309,6 +441,8 @@ class AgentDaemon:
                 log.info("enrolled: credential stored in %s", self.credential_path)
             elif case == "committed":
                 self._committed(response.committed)
+            elif case == "settings":
+                self._settings_received(response.settings)
 
     def _points_of(self, key: tuple[int, int]) -> int:
         batch = self.spool.get(*key)

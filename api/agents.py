@@ -25,9 +25,13 @@ DEFAULT_WINDOW = timedelta(hours=1)
 
 # An agent is online only while its stream is open (status) and its heartbeats are recent: a
 # front-end that died without marking its agents offline must not keep them online forever.
+# "Recent" is offline_after_heartbeats of the agent's own heartbeat interval (it reports it, and
+# remote settings change it), else of the platform's default.
 _AGENT_COLUMNS = """
 SELECT a.agent_id, a.hostname, a.ip, a.os, a.arch, a.version,
-    CASE WHEN a.status = 'online' AND a.last_heartbeat > now() - make_interval(secs => %(offline_after_s)s)
+    CASE WHEN a.status = 'online' AND a.last_heartbeat > now() - make_interval(secs =>
+            %(offline_after_heartbeats)s
+            * coalesce(a.heartbeat_interval_ms / 1000.0, %(heartbeat_interval_s)s)::float8)
         THEN 'online' ELSE 'offline' END AS status,
     a.last_heartbeat, a.created_at, a.updated_at,
     coalesce(i.batches_committed, 0) AS batches_committed,
@@ -53,9 +57,12 @@ _GET_AGENT = (
     ) AS rejected_by_reason,
     a.machine_id, a.disconnect_reason, a.conflicts, a.conflict, a.conflict_at,
     c.agent_id IS NOT NULL AND c.revoked_at IS NULL AS credential_active,
-    c.revoked_at AS credential_revoked_at
+    c.revoked_at AS credential_revoked_at,
+    a.collect_interval_ms, a.heartbeat_interval_ms, a.collectors,
+    a.settings_version, a.settings_applied, a.settings_error, s.version AS settings_desired_version
 FROM agents a LEFT JOIN agent_ingest i USING (agent_id)
     LEFT JOIN agent_credentials c USING (agent_id)
+    LEFT JOIN agent_settings s USING (agent_id)
 WHERE a.agent_id = %(agent_id)s
 """
 )
@@ -122,6 +129,14 @@ async def _known_agent_id(agent_id: str, conn: ConnDep) -> str:
 
 KnownAgentIdDep = Annotated[str, Depends(_known_agent_id)]
 
+
+def _liveness(settings: Settings) -> dict[str, float]:
+    return {
+        "offline_after_heartbeats": settings.offline_after_heartbeats,
+        "heartbeat_interval_s": settings.heartbeat_interval_s,
+    }
+
+
 router = APIRouter(tags=["agents"])
 
 
@@ -129,7 +144,7 @@ router = APIRouter(tags=["agents"])
 async def list_agents(conn: ConnDep, settings: SettingsDep) -> list[AgentPublic]:
     """Every agent, ordered by agent_id."""
     cur = conn.cursor(row_factory=class_row(AgentPublic))
-    await cur.execute(_LIST_AGENTS, {"offline_after_s": settings.offline_after_s})
+    await cur.execute(_LIST_AGENTS, _liveness(settings))
     return await cur.fetchall()
 
 
@@ -139,9 +154,7 @@ async def get_agent(agent_id: str, conn: ConnDep, settings: SettingsDep) -> Agen
     if _has_nul(agent_id):
         raise _agent_not_found(agent_id)
     cur = conn.cursor(row_factory=class_row(AgentDetailPublic))
-    await cur.execute(
-        _GET_AGENT, {"agent_id": agent_id, "offline_after_s": settings.offline_after_s}
-    )
+    await cur.execute(_GET_AGENT, {"agent_id": agent_id, **_liveness(settings)})
     agent = await cur.fetchone()
     if agent is None:
         raise _agent_not_found(agent_id)

@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request, Response
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from fleetpulse.api import agents
+from fleetpulse.api import agents, config
 from fleetpulse.api.schemas import HealthPublic
 from fleetpulse.settings import Settings
 
@@ -94,6 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
         return HealthPublic(status="unavailable", error=error)
 
     app.include_router(agents.router)
+    app.include_router(config.router)
     return app
 
 

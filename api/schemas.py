@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 
 class HealthPublic(BaseModel):
@@ -45,6 +45,15 @@ class AgentDetailPublic(AgentPublic):
     conflict_at: datetime | None
     credential_active: bool
     credential_revoked_at: datetime | None
+    # Settings in effect on the agent as it last reported them (SettingsStatus), the platform-side
+    # version it answered and whether it applied it, and the version the platform holds for it.
+    collect_interval_ms: int | None
+    heartbeat_interval_ms: int | None
+    collectors: list[str] | None
+    settings_version: int | None
+    settings_applied: bool | None
+    settings_error: str | None
+    settings_desired_version: int | None
 
 
 class SeriesPublic(BaseModel):
@@ -68,3 +77,33 @@ class SeriesPointsPublic(BaseModel):
     start: datetime
     end: datetime
     series: list[SeriesDataPublic]
+
+
+class AgentConfigIn(BaseModel):
+    """PUT /agents/{id}/config: the whole platform-side config of one agent. A field left out (or
+    null) is not set by the platform: the agent's own config file decides it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    collect_interval_s: float | None = None
+    heartbeat_interval_s: float | None = None
+    collectors: list[str] | None = None
+
+
+class AgentConfigPublic(BaseModel):
+    agent_id: str
+    # What the platform holds (version 0: nothing set yet).
+    version: int
+    collect_interval_s: float | None
+    heartbeat_interval_s: float | None
+    collectors: list[str] | None
+    # What the agent last reported: the version it answered (None: never), whether it applied
+    # it and why not, and the settings in effect on it.
+    reported_version: int | None
+    applied: bool | None
+    error: str | None
+    effective_collect_interval_s: float | None
+    effective_heartbeat_interval_s: float | None
+    effective_collectors: list[str] | None
+    # The agent runs the platform's current version.
+    in_sync: bool

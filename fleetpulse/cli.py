@@ -101,7 +101,7 @@ def _cmd_agents_revoke(args: argparse.Namespace) -> int:
     import redis
 
     from fleetpulse.ingest import credentials
-    from fleetpulse.ingest.frontend import CONTROL_CHANNEL
+    from fleetpulse.ingest.keys import CONTROL_CHANNEL
 
     settings = _server_settings(args)
     settings.require("database_url")
@@ -116,6 +116,87 @@ def _cmd_agents_revoke(args: argparse.Namespace) -> int:
         client.close()
     print(f"{args.agent_id}: credential revoked; the agent may enroll again with the token")
     return 0
+
+
+_UNSETTABLE = {
+    "collect-interval": "collect_interval_ms",
+    "heartbeat-interval": "heartbeat_interval_ms",
+    "collectors": "collectors",
+}
+
+
+def _cmd_agents_config(args: argparse.Namespace) -> int:
+    import psycopg
+    import redis
+
+    from fleetpulse.ingest import agentsettings
+    from fleetpulse.ingest.keys import CONTROL_CHANNEL
+
+    changes: dict[str, object] = {}
+    for name in args.unset or ():
+        changes[_UNSETTABLE[name]] = None
+    if args.reset:
+        changes = dict.fromkeys(_UNSETTABLE.values())
+    if args.collect_interval is not None:
+        changes["collect_interval_ms"] = round(args.collect_interval * 1000)
+    if args.heartbeat_interval is not None:
+        changes["heartbeat_interval_ms"] = round(args.heartbeat_interval * 1000)
+    if args.collectors is not None:
+        changes["collectors"] = [name for name in args.collectors.split(",") if name]
+    try:
+        agentsettings.validate(changes)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    settings = _server_settings(args)
+    settings.require("database_url")
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        if (
+            conn.execute("SELECT 1 FROM agents WHERE agent_id = %s", (args.agent_id,)).fetchone()
+            is None
+        ):
+            print(f"{args.agent_id}: no such agent (it has never registered)", file=sys.stderr)
+            return 1
+        if changes:
+            agentsettings.update(conn, args.agent_id, changes)
+        desired = agentsettings.load(conn, args.agent_id)
+        reported = agentsettings.reported(conn, args.agent_id) or {}
+    if changes and settings.redis_url:  # the front-end holding its stream pushes it now
+        client = redis.Redis.from_url(settings.redis_url)
+        client.publish(CONTROL_CHANNEL, agentsettings.announcement(args.agent_id))
+        client.close()
+    print(_describe_settings(args.agent_id, desired, reported))
+    return 0
+
+
+def _describe_settings(agent_id: str, desired: Any, reported: dict[str, Any]) -> str:
+    def show(value: object, unit: str = "") -> str:
+        if value is None:
+            return "(agent's own)"
+        if isinstance(value, list | tuple):
+            return ",".join(value)
+        return f"{value}{unit}"
+
+    def seconds(ms: int | None) -> float | None:
+        return None if ms is None else ms / 1000
+
+    version = desired.version if desired else 0
+    lines = [
+        f"{agent_id}: platform settings version {version}",
+        f"  collect interval    {show(seconds(desired and desired.collect_interval_ms), ' s')}",
+        f"  heartbeat interval  {show(seconds(desired and desired.heartbeat_interval_ms), ' s')}",
+        f"  collectors          {show(desired and desired.collectors)}",
+    ]
+    if reported.get("version") is None:
+        lines.append("  agent has not reported its settings yet")
+    else:
+        state = "applied" if reported["applied"] else f"NOT applied: {reported['error']}"
+        lines.append(f"  agent reported version {reported['version']}: {state}")
+        lines.append(
+            f"  in effect: collect {seconds(reported['collect_interval_ms'])} s, "
+            f"heartbeat {seconds(reported['heartbeat_interval_ms'])} s, "
+            f"collectors {show(reported['collectors'])}"
+        )
+    return "\n".join(lines)
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -199,10 +280,12 @@ def _cmd_bench_targets(args: argparse.Namespace) -> int:
 
 
 def _add_server_flags(
-    parser: argparse.ArgumentParser, *, grpc: bool = False, api: bool = False
+    parser: argparse.ArgumentParser, *, grpc: bool = False, api: bool = False, queue: bool = True
 ) -> None:
     parser.add_argument("--database-url", help="PostgreSQL URL (env FLEETPULSE_DATABASE_URL)")
     parser.add_argument("--redis-url", help="Redis URL (env FLEETPULSE_REDIS_URL)")
+    if not queue:  # a management command: no ingest tuning
+        return
     parser.add_argument("--stream-shards", type=int, help="Redis Streams to shard batches over")
     parser.add_argument(
         "--heartbeat-interval",
@@ -322,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--of", type=int, default=1, help=argparse.SUPPRESS)
     ingest.set_defaults(handler=_cmd_ingest)
 
-    agents = sub.add_parser("agents", help="manage agents (credentials)")
+    agents = sub.add_parser("agents", help="manage agents (credentials, settings)")
     agents_sub = agents.add_subparsers(dest="agents_command", required=True, metavar="ACTION")
     revoke = agents_sub.add_parser(
         "revoke", help="revoke an agent's credential and close its streams"
@@ -330,6 +413,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_flags(revoke)
     revoke.add_argument("agent_id")
     revoke.set_defaults(handler=_cmd_agents_revoke)
+    config = agents_sub.add_parser(
+        "config",
+        help="show or change an agent's settings (pushed to it live)",
+        description="Without options: show the agent's platform-side settings and what it "
+        "reported in effect. Options change only what they name; the agent applies the change "
+        "without a restart.",
+    )
+    _add_server_flags(config, queue=False)
+    config.add_argument("agent_id")
+    config.add_argument("--collect-interval", type=float, metavar="SECONDS")
+    config.add_argument("--heartbeat-interval", type=float, metavar="SECONDS")
+    config.add_argument("--collectors", metavar="NAME,NAME", help="collectors to run")
+    config.add_argument(
+        "--unset",
+        action="append",
+        choices=sorted(_UNSETTABLE),
+        help="hand a setting back to the agent's own config file (repeatable)",
+    )
+    config.add_argument("--reset", action="store_true", help="unset everything")
+    config.set_defaults(handler=_cmd_agents_config)
 
     worker = sub.add_parser("worker", help="run workers (Redis Streams -> PostgreSQL)")
     _add_server_flags(worker)

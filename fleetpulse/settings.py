@@ -35,6 +35,11 @@ class Settings(BaseSettings):
 
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=9090, ge=0, le=65535)
+    # TLS on the gRPC port: a certificate chain and its key (PEM). With a client CA as well, every
+    # agent must present a certificate signed by it (mutual TLS) on top of its bearer credential.
+    grpc_tls_cert_file: Path | None = None
+    grpc_tls_key_file: Path | None = None
+    grpc_tls_client_ca_file: Path | None = None
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
 
@@ -78,6 +83,9 @@ class Settings(BaseSettings):
     max_future_s: float = Field(default=3600.0, ge=0)
 
     api_max_points: int = Field(default=200_000, ge=1)
+    # Writes through the API (PUT /agents/{id}/config) need `authorization: Bearer <this key>`;
+    # unset, the API refuses every write (403) and the CLI remains the way to change settings.
+    api_admin_key: SecretStr | None = None
 
     def retentions(self) -> dict[str, int]:
         """Days kept per partitioned table (fleetpulse/partitions.py)."""

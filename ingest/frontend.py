@@ -45,7 +45,8 @@ import redis.asyncio
 from google.protobuf.message import DecodeError
 from psycopg_pool import AsyncConnectionPool
 
-from fleetpulse.ingest import credentials, keys, queue, selfmetrics, watermark
+from fleetpulse.errors import ConfigError
+from fleetpulse.ingest import agentsettings, credentials, keys, queue, selfmetrics, watermark
 from fleetpulse.ingest.queue import BatchQueue
 from fleetpulse.ingest.registry import AgentRegistry
 from fleetpulse.proto import agent_pb2, common_pb2, edge_pb2, metric_pb2
@@ -55,11 +56,12 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "proto.AgentService"
 METHOD_NAME = "Connect"
-# Published by front-ends and `fleetpulse agents revoke`: claims of agent ids, conflicts, revocations.
-CONTROL_CHANNEL = f"{keys.PREFIX}:control"
+CONTROL_CHANNEL = keys.CONTROL_CHANNEL
 BACKPRESSURE_CHECK_S = 0.5
 # AgentRegister.protocol from which an agent understands ServerMessage.credential and .committed.
 PROTOCOL_CREDENTIALS = 1
+# ... from which it understands ServerMessage.settings and answers SettingsStatus.
+PROTOCOL_SETTINGS = 2
 CONFLICT_RETRY_AFTER_MS = 60_000
 
 
@@ -277,6 +279,8 @@ class AgentService:
                             grpc.StatusCode.FAILED_PRECONDITION, "metrics before register"
                         )
                     session.send(await self._accept_batch(session, envelope, case))
+                elif case == "settings_status":
+                    await self._settings_status(session, envelope.settings_status, registered)
                 elif case == "disconnect":
                     if registered and session.agent_id is not None:
                         reason = self._decode(agent_pb2.Disconnect, envelope.disconnect)
@@ -286,7 +290,7 @@ class AgentService:
                     raise StreamEnd(
                         grpc.StatusCode.INVALID_ARGUMENT,
                         "AgentMessage carries no known message "
-                        "(register, heartbeat, metrics, metric_columns or disconnect)",
+                        "(register, heartbeat, metrics, metric_columns, disconnect or settings_status)",
                     )
         except StreamEnd as end:
             session.outbox.put_nowait(end)
@@ -354,6 +358,32 @@ class AgentService:
                     credential=agent_pb2.Credential(agent_id=agent_id, token=issued)
                 ).SerializeToString()
             )
+        if session.protocol >= PROTOCOL_SETTINGS:
+            await self._push_settings(session)
+
+    async def _push_settings(self, session: Session) -> None:
+        """Send the agent its platform-side settings, if it has any (at register, on a change)."""
+        assert session.agent_id is not None
+        async with self._pool.connection() as conn:
+            settings = await agentsettings.load_async(conn, session.agent_id)
+        if settings is not None:
+            session.send(agentsettings.to_message(settings))
+
+    async def _settings_status(self, session: Session, payload: bytes, registered: bool) -> None:
+        if not registered or session.agent_id is None:
+            raise StreamEnd(grpc.StatusCode.FAILED_PRECONDITION, "settings_status before register")
+        status = self._decode(agent_pb2.SettingsStatus, payload)
+        if status is None:
+            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, "settings_status does not decode")
+        if not status.applied:
+            log.warning(
+                "agent %s did not apply settings version %d: %s",
+                session.agent_id,
+                status.version,
+                status.error,
+            )
+        async with self._pool.connection() as conn:
+            await agentsettings.record_status(conn, session.agent_id, status)
 
     def _claim(self, session: Session) -> None:
         """Make ``session`` the agent's live session here, or refuse it (a second machine)."""
@@ -614,6 +644,8 @@ class AgentService:
         session = self.sessions.get(agent_id)
         if kind == "revoked" and session is not None:
             session.end(grpc.StatusCode.UNAUTHENTICATED, f"credential of {agent_id!r} revoked")
+        elif kind == "settings" and session is not None and session.protocol >= PROTOCOL_SETTINGS:
+            await self._push_settings(session)
         elif kind == "claim" and event.get("front_end") != self.front_end_id and session:
             if self._same_machine(session.machine_id, str(event.get("machine", ""))):
                 session.end(
@@ -670,9 +702,39 @@ def build_server(service: AgentService, settings: Settings) -> grpc.aio.Server:
     )
     server.add_generic_rpc_handlers((handler,))
     address = f"{settings.grpc_host}:{settings.grpc_port}"
-    if server.add_insecure_port(address) == 0:
+    credentials_ = server_credentials(settings)
+    if credentials_ is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials_)
+    if port == 0:
         raise OSError(f"cannot listen on {address}")
     return server
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS for the gRPC port when a certificate is configured, else None (plaintext)."""
+    cert, key, client_ca = (
+        settings.grpc_tls_cert_file,
+        settings.grpc_tls_key_file,
+        settings.grpc_tls_client_ca_file,
+    )
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ConfigError("FLEETPULSE_GRPC_TLS_CLIENT_CA_FILE needs a server certificate too")
+        return None
+    if cert is None or key is None:
+        raise ConfigError(
+            "FLEETPULSE_GRPC_TLS_CERT_FILE and FLEETPULSE_GRPC_TLS_KEY_FILE go together"
+        )
+    try:
+        pair = (key.read_bytes(), cert.read_bytes())
+        roots = client_ca.read_bytes() if client_ca is not None else None
+    except OSError as exc:
+        raise ConfigError(f"cannot read a TLS file: {exc}") from exc
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=roots, require_client_auth=roots is not None
+    )
 
 
 async def run(settings: Settings, ready: asyncio.Event | None = None, index: int = 1) -> None:

@@ -14,6 +14,8 @@ CONSUMER_GROUP = "fleetpulse-workers"
 DEAD_LETTER_STREAM = f"{PREFIX}:dead-letter"
 # Failed attempts per pending entry ("<stream>/<entry id>" -> count), shared by all workers.
 ATTEMPTS_KEY = f"{PREFIX}:attempts"
+# Pub/sub between front-ends and the CLI/API: claims of agent ids, conflicts, revocations, settings.
+CONTROL_CHANNEL = f"{PREFIX}:control"
 
 # Fields of one stream entry (short names: they are repeated in every entry).
 FIELD_AGENT = b"a"

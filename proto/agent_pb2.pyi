@@ -84,30 +84,62 @@ class Disconnect(_message.Message):
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
+class AgentSettings(_message.Message):
+    __slots__ = ("version", "collect_interval_ms", "heartbeat_interval_ms", "collectors")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    COLLECT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTORS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    collect_interval_ms: int
+    heartbeat_interval_ms: int
+    collectors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., collect_interval_ms: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., collectors: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SettingsStatus(_message.Message):
+    __slots__ = ("version", "applied", "error", "collect_interval_ms", "heartbeat_interval_ms", "collectors")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    COLLECT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTORS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    applied: bool
+    error: str
+    collect_interval_ms: int
+    heartbeat_interval_ms: int
+    collectors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., applied: _Optional[bool] = ..., error: _Optional[str] = ..., collect_interval_ms: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., collectors: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ServerMessage(_message.Message):
-    __slots__ = ("register_response", "heartbeat_ack", "metric_ack", "committed", "credential")
+    __slots__ = ("register_response", "heartbeat_ack", "metric_ack", "committed", "credential", "settings")
     REGISTER_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_ACK_FIELD_NUMBER: _ClassVar[int]
     METRIC_ACK_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
     register_response: _common_pb2.Response
     heartbeat_ack: _common_pb2.Response
     metric_ack: MetricAck
     committed: Committed
     credential: Credential
-    def __init__(self, register_response: _Optional[_Union[_common_pb2.Response, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[_common_pb2.Response, _Mapping]] = ..., metric_ack: _Optional[_Union[MetricAck, _Mapping]] = ..., committed: _Optional[_Union[Committed, _Mapping]] = ..., credential: _Optional[_Union[Credential, _Mapping]] = ...) -> None: ...
+    settings: AgentSettings
+    def __init__(self, register_response: _Optional[_Union[_common_pb2.Response, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[_common_pb2.Response, _Mapping]] = ..., metric_ack: _Optional[_Union[MetricAck, _Mapping]] = ..., committed: _Optional[_Union[Committed, _Mapping]] = ..., credential: _Optional[_Union[Credential, _Mapping]] = ..., settings: _Optional[_Union[AgentSettings, _Mapping]] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("register", "heartbeat", "metrics", "metric_columns", "disconnect")
+    __slots__ = ("register", "heartbeat", "metrics", "metric_columns", "disconnect", "settings_status")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     METRIC_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     DISCONNECT_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_STATUS_FIELD_NUMBER: _ClassVar[int]
     register: AgentRegister
     heartbeat: Heartbeat
     metrics: _metric_pb2.MetricBatch
     metric_columns: _metric_pb2.ColumnarBatch
     disconnect: Disconnect
-    def __init__(self, register: _Optional[_Union[AgentRegister, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., metrics: _Optional[_Union[_metric_pb2.MetricBatch, _Mapping]] = ..., metric_columns: _Optional[_Union[_metric_pb2.ColumnarBatch, _Mapping]] = ..., disconnect: _Optional[_Union[Disconnect, _Mapping]] = ...) -> None: ...
+    settings_status: SettingsStatus
+    def __init__(self, register: _Optional[_Union[AgentRegister, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., metrics: _Optional[_Union[_metric_pb2.MetricBatch, _Mapping]] = ..., metric_columns: _Optional[_Union[_metric_pb2.ColumnarBatch, _Mapping]] = ..., disconnect: _Optional[_Union[Disconnect, _Mapping]] = ..., settings_status: _Optional[_Union[SettingsStatus, _Mapping]] = ...) -> None: ...

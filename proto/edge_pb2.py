@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10proto/edge.proto\x12\x0f\x66leetpulse.edge\"\x86\x01\n\rAgentEnvelope\x12\x12\n\x08register\x18\x01 \x01(\x0cH\x00\x12\x13\n\theartbeat\x18\x02 \x01(\x0cH\x00\x12\x11\n\x07metrics\x18\x03 \x01(\x0cH\x00\x12\x18\n\x0emetric_columns\x18\x04 \x01(\x0cH\x00\x12\x14\n\ndisconnect\x18\x05 \x01(\x0cH\x00\x42\t\n\x07message\"Q\n\x0b\x42\x61tchHeader\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07metrics\x18\x02 \x03(\x0c\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x10\n\x08sequence\x18\x04 \x01(\x04\"x\n\x0c\x43olumnarView\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x0e\n\x06series\x18\x04 \x01(\x0c\x12\x0e\n\x06values\x18\x05 \x01(\x0c\x12\x15\n\rtimestamps_ns\x18\x06 \x01(\x0c\"S\n\x0e\x43olumnarHeader\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x0e\n\x06values\x18\x05 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10proto/edge.proto\x12\x0f\x66leetpulse.edge\"\xa1\x01\n\rAgentEnvelope\x12\x12\n\x08register\x18\x01 \x01(\x0cH\x00\x12\x13\n\theartbeat\x18\x02 \x01(\x0cH\x00\x12\x11\n\x07metrics\x18\x03 \x01(\x0cH\x00\x12\x18\n\x0emetric_columns\x18\x04 \x01(\x0cH\x00\x12\x14\n\ndisconnect\x18\x05 \x01(\x0cH\x00\x12\x19\n\x0fsettings_status\x18\x06 \x01(\x0cH\x00\x42\t\n\x07message\"Q\n\x0b\x42\x61tchHeader\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07metrics\x18\x02 \x03(\x0c\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x10\n\x08sequence\x18\x04 \x01(\x04\"x\n\x0c\x43olumnarView\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x0e\n\x06series\x18\x04 \x01(\x0c\x12\x0e\n\x06values\x18\x05 \x01(\x0c\x12\x15\n\rtimestamps_ns\x18\x06 \x01(\x0c\"S\n\x0e\x43olumnarHeader\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x0e\n\x06values\x18\x05 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,11 +32,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.edge_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AGENTENVELOPE']._serialized_start=38
-  _globals['_AGENTENVELOPE']._serialized_end=172
-  _globals['_BATCHHEADER']._serialized_start=174
-  _globals['_BATCHHEADER']._serialized_end=255
-  _globals['_COLUMNARVIEW']._serialized_start=257
-  _globals['_COLUMNARVIEW']._serialized_end=377
-  _globals['_COLUMNARHEADER']._serialized_start=379
-  _globals['_COLUMNARHEADER']._serialized_end=462
+  _globals['_AGENTENVELOPE']._serialized_end=199
+  _globals['_BATCHHEADER']._serialized_start=201
+  _globals['_BATCHHEADER']._serialized_end=282
+  _globals['_COLUMNARVIEW']._serialized_start=284
+  _globals['_COLUMNARVIEW']._serialized_end=404
+  _globals['_COLUMNARHEADER']._serialized_start=406
+  _globals['_COLUMNARHEADER']._serialized_end=489
 # @@protoc_insertion_point(module_scope)

@@ -7,18 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AgentEnvelope(_message.Message):
-    __slots__ = ("register", "heartbeat", "metrics", "metric_columns", "disconnect")
+    __slots__ = ("register", "heartbeat", "metrics", "metric_columns", "disconnect", "settings_status")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     METRIC_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     DISCONNECT_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_STATUS_FIELD_NUMBER: _ClassVar[int]
     register: bytes
     heartbeat: bytes
     metrics: bytes
     metric_columns: bytes
     disconnect: bytes
-    def __init__(self, register: _Optional[bytes] = ..., heartbeat: _Optional[bytes] = ..., metrics: _Optional[bytes] = ..., metric_columns: _Optional[bytes] = ..., disconnect: _Optional[bytes] = ...) -> None: ...
+    settings_status: bytes
+    def __init__(self, register: _Optional[bytes] = ..., heartbeat: _Optional[bytes] = ..., metrics: _Optional[bytes] = ..., metric_columns: _Optional[bytes] = ..., disconnect: _Optional[bytes] = ..., settings_status: _Optional[bytes] = ...) -> None: ...
 
 class BatchHeader(_message.Message):
     __slots__ = ("agent_id", "metrics", "epoch", "sequence")

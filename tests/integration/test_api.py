@@ -526,3 +526,106 @@ def test_serve_answers_then_exits_cleanly_on_sigterm(database_url: str) -> None:
     # uvicorn shuts down gracefully, then re-raises the signal so the exit status reports it
     assert proc.returncode in (0, -signal.SIGTERM), stderr
     assert "Traceback" not in stderr, stderr
+
+
+ADMIN_KEY = "test-admin-key"
+
+
+@pytest.fixture
+def admin_client(database_url: str) -> Iterator[TestClient]:
+    settings = Settings(
+        database_url=database_url,
+        heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+        api_admin_key=ADMIN_KEY,  # type: ignore[arg-type]  # pydantic makes it a SecretStr
+    )
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def test_agent_config_writes_need_the_admin_key(
+    client: TestClient, admin_client: TestClient, db: psycopg.Connection
+) -> None:
+    add_agent(db, "cfg")
+    body = {"collect_interval_s": 30}
+    read_only = client.put("/agents/cfg/config", json=body)
+    assert read_only.status_code == 403
+    assert "FLEETPULSE_API_ADMIN_KEY" in read_only.json()["detail"]
+    assert admin_client.put("/agents/cfg/config", json=body).status_code == 401
+    wrong = {"authorization": "Bearer not-the-key"}
+    assert admin_client.put("/agents/cfg/config", json=body, headers=wrong).status_code == 401
+    assert db.execute("SELECT count(*) FROM agent_settings").fetchone() == (0,)
+
+
+def test_agent_config_put_stores_versions_and_get_shows_what_the_agent_reported(
+    admin_client: TestClient, db: psycopg.Connection
+) -> None:
+    add_agent(db, "cfg")
+    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
+    fresh = admin_client.get("/agents/cfg/config").json()
+    assert fresh["version"] == 0 and fresh["reported_version"] is None
+    put = admin_client.put(
+        "/agents/cfg/config", json={"collect_interval_s": 30, "collectors": ["cpu"]}, headers=auth
+    )
+    assert put.status_code == 200, put.text
+    assert put.json()["version"] == 1
+    assert put.json()["collect_interval_s"] == 30.0
+    assert put.json()["heartbeat_interval_s"] is None  # the agent's own file decides
+    assert put.json()["in_sync"] is False  # the agent has not answered yet
+    # PUT replaces: what is left out goes back to the agent
+    second = admin_client.put("/agents/cfg/config", json={"heartbeat_interval_s": 5}, headers=auth)
+    assert second.json()["version"] == 2
+    assert second.json()["collect_interval_s"] is None and second.json()["collectors"] is None
+    assert db.execute(
+        "SELECT version, collect_interval_ms, heartbeat_interval_ms, collectors"
+        " FROM agent_settings WHERE agent_id = 'cfg'"
+    ).fetchone() == (2, None, 5000, None)
+    # what a front-end records when the agent answers (SettingsStatus)
+    db.execute(
+        "UPDATE agents SET settings_version = 2, settings_applied = true,"
+        " collect_interval_ms = 10000, heartbeat_interval_ms = 5000, collectors = '{cpu,load}'"
+        " WHERE agent_id = 'cfg'"
+    )
+    shown = admin_client.get("/agents/cfg/config").json()
+    assert shown["in_sync"] is True
+    assert shown["effective_heartbeat_interval_s"] == 5.0
+    assert shown["effective_collectors"] == ["cpu", "load"]
+    detail = admin_client.get("/agents/cfg").json()
+    assert detail["settings_desired_version"] == 2 and detail["heartbeat_interval_ms"] == 5000
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({"collect_interval_s": 0.1}, "collect interval must be between"),
+        ({"heartbeat_interval_s": 100_000}, "heartbeat interval must be between"),
+        ({"collectors": ["cpu", "nope"]}, "unknown collectors nope"),
+        ({"collectors": []}, "name at least one"),
+    ],
+)
+def test_agent_config_put_refuses_bad_settings_with_the_reason(
+    admin_client: TestClient, db: psycopg.Connection, body: dict[str, Any], detail: str
+) -> None:
+    add_agent(db, "cfg")
+    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
+    response = admin_client.put("/agents/cfg/config", json=body, headers=auth)
+    assert response.status_code == 422
+    assert detail in response.json()["detail"]
+    assert db.execute("SELECT count(*) FROM agent_settings").fetchone() == (0,)
+
+
+def test_agent_config_of_an_unknown_agent_is_404(admin_client: TestClient) -> None:
+    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
+    assert admin_client.get("/agents/ghost/config").status_code == 404
+    assert admin_client.put("/agents/ghost/config", json={}, headers=auth).status_code == 404
+
+
+def test_liveness_follows_the_heartbeat_interval_the_agent_reported(
+    client: TestClient, db: psycopg.Connection
+) -> None:
+    # 40 s without a heartbeat: offline by the platform default (3 x 10 s), online for an agent
+    # that reported heartbeating every 60 s (remote settings changed it).
+    add_agent(db, "slow", heartbeat_age_s=40)
+    add_agent(db, "default", heartbeat_age_s=40)
+    db.execute("UPDATE agents SET heartbeat_interval_ms = 60000 WHERE agent_id = 'slow'")
+    status = {a["agent_id"]: a["status"] for a in client.get("/agents").json()}
+    assert status == {"slow": "online", "default": "offline"}
