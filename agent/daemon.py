@@ -145,6 +145,7 @@ class AgentDaemon:
             config.spool_max_bytes,
             on_drop=lambda record: self.report.dropped(record.epoch, record.points),
         )
+        self._account_for_spool()
         # Batches the platform accepted (queued) on the current stream: not sent again on it.
         self._accepted: set[tuple[int, int]] = set()
         # Accepted at least once (counted in the report once), until committed.
@@ -172,6 +173,18 @@ class AgentDaemon:
         # only the send loop writes to the stream.
         self._outgoing: list[bytes] = []
         self._load_settings()
+
+    def _account_for_spool(self) -> None:
+        """Count spooled batches the account missed: a kill -9 between the spool's fsync and the
+        account's write leaves a batch that will be sent but was not counted as sent."""
+        missed = False
+        for batch in self.spool.pending():
+            account = self.report.epochs.get(batch.epoch)
+            if account is None or batch.sequence > account.last_seq:
+                self.report.sent(batch.epoch, batch.sequence, batch.points)
+                missed = True
+        if missed:
+            self.report.write(self.report_path)
 
     # -- collection -------------------------------------------------------------------------
     def collect_batch(self) -> None:
