@@ -11,12 +11,14 @@ from typing import Any
 
 import psycopg
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from fleetpulse.api import agents, config
+from fleetpulse.api import agents, auth, config
 from fleetpulse.api.schemas import HealthPublic
+from fleetpulse.errors import ConfigError
 from fleetpulse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,11 @@ def create_app(settings: Settings) -> FastAPI:
     settings.require("database_url")
     conninfo = settings.database_url
     assert conninfo is not None  # require() above
+    if not settings.read_keys() and settings.api_admin_key is None and not settings.api_open:
+        raise ConfigError(
+            "no API key: set FLEETPULSE_API_KEYS (comma-separated read keys), or "
+            "FLEETPULSE_API_OPEN=true to let anyone who reaches the port read"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -67,8 +74,20 @@ def create_app(settings: Settings) -> FastAPI:
             await pool.close()
             log.info("api pool closed")
 
-    app = FastAPI(title="fleetpulse", lifespan=lifespan)
+    async def authorize(request: Request) -> None:
+        if request.url.path not in auth.OPEN_PATHS:
+            auth.require_read(request, settings)
+
+    app = FastAPI(title="fleetpulse", lifespan=lifespan, dependencies=[Depends(authorize)])
     app.state.settings = settings
+    origins = [o.strip() for o in settings.api_cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
 
     @app.get(
         "/healthz",

@@ -8,14 +8,14 @@ announced on the control channel, so the front-end holding the agent's stream pu
 
 from __future__ import annotations
 
-import hmac
 import logging
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Any
 
 import redis.asyncio
-from fastapi import APIRouter, Header, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 
+from fleetpulse.api import auth
 from fleetpulse.api.agents import ConnDep, KnownAgentIdDep, SettingsDep
 from fleetpulse.api.schemas import AgentConfigIn, AgentConfigPublic
 from fleetpulse.ingest import agentsettings, keys
@@ -32,22 +32,6 @@ def _seconds(ms: int | None) -> float | None:
 
 def _ms(seconds: float | None) -> int | None:
     return None if seconds is None else round(seconds * 1000)
-
-
-def _require_admin(settings: Settings, authorization: str | None) -> None:
-    if settings.api_admin_key is None:
-        raise HTTPException(
-            HTTPStatus.FORBIDDEN,
-            "the API is read only: set FLEETPULSE_API_ADMIN_KEY to allow writes, "
-            "or use `fleetpulse agents config`",
-        )
-    expected = f"Bearer {settings.api_admin_key.get_secret_value()}".encode()
-    if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
-        raise HTTPException(
-            HTTPStatus.UNAUTHORIZED,
-            "send the admin key as 'authorization: Bearer <key>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
 
 
 async def _config(conn: ConnDep, agent_id: str) -> AgentConfigPublic:
@@ -91,11 +75,11 @@ async def put_agent_config(
     body: AgentConfigIn,
     conn: ConnDep,
     settings: SettingsDep,
-    authorization: Annotated[str | None, Header()] = None,
+    request: Request,
 ) -> AgentConfigPublic:
     """Replace the agent's platform-side settings (fields left out: the agent's own file decides);
     pushed to the agent at once when it is connected."""
-    _require_admin(settings, authorization)
+    auth.require_admin(request, settings)
     changes: dict[str, Any] = {
         "collect_interval_ms": _ms(body.collect_interval_s),
         "heartbeat_interval_ms": _ms(body.heartbeat_interval_s),

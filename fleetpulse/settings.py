@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     # Writes through the API (PUT /agents/{id}/config) need `authorization: Bearer <this key>`;
     # unset, the API refuses every write (403) and the CLI remains the way to change settings.
     api_admin_key: SecretStr | None = None
+    # Read keys (comma-separated): every path but /healthz and /login needs one (or the admin key).
+    # With no key at all the API refuses to start unless api_open says anyone may read.
+    api_keys: SecretStr | None = None
+    api_open: bool = False
+    # Origins a browser may call the API from (comma-separated; "*" for any). Default: none.
+    api_cors_origins: str = ""
 
     def retentions(self) -> dict[str, int]:
         """Days kept per partitioned table (fleetpulse/partitions.py)."""
@@ -94,6 +100,11 @@ class Settings(BaseSettings):
             "rollup_1m": self.rollup_1m_retention_days,
             "rollup_1h": self.rollup_1h_retention_days,
         }
+
+    def read_keys(self) -> list[str]:
+        if self.api_keys is None:
+            return []
+        return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
 
     @property
     def offline_after_s(self) -> float:

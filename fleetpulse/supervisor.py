@@ -105,7 +105,9 @@ class Supervisor:
             self._redis = EmbeddedRedis(data_dir)
             updates["redis_url"] = self._redis.start()
         if settings.enrollment_token is None:
-            updates["enrollment_token"] = SecretStr(_stored_token(data_dir))
+            updates["enrollment_token"] = SecretStr(_stored_token(data_dir, "enrollment_token"))
+        if settings.api_keys is None and settings.api_admin_key is None and not settings.api_open:
+            updates["api_keys"] = SecretStr(_stored_token(data_dir, "api-key"))
         self.settings = settings = settings.model_copy(update=updates)
         assert settings.database_url
         migrate(settings.database_url)
@@ -272,6 +274,7 @@ class Supervisor:
             f"  Redis            {'embedded' if self._redis else 'external'}",
             f"  workers          {self.workers}",
             f"  enrollment token {token}",
+            f"  API key          {', '.join(s.read_keys()) or '(admin key only)'}",
             f"  local agents     {', '.join(agent_ids) if agent_ids else 'none'}",
             "Press Ctrl-C to stop.",
         ]
@@ -295,9 +298,10 @@ def _stop_all(children: list[Child]) -> None:
             child.proc.wait()
 
 
-def _stored_token(data_dir: Path) -> str:
-    """The enrollment token kept in the data dir (0600), created on first use."""
-    path = data_dir / "enrollment_token"
+def _stored_token(data_dir: Path, name: str) -> str:
+    """A secret kept in the data dir (0600), created on first use: the enrollment token, the
+    API's read key."""
+    path = data_dir / name
     if path.exists():
         return path.read_text().strip()
     token = secrets.token_urlsafe(24)

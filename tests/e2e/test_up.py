@@ -22,9 +22,17 @@ from tests.processes import free_port
 pytestmark = pytest.mark.e2e
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:
+def get_json(url: str, key: str | None = None) -> Any:
+    request = urllib.request.Request(url)
+    if key is not None:
+        request.add_header("Authorization", f"Bearer {key}")
+    with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read())
+
+
+def api_key(data_dir: Path) -> str:
+    """The read key `up` generated (it prints it too)."""
+    return (data_dir / "api-key").read_text().strip()
 
 
 def start_up(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -103,7 +111,7 @@ def test_up_runs_agents_and_stores_every_point_exactly_once(
     try:
 
         def three_online_with_points() -> list[dict[str, Any]] | None:
-            agents = get_json(f"{api}/agents")
+            agents = get_json(f"{api}/agents", api_key(data_dir))
             agents = [a for a in agents if a["agent_id"] != "origin-agent"]
             ok = len(agents) == 3 and all(
                 a["status"] == "online" and a["points_committed"] > 0 for a in agents
@@ -152,7 +160,7 @@ def test_up_runs_agents_and_stores_every_point_exactly_once(
             lambda: get_json(f"{api}/healthz")["status"] == "ok", 60, "the API after restart"
         )
         for agent_id, account in sent.items():
-            detail = get_json(f"{api}/agents/{agent_id}")
+            detail = get_json(f"{api}/agents/{agent_id}", api_key(data_dir))
             assert detail["batches_committed"] == account["batches_sent"], (
                 agent_id,
                 detail,
@@ -161,10 +169,12 @@ def test_up_runs_agents_and_stores_every_point_exactly_once(
             assert detail["points_committed"] == account["points_sent"], (agent_id, detail, account)
             assert detail["last_seq"] == account["last_seq"]
             # Count the rows actually stored, series by series: no loss and no duplicates.
-            names = {s["name"] for s in get_json(f"{api}/agents/{agent_id}/series")}
+            names = {
+                s["name"] for s in get_json(f"{api}/agents/{agent_id}/series", api_key(data_dir))
+            }
             stored = 0
             for name in names:
-                body = get_json(f"{api}/agents/{agent_id}/points?name={name}")
+                body = get_json(f"{api}/agents/{agent_id}/points?name={name}", api_key(data_dir))
                 stored += sum(len(series["points"]) for series in body["series"])
                 for series in body["series"]:
                     stamps = [p[0] for p in series["points"]]

@@ -20,11 +20,14 @@ from fastapi.testclient import TestClient
 from psycopg import sql
 
 from fleetpulse.api.app import create_app
+from fleetpulse.errors import ConfigError
 from fleetpulse.settings import Settings
 from tests.processes import free_port
 
 HEARTBEAT_INTERVAL_S = 10.0  # with the default 3 intervals, offline after 30 s without a heartbeat
 MAX_POINTS = 5
+READ_KEY = "test-read-key"
+READ_AUTH = {"authorization": f"Bearer {READ_KEY}"}
 
 NASTY_STRINGS = [
     "x' OR '1'='1",
@@ -54,8 +57,9 @@ def client(database_url: str) -> Iterator[TestClient]:
         database_url=database_url,
         api_max_points=MAX_POINTS,
         heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+        api_keys=READ_KEY,  # type: ignore[arg-type]  # pydantic makes it a SecretStr
     )
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(create_app(settings), headers=READ_AUTH) as test_client:
         yield test_client
 
 
@@ -501,7 +505,12 @@ def test_injection_looking_input_is_only_ever_data(
 
 def test_serve_answers_then_exits_cleanly_on_sigterm(database_url: str) -> None:
     port = free_port()
-    env = {**os.environ, "FLEETPULSE_DATABASE_URL": database_url, "FLEETPULSE_API_PORT": str(port)}
+    env = {
+        **os.environ,
+        "FLEETPULSE_DATABASE_URL": database_url,
+        "FLEETPULSE_API_PORT": str(port),
+        "FLEETPULSE_API_KEYS": READ_KEY,
+    }
     code = "from fleetpulse.api.app import serve; from fleetpulse.settings import Settings; serve(Settings())"
     proc = subprocess.Popen(
         [sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True
@@ -561,7 +570,7 @@ def test_agent_config_put_stores_versions_and_get_shows_what_the_agent_reported(
 ) -> None:
     add_agent(db, "cfg")
     auth = {"authorization": f"Bearer {ADMIN_KEY}"}
-    fresh = admin_client.get("/agents/cfg/config").json()
+    fresh = admin_client.get("/agents/cfg/config", headers=auth).json()
     assert fresh["version"] == 0 and fresh["reported_version"] is None
     put = admin_client.put(
         "/agents/cfg/config", json={"collect_interval_s": 30, "collectors": ["cpu"]}, headers=auth
@@ -585,11 +594,11 @@ def test_agent_config_put_stores_versions_and_get_shows_what_the_agent_reported(
         " collect_interval_ms = 10000, heartbeat_interval_ms = 5000, collectors = '{cpu,load}'"
         " WHERE agent_id = 'cfg'"
     )
-    shown = admin_client.get("/agents/cfg/config").json()
+    shown = admin_client.get("/agents/cfg/config", headers=auth).json()
     assert shown["in_sync"] is True
     assert shown["effective_heartbeat_interval_s"] == 5.0
     assert shown["effective_collectors"] == ["cpu", "load"]
-    detail = admin_client.get("/agents/cfg").json()
+    detail = admin_client.get("/agents/cfg", headers=auth).json()
     assert detail["settings_desired_version"] == 2 and detail["heartbeat_interval_ms"] == 5000
 
 
@@ -615,7 +624,7 @@ def test_agent_config_put_refuses_bad_settings_with_the_reason(
 
 def test_agent_config_of_an_unknown_agent_is_404(admin_client: TestClient) -> None:
     auth = {"authorization": f"Bearer {ADMIN_KEY}"}
-    assert admin_client.get("/agents/ghost/config").status_code == 404
+    assert admin_client.get("/agents/ghost/config", headers=auth).status_code == 404
     assert admin_client.put("/agents/ghost/config", json={}, headers=auth).status_code == 404
 
 
@@ -629,3 +638,41 @@ def test_liveness_follows_the_heartbeat_interval_the_agent_reported(
     db.execute("UPDATE agents SET heartbeat_interval_ms = 60000 WHERE agent_id = 'slow'")
     status = {a["agent_id"]: a["status"] for a in client.get("/agents").json()}
     assert status == {"slow": "online", "default": "offline"}
+
+
+def test_every_path_but_healthz_needs_a_key(database_url: str, db: psycopg.Connection) -> None:
+    add_agent(db, "a1")
+    settings = Settings(
+        database_url=database_url,
+        api_keys="k1, k2",  # type: ignore[arg-type]
+        api_cors_origins="https://grafana.example",
+    )
+    with TestClient(create_app(settings)) as anonymous:
+        assert anonymous.get("/healthz").status_code == 200
+        for path in ("/agents", "/agents/a1", "/agents/a1/series", "/agents/a1/config"):
+            response = anonymous.get(path)
+            assert response.status_code == 401, path
+            assert response.headers["www-authenticate"] == "Bearer"
+        wrong = anonymous.get("/agents", headers={"authorization": "Bearer k3"})
+        assert wrong.status_code == 401
+        assert anonymous.get("/agents", headers={"authorization": "Basic k1"}).status_code == 401
+        for key in ("k1", "k2"):  # either read key
+            assert anonymous.get("/agents", headers={"authorization": f"Bearer {key}"}).json()
+        anonymous.cookies.set("fleetpulse_key", "k2")  # what the dashboard's login sets
+        assert anonymous.get("/agents").status_code == 200
+        preflight = anonymous.options(
+            "/agents",
+            headers={
+                "origin": "https://grafana.example",
+                "access-control-request-method": "GET",
+                "access-control-request-headers": "authorization",
+            },
+        )
+        assert preflight.headers["access-control-allow-origin"] == "https://grafana.example"
+        other = anonymous.get("/agents", headers={"origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_the_api_refuses_to_start_without_any_key(database_url: str) -> None:
+    with pytest.raises(ConfigError, match="FLEETPULSE_API_KEYS"):
+        create_app(Settings(database_url=database_url))

@@ -244,7 +244,7 @@ def test_api_shows_identity_conflicts_and_credentials(edge: Edge) -> None:
     clone.send(register("api-1", "machine-b"))
     assert clone.wait_closed().code() == grpc.StatusCode.ALREADY_EXISTS
     time.sleep(0.3)
-    with TestClient(create_app(Settings(database_url=edge.database_url))) as api:
+    with TestClient(create_app(Settings(database_url=edge.database_url, api_open=True))) as api:
         detail = api.get("/agents/api-1").json()
     assert detail["conflicts"] == 1 and "another machine" in detail["conflict"]
     assert detail["credential_active"] is True and detail["machine_id"] == "machine-a"
@@ -385,9 +385,18 @@ def test_several_front_end_processes_share_one_port(
     env = ingest_env(database_url, redis_url, port, metrics_port=metrics_port)
     with fleetpulse_process(["ingest", "--processes", "2"], env, tmp_path / "ingest.log") as proc:
         wait_for_port(port, proc)
-        time.sleep(1.0)  # the second process binds the same port a moment later
-        titles = sorted(" ".join(c.cmdline()).strip() for c in psutil.Process(proc.pid).children())
-        assert titles == ["fleetpulse ingest 1/2", "fleetpulse ingest 2/2"]
+
+        def titles() -> list[str]:
+            children = psutil.Process(proc.pid).children()
+            return sorted(" ".join(c.cmdline()).strip() for c in children)
+
+        # the second process starts and binds the same port a moment later (later under load)
+        deadline = time.monotonic() + 20
+        while titles() != ["fleetpulse ingest 1/2", "fleetpulse ingest 2/2"]:
+            assert time.monotonic() < deadline, titles()
+            time.sleep(0.1)
+        for index in (1, 2):
+            wait_for_port(metrics_port + index - 1, proc)  # each serves once it is ready
         streams = [Stream(f"127.0.0.1:{port}", TOKEN) for _ in range(20)]
         for i, stream in enumerate(streams):
             stream.send(register(f"rp-{i}", protocol=0))
@@ -413,7 +422,10 @@ def test_an_agent_that_stops_heartbeating_is_offline_within_the_bound(edge: Edge
     from fleetpulse.settings import Settings
 
     settings = Settings(
-        database_url=edge.database_url, heartbeat_interval_s=0.5, offline_after_heartbeats=3
+        database_url=edge.database_url,
+        heartbeat_interval_s=0.5,
+        offline_after_heartbeats=3,
+        api_open=True,
     )
     stream = Stream(edge.address, TOKEN)
     stream.send(register("hung-1"), heartbeat("hung-1"))

@@ -1,0 +1,73 @@
+"""API keys: read scope for every path but /healthz and /login, admin scope for writes.
+
+A key arrives as ``Authorization: Bearer <key>`` or, from the dashboard in a browser, as the
+``fleetpulse_key`` cookie that ``POST /login`` sets. Every configured key is compared in constant
+time (hmac.compare_digest), all of them each time, so the answer's timing does not tell which
+prefix matched or how many keys there are.
+"""
+
+from __future__ import annotations
+
+import hmac
+from http import HTTPStatus
+
+from fastapi import HTTPException, Request
+
+from fleetpulse.settings import Settings
+
+COOKIE = "fleetpulse_key"
+# Paths anyone may reach: the load balancer's probe and the dashboard's login form.
+OPEN_PATHS = frozenset({"/healthz", "/login"})
+
+
+def _keys(settings: Settings, admin: bool) -> list[bytes]:
+    keys = [] if admin else [key.encode() for key in settings.read_keys()]
+    if settings.api_admin_key is not None:
+        keys.append(settings.api_admin_key.get_secret_value().encode())
+    return keys
+
+
+def matches(presented: str | None, settings: Settings, *, admin: bool = False) -> bool:
+    """Whether ``presented`` is a configured key of the scope (admin keys also read)."""
+    if presented is None:
+        return False
+    candidate = presented.encode()
+    found = False
+    for key in _keys(settings, admin):
+        found |= hmac.compare_digest(candidate, key)
+    return found
+
+
+def presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is not None:
+        scheme, _, value = header.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else None
+    return request.cookies.get(COOKIE)
+
+
+def require_read(request: Request, settings: Settings) -> None:
+    """401 unless the request carries a read (or admin) key; open when the API is open."""
+    if settings.api_open and not settings.read_keys() and settings.api_admin_key is None:
+        return
+    if not matches(presented_key(request), settings):
+        raise HTTPException(
+            HTTPStatus.UNAUTHORIZED,
+            "missing or wrong API key: send 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def require_admin(request: Request, settings: Settings) -> None:
+    if settings.api_admin_key is None:
+        raise HTTPException(
+            HTTPStatus.FORBIDDEN,
+            "the API is read only: set FLEETPULSE_API_ADMIN_KEY to allow writes, "
+            "or use `fleetpulse agents config`",
+        )
+    if not matches(presented_key(request), settings, admin=True):
+        raise HTTPException(
+            HTTPStatus.UNAUTHORIZED,
+            "send the admin key as 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
