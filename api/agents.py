@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from itertools import groupby
 from operator import itemgetter
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from psycopg import AsyncConnection
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
@@ -37,13 +37,56 @@ SELECT a.agent_id, a.hostname, a.ip, a.os, a.arch, a.version,
     coalesce(i.batches_committed, 0) AS batches_committed,
     coalesce(i.points_committed, 0) AS points_committed"""
 
+# The filters are bind parameters; NULL means "not filtered".
 _LIST_AGENTS = (
-    _AGENT_COLUMNS
+    "SELECT *, count(*) OVER () AS total FROM ("  # noqa: S608  # constants only
+    + _AGENT_COLUMNS
     + """
 FROM agents a LEFT JOIN agent_ingest i USING (agent_id)
-ORDER BY a.agent_id
+) a
+WHERE (%(status)s::text IS NULL OR status = %(status)s)
+    AND (%(os)s::text IS NULL OR os = %(os)s)
+    AND (%(arch)s::text IS NULL OR arch = %(arch)s)
+    AND (%(version)s::text IS NULL OR version = %(version)s)
+    AND (%(q)s::text IS NULL OR agent_id ILIKE %(q)s OR hostname ILIKE %(q)s)
 """
 )
+
+_COUNT_AGENTS = "SELECT count(*) FROM (" + _LIST_AGENTS + ") counted"  # noqa: S608
+
+# ORDER BY clauses by the `sort` a client may ask for: a fixed set, chosen by key, never built
+# from the request. agent_id last, so that pages are stable.
+_ORDER = {
+    "agent_id": "agent_id",
+    "hostname": "hostname, agent_id",
+    "status": "status, agent_id",
+    "os": "os, agent_id",
+    "version": "version, agent_id",
+    "last_heartbeat": "last_heartbeat NULLS FIRST, agent_id",
+    "-agent_id": "agent_id DESC",
+    "-hostname": "hostname DESC, agent_id",
+    "-status": "status DESC, agent_id",
+    "-os": "os DESC, agent_id",
+    "-version": "version DESC, agent_id",
+    "-last_heartbeat": "last_heartbeat DESC NULLS LAST, agent_id",
+}
+# Sorted in Python after computing them for every matching agent.
+_COMPUTED_SORTS = ("cpu_percent", "memory_percent")
+SORTS = (*_ORDER, *_COMPUTED_SORTS, *(f"-{key}" for key in _COMPUTED_SORTS))
+
+# The latest point of the last 5 minutes of each agent's idle CPU and memory total/available.
+_NOW_VALUES = """
+SELECT s.agent_id, s.name, s.labels->>'mode', s.labels->>'state', p.value
+FROM series s
+CROSS JOIN LATERAL (
+    SELECT value FROM points
+    WHERE points.series_id = s.series_id AND ts > now() - interval '5 minutes'
+    ORDER BY ts DESC LIMIT 1
+) p
+WHERE s.agent_id = ANY(%s)
+    AND ((s.name = 'cpu_usage_percent' AND s.labels = '{"mode": "idle"}')
+        OR (s.name = 'memory_bytes' AND s.labels->>'state' IN ('total', 'available')))
+"""
 
 # Two constants joined; no input is ever formatted into SQL.
 _GET_AGENT = (
@@ -140,12 +183,97 @@ def _liveness(settings: Settings) -> dict[str, float]:
 router = APIRouter(tags=["agents"])
 
 
-@router.get("/agents")
-async def list_agents(conn: ConnDep, settings: SettingsDep) -> list[AgentPublic]:
-    """Every agent, ordered by agent_id."""
-    cur = conn.cursor(row_factory=class_row(AgentPublic))
-    await cur.execute(_LIST_AGENTS, _liveness(settings))
-    return await cur.fetchall()
+def _like(text: str) -> str:
+    """A substring pattern for ILIKE that matches ``text`` literally (% and _ included)."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+async def now_values(conn: AsyncConnection[Any], agents: list[AgentPublic]) -> None:
+    """Fill cpu_percent and memory_percent of ``agents`` in one query."""
+    if not agents:
+        return
+    cur = await conn.execute(_NOW_VALUES, ([a.agent_id for a in agents],))
+    idle: dict[str, float] = {}
+    memory: dict[tuple[str, str], float] = {}
+    for agent_id, name, _mode, state, value in await cur.fetchall():
+        if name == "cpu_usage_percent":
+            idle[agent_id] = value
+        else:
+            memory[(agent_id, state)] = value
+    for agent in agents:
+        if agent.agent_id in idle:
+            agent.cpu_percent = round(100.0 - idle[agent.agent_id], 2)
+        total = memory.get((agent.agent_id, "total"))
+        available = memory.get((agent.agent_id, "available"))
+        if total and available is not None:
+            agent.memory_percent = round(100.0 * (1.0 - available / total), 2)
+
+
+def _sort_key(field: str) -> Any:
+    def key(agent: AgentPublic) -> tuple[bool, float, str]:
+        value = getattr(agent, field)
+        return (value is None, value if value is not None else 0.0, agent.agent_id)
+
+    return key
+
+
+@router.get("/agents", responses={422: {"description": "Unknown sort key or limit out of range"}})
+async def list_agents(
+    conn: ConnDep,
+    settings: SettingsDep,
+    response: Response,
+    status: Literal["online", "offline"] | None = None,
+    os: str | None = None,
+    arch: str | None = None,
+    version: str | None = None,
+    q: str | None = None,
+    sort: Literal[SORTS] = "agent_id",  # type: ignore[valid-type]
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[AgentPublic]:
+    """One page of agents, filtered and sorted, each with its CPU and memory now; the number of
+    matching agents is in the X-Total-Count header."""
+    params: dict[str, Any] = {
+        **_liveness(settings),
+        "status": status,
+        "os": os,
+        "arch": arch,
+        "version": version,
+        "q": _like(q) if q else None,
+    }
+    if any(value is not None and _has_nul(str(value)) for value in params.values()):
+        response.headers["X-Total-Count"] = "0"
+        return []
+    computed = sort.lstrip("-") in _COMPUTED_SORTS
+    query = _LIST_AGENTS + f"ORDER BY {_ORDER.get(sort, 'agent_id')}"
+    if not computed:
+        query += " LIMIT %(limit)s OFFSET %(offset)s"
+        params |= {"limit": limit, "offset": offset}
+    cur = await conn.execute(query, params)
+    columns = [column.name for column in cur.description or ()]
+    rows = [dict(zip(columns, row, strict=True)) for row in await cur.fetchall()]
+    total = rows[0]["total"] if rows else await _count(conn, params, offset)
+    agents = [AgentPublic.model_validate(row) for row in rows]
+    if computed:
+        await now_values(conn, agents)
+        agents.sort(key=_sort_key(sort.lstrip("-")), reverse=sort.startswith("-"))
+        if sort.startswith("-"):  # nulls last either way
+            agents.sort(key=lambda agent: getattr(agent, sort[1:]) is None)
+        agents = agents[offset : offset + limit]
+    else:
+        await now_values(conn, agents)
+    response.headers["X-Total-Count"] = str(total)
+    return agents
+
+
+async def _count(conn: AsyncConnection[Any], params: dict[str, Any], offset: int) -> int:
+    """The total when the page came back empty (an offset past the end, or nothing matches)."""
+    if offset == 0:
+        return 0
+    cur = await conn.execute(_COUNT_AGENTS, params)
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
 
 
 @router.get("/agents/{agent_id}", responses={404: {"description": "Unknown agent"}})
@@ -158,6 +286,7 @@ async def get_agent(agent_id: str, conn: ConnDep, settings: SettingsDep) -> Agen
     agent = await cur.fetchone()
     if agent is None:
         raise _agent_not_found(agent_id)
+    await now_values(conn, [agent])
     return agent
 
 

@@ -16,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from fleetpulse.api import agents, auth, config
+from fleetpulse.api import agents, auth, config, fleet, query
 from fleetpulse.api.schemas import HealthPublic
 from fleetpulse.errors import ConfigError
 from fleetpulse.settings import Settings
@@ -114,6 +114,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(agents.router)
     app.include_router(config.router)
+    app.include_router(fleet.router)
+    app.include_router(query.router)
     return app
 
 

@@ -27,6 +27,10 @@ class AgentPublic(BaseModel):
     updated_at: datetime
     batches_committed: int
     points_committed: int
+    # Now: 100 - idle CPU % and 1 - available/total memory, from each agent's latest points of the
+    # last 5 minutes (null when it sent none).
+    cpu_percent: float | None = None
+    memory_percent: float | None = None
 
 
 class AgentDetailPublic(AgentPublic):

@@ -205,6 +205,8 @@ def test_list_agents_computes_status_from_heartbeat_age(
         "updated_at",
         "batches_committed",
         "points_committed",
+        "cpu_percent",
+        "memory_percent",
     }
     assert (agent["hostname"], agent["ip"], agent["os"], agent["arch"], agent["version"]) == (
         "host",

@@ -1,0 +1,166 @@
+"""The fleet at a glance: a summary, the metric catalog and the pipeline's health."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+import redis.asyncio
+from fastapi import APIRouter, Query
+
+from fleetpulse.api.agents import ConnDep, SettingsDep, _has_nul, _liveness
+from fleetpulse.ingest import keys
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["fleet"])
+
+_SUMMARY = """
+WITH a AS (
+    SELECT os, arch, version,
+        CASE WHEN status = 'online' AND last_heartbeat > now() - make_interval(secs =>
+                %(offline_after_heartbeats)s
+                * coalesce(heartbeat_interval_ms / 1000.0, %(heartbeat_interval_s)s)::float8)
+            THEN 'online' ELSE 'offline' END AS status
+    FROM agents
+)
+SELECT GROUPING(status), GROUPING(os), GROUPING(arch), GROUPING(version),
+    status, os, arch, version, count(*)
+FROM a GROUP BY GROUPING SETS ((), (status), (os), (arch), (version))
+"""
+
+_METRICS = """
+SELECT name, count(*) FROM series GROUP BY name ORDER BY name LIMIT %s
+"""
+_AGENT_METRICS = """
+SELECT name, count(*) FROM series WHERE agent_id = %s GROUP BY name ORDER BY name LIMIT %s
+"""
+# Distinct label values per key of one metric (the agent id is a label like the others), at
+# most limit + 1 per key so the answer can say it was cut.
+_LABELS = """
+WITH kv AS (
+    SELECT 'agent_id' AS key, agent_id AS value FROM series WHERE name = %(metric)s
+    UNION
+    SELECT l.key, l.value FROM series, jsonb_each_text(labels) l WHERE name = %(metric)s
+), ranked AS (
+    SELECT key, value, row_number() OVER (PARTITION BY key ORDER BY value) AS n FROM kv
+)
+SELECT key, value FROM ranked WHERE n <= %(limit)s + 1 ORDER BY key, value
+"""
+
+_COMMIT_RATE = """
+SELECT count(*), coalesce(sum(points), 0), coalesce(sum(rejected), 0)
+FROM batches WHERE committed_at > now() - interval '60 seconds'
+"""
+
+
+@router.get("/fleet/summary")
+async def fleet_summary(conn: ConnDep, settings: SettingsDep) -> dict[str, Any]:
+    """Agents in all, and by status, OS, architecture and version."""
+    cur = await conn.execute(_SUMMARY, _liveness(settings))
+    summary: dict[str, Any] = {
+        "agents": 0,
+        "by_status": {"online": 0, "offline": 0},
+        "by_os": {},
+        "by_arch": {},
+        "by_version": {},
+    }
+    for g_status, g_os, g_arch, g_version, status, os, arch, version, n in await cur.fetchall():
+        grouped = (g_status, g_os, g_arch, g_version)
+        if grouped == (1, 1, 1, 1):
+            summary["agents"] = n
+        elif not g_status:
+            summary["by_status"][status] = n
+        elif not g_os:
+            summary["by_os"][os] = n
+        elif not g_arch:
+            summary["by_arch"][arch] = n
+        else:
+            summary["by_version"][version] = n
+    return summary
+
+
+@router.get("/catalog/metrics")
+async def catalog_metrics(
+    conn: ConnDep,
+    agent_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> list[dict[str, Any]]:
+    """Metric names with their number of series (of one agent, or of the fleet)."""
+    if agent_id is not None and _has_nul(agent_id):
+        return []
+    if agent_id is None:
+        cur = await conn.execute(_METRICS, (limit,))
+    else:
+        cur = await conn.execute(_AGENT_METRICS, (agent_id, limit))
+    return [{"name": name, "series": n} for name, n in await cur.fetchall()]
+
+
+@router.get("/catalog/labels")
+async def catalog_labels(
+    conn: ConnDep, metric: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> dict[str, Any]:
+    """Label keys of a metric and their values, at most ``limit`` values per key."""
+    labels: dict[str, list[str]] = {}
+    truncated = False
+    if not _has_nul(metric):
+        cur = await conn.execute(_LABELS, {"metric": metric, "limit": limit})
+        for key, value in await cur.fetchall():
+            values = labels.setdefault(key, [])
+            if len(values) == limit:
+                truncated = True
+            else:
+                values.append(value)
+    return {"metric": metric, "labels": labels, "truncated": truncated}
+
+
+@router.get("/pipeline")
+async def pipeline(conn: ConnDep, settings: SettingsDep) -> dict[str, Any]:
+    """Queue depth, consumer-group pending and lag per stream shard, dead letters, commit rate."""
+    cur = await conn.execute(_COMMIT_RATE)
+    row = await cur.fetchone()
+    batches, points, rejected = row if row else (0, 0, 0)
+    health: dict[str, Any] = {
+        "committed_last_60s": {
+            "batches_per_s": round(batches / 60, 2),
+            "points_per_s": round(int(points) / 60, 1),
+            "points_rejected_per_s": round(int(rejected) / 60, 2),
+        },
+        "queue": None,
+    }
+    if settings.redis_url is None:
+        health["queue_error"] = "no redis_url configured for the API"
+        return health
+    client = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=2)
+    try:
+        health["queue"] = await _queue(client)
+    except redis.RedisError as exc:
+        health["queue_error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        await client.aclose()
+    return health
+
+
+async def _queue(client: redis.asyncio.Redis) -> dict[str, Any]:
+    shards = int(await client.get(keys.SHARDS_KEY) or 0)
+    streams = []
+    for shard in range(shards):
+        stream = keys.stream_key(shard)
+        length = await client.xlen(stream)
+        pending = lag = None
+        try:
+            for group in await client.xinfo_groups(stream):
+                if group["name"] in (keys.CONSUMER_GROUP, keys.CONSUMER_GROUP.encode()):
+                    pending, lag = group["pending"], group.get("lag")
+        except redis.ResponseError:  # the stream does not exist yet
+            pass
+        streams.append({"stream": stream, "length": length, "pending": pending, "lag": lag})
+    stats = await client.hgetall(keys.WORKER_STATS_KEY)
+    return {
+        "streams": streams,
+        "queued": sum(s["length"] for s in streams),
+        "dead_letters": await client.xlen(keys.DEAD_LETTER_STREAM),
+        "worker_stats": {
+            (k.decode() if isinstance(k, bytes) else k): float(v) for k, v in stats.items()
+        },
+    }

@@ -1,0 +1,383 @@
+"""Native queries: range queries with a step and an aggregation, grouped by labels, and top-N.
+
+Series are chosen by metric name and label matchers (``=``, ``!=``, ``=~``, ``!~``; ``agent_id``
+is a label like the others). Every matcher is a constant SQL fragment with its key and value as
+bind parameters: nothing a client sends is formatted into SQL, label names included.
+
+**Windows.** A point labelled ``t`` aggregates the samples in ``[t, t + step)``, ``t`` a multiple of
+the step (Unix time), which is how the rollup tiers bucket too. Aggregation runs in two stages:
+within a window per series (avg, min, max, last; ``count`` counts the samples; ``sum`` takes the
+series' average), then across the series of a group (``by``): ``avg`` and ``last`` the mean,
+``min``/``max``, ``sum`` and ``count`` the sum. So ``agg=max&by=agent_id`` is PromQL's
+``max by (agent_id) (max_over_time(m[step]))`` with windows labelled by their start.
+
+**Tiers.** The finest data a step needs and no finer: steps that are multiples of an hour read
+``rollup_1h``, multiples of a minute ``rollup_1m``, anything else the raw points. The newest
+buckets of a tier may not be computed yet (a minute is final at most ``rollup_max_delay_s`` after
+it closes): those come from the next finer tier, so a chart is never missing its last minutes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Annotated, Any, Literal
+
+import orjson
+import polars as pl
+from fastapi import APIRouter, HTTPException, Query, Response
+from psycopg import AsyncConnection, errors
+
+from fleetpulse.api.agents import ConnDep
+
+router = APIRouter(tags=["queries"])
+
+Agg = Literal["avg", "min", "max", "sum", "count", "last"]
+MAX_STEPS = 11_000
+MAX_MATCHED_SERIES = 20_000
+MAX_GROUPS = 5_000
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)?$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+_MATCH = re.compile(r"^([a-zA-Z_][a-zA-Z0-9_]*)(=~|!~|!=|=)(.*)$", re.DOTALL)
+# How long after a bucket closes its rollup is final at the latest (ingest/rollups.py: max delay
+# 10 s after the minute closed; an hour is recomputed from its minutes after they are final).
+_MINUTE_FINAL_S = 70
+_HOUR_FINAL_S = 3600 + 80
+
+
+def bad(detail: str) -> HTTPException:
+    return HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    key: str
+    op: str  # "=", "!=", "=~", "!~"
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    series_id: int
+    name: str
+    agent_id: str
+    labels: dict[str, str]
+
+    def label(self, key: str) -> str:
+        if key == "agent_id":
+            return self.agent_id
+        if key == "__name__":
+            return self.name
+        return self.labels.get(key, "")
+
+
+def parse_duration(text: str, what: str = "step") -> float:
+    """Seconds from ``30``, ``30s``, ``5m``, ``1h``, ``1d``, ``1w`` or ``250ms``."""
+    found = _DURATION.match(text.strip())
+    if not found:
+        raise bad(f"{what}: {text!r} is not a duration (a number of seconds, or like 30s, 5m, 1h)")
+    seconds = float(found.group(1)) * _UNITS[found.group(2)]
+    if seconds <= 0:
+        raise bad(f"{what} must be positive, got {text!r}")
+    return seconds
+
+
+def parse_time(text: str, what: str) -> float:
+    """Unix seconds from Unix seconds or RFC 3339."""
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise bad(f"{what}: {text!r} is neither Unix seconds nor RFC 3339") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        value = moment.timestamp()
+    if not math.isfinite(value) or abs(value) > 32_503_680_000:  # year 3000
+        raise bad(f"{what}: {text!r} is out of range")
+    return value
+
+
+def parse_matchers(raw: list[str]) -> list[Matcher]:
+    matchers = []
+    for text in raw:
+        found = _MATCH.match(text)
+        if not found:
+            raise bad(f"match: {text!r} is not LABEL=VALUE, LABEL!=VALUE, LABEL=~RE or LABEL!~RE")
+        matchers.append(Matcher(*found.groups()))
+    return matchers
+
+
+# -- choosing series ---------------------------------------------------------------------------
+
+_SERIES_BASE = "SELECT series_id, name, agent_id, labels FROM series WHERE true"
+_LHS_AGENT = "agent_id"
+_LHS_NAME = "name"
+_LHS_LABEL = "coalesce(labels->>%s, '')"
+_OPS = {"=": " = %s", "!=": " <> %s", "=~": " ~ %s", "!~": " !~ %s"}
+
+
+def _condition(matcher: Matcher) -> tuple[str, list[Any]]:
+    """One matcher as a constant SQL fragment and its parameters. A regular expression is
+    anchored (matches the whole value), as in Prometheus."""
+    value = f"^(?:{matcher.value})$" if matcher.op in ("=~", "!~") else matcher.value
+    if matcher.key == "agent_id":
+        return f" AND {_LHS_AGENT}{_OPS[matcher.op]}", [value]
+    if matcher.key == "__name__":
+        return f" AND {_LHS_NAME}{_OPS[matcher.op]}", [value]
+    return f" AND {_LHS_LABEL}{_OPS[matcher.op]}", [matcher.key, value]
+
+
+async def select_series(conn: AsyncConnection[Any], matchers: list[Matcher]) -> list[Series]:
+    """Series matching every matcher (one of them should name the metric)."""
+    if any("\x00" in m.key or "\x00" in m.value for m in matchers):
+        return []  # PostgreSQL text holds no NUL: nothing stored can match
+    query, params = _SERIES_BASE, []
+    for matcher in matchers:
+        fragment, values = _condition(matcher)
+        query += fragment
+        params.extend(values)
+    query += f" LIMIT {MAX_MATCHED_SERIES + 1}"
+    try:
+        cur = await conn.execute(query, params)
+    except errors.InvalidRegularExpression as exc:
+        raise bad(f"invalid regular expression: {str(exc).splitlines()[0]}") from None
+    rows = await cur.fetchall()
+    if len(rows) > MAX_MATCHED_SERIES:
+        raise bad(f"more than {MAX_MATCHED_SERIES} series match; add label matchers")
+    return [Series(*row) for row in rows]
+
+
+# -- reading windows ---------------------------------------------------------------------------
+
+# Samples of three tiers, each for its own time range: the hour tier up to split_h, the minute
+# tier from split_h to split_m, raw points from split_m. A raw point is a bucket of one.
+_SAMPLES = """
+    SELECT series_id, bucket AS ts, count AS n, sum AS s, min AS lo, max AS hi, last, last_ts
+    FROM rollup_1h
+    WHERE series_id = ANY(%(ids)s) AND bucket >= %(start)s AND bucket < %(split_h)s
+    UNION ALL
+    SELECT series_id, bucket, count, sum, min, max, last, last_ts
+    FROM rollup_1m
+    WHERE series_id = ANY(%(ids)s) AND bucket >= %(split_h)s AND bucket < %(split_m)s
+    UNION ALL
+    SELECT series_id, ts, 1, value, value, value, value, ts
+    FROM points
+    WHERE series_id = ANY(%(ids)s) AND ts >= %(split_m)s AND ts < %(end)s
+"""
+_WINDOWS = (
+    """
+SELECT series_id, floor(extract(epoch FROM ts) / %(step)s)::bigint AS k,
+    sum(n)::bigint AS n, sum(s) AS s, min(lo) AS lo, max(hi) AS hi,
+    (array_agg(last ORDER BY last_ts DESC))[1] AS last
+FROM ("""
+    + _SAMPLES
+    + """) samples
+GROUP BY 1, 2
+"""
+)
+_TOTALS = (
+    """
+SELECT series_id, 0::bigint AS k, sum(n)::bigint AS n, sum(s) AS s, min(lo) AS lo, max(hi) AS hi,
+    (array_agg(last ORDER BY last_ts DESC))[1] AS last
+FROM ("""
+    + _SAMPLES
+    + """) samples
+GROUP BY 1
+"""
+)
+_SCHEMA = {
+    "series_id": pl.Int64,
+    "k": pl.Int64,
+    "n": pl.Int64,
+    "s": pl.Float64,
+    "lo": pl.Float64,
+    "hi": pl.Float64,
+    "last": pl.Float64,
+}
+
+
+def tier_for(step_s: float) -> str:
+    if step_s % 3600 == 0:
+        return "1h"
+    if step_s % 60 == 0:
+        return "1m"
+    return "raw"
+
+
+def _splits(tier: str, start: float, end: float, now: float) -> tuple[float, float]:
+    """Where the hour tier hands over to the minute tier, and that one to raw points."""
+    split_m = start
+    split_h = start
+    if tier in ("1m", "1h"):
+        split_m = max(start, min(end, (math.floor((now - _MINUTE_FINAL_S) / 60) + 1) * 60))
+    if tier == "1h":
+        split_h = max(start, min(split_m, (math.floor((now - _HOUR_FINAL_S) / 3600) + 1) * 3600))
+    return split_h, split_m
+
+
+async def read_windows(
+    conn: AsyncConnection[Any],
+    ids: list[int],
+    start: float,
+    end: float,
+    step: float | None,
+    tier: str,
+) -> pl.DataFrame:
+    """Per series and window k (``t = k * step``): sample count, sum, min, max and last value.
+    ``step`` None: one window over [start, end)."""
+    split_h, split_m = _splits(tier, start, end, datetime.now(UTC).timestamp())
+
+    def at(seconds: float) -> datetime:
+        return datetime.fromtimestamp(seconds, UTC)
+
+    params = {
+        "ids": ids,
+        "start": at(start),
+        "end": at(end),
+        "split_h": at(split_h),
+        "split_m": at(split_m),
+        "step": step,
+    }
+    cur = await conn.execute(_WINDOWS if step is not None else _TOTALS, params, binary=True)
+    rows = await cur.fetchall()
+    return pl.DataFrame(rows, schema=_SCHEMA, orient="row")
+
+
+def reduce_windows(
+    windows: pl.DataFrame, series: list[Series], agg: Agg, by: list[str]
+) -> pl.DataFrame:
+    """Stage 1 (within a window, per series) and stage 2 (across a group): columns g, k, v."""
+    within = {
+        "avg": pl.col("s") / pl.col("n"),
+        "sum": pl.col("s") / pl.col("n"),
+        "min": pl.col("lo"),
+        "max": pl.col("hi"),
+        "last": pl.col("last"),
+        "count": pl.col("n").cast(pl.Float64),
+    }[agg]
+    across = {
+        "avg": pl.col("v").mean(),
+        "last": pl.col("v").mean(),
+        "min": pl.col("v").min(),
+        "max": pl.col("v").max(),
+        "sum": pl.col("v").sum(),
+        "count": pl.col("v").sum(),
+    }[agg]
+    keys = [tuple(s.label(key) for key in by) for s in series]
+    group_of = {key: index for index, key in enumerate(dict.fromkeys(keys))}
+    groups = pl.DataFrame(
+        {
+            "series_id": [s.series_id for s in series],
+            "g": [group_of[key] for key in keys],
+        },
+        schema={"series_id": pl.Int64, "g": pl.Int64},
+    )
+    return (
+        windows.join(groups, on="series_id")
+        .with_columns(v=within)
+        .group_by("g", "k")
+        .agg(v=across)
+        .sort("g", "k")
+    )
+
+
+def group_labels(series: list[Series], by: list[str]) -> list[dict[str, str]]:
+    keys = dict.fromkeys(tuple(s.label(key) for key in by) for s in series)
+    return [dict(zip(by, key, strict=True)) for key in keys]
+
+
+def _by(text: str | None) -> list[str]:
+    return [key.strip() for key in (text or "").split(",") if key.strip()]
+
+
+def _json(body: dict[str, Any]) -> Response:
+    # orjson writes NaN and ±Inf as null
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get(
+    "/query/range",
+    responses={422: {"description": "Bad parameter, or over a limit (named in detail)"}},
+)
+async def query_range(
+    conn: ConnDep,
+    metric: str,
+    match: Annotated[list[str] | None, Query()] = None,
+    agg: Agg = "avg",
+    by: str | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    step: str = "60",
+) -> Response:
+    """A metric's values per step window, aggregated by ``agg`` and grouped by the ``by`` labels
+    (comma-separated; none: one group). Window ``t`` covers ``[t, t + step)``."""
+    step_s = parse_duration(step)
+    end_s = parse_time(end, "end") if end else datetime.now(UTC).timestamp()
+    start_s = parse_time(start, "start") if start else end_s - 3600
+    if start_s >= end_s:
+        raise bad("start must be before end")
+    first_k, last_k = math.floor(start_s / step_s), math.ceil(end_s / step_s) - 1
+    if last_k - first_k + 1 > MAX_STEPS:
+        raise bad(f"more than {MAX_STEPS} steps: use a larger step or a shorter range")
+    keys = _by(by)
+    series = await select_series(
+        conn, [Matcher("__name__", "=", metric), *parse_matchers(match or [])]
+    )
+    tier = tier_for(step_s)
+    body: dict[str, Any] = {"metric": metric, "agg": agg, "step": step_s, "tier": tier}
+    labels = group_labels(series, keys)
+    if len(labels) > MAX_GROUPS:
+        raise bad(f"more than {MAX_GROUPS} groups: group by fewer labels or match fewer series")
+    if not series:
+        return _json({**body, "series": []})
+    windows = await read_windows(
+        conn, [s.series_id for s in series], first_k * step_s, end_s, step_s, tier
+    )
+    values = reduce_windows(windows, series, agg, keys).with_columns(
+        t=pl.col("k").cast(pl.Float64) * step_s
+    )
+    per_group = values.group_by("g").agg("t", "v").sort("g")
+    body["series"] = [
+        {"labels": labels[g], "points": list(zip(t, v, strict=True))}
+        for g, t, v in per_group.iter_rows()
+    ]
+    return _json(body)
+
+
+@router.get("/query/top", responses={422: {"description": "Bad parameter"}})
+async def query_top(
+    conn: ConnDep,
+    metric: str,
+    match: Annotated[list[str] | None, Query()] = None,
+    k: Annotated[int, Query(ge=1, le=1000)] = 10,
+    window: str = "300",
+    agg: Agg = "avg",
+    by: str = "agent_id",
+    order: Literal["desc", "asc"] = "desc",
+) -> Response:
+    """The k groups with the highest (desc) or lowest (asc) ``agg`` over the last ``window``."""
+    window_s = parse_duration(window, "window")
+    if window_s > 7 * 86400:
+        raise bad("window: at most 7 days")
+    end_s = datetime.now(UTC).timestamp()
+    keys = _by(by)
+    series = await select_series(
+        conn, [Matcher("__name__", "=", metric), *parse_matchers(match or [])]
+    )
+    body: dict[str, Any] = {"metric": metric, "window": window_s, "agg": agg, "groups": []}
+    if not series:
+        return _json(body)
+    tier = "raw" if window_s < 3600 else "1m"
+    windows = await read_windows(
+        conn, [s.series_id for s in series], end_s - window_s, end_s, None, tier
+    )
+    values = reduce_windows(windows, series, agg, keys).filter(pl.col("v").is_not_nan())
+    top = values.sort("v", descending=order == "desc", nulls_last=True).head(k)
+    labels = group_labels(series, keys)
+    body["groups"] = [{"labels": labels[g], "value": v} for g, _, v in top.iter_rows()]
+    return _json(body)
