@@ -16,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from fleetpulse.api import agents, auth, config, fleet, query
+from fleetpulse.api import agents, auth, config, fleet, prom, query
 from fleetpulse.api.schemas import HealthPublic
 from fleetpulse.errors import ConfigError
 from fleetpulse.settings import Settings
@@ -116,6 +116,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(config.router)
     app.include_router(fleet.router)
     app.include_router(query.router)
+    app.include_router(prom.router)
     return app
 
 
