@@ -16,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from fleetpulse.api import agents, auth, config, fleet, prom, query
+from fleetpulse.api import agents, auth, config, fleet, prom, query, ui
 from fleetpulse.api.schemas import HealthPublic
 from fleetpulse.errors import ConfigError
 from fleetpulse.settings import Settings
@@ -75,7 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
             log.info("api pool closed")
 
     async def authorize(request: Request) -> None:
-        if request.url.path not in auth.OPEN_PATHS:
+        if request.url.path not in auth.OPEN_PATHS and request.url.path not in ui.UI_PATHS:
             auth.require_read(request, settings)
 
     app = FastAPI(title="fleetpulse", lifespan=lifespan, dependencies=[Depends(authorize)])
@@ -117,6 +117,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(fleet.router)
     app.include_router(query.router)
     app.include_router(prom.router)
+    app.include_router(ui.router)
     return app
 
 

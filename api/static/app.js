@@ -1,0 +1,228 @@
+// The fleet page: summary, one page of agents (server-side filter, sort and paging), live refresh.
+"use strict";
+
+(() => {
+  const REFRESH_MS = 5000;
+  const FILTER_DELAY_MS = 250;
+  // Columns whose first click sorts descending: the busiest or most recent first.
+  const DESCENDING_FIRST = new Set(["cpu_percent", "memory_percent", "last_heartbeat"]);
+
+  const params = new URLSearchParams(location.search);
+  const state = {
+    q: params.get("q") || "",
+    status: params.get("status") || "",
+    sort: params.get("sort") || "agent_id",
+    limit: Number(params.get("limit")) || 50,
+    offset: Math.max(0, Number(params.get("offset")) || 0),
+  };
+
+  const $ = (id) => document.getElementById(id);
+  const tbody = document.querySelector("#agents tbody");
+  let inflight = null;
+  let timer = null;
+  let refreshes = 0;
+
+  function keepInURL() {
+    const query = new URLSearchParams();
+    if (state.q) query.set("q", state.q);
+    if (state.status) query.set("status", state.status);
+    if (state.sort !== "agent_id") query.set("sort", state.sort);
+    if (state.limit !== 50) query.set("limit", state.limit);
+    if (state.offset) query.set("offset", state.offset);
+    const search = query.toString();
+    history.replaceState(null, "", search ? `?${search}` : location.pathname);
+  }
+
+  function chips(container, counts, cls) {
+    container.replaceChildren();
+    const entries = Object.entries(counts || {}).sort((a, b) => b[1] - a[1]);
+    for (const [name, count] of entries) {
+      container.append(
+        fp.el("span", { class: `chip ${cls ? cls(name) : ""}` }, fp.el("b", { text: count }), ` ${name || "unknown"}`),
+      );
+    }
+    if (!entries.length) container.append(fp.el("span", { class: "muted", text: "—" }));
+  }
+
+  function renderSummary(summary) {
+    $("sum-total").textContent = summary.agents;
+    chips($("sum-status"), summary.by_status, (name) => `status-${name}`);
+    chips($("sum-os"), summary.by_os);
+    chips($("sum-version"), summary.by_version);
+  }
+
+  function usageCell(value, cls) {
+    const v = fp.finite(value);
+    const bar = fp.el("span", { class: "bar" });
+    if (v !== null) bar.style.width = `${Math.min(100, Math.max(0, v))}%`;
+    return fp.el(
+      "td",
+      { class: `num ${cls}`, dataset: { value: v === null ? "" : String(v) } },
+      fp.el("span", { class: "usage" }, bar, fp.el("span", { class: "usage-text", text: fp.percent(v) })),
+    );
+  }
+
+  function renderAgents(agents, total) {
+    const now = Date.now();
+    const rows = agents.map((a) => {
+      const link = fp.el("a", { href: `/ui/host?agent=${encodeURIComponent(a.agent_id)}`, text: a.agent_id });
+      return fp.el(
+        "tr",
+        { dataset: { agentId: a.agent_id } },
+        fp.el("td", { class: "agent_id" }, link),
+        fp.el("td", { class: "hostname", text: a.hostname || "" }),
+        fp.el("td", { class: "status" }, fp.el("span", { class: `badge status-${a.status}`, text: a.status })),
+        fp.el("td", { class: "os", text: [a.os, a.arch].filter(Boolean).join(" / ") }),
+        fp.el("td", { class: "version", text: a.version || "" }),
+        fp.el("td", {
+          class: "last-seen",
+          title: fp.absolute(a.last_heartbeat),
+          dataset: { ts: a.last_heartbeat || "" },
+          text: fp.ago(a.last_heartbeat, now),
+        }),
+        usageCell(a.cpu_percent, "cpu"),
+        usageCell(a.memory_percent, "memory"),
+      );
+    });
+    tbody.replaceChildren(...rows);
+    $("empty").hidden = agents.length > 0;
+    const first = agents.length ? state.offset + 1 : 0;
+    const last = state.offset + agents.length;
+    $("page-info").textContent = `${first}–${last} of ${total}`;
+    $("prev").disabled = state.offset === 0;
+    $("next").disabled = last >= total;
+  }
+
+  function renderSortIndicators() {
+    const key = state.sort.replace(/^-/, "");
+    const descending = state.sort.startsWith("-");
+    for (const th of document.querySelectorAll("#agents th[data-sort]")) {
+      if (th.dataset.sort === key) th.setAttribute("aria-sort", descending ? "descending" : "ascending");
+      else th.removeAttribute("aria-sort");
+    }
+  }
+
+  function showError(message) {
+    $("error").hidden = !message;
+    $("error").textContent = message || "";
+  }
+
+  async function refresh() {
+    clearTimeout(timer);
+    if (inflight) inflight.abort();
+    const controller = new AbortController();
+    inflight = controller;
+    try {
+      const query = [
+        ["q", state.q],
+        ["status", state.status],
+        ["sort", state.sort],
+        ["limit", state.limit],
+        ["offset", state.offset],
+      ];
+      const [summary, agents] = await Promise.all([
+        fp.getJSON("/fleet/summary", [], controller.signal),
+        fp.getJSON("/agents", query, controller.signal),
+      ]);
+      const total = Number(agents.headers.get("X-Total-Count") ?? agents.body.length);
+      if (state.offset > 0 && state.offset >= total) {
+        // The page emptied under us (agents removed or a narrower filter): back to the last page.
+        state.offset = Math.max(0, Math.floor((total - 1) / state.limit) * state.limit);
+        keepInURL();
+        inflight = null;
+        return refresh();
+      }
+      renderSummary(summary.body);
+      renderAgents(agents.body, total);
+      renderSortIndicators();
+      showError(null);
+      refreshes += 1;
+      const stamp = $("refreshed-at");
+      stamp.textContent = new Date().toLocaleTimeString();
+      stamp.dateTime = new Date().toISOString();
+      stamp.dataset.refreshes = String(refreshes);
+    } catch (err) {
+      if (err.name === "AbortError" || err instanceof fp.Unauthorized) return;
+      showError(`Could not refresh: ${err.message}`);
+    } finally {
+      if (inflight === controller) {
+        inflight = null;
+        timer = setTimeout(refresh, REFRESH_MS);
+      }
+    }
+  }
+
+  function changed() {
+    keepInURL();
+    refresh();
+  }
+
+  for (const th of document.querySelectorAll("#agents th[data-sort]")) {
+    th.tabIndex = 0;
+    const sortBy = () => {
+      const key = th.dataset.sort;
+      const current = state.sort.replace(/^-/, "");
+      if (current === key) state.sort = state.sort.startsWith("-") ? key : `-${key}`;
+      else state.sort = DESCENDING_FIRST.has(key) ? `-${key}` : key;
+      state.offset = 0;
+      renderSortIndicators();
+      changed();
+    };
+    th.addEventListener("click", sortBy);
+    th.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        sortBy();
+      }
+    });
+  }
+
+  let filterTimer = null;
+  $("filter").value = state.q;
+  $("filter").addEventListener("input", () => {
+    clearTimeout(filterTimer);
+    filterTimer = setTimeout(() => {
+      state.q = $("filter").value.trim();
+      state.offset = 0;
+      changed();
+    }, FILTER_DELAY_MS);
+  });
+  $("status-filter").value = state.status;
+  $("status-filter").addEventListener("change", () => {
+    state.status = $("status-filter").value;
+    state.offset = 0;
+    changed();
+  });
+  $("page-size").value = String(state.limit);
+  if ($("page-size").value !== String(state.limit)) {
+    state.limit = 50;
+    $("page-size").value = "50";
+  }
+  $("page-size").addEventListener("change", () => {
+    state.limit = Number($("page-size").value);
+    state.offset = 0;
+    changed();
+  });
+  $("prev").addEventListener("click", () => {
+    state.offset = Math.max(0, state.offset - state.limit);
+    changed();
+  });
+  $("next").addEventListener("click", () => {
+    state.offset += state.limit;
+    changed();
+  });
+  // A hidden tab need not poll; coming back shows fresh data at once.
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) {
+      clearTimeout(timer);
+      const pending = inflight;
+      inflight = null;
+      if (pending) pending.abort();
+    } else {
+      refresh();
+    }
+  });
+
+  renderSortIndicators();
+  refresh();
+})();

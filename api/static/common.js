@@ -1,0 +1,102 @@
+// Shared by the fleet and host pages: API calls with the login cookie, formatting.
+"use strict";
+
+const fp = (() => {
+  class Unauthorized extends Error {}
+
+  function toLogin() {
+    const here = location.pathname + location.search;
+    location.assign("/login?next=" + encodeURIComponent(here));
+  }
+
+  // GET a JSON endpoint of this server; the fleetpulse_key cookie goes along (same origin).
+  async function getJSON(path, params, signal) {
+    const url = new URL(path, location.origin);
+    for (const [key, value] of params || []) {
+      if (value !== undefined && value !== null && value !== "") url.searchParams.append(key, value);
+    }
+    const response = await fetch(url, {
+      credentials: "same-origin",
+      headers: { Accept: "application/json" },
+      signal,
+    });
+    if (response.status === 401) {
+      toLogin();
+      throw new Unauthorized("not logged in");
+    }
+    if (!response.ok) {
+      let detail = response.statusText;
+      try {
+        const body = await response.json();
+        detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+      } catch (_) {
+        /* not JSON */
+      }
+      throw new Error(`${response.status} ${detail}`);
+    }
+    return { body: await response.json(), headers: response.headers };
+  }
+
+  // A number the charts and the table may show: null for null, NaN, ±Infinity and non-numbers.
+  function finite(value) {
+    return typeof value === "number" && Number.isFinite(value) ? value : null;
+  }
+
+  function percent(value) {
+    const v = finite(value);
+    return v === null ? "—" : `${v.toFixed(1)} %`;
+  }
+
+  const UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+  function bytes(value, suffix = "") {
+    let v = finite(value);
+    if (v === null) return "—";
+    let unit = 0;
+    while (Math.abs(v) >= 1024 && unit < UNITS.length - 1) {
+      v /= 1024;
+      unit += 1;
+    }
+    const digits = Number.isInteger(v) || Math.abs(v) >= 100 ? 0 : Math.abs(v) >= 10 ? 1 : 2;
+    return `${v.toFixed(digits)} ${UNITS[unit]}${suffix}`;
+  }
+
+  function parseTime(value) {
+    if (value === null || value === undefined) return null;
+    const ms = typeof value === "number" ? value * 1000 : Date.parse(value);
+    return Number.isFinite(ms) ? ms : null;
+  }
+
+  // "12 s ago", "3 min ago", "2 h ago", "5 d ago"; "never" without a time.
+  function ago(value, now = Date.now()) {
+    const ms = parseTime(value);
+    if (ms === null) return "never";
+    const s = Math.max(0, Math.round((now - ms) / 1000));
+    if (s < 60) return `${s} s ago`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+    return `${Math.floor(s / 86400)} d ago`;
+  }
+
+  function absolute(value) {
+    const ms = parseTime(value);
+    return ms === null ? "" : new Date(ms).toLocaleString();
+  }
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else if (key === "dataset") Object.assign(node.dataset, value);
+      else node.setAttribute(key, value === true ? "" : value);
+    }
+    for (const child of children) {
+      if (child === null || child === undefined) continue;
+      node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+  }
+
+  return { Unauthorized, getJSON, finite, percent, bytes, ago, absolute, parseTime, el };
+})();
