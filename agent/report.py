@@ -26,6 +26,9 @@ class EpochAccount:
     # Reported final in PostgreSQL by the platform (ServerMessage.committed).
     batches_committed: int = 0
     points_committed: int = 0
+    # Sequences the agent gave up on (spool full, or refused for good), as [first, last] ranges:
+    # the audit does not count them as missing.
+    dropped_ranges: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -49,10 +52,15 @@ class SentReport:
         account.batches_committed += 1
         account.points_committed += points
 
-    def dropped(self, epoch: int, points: int) -> None:
+    def dropped(self, epoch: int, seq: int, points: int) -> None:
         account = self.epochs.setdefault(epoch, EpochAccount())
         account.batches_dropped += 1
         account.points_dropped += points
+        ranges = account.dropped_ranges
+        if ranges and ranges[-1][1] + 1 == seq:
+            ranges[-1][1] = seq  # drops are mostly the oldest in a row: one range
+        else:
+            ranges.append([seq, seq])
 
     @classmethod
     def load(cls, path: Path, agent_id: str) -> SentReport:

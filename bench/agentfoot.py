@@ -1,11 +1,18 @@
 """``fleetpulse bench agent``: what the agent costs a host, beside node_exporter on the same host.
 
 A real ``fleetpulse agent`` process (its own config, a state dir under a temp dir) collects every
-``--interval`` seconds for ``--duration`` seconds. It is pointed at a loopback port where nothing
-listens, so it does all of its work except the send itself: collect, encode, fsync to its spool,
-and keep trying to reconnect (the spool is bounded by its config). Its CPU time (user + system,
-psutil) over the window divided by the collections made in the window is the CPU per cycle; its
-steady RSS is read at the end. Series per cycle come from the batches it spooled.
+``--interval`` seconds for ``--duration`` seconds. It runs with the ``Environment=`` lines of the
+shipped systemd unit (agent/fleetpulse-agent.service), so the bench measures what a host runs.
+
+It sends to a tiny gRPC sink on loopback, in a process of its own (its CPU is not the agent's):
+the sink answers the register, acks every batch at once and reports it committed right after,
+and acks heartbeats, as a healthy platform does. So the agent does all of its steady-state work:
+collect, encode, fsync to its spool, send, and free its spool on the committed announcement.
+
+Its CPU time (user + system of all its threads, from /proc) over the window divided by the
+collections made in the window is the CPU per cycle; its steady RSS (and what it is made of:
+anonymous memory vs mapped files such as shared libraries) is read at the end. Series per cycle
+are counted by the sink in the batches it received (and checked against the agent's own account).
 
 When Debian's ``prometheus-node-exporter`` is installed, it runs in the same window on a loopback
 port and is scraped ``--scrapes`` times; its CPU per scrape and its series per scrape (sample lines
@@ -16,12 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from concurrent import futures
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +42,8 @@ from fleetpulse.bench import report
 from fleetpulse.bench.ports import free_port
 
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
+SERVICE_UNIT = Path(__file__).resolve().parent.parent / "agent" / "fleetpulse-agent.service"
+CONNECT_METHOD = "/proto.AgentService/Connect"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,11 +59,106 @@ def _cpu_s(proc: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-def _spooled(state_dir: Path) -> tuple[int, int]:
-    """(batches, points) the agent spooled so far, from its own account."""
+def _memory(pid: int) -> dict[str, float]:
+    """RSS and its parts (Linux /proc/PID/status), in MiB."""
+    fields = {"VmRSS": "rss_mb", "RssAnon": "rss_anon_mb", "RssFile": "rss_file_mb"}
+    out: dict[str, float] = {}
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {"rss_mb": round(psutil.Process(pid).memory_info().rss / 2**20, 1)}
+    for line in lines:
+        key, _, rest = line.partition(":")
+        if key in fields:
+            out[fields[key]] = round(int(rest.split()[0]) / 1024, 1)
+        elif key == "Threads":
+            out["threads"] = int(rest.split()[0])
+    return out
+
+
+def _unit_environment(unit: Path = SERVICE_UNIT) -> dict[str, str]:
+    """The ``Environment=NAME=value`` settings of the shipped systemd unit."""
+    env: dict[str, str] = {}
+    try:
+        lines = unit.read_text().splitlines()
+    except OSError:
+        return env
+    for line in lines:
+        if line.startswith("Environment="):
+            for assignment in line.removeprefix("Environment=").split():
+                name, _, value = assignment.strip('"').partition("=")
+                env[name] = value
+    return env
+
+
+def _account(state_dir: Path) -> tuple[int, int]:
+    """(batches, points) the agent says it sent so far, from its own account."""
     data = json.loads((state_dir / "sent.json").read_text())
     epochs = data["epochs"].values()
     return sum(e["batches_sent"] for e in epochs), sum(e["points_sent"] for e in epochs)
+
+
+# -- the sink: a platform that accepts and commits everything at once ---------------------------
+
+
+def _sink(ready: Any, counts: Any) -> None:
+    """Serve Connect on a loopback port until terminated; counts = [batches, points, bytes]."""
+    import grpc
+
+    from fleetpulse.proto import agent_pb2, common_pb2
+
+    registered = agent_pb2.ServerMessage(
+        register_response=common_pb2.Response(success=True)
+    ).SerializeToString()
+    heartbeat_ack = agent_pb2.ServerMessage(
+        heartbeat_ack=common_pb2.Response(success=True)
+    ).SerializeToString()
+
+    def connect(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        for raw in requests:
+            message = agent_pb2.AgentMessage.FromString(raw)
+            case = message.WhichOneof("message")
+            if case == "register":
+                yield registered
+            elif case == "heartbeat":
+                yield heartbeat_ack
+            elif case == "metric_columns":
+                batch = message.metric_columns
+                points = len(batch.series.entries) * len(batch.timestamps_ns)
+                with counts.get_lock():
+                    counts[0] += 1
+                    counts[1] += points
+                    counts[2] += len(raw)
+                yield agent_pb2.ServerMessage(
+                    metric_ack=agent_pb2.MetricAck(
+                        success=True, epoch=batch.epoch, sequence=batch.sequence, points=points
+                    )
+                ).SerializeToString()
+                span = agent_pb2.SequenceRange(first=batch.sequence, last=batch.sequence)
+                yield agent_pb2.ServerMessage(
+                    committed=agent_pb2.Committed(epoch=batch.epoch, ranges=[span])
+                ).SerializeToString()
+            elif case == "disconnect":
+                return
+
+    service, method = CONNECT_METHOD.strip("/").split("/")
+    handler = grpc.method_handlers_generic_handler(
+        service,
+        {
+            method: grpc.stream_stream_rpc_method_handler(
+                connect, request_deserializer=None, response_serializer=None
+            )
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    ready.send(port)
+    server.wait_for_termination()
+
+
+# -- node_exporter ---------------------------------------------------------------------------
 
 
 def _node_exporter(scrapes: int) -> dict[str, Any]:
@@ -94,15 +201,25 @@ def _node_exporter(scrapes: int) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     started_at = datetime.now(UTC)
     temp = Path(tempfile.mkdtemp(prefix="fleetpulse-bench-agent-"))
+    context = multiprocessing.get_context("spawn")
+    counts = context.Array("q", 3)
+    receive, send = context.Pipe(duplex=False)
+    sink = context.Process(target=_sink, args=(send, counts), daemon=True)
+    sink.start()
+    if not receive.poll(30):
+        sink.terminate()
+        raise RuntimeError("the bench's gRPC sink did not start")
+    sink_port = receive.recv()
     config = temp / "agent.yaml"
     config.write_text(
         "server:\n"
-        f'  address: "127.0.0.1:{free_port()}"\n'  # nothing listens: no send, all else runs
+        f'  address: "127.0.0.1:{sink_port}"\n'
         "agent:\n"
         "  id: bench-agent\n"
         f"  collect_interval: {args.interval}\n"
         f"  state_dir: {temp / 'state'}\n"
     )
+    unit_env = _unit_environment()
     agent = subprocess.Popen(
         [
             sys.executable,
@@ -114,29 +231,42 @@ def run(args: argparse.Namespace) -> int:
             "--config",
             str(config),
         ],
-        env={"FLEETPULSE_ENROLLMENT_TOKEN": "bench", "PATH": "/usr/bin:/bin"},
+        env={"FLEETPULSE_ENROLLMENT_TOKEN": "bench", "PATH": "/usr/bin:/bin", **unit_env},
     )
     try:
         time.sleep(args.warmup)
         ps = psutil.Process(agent.pid)
-        cpu_before, (batches_before, points_before) = _cpu_s(ps), _spooled(temp / "state")
+        if agent.poll() is not None:
+            raise RuntimeError(f"the agent exited with status {agent.returncode}")
+        with counts.get_lock():
+            received_before = counts[:]
+        cpu_before, (batches_before, points_before) = _cpu_s(ps), _account(temp / "state")
         time.sleep(args.duration)
-        cpu_after, (batches_after, points_after) = _cpu_s(ps), _spooled(temp / "state")
-        rss_mb = ps.memory_info().rss / 2**20
+        cpu_after, (batches_after, points_after) = _cpu_s(ps), _account(temp / "state")
+        with counts.get_lock():
+            received_after = counts[:]
+        memory = _memory(agent.pid)
         node = _node_exporter(args.scrapes)
     finally:
         agent.terminate()
         agent.wait(20)
+        sink.terminate()
+        sink.join(10)
         shutil.rmtree(temp, ignore_errors=True)
     cycles = max(1, batches_after - batches_before)
-    series = (points_after - points_before) / cycles
+    received = max(1, received_after[0] - received_before[0])
+    series = (received_after[1] - received_before[1]) / received
     cpu_ms = (cpu_after - cpu_before) / cycles * 1000
     summary = {
         "cycles": cycles,
         "cpu_ms_per_cycle": round(cpu_ms, 3),
         "series_per_cycle": round(series, 1),
+        "series_per_cycle_agent_account": round((points_after - points_before) / cycles, 1),
+        "batches_received": received,
+        "bytes_per_batch": round((received_after[2] - received_before[2]) / received),
         "cpu_us_per_series": round(cpu_ms * 1000 / series, 2) if series else None,
-        "rss_mb": round(rss_mb, 1),
+        **memory,
+        "agent_env": " ".join(f"{k}={v}" for k, v in unit_env.items()) or None,
         "node_exporter_cpu_ms_per_scrape": node["cpu_ms_per_scrape"],
         "node_exporter_series": node["series"],
         "node_exporter_cpu_us_per_series": (

@@ -19,7 +19,9 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 
 # Stand-ins shaped like the records psutil returns, for the pure filtering logic.
 Partition = namedtuple("Partition", "device mountpoint fstype")
-Usage = namedtuple("Usage", "total used free")
+StatVFS = namedtuple(
+    "StatVFS", "f_frsize f_blocks f_bfree f_bavail f_files f_ffree f_favail f_flag"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +80,7 @@ def test_cpu_load_memory_on_linux() -> None:
     )
     assert {"memory_bytes", "swap_bytes"} <= names(samples)
     modes = {labels["mode"] for name, _, labels in samples if name == "cpu_usage_percent"}
-    assert modes == {"user", "system", "idle", "iowait", "steal"}
+    assert modes == {"user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"}
     cores = {labels["cpu"] for name, _, labels in samples if name == "cpu_core_usage_percent"}
     assert len(cores) >= 1
     assert "0" in cores
@@ -91,14 +93,16 @@ def test_cpu_load_memory_on_linux() -> None:
 def test_cpu_percentages_are_in_range() -> None:
     collect(frozenset({"cpu"}))
     samples, _ = collect(frozenset({"cpu"}))
-    assert all(0.0 <= value <= 100.0 for _, value, _ in samples)
+    percents = [value for name, value, _ in samples if name.endswith("_percent")]
+    assert percents
+    assert all(0.0 <= value <= 100.0 for value in percents)
 
 
 def test_disk_skips_pseudo_filesystems() -> None:
     samples, _ = collect(frozenset({"disk"}))
     for name, _, labels in samples:
-        assert name == "disk_bytes"
-        assert labels.keys() == {"mountpoint", "device", "fstype", "state"}
+        assert name in {"disk_bytes", "disk_inodes", "disk_readonly"}
+        assert labels.keys() - {"state"} == {"mountpoint", "device", "fstype"}
         assert labels["fstype"] not in PSEUDO_FSTYPES
 
 
@@ -114,6 +118,12 @@ def test_network_has_both_directions() -> None:
         "net_packets_total",
         "net_errors_total",
         "net_drops_total",
+        "net_fifo_errors_total",
+        "net_compressed_packets_total",
+        "net_multicast_packets_total",
+        "net_frame_errors_total",
+        "net_collisions_total",
+        "net_carrier_errors_total",
     }
     assert {labels["direction"] for _, _, labels in samples} <= {"rx", "tx"}
 
@@ -128,19 +138,36 @@ def test_disk_samples_filter_and_dedupe() -> None:
         Partition("/dev/loop0", "/snap/core/1", "squashfs"),
     ]
 
-    def disk_usage(mountpoint: str) -> Usage:
+    def statvfs(mountpoint: str) -> StatVFS:
         if mountpoint == "/gone":
             raise PermissionError(13, "Permission denied", mountpoint)
-        return Usage(100, 40, 60)
+        # 100 blocks of 4 KiB: 40 used, 50 free to users (10 reserved for root); read-only /data
+        return StatVFS(4096, 100, 60, 50, 1000, 900, 900, 1 if mountpoint == "/data" else 0)
 
-    samples = collectors._disk_samples(partitions, disk_usage)
+    samples = collectors._disk_samples(partitions, statvfs)
 
     assert {(labels["mountpoint"], labels["device"]) for _, _, labels in samples} == {
         ("/", "/dev/sda1"),
         ("/data", "/dev/sdb1"),
     }
-    root = {labels["state"]: value for _, value, labels in samples if labels["mountpoint"] == "/"}
-    assert root == {"total": 100.0, "used": 40.0, "free": 60.0}
+    root = {
+        (name, labels.get("state")): value
+        for name, value, labels in samples
+        if labels["mountpoint"] == "/"
+    }
+    assert root == {
+        ("disk_bytes", "total"): 409600.0,
+        ("disk_bytes", "used"): 163840.0,
+        ("disk_bytes", "free"): 204800.0,
+        ("disk_inodes", "total"): 1000.0,
+        ("disk_inodes", "used"): 100.0,
+        ("disk_inodes", "free"): 900.0,
+        ("disk_readonly", None): 0.0,
+    }
+    readonly = [
+        v for n, v, labels in samples if n == "disk_readonly" and labels["mountpoint"] == "/data"
+    ]
+    assert readonly == [1.0]
 
 
 def test_enabled_filters_collectors() -> None:
@@ -222,3 +249,373 @@ def test_system_collector_reports_processes_uptime_and_fds() -> None:
     assert values[("processes", None)] >= 1
     assert values[("uptime_seconds", None)] > 0
     assert 0 < values[("open_fds", "allocated")] <= values[("open_fds", "max")]
+
+
+# -- the Linux files, parsed from sample text -------------------------------------------------
+
+PROC_STAT = """cpu  100 10 50 800 20 5 15 0 0 0
+cpu0 60 10 30 380 10 5 5 0 0 0
+cpu1 40 0 20 420 10 0 10 0 0 0
+intr 123456 1 2 3
+ctxt 987654
+btime 1700000000
+processes 4321
+procs_running 3
+procs_blocked 1
+softirq 5555 1 2
+"""
+
+
+def test_cpu_samples_from_proc_stat() -> None:
+    previous: dict[str, tuple[int, ...]] = {}
+    collectors._cpu_samples(PROC_STAT, previous)
+    later = PROC_STAT.replace("cpu  100 10 50 800", "cpu  150 10 75 875").replace(
+        "cpu0 60 10 30 380 10", "cpu0 110 10 55 405 10"
+    )
+    samples = collectors._cpu_samples(later, previous)
+
+    usage = {labels["mode"]: v for n, v, labels in samples if n == "cpu_usage_percent"}
+    assert usage == {
+        "user": 33.333333333333336,
+        "nice": 0.0,
+        "system": 16.666666666666668,
+        "idle": 50.0,
+        "iowait": 0.0,
+        "irq": 0.0,
+        "softirq": 0.0,
+        "steal": 0.0,
+    }
+    cores = {labels["cpu"]: v for n, v, labels in samples if n == "cpu_core_usage_percent"}
+    assert cores == {"0": 75.0, "1": 0.0}  # cpu1 did not move: no time, no usage
+    seconds = {
+        (labels["cpu"], labels["mode"]): v for n, v, labels in samples if n == "cpu_seconds_total"
+    }
+    assert len(seconds) == 16
+    assert seconds[("0", "user")] == 110 / collectors._CLOCK_TICKS
+    assert seconds[("1", "softirq")] == 10 / collectors._CLOCK_TICKS
+
+
+def test_proc_stat_system_counters() -> None:
+    samples, boot_time = collectors._proc_stat_samples(PROC_STAT)
+    assert boot_time == 1700000000.0
+    assert {n: v for n, v, _ in samples} == {
+        "interrupts_total": 123456.0,
+        "context_switches_total": 987654.0,
+        "forks_total": 4321.0,
+        "processes_running": 3.0,
+        "processes_blocked": 1.0,
+    }
+
+
+MEMINFO = """MemTotal:        1000 kB
+MemFree:          100 kB
+MemAvailable:     600 kB
+Buffers:           50 kB
+Cached:           300 kB
+SwapCached:         0 kB
+Active(anon):      70 kB
+SReclaimable:      20 kB
+SwapTotal:        200 kB
+SwapFree:         150 kB
+Dirty:              8 kB
+HugePages_Total:    0
+Hugepagesize:    2048 kB
+"""
+
+
+def test_memory_samples_match_psutil_definitions() -> None:
+    values = {(n, labels["state"]): v for n, v, labels in collectors._memory_samples(MEMINFO)}
+    assert values == {
+        ("memory_bytes", "total"): 1024000.0,
+        ("memory_bytes", "used"): 409600.0,  # total - available
+        ("memory_bytes", "available"): 614400.0,
+        ("memory_bytes", "cached"): 327680.0,  # Cached + SReclaimable
+        ("memory_bytes", "buffers"): 51200.0,
+        ("swap_bytes", "total"): 204800.0,
+        ("swap_bytes", "used"): 51200.0,
+    }
+
+
+def test_meminfo_samples_keep_known_fields_in_bytes() -> None:
+    values = {labels["field"]: v for _, v, labels in collectors._meminfo_samples(MEMINFO)}
+    assert values["active_anon"] == 70 * 1024
+    assert values["dirty"] == 8 * 1024
+    assert "hugepages_total" not in values and "hugepagesize" not in values
+    assert len(values) == 11
+
+
+def test_vmstat_samples() -> None:
+    text = (
+        "nr_free_pages 5\npgpgin 10\npgpgout 20\npswpin 1\npgfault 1000\npgmajfault 7\noom_kill 2\n"
+    )
+    values = {(n, tuple(labels.items())): v for n, v, labels in collectors._vmstat_samples(text)}
+    assert values == {
+        ("vm_paged_bytes_total", (("direction", "in"),)): 10240.0,
+        ("vm_paged_bytes_total", (("direction", "out"),)): 20480.0,
+        ("vm_swapped_bytes_total", (("direction", "in"),)): float(collectors._PAGE_BYTES),
+        ("vm_page_faults_total", ()): 1000.0,
+        ("vm_major_page_faults_total", ()): 7.0,
+        ("vm_oom_kills_total", ()): 2.0,
+    }
+
+
+def test_diskstats_samples_skip_virtual_devices() -> None:
+    text = (
+        "   7       0 loop0 1 0 2 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n"
+        " 254       0 vda 100 5 800 40 200 6 1600 90 2 120 130 0 0 0 0 0 0\n"
+        " 253       0 zram0 1 0 2 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n"
+    )
+    values = {n: v for n, v, labels in collectors._diskstats_samples(text)}
+    assert {labels["device"] for _, _, labels in collectors._diskstats_samples(text)} == {"vda"}
+    assert values == {
+        "disk_read_bytes_total": 800 * 512.0,
+        "disk_written_bytes_total": 1600 * 512.0,
+        "disk_reads_total": 100.0,
+        "disk_writes_total": 200.0,
+        "disk_reads_merged_total": 5.0,
+        "disk_writes_merged_total": 6.0,
+        "disk_read_time_seconds_total": 0.04,
+        "disk_write_time_seconds_total": 0.09,
+        "disk_io_time_seconds_total": 0.12,
+        "disk_io_weighted_seconds_total": 0.13,
+    }
+
+
+NET_DEV = """Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+  eth0: 1000 10 1 2 3 4 5 6 2000 20 7 8 9 10 11 12
+"""
+
+
+def test_net_dev_samples() -> None:
+    values = {
+        (n, labels["direction"]): v
+        for n, v, labels in collectors._net_dev_samples(NET_DEV)
+        if labels["interface"] == "eth0"
+    }
+    assert values == {
+        ("net_bytes_total", "rx"): 1000.0,
+        ("net_bytes_total", "tx"): 2000.0,
+        ("net_packets_total", "rx"): 10.0,
+        ("net_packets_total", "tx"): 20.0,
+        ("net_errors_total", "rx"): 1.0,
+        ("net_errors_total", "tx"): 7.0,
+        ("net_drops_total", "rx"): 2.0,
+        ("net_drops_total", "tx"): 8.0,
+        ("net_fifo_errors_total", "rx"): 3.0,
+        ("net_fifo_errors_total", "tx"): 9.0,
+        ("net_compressed_packets_total", "rx"): 5.0,
+        ("net_compressed_packets_total", "tx"): 12.0,
+        ("net_frame_errors_total", "rx"): 4.0,
+        ("net_multicast_packets_total", "rx"): 6.0,
+        ("net_collisions_total", "tx"): 10.0,
+        ("net_carrier_errors_total", "tx"): 11.0,
+    }
+
+
+def test_pressure_samples() -> None:
+    text = (
+        "some avg10=0.00 avg60=0.07 avg300=0.15 total=34903879\n"
+        "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+    )
+    assert collectors._pressure_samples("io", text) == [
+        ("pressure_stall_seconds_total", 34.903879, {"resource": "io", "kind": "some"}),
+        ("pressure_stall_seconds_total", 0.0, {"resource": "io", "kind": "full"}),
+    ]
+
+
+def test_sockstat_samples() -> None:
+    text = (
+        "sockets: used 26\n"
+        "TCP: inuse 11 orphan 1 tw 5 alloc 14 mem 15\n"
+        "UDP: inuse 2 mem 3\n"
+        "UDPLITE: inuse 0\n"
+        "RAW: inuse 0\n"
+        "FRAG: inuse 0 memory 0\n"
+    )
+    values = {(n, labels.get("protocol")): v for n, v, labels in collectors._sockstat_samples(text)}
+    page = float(collectors._PAGE_BYTES)
+    assert values == {
+        ("sockets_used", None): 26.0,
+        ("sockets_in_use", "tcp"): 11.0,
+        ("sockets_tcp_orphaned", None): 1.0,
+        ("sockets_tcp_time_wait", None): 5.0,
+        ("sockets_tcp_allocated", None): 14.0,
+        ("sockets_memory_bytes", "tcp"): 15 * page,
+        ("sockets_in_use", "udp"): 2.0,
+        ("sockets_memory_bytes", "udp"): 3 * page,
+        ("sockets_in_use", "udplite"): 0.0,
+        ("sockets_in_use", "raw"): 0.0,
+        ("sockets_memory_bytes", "frag"): 0.0,
+    }
+    six = collectors._sockstat_samples("TCP6: inuse 2\nUDP6: inuse 1\n", ipv6=True)
+    assert six == [
+        ("sockets_in_use", 2.0, {"protocol": "tcp6"}),
+        ("sockets_in_use", 1.0, {"protocol": "udp6"}),
+    ]
+
+
+def test_netstat_samples() -> None:
+    snmp = (
+        "Ip: Forwarding DefaultTTL\nIp: 2 64\n"
+        "Tcp: RtoAlgorithm ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab InSegs "
+        "OutSegs RetransSegs InErrs OutRsts\n"
+        "Tcp: 1 10 20 3 4 5 100 200 7 1 9\n"
+        "Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n"
+        "Udp: 50 2 1 60 0 3\n"
+    )
+    values = {(n, labels.get("direction")): v for n, v, labels in collectors._netstat_samples(snmp)}
+    assert values == {
+        ("tcp_active_opens_total", None): 10.0,
+        ("tcp_passive_opens_total", None): 20.0,
+        ("tcp_failed_attempts_total", None): 3.0,
+        ("tcp_established_resets_total", None): 4.0,
+        ("tcp_segments_total", "rx"): 100.0,
+        ("tcp_segments_total", "tx"): 200.0,
+        ("tcp_retransmitted_segments_total", None): 7.0,
+        ("tcp_receive_errors_total", None): 1.0,
+        ("tcp_resets_sent_total", None): 9.0,
+        ("udp_datagrams_total", "rx"): 50.0,
+        ("udp_datagrams_total", "tx"): 60.0,
+        ("udp_no_port_total", None): 2.0,
+        ("udp_receive_errors_total", None): 1.0,
+        ("udp_receive_buffer_errors_total", None): 0.0,
+        ("udp_send_buffer_errors_total", None): 3.0,
+    }
+    ext = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 4 5\n"
+    assert collectors._netstat_samples(ext) == [
+        ("tcp_listen_overflows_total", 4.0, {}),
+        ("tcp_listen_drops_total", 5.0, {}),
+    ]
+
+
+def _nlmsg(kind: int, body: bytes) -> bytes:
+    message = collectors._NLMSG_HEADER.pack(16 + len(body), kind, 2, 1, 0) + body
+    return message + bytes(-len(message) % 4)
+
+
+def test_inet_diag_replies_are_counted_by_state() -> None:
+    # inet_diag_msg: family, state, timer, retrans, ... (72 bytes in all)
+    established = _nlmsg(18, bytes([2, 1]) + bytes(70))
+    listening = _nlmsg(18, bytes([10, 10]) + bytes(70))
+    counts: dict[int, int] = {}
+    assert not collectors._count_inet_diag(established + listening + established, counts)
+    assert collectors._count_inet_diag(listening + _nlmsg(3, bytes(4)), counts)
+    assert counts == {1: 2, 10: 2}
+    with pytest.raises(OSError):
+        collectors._count_inet_diag(_nlmsg(2, (-1).to_bytes(4, "little", signed=True)), {})
+
+
+@linux_only
+def test_tcp_netlink_agrees_with_proc_net_tcp() -> None:
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    try:
+        assert collectors._tcp_counts_netlink().get(10, 0) >= 1
+        # the same tables read two ways (sockets may come and go in between: compare listeners)
+        proc = collectors._tcp_counts_proc()
+        assert proc is not None
+        assert collectors._tcp_counts_netlink().get(10) == proc.get(10)
+    finally:
+        server.close()
+
+
+@linux_only
+def test_new_linux_collectors_run_here() -> None:
+    samples, errors = collect(frozenset({"meminfo", "vmstat", "sockstat", "netstat", "pressure"}))
+    assert errors == {}
+    assert {"meminfo_bytes", "vm_page_faults_total", "sockets_used", "tcp_segments_total"} <= names(
+        samples
+    )
+
+
+def test_collect_reads_a_shared_file_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[str] = []
+    real = collectors._read
+
+    def counting(path: str) -> str:
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(collectors, "_read", counting)
+    if sys.platform.startswith("linux"):
+        collect(frozenset({"cpu", "system", "memory", "meminfo"}))
+        assert reads.count("/proc/stat") == 1
+        assert reads.count("/proc/meminfo") == 1
+    assert collectors._this_collection is None
+
+
+# -- encode_batch's series cache --------------------------------------------------------------
+
+
+def _encode_uncached(
+    agent_id: str, epoch: int, seq: int, samples: list[Sample], ts_ns: int
+) -> bytes:
+    from fleetpulse.proto import agent_pb2, metric_pb2
+
+    batch = metric_pb2.ColumnarBatch(
+        agent_id=agent_id,
+        epoch=epoch,
+        sequence=seq,
+        series=metric_pb2.SeriesSet(
+            entries=[metric_pb2.SeriesDef(name=name, labels=labels) for name, _, labels in samples]
+        ),
+        values=[value for _, value, _ in samples],
+        timestamps_ns=[ts_ns],
+    )
+    return agent_pb2.AgentMessage(metric_columns=batch).SerializeToString()
+
+
+def test_encode_batch_matches_the_protobuf_encoding() -> None:
+    from fleetpulse.agent import daemon
+    from fleetpulse.proto import agent_pb2
+
+    samples, _ = collect()
+    for args in (
+        ("host-1", 1_700_000_000_000, 1, samples, 1_700_000_000_123_456_789),
+        ("host-1", 1_700_000_000_000, 2, samples, 1_700_000_001_000_000_000),  # cached series
+        ("hôte", 2**64 - 1, 300, samples[:3], -5),
+        ("", 0, 0, [], 0),  # proto3 zero values are left out
+    ):
+        cached = daemon.encode_batch(*args)
+        assert agent_pb2.AgentMessage.FromString(cached) == agent_pb2.AgentMessage.FromString(
+            _encode_uncached(*args)
+        )
+        assert cached == _encode_uncached(*args)  # same bytes, too
+
+
+def test_encode_batch_cache_follows_the_series() -> None:
+    from fleetpulse.agent import daemon
+    from fleetpulse.proto import agent_pb2
+
+    def series(payload: bytes) -> list[tuple[str, dict[str, str]]]:
+        batch = agent_pb2.AgentMessage.FromString(payload).metric_columns
+        return [(e.name, dict(e.labels)) for e in batch.series.entries]
+
+    first: list[Sample] = [("load1", 0.5, {}), ("disk_bytes", 9.0, {"mountpoint": "/"})]
+    assert series(daemon.encode_batch("a", 1, 1, first, 1)) == [
+        ("load1", {}),
+        ("disk_bytes", {"mountpoint": "/"}),
+    ]
+    # same series, new values: the cached series, the new values
+    again: list[Sample] = [("load1", 0.7, {}), ("disk_bytes", 8.0, {"mountpoint": "/"})]
+    payload = daemon.encode_batch("a", 1, 2, again, 2)
+    assert list(agent_pb2.AgentMessage.FromString(payload).metric_columns.values) == [0.7, 8.0]
+    # a label value changed, a series added: the cache is rebuilt
+    changed: list[Sample] = [
+        ("load1", 0.7, {}),
+        ("disk_bytes", 8.0, {"mountpoint": "/data"}),
+        ("load5", 0.1, {}),
+    ]
+    payload = daemon.encode_batch("a", 1, 3, changed, 3)
+    assert series(payload) == [
+        ("load1", {}),
+        ("disk_bytes", {"mountpoint": "/data"}),
+        ("load5", {}),
+    ]
+    assert payload == _encode_uncached("a", 1, 3, changed, 3)
+    # and back
+    assert daemon.encode_batch("a", 1, 4, first, 4) == _encode_uncached("a", 1, 4, first, 4)
