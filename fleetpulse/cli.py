@@ -301,6 +301,37 @@ def _add_server_flags(
         parser.add_argument("--api-port", type=int, help="API port (default 8000)")
 
 
+class _LazyParser(argparse.ArgumentParser):
+    """A subcommand parser whose arguments are added only when that subcommand is parsed (or its
+    help shown): the bench modules that define them import the server and bench libraries
+    (polars, numpy, psycopg, redis, pydantic), which no other command, least of all
+    ``fleetpulse agent``, should load."""
+
+    def __init__(
+        self,
+        *args: Any,
+        populate: Callable[[argparse.ArgumentParser], None] | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(*args, **kw)
+        self._populate = populate
+
+    def _ensure_populated(self) -> None:
+        populate, self._populate = self._populate, None
+        if populate is not None:
+            populate(self)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._ensure_populated()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._ensure_populated()
+        return super().format_help()
+
+
 def _add_bench_workers_arguments(parser: argparse.ArgumentParser) -> None:
     try:
         from fleetpulse.bench.workers import add_arguments
@@ -355,6 +386,33 @@ def _cmd_bench_agent(args: argparse.Namespace) -> int:
     from fleetpulse.bench import agentfoot
 
     return agentfoot.run(args)
+
+
+def _add_bench_queries_arguments(parser: argparse.ArgumentParser) -> None:
+    try:
+        from fleetpulse.bench.queries import add_arguments
+    except ModuleNotFoundError:
+        return
+    add_arguments(parser)
+
+
+def _cmd_bench_queries(args: argparse.Namespace) -> int:
+    from fleetpulse.bench import queries
+
+    return queries.run(args)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from fleetpulse import audit
+
+    settings = _server_settings(args)
+    settings.require("database_url")
+    try:
+        results = audit.audit(settings.database_url, args.reports)
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
+    print(audit.to_json(results) if args.json else audit.render(results))
+    return 0 if all(r.ok for r in results) else 1
 
 
 def _add_bench_fleet_arguments(parser: argparse.ArgumentParser) -> None:
@@ -469,9 +527,14 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(handler=_cmd_migrate)
 
     bench = sub.add_parser("bench", help="benchmarks (results in bench/results/<timestamp>/)")
-    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
-    fleet = bench_sub.add_parser("fleet", help="simulate a fleet end to end and verify every batch")
-    _add_bench_fleet_arguments(fleet)
+    bench_sub = bench.add_subparsers(
+        dest="bench_command", required=True, metavar="BENCHMARK", parser_class=_LazyParser
+    )
+    fleet = bench_sub.add_parser(
+        "fleet",
+        help="simulate a fleet end to end and verify every batch",
+        populate=_add_bench_fleet_arguments,
+    )
     fleet.set_defaults(handler=_cmd_bench_fleet)
     targets = bench_sub.add_parser(
         "targets", help="the two target runs (saturate, realistic 10k agents) and the README table"
@@ -481,25 +544,47 @@ def build_parser() -> argparse.ArgumentParser:
     workers_bench = bench_sub.add_parser(
         "workers",
         help="the worker pool alone: pre-loaded queue into PostgreSQL, vs the COPY ceiling",
+        populate=_add_bench_workers_arguments,
     )
-    _add_bench_workers_arguments(workers_bench)
     workers_bench.set_defaults(handler=_cmd_bench_workers)
     connections_bench = bench_sub.add_parser(
         "connections",
         help="the front-end alone: idle heartbeating agents, each on its own connection",
+        populate=_add_bench_connections_arguments,
     )
-    _add_bench_connections_arguments(connections_bench)
     connections_bench.set_defaults(handler=_cmd_bench_connections)
     ingest_bench = bench_sub.add_parser(
-        "ingest", help="the front-end alone: batches into Redis as fast as it acks, no workers"
+        "ingest",
+        help="the front-end alone: batches into Redis as fast as it acks, no workers",
+        populate=_add_bench_ingest_arguments,
     )
-    _add_bench_ingest_arguments(ingest_bench)
     ingest_bench.set_defaults(handler=_cmd_bench_ingest)
     agent_bench = bench_sub.add_parser(
-        "agent", help="the agent's footprint: CPU per collection, series, RSS (vs node_exporter)"
+        "agent",
+        help="the agent's footprint: CPU per collection, series, RSS (vs node_exporter)",
+        populate=_add_bench_agent_arguments,
     )
-    _add_bench_agent_arguments(agent_bench)
     agent_bench.set_defaults(handler=_cmd_bench_agent)
+    queries_bench = bench_sub.add_parser(
+        "queries",
+        help="read latency at 100M points: fleet summary, agents page, host charts, top-N",
+        populate=_add_bench_queries_arguments,
+    )
+    queries_bench.set_defaults(handler=_cmd_bench_queries)
+
+    audit = sub.add_parser(
+        "audit",
+        help="compare what agents say they sent with what is stored and rejected",
+        description="Reads agents' accounts (sent.json, found under the given directories) and "
+        "the platform's ledger; prints missing, duplicated, rejected and unexpected batches. "
+        "Exit status 1 when anything is missing or duplicated.",
+    )
+    _add_server_flags(audit, queue=False)
+    audit.add_argument(
+        "reports", nargs="+", type=Path, metavar="PATH", help="sent.json or a directory"
+    )
+    audit.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    audit.set_defaults(handler=_cmd_audit)
 
     agent = sub.add_parser("agent", help="run the host agent")
     agent.add_argument("--config", type=Path, help="agent YAML config file")

@@ -12,7 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
+
+from fleetpulse.embedded import EmbeddedPostgres
 
 pytestmark = pytest.mark.e2e
 
@@ -213,3 +217,78 @@ def test_bench_agent_reports_the_footprint(tmp_path: Path) -> None:
     } <= summary.keys()
     assert summary["cycles"] >= 4 and summary["series_per_cycle"] > 20  # type: ignore[operator]
     assert summary["cpu_ms_per_cycle"] > 0 and summary["rss_mb"] > 10  # type: ignore[operator]
+
+
+QUERY_NAMES = ("fleet_summary", "agents_page", "host_24h", "host_7d", "top10_cpu")
+
+
+def test_bench_queries_seeds_measures_and_reuses_the_dataset(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    sizes = ["--agents", "20", "--series-per-agent", "20", "--raw-hours", "0.5"]
+    args = ["queries", *sizes, "--runs", "5", "--warmup", "1", "--data-dir", str(data_dir)]
+    first = _bench(args, tmp_path / "first")
+    assert {"points", "rollup_1m_rows", "rollup_1h_rows", "database_gb", "errors"} <= first.keys()
+    assert {f"{name}_{stat}" for name in QUERY_NAMES for stat in ("p50_ms", "p95_ms")} <= (
+        first.keys()
+    )
+    assert all(isinstance(first[f"{name}_p95_ms"], float) for name in QUERY_NAMES)
+    assert first["errors"] == 0 and first["runs"] == 5
+    # 20 agents x 20 series x 30 minutes x 6 points, seeded in this run
+    assert first["seeded_now"] is True and first["points"] == 20 * 20 * 30 * 6
+    # Run again: the dataset is reused (topped up to the current minute, if it moved on).
+    second = _bench(args, tmp_path / "second")
+    assert second["seeded_now"] is False and second["errors"] == 0
+    assert second["points"] >= first["points"]  # type: ignore[operator]
+
+    pg = EmbeddedPostgres(data_dir)
+    try:
+        url = make_conninfo(pg.start(), dbname="fleetpulse_bench_queries")
+        with psycopg.connect(url) as conn:
+
+            def one(query: str) -> object:
+                row = conn.execute(query).fetchone()
+                assert row is not None
+                return row[0]
+
+            assert one("SELECT points FROM bench_dataset") == second["points"]
+            assert one("SELECT count(*) FROM points") == second["points"]
+            assert one("SELECT count(*) FROM series") == 20 * 20
+            # The minute tier over the raw window counts exactly the raw points, and equals a
+            # rollup of them (count, sum, min, max, last, last_ts), as the rollup job computes it.
+            assert (
+                one(
+                    "SELECT sum(count) FROM rollup_1m r, bench_dataset d WHERE r.bucket >= d.raw_start"
+                )
+                == second["points"]
+            )
+            assert (
+                one("""
+                SELECT count(*) FROM (
+                    SELECT series_id, date_trunc('minute', ts) AS bucket, count(*) AS n,
+                        sum(value) AS s, min(value) AS lo, max(value) AS hi,
+                        (array_agg(value ORDER BY ts DESC))[1] AS last, max(ts) AS last_ts
+                    FROM points GROUP BY 1, 2
+                ) m JOIN rollup_1m r USING (series_id, bucket)
+                WHERE r.count <> m.n OR abs(r.sum - m.s) > 1e-9 * abs(m.s) + 1e-9
+                    OR r.min <> m.lo OR r.max <> m.hi OR r.last <> m.last OR r.last_ts <> m.last_ts
+            """)
+                == 0
+            )
+            # Every hour of the minute tier's window equals its minutes; seven days of hours.
+            assert (
+                one("""
+                SELECT count(*) FROM (
+                    SELECT series_id, date_trunc('hour', bucket) AS bucket, sum(count) AS n,
+                        sum(sum) AS s, min(min) AS lo, max(max) AS hi, max(last_ts) AS last_ts
+                    FROM rollup_1m GROUP BY 1, 2
+                ) m JOIN rollup_1h r USING (series_id, bucket)
+                WHERE r.count <> m.n OR abs(r.sum - m.s) > 1e-9 * abs(m.s) + 1e-9
+                    OR r.min <> m.lo OR r.max <> m.hi OR r.last_ts <> m.last_ts
+            """)
+                == 0
+            )
+            assert one("SELECT count(*) FROM rollup_1m") == second["rollup_1m_rows"]
+            assert one("SELECT count(*) FROM rollup_1h") == second["rollup_1h_rows"]
+            assert one("SELECT count(DISTINCT bucket) FROM rollup_1h") >= 7 * 24  # type: ignore[operator]
+    finally:
+        pg.stop()

@@ -1,0 +1,1313 @@
+"""``fleetpulse bench queries``: the read API's latency on a realistic dataset of 100M+ points.
+
+The dataset (seeded first when absent; reused, and topped up to now, when present):
+
+- ``--agents`` (2,000) hosts with ``--series-per-agent`` (50) series each, one point every 10 s.
+  The series are what the agent sends (agent/collectors.py), in this order, so that a smaller
+  ``--series-per-agent`` keeps the ones the dashboard reads: ``cpu_usage_percent{mode}`` (the
+  eight modes; they sum to 100), ``memory_bytes{state}``, ``load1/5/15``, ``swap_bytes{state}``,
+  ``cpu_core_usage_percent{cpu}``, ``disk_bytes{mountpoint,device,fstype,state}``, six
+  ``disk_*_total{device}`` counters, ``net_{bytes,packets,errors,drops}_total{interface,
+  direction}``, ``tcp_connections{state}``, ``processes``, ``uptime_seconds``, ``open_fds``,
+  ``context_switches_total``, ``interrupts_total``; past 50, more cores, ``cpu_seconds_total``
+  and ``app_requests_total``. Gauges follow a per-host daily cycle plus noise, within their
+  bounds (CPU modes from one busy signal per host, memory states from one utilisation signal, so
+  idle = 100 - the others and available = total - used); counters are closed-form and strictly
+  monotonic (a rate with a daily swing, never negative); each host has its own phase within the
+  10 s grid, as real agents do.
+- Raw ``points``: the last ``--raw-hours`` (2.8 h: 1,008 points per series, 100.8M points by
+  default). Short on purpose: with the default sizes a raw day would be 864M points, and none of
+  the timed queries reads raw points older than 5 minutes, because the tier follows the step.
+- ``rollup_1m``: every closed minute of the last 24 h (from the hour boundary 24 h before the raw
+  end), 144M rows by default; ``rollup_1h``: every closed hour of the last 7 days, 16.8M rows.
+  Both are computed here in numpy exactly as the rollup job does (count, sum, min, max, last,
+  last_ts): the minutes from the same 10 s values (so over the raw window they equal a rollup of
+  the stored raw points), the hours of the last day from those minutes. Hours older than the
+  minute tier are synthesised from one value per minute (count 360, sum 6x the samples' sum), which
+  the 7-day chart cannot tell apart. The open minute and hour are left out of their tier, as the
+  rollup job leaves them, so readers take them from the finer tier.
+- Everything is written with binary COPY in time order (raw points in 10-minute slices, every
+  series of a slice; rollup rows bucket by bucket), as the workers and the rollup job write them,
+  so the heap and index layout is the one production has: one series' rows are spread over many
+  pages, not clustered. Then ``VACUUM (ANALYZE)``, as autovacuum leaves older partitions.
+- ``agents`` (a mix of OS, arch, versions; 98 % online with heartbeats refreshed before measuring),
+  ``series``, ``agent_ingest``, and a ``bench_dataset`` row describing the dataset.
+
+It lives in its own database, ``fleetpulse_bench_queries``, on the server of ``--database-url``
+(an admin URL; the database is created when absent) or in an embedded PostgreSQL under
+``--data-dir``. A later run reuses it: when its raw end is behind the current minute, the missing
+window is generated (raw points and minutes, the hours that closed recomputed from the minutes as
+the rollup job does) before measuring. When that would grow the raw window past 1.5x its design
+(raw end older than about half ``--raw-hours``), or the sizes differ, or with ``--reseed``, the
+database is dropped and seeded again.
+
+Measured: the real API process (``python -m fleetpulse api`` with a random read key) over HTTP on
+loopback, one keep-alive connection, sequential requests, ``--warmup`` rounds first, then ``--runs``
+rounds of the five queries in turn (a different random agent per host chart request). Each query's
+latency is from sending the request to having read the whole body. The figures are reported, not
+judged (targets: p95 <= 50 ms, <= 100 ms for the top-N). The last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import math
+import os
+import queue
+import secrets
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from fleetpulse import partitions
+from fleetpulse.bench import report
+from fleetpulse.bench.ports import free_port
+from fleetpulse.embedded import EmbeddedPostgres
+from fleetpulse.ingest.copybuf import points_copy_buffer
+from fleetpulse.migrate import migrate
+
+DB_NAME = "fleetpulse_bench_queries"
+# Bumped whenever the generator changes what it writes: a dataset of another version is reseeded.
+GENERATOR_VERSION = 1
+STEP_S = 10
+SLICE_S = 600  # raw and minute rows are generated and written 10 minutes at a time
+MINUTE_TIER_S = 24 * 3600
+HOUR_TIER_S = 7 * 24 * 3600
+# The raw window may grow to this multiple of --raw-hours by top-ups before a reseed.
+MAX_RAW_GROWTH = 1.5
+MIN_SERIES_PER_AGENT = 13  # the eight CPU modes and five memory states the agents page reads
+ONLINE_SHARE = 0.98
+SEED = 20240601
+
+_DAY = 86_400.0
+_OMEGA_DAY = 2 * math.pi / _DAY
+# Counters are linear from this origin (a fixed instant, so a top-up continues them exactly).
+_T0 = 1_700_000_000.0
+
+_COPY_POINTS = "COPY points (series_id, ts, value) FROM STDIN (FORMAT BINARY)"
+_COPY_1M = "COPY rollup_1m (series_id, bucket, count, sum, min, max, last, last_ts) FROM STDIN (FORMAT BINARY)"
+_COPY_1H = "COPY rollup_1h (series_id, bucket, count, sum, min, max, last, last_ts) FROM STDIN (FORMAT BINARY)"
+
+# Binary COPY framing (ingest/copybuf.py describes it): signature, flags, extension length; -1 ends.
+_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_TRAILER = (-1).to_bytes(2, "big", signed=True)
+_PG_EPOCH_OFFSET_US = 946_684_800_000_000
+
+ROLLUP_ROW = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("series_id_len", ">i4"),
+        ("series_id", ">i4"),
+        ("bucket_len", ">i4"),
+        ("bucket", ">i8"),
+        ("count_len", ">i4"),
+        ("count", ">i4"),
+        ("sum_len", ">i4"),
+        ("sum", ">f8"),
+        ("min_len", ">i4"),
+        ("min", ">f8"),
+        ("max_len", ">i4"),
+        ("max", ">f8"),
+        ("last_len", ">i4"),
+        ("last", ">f8"),
+        ("last_ts_len", ">i4"),
+        ("last_ts", ">i8"),
+    ]
+)
+
+_META = """
+CREATE TABLE IF NOT EXISTS bench_dataset (
+    version          integer NOT NULL,
+    agents           integer NOT NULL,
+    series_per_agent integer NOT NULL,
+    raw_hours        double precision NOT NULL,
+    epoch0           timestamptz NOT NULL,
+    points           bigint NOT NULL,
+    rollup_1m_rows   bigint NOT NULL,
+    rollup_1h_rows   bigint NOT NULL,
+    raw_start        timestamptz NOT NULL,
+    raw_end          timestamptz NOT NULL,
+    rollup_1m_start  timestamptz NOT NULL,
+    rollup_1h_start  timestamptz NOT NULL,
+    seeded_at        timestamptz NOT NULL,
+    seed_s           double precision NOT NULL,
+    topped_up_at     timestamptz
+)
+"""
+
+# The hour tier from the minute tier, as the rollup job computes it (ingest/rollups.py).
+_HOUR_FROM_MINUTES = """
+INSERT INTO rollup_1h (series_id, bucket, count, sum, min, max, last, last_ts)
+SELECT series_id, %(bucket)s, sum(count)::int4, sum(sum), min(min), max(max),
+       (array_agg(last ORDER BY last_ts DESC, last DESC))[1], max(last_ts)
+FROM rollup_1m
+WHERE bucket >= %(bucket)s AND bucket < %(bucket)s + interval '1 hour'
+GROUP BY series_id
+"""
+
+_QUERY_NAMES = ("fleet_summary", "agents_page", "host_24h", "host_7d", "top10_cpu")
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "fleetpulse-bench"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--agents", type=int, default=2000)
+    parser.add_argument("--series-per-agent", type=int, default=50)
+    parser.add_argument(
+        "--raw-hours", type=float, default=2.8, help="hours of raw points (10 s) up to now"
+    )
+    parser.add_argument("--runs", type=int, default=100, help="timed requests per query")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed requests per query first")
+    parser.add_argument("--reseed", action="store_true", help="drop the dataset and seed it again")
+    parser.add_argument(
+        "--seed-only", action="store_true", help="seed or top up the dataset, measure nothing"
+    )
+    parser.add_argument(
+        "--database-url",
+        help=f"admin URL of the server holding the {DB_NAME} database (default: embedded)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=_default_data_dir(),
+        help="where the embedded PostgreSQL keeps the dataset (without --database-url)",
+    )
+    parser.add_argument("--results-dir", type=Path, default=Path("bench/results"))
+
+
+# -- the series catalog ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One series of a host: v = a + b*signal + c*(t - T0) + d*sin(w*t + phase) + e*noise.
+
+    Scale factors name what a parameter is multiplied by, per host: ``mem`` (total memory),
+    ``swap``, ``disk`` (root filesystem size), ``cores``, or 1.
+    """
+
+    name: str
+    labels: dict[str, str]
+    signal: int = 0  # 0 none, 1 the host's CPU busy % (0-100), 2 its memory utilisation (0-1)
+    a: float = 0.0
+    b: float = 0.0
+    c: float = 0.0  # per second; counters and growing filesystems
+    d: float = 0.0
+    e: float = 0.0
+    scale: str = "one"
+    lo: float = -math.inf
+    hi: float = math.inf
+    integer: bool = False
+    counter: bool = False  # rate c (randomised per host), d relative swing of the rate
+
+
+_CPU_SHARES = (
+    ("user", 0.55),
+    ("nice", 0.01),
+    ("system", 0.20),
+    ("idle", None),
+    ("iowait", 0.10),
+    ("irq", 0.01),
+    ("softirq", 0.08),
+    ("steal", 0.05),
+)
+
+
+def _catalog() -> list[Spec]:
+    """The first 50 series of every host, in the order a smaller set keeps them."""
+    specs: list[Spec] = []
+    for mode, share in _CPU_SHARES:
+        if share is None:
+            specs.append(Spec("cpu_usage_percent", {"mode": mode}, signal=1, a=100.0, b=-1.0))
+        else:
+            specs.append(Spec("cpu_usage_percent", {"mode": mode}, signal=1, b=share))
+    specs += [
+        Spec("memory_bytes", {"state": "total"}, a=1.0, scale="mem", integer=True),
+        Spec("memory_bytes", {"state": "used"}, signal=2, b=1.0, scale="mem", integer=True),
+        Spec(
+            "memory_bytes",
+            {"state": "available"},
+            signal=2,
+            a=1.0,
+            b=-1.0,
+            scale="mem",
+            integer=True,
+        ),
+        Spec(
+            "memory_bytes",
+            {"state": "cached"},
+            signal=2,
+            a=0.25,
+            b=-0.15,
+            scale="mem",
+            lo=0,
+            integer=True,
+        ),
+        Spec(
+            "memory_bytes", {"state": "buffers"}, a=0.02, e=0.001, scale="mem", lo=0, integer=True
+        ),
+        Spec("load1", {}, signal=1, b=0.010, e=0.30, scale="cores", lo=0),
+        Spec("load5", {}, signal=1, b=0.0095, e=0.12, scale="cores", lo=0),
+        Spec("load15", {}, signal=1, b=0.009, e=0.05, scale="cores", lo=0),
+        Spec("swap_bytes", {"state": "total"}, a=1.0, scale="swap", integer=True),
+        Spec(
+            "swap_bytes",
+            {"state": "used"},
+            a=0.05,
+            d=0.02,
+            e=0.001,
+            scale="swap",
+            lo=0,
+            integer=True,
+        ),
+    ]
+    specs += [
+        Spec("cpu_core_usage_percent", {"cpu": str(core)}, signal=1, b=1.0, e=8.0, lo=0, hi=100)
+        for core in range(4)
+    ]
+    root = {"mountpoint": "/", "device": "/dev/nvme0n1p2", "fstype": "ext4"}
+    specs += [
+        Spec("disk_bytes", {**root, "state": "total"}, a=1.0, scale="disk", integer=True),
+        Spec("disk_bytes", {**root, "state": "used"}, a=0.4, c=1e-8, scale="disk", integer=True),
+        Spec("disk_bytes", {**root, "state": "free"}, a=0.6, c=-1e-8, scale="disk", integer=True),
+    ]
+    specs += [
+        Spec(name, {"device": "nvme0n1"}, c=rate, d=0.6, counter=True, integer=integer)
+        for name, rate, integer in (
+            ("disk_read_bytes_total", 2e6, True),
+            ("disk_written_bytes_total", 5e6, True),
+            ("disk_reads_total", 60.0, True),
+            ("disk_writes_total", 150.0, True),
+            ("disk_io_time_seconds_total", 0.05, False),
+            ("disk_io_weighted_seconds_total", 0.2, False),
+        )
+    ]
+    for name, rate in (
+        ("net_bytes_total", 3e6),
+        ("net_packets_total", 3e3),
+        ("net_errors_total", 0.001),
+        ("net_drops_total", 0.02),
+    ):
+        specs += [
+            Spec(
+                name,
+                {"interface": "eth0", "direction": direction},
+                c=rate,
+                d=0.7,
+                counter=True,
+                integer=True,
+            )
+            for direction in ("rx", "tx")
+        ]
+    specs += [
+        Spec("tcp_connections", {"state": state}, a=a, d=d, e=e, lo=0, integer=True)
+        for state, a, d, e in (
+            ("established", 200.0, 80.0, 10.0),
+            ("time_wait", 60.0, 30.0, 8.0),
+            ("listen", 12.0, 0.0, 0.0),
+            ("close_wait", 2.0, 0.0, 1.0),
+            ("syn_recv", 1.0, 0.0, 1.0),
+            ("fin_wait2", 3.0, 1.0, 1.0),
+        )
+    ]
+    specs += [
+        Spec("processes", {}, a=300.0, d=20.0, e=5.0, lo=1, integer=True),
+        Spec("uptime_seconds", {}, c=1.0),  # a is the host's uptime at T0 (set per host)
+        Spec("open_fds", {"state": "allocated"}, a=3000.0, d=500.0, e=30.0, lo=0, integer=True),
+        Spec("context_switches_total", {}, c=5000.0, d=0.5, counter=True, integer=True),
+        Spec("interrupts_total", {}, c=3000.0, d=0.5, counter=True, integer=True),
+    ]
+    assert len(specs) == 50
+    return specs
+
+
+def _extra(index: int) -> Spec:
+    """Series 51 and beyond: more cores, per-core CPU time, then application counters."""
+    if index < 12:
+        return Spec(
+            "cpu_core_usage_percent", {"cpu": str(4 + index)}, signal=1, b=1.0, e=8.0, lo=0, hi=100
+        )
+    index -= 12
+    if index < 16 * len(_CPU_SHARES):
+        cpu, m = divmod(index, len(_CPU_SHARES))
+        mode, share = _CPU_SHARES[m]
+        rate = 0.5 if share is None else share
+        return Spec(
+            "cpu_seconds_total", {"cpu": str(cpu), "mode": mode}, c=rate, d=0.5, counter=True
+        )
+    index -= 16 * len(_CPU_SHARES)
+    return Spec(
+        "app_requests_total",
+        {"handler": f"/api/v{index % 3}/r{index}", "code": "200"},
+        c=20.0,
+        d=0.8,
+        counter=True,
+        integer=True,
+    )
+
+
+def host_specs(count: int) -> list[Spec]:
+    base = _catalog()
+    return base[:count] + [_extra(i) for i in range(max(0, count - len(base)))]
+
+
+# -- the generator -----------------------------------------------------------------------------
+
+
+_OS = (
+    ("linux", "ubuntu-22.04"),
+    ("linux", "ubuntu-24.04"),
+    ("linux", "debian-12"),
+    ("linux", "rhel-9"),
+    ("linux", "amzn-2023"),
+)
+_VERSIONS = ("0.9.4", "0.9.5", "1.0.0", "1.0.1")
+_ROLES = ("web", "api", "db", "cache", "batch", "k8s-node", "edge", "search")
+_REGIONS = ("eu-west", "eu-central", "us-east", "us-west", "ap-south")
+
+
+class Fleet:
+    """Every host's parameters and every series' generator coefficients, reproducible from SEED
+    and the sizes, so a top-up continues the same series."""
+
+    def __init__(self, agents: int, series_per_agent: int, epoch0: float) -> None:
+        rng = np.random.default_rng(SEED)
+        self.agents = agents
+        self.series_per_agent = series_per_agent
+        self.agent_ids = [f"agent-{i:05d}" for i in range(1, agents + 1)]
+        self.hostnames = [
+            f"{_ROLES[i % len(_ROLES)]}-{_REGIONS[(i // 7) % len(_REGIONS)]}-{i:05d}.example.internal"
+            for i in range(1, agents + 1)
+        ]
+        self.os_index = rng.choice(len(_OS), agents, p=(0.3, 0.25, 0.25, 0.12, 0.08))
+        self.arm = rng.random(agents) < 0.15
+        self.version_index = rng.choice(len(_VERSIONS), agents, p=(0.05, 0.15, 0.3, 0.5))
+        self.online = rng.random(agents) < ONLINE_SHARE
+        self.cores = rng.choice((4, 8, 16, 32), agents, p=(0.2, 0.4, 0.3, 0.1)).astype(float)
+        mem = rng.choice((8, 16, 32, 64, 128), agents, p=(0.1, 0.3, 0.3, 0.2, 0.1)) * 2.0**30
+        swap = rng.choice((2, 4, 8), agents) * 2.0**30
+        disk = rng.choice((100, 250, 500, 1000), agents) * 1e9
+        boot = epoch0 - rng.uniform(1, 90, agents) * _DAY
+        # Each host collects at its own phase within the 10 s grid, in whole microseconds.
+        self.offset_us = rng.integers(0, STEP_S * 1_000_000, agents)
+        # The busy signal: level, daily swing and phase; memory utilisation likewise.
+        self.busy0 = rng.uniform(5, 70, agents)
+        self.busy1 = rng.uniform(2, 20, agents)
+        self.phase = rng.uniform(0, 2 * math.pi, agents)
+        self.mem0 = rng.uniform(0.3, 0.85, agents)
+
+        specs = host_specs(series_per_agent)
+        n = len(specs)
+        scales = {"one": np.ones(agents), "mem": mem, "swap": swap, "disk": disk, "cores": None}
+        total = agents * n
+        self.agent_of = np.repeat(np.arange(agents, dtype=np.int64), n)
+        self.signal = np.tile(np.array([s.signal for s in specs], dtype=np.int8), agents)
+        a = np.empty((agents, n))
+        b = np.empty((agents, n))
+        c = np.empty((agents, n))
+        d = np.empty((agents, n))
+        e = np.empty((agents, n))
+        self.lo = np.tile(np.array([s.lo for s in specs]), agents)
+        self.hi = np.tile(np.array([s.hi for s in specs]), agents)
+        self.integer = np.tile(np.array([s.integer for s in specs]), agents)
+        self.phase_series = rng.uniform(0, 2 * math.pi, total)
+        for j, spec in enumerate(specs):
+            factor = self.cores if spec.scale == "cores" else scales[spec.scale]
+            assert factor is not None
+            if spec.counter:
+                rate = spec.c * rng.lognormal(0.0, 0.8, agents)
+                swing = rate * spec.d / _OMEGA_DAY
+                # v = a + r (t - T0) + r k / w sin(w t + p): its rate r (1 + k cos) is never
+                # negative, and it is about 0 at the host's boot (>= 0 from then on).
+                a[:, j] = rate * (_T0 - boot) + swing
+                b[:, j] = 0
+                c[:, j] = rate
+                d[:, j] = swing
+                e[:, j] = 0
+            else:
+                jitter = rng.uniform(0.9, 1.1, agents) if spec.d or spec.e else 1.0
+                a[:, j] = spec.a * factor * jitter
+                b[:, j] = spec.b * factor
+                c[:, j] = spec.c * factor
+                d[:, j] = spec.d * factor
+                e[:, j] = spec.e * factor
+            if spec.name == "uptime_seconds":
+                a[:, j] = _T0 - boot
+        self.a, self.b, self.c = a.ravel(), b.ravel(), c.ravel()
+        self.d, self.e = d.ravel(), e.ravel()
+        self.specs = specs
+        self.series_ids = np.zeros(total, dtype=np.int32)  # set once the series rows exist
+        self.offset_series_us = self.offset_us[self.agent_of]
+        self._noise = np.random.default_rng()
+
+    @property
+    def series(self) -> int:
+        return len(self.a)
+
+    def values(self, times: np.ndarray) -> np.ndarray:
+        """Every series at unix seconds ``times`` (the 10 s grid): shape (series, times)."""
+        noise = self._noise
+        t = times[None, :]
+        day = np.sin(_OMEGA_DAY * t + self.phase[:, None])  # (agents, times)
+        busy = np.clip(
+            self.busy0[:, None]
+            + self.busy1[:, None] * day
+            + 4.0 * noise.standard_normal((self.agents, len(times))),
+            0.5,
+            99.0,
+        )
+        mem = np.clip(
+            self.mem0[:, None]
+            + 0.04 * day
+            + 0.005 * noise.standard_normal((self.agents, len(times))),
+            0.05,
+            0.97,
+        )
+        signals = np.stack((np.zeros_like(busy), busy, mem))  # (3, agents, times)
+        signal = signals[self.signal, self.agent_of]  # (series, times)
+        v = self.a[:, None] + self.b[:, None] * signal
+        v += self.c[:, None] * (t - _T0)
+        v += self.d[:, None] * np.sin(_OMEGA_DAY * t + self.phase_series[:, None])
+        noisy = self.e != 0
+        v[noisy] += self.e[noisy, None] * noise.standard_normal((int(noisy.sum()), len(times)))
+        np.clip(v, self.lo[:, None], self.hi[:, None], out=v)
+        v[self.integer] = np.floor(v[self.integer])
+        return v
+
+
+def rollup_buffer(
+    series_ids: np.ndarray,
+    bucket_s: np.ndarray,
+    count: np.ndarray,
+    total: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    last: np.ndarray,
+    last_ts_us: np.ndarray,
+) -> bytes:
+    """The binary COPY payload for ``COPY rollup_1m|rollup_1h (...)``; all arrays one per row."""
+    rows = np.empty(len(series_ids), dtype=ROLLUP_ROW)
+    rows["fields"] = 8
+    for field, size in (
+        ("series_id", 4),
+        ("bucket", 8),
+        ("count", 4),
+        ("sum", 8),
+        ("min", 8),
+        ("max", 8),
+        ("last", 8),
+        ("last_ts", 8),
+    ):
+        rows[f"{field}_len"] = size
+    rows["series_id"] = series_ids
+    rows["bucket"] = bucket_s.astype(np.int64) * 1_000_000 - _PG_EPOCH_OFFSET_US
+    rows["count"] = count
+    rows["sum"] = total
+    rows["min"] = low
+    rows["max"] = high
+    rows["last"] = last
+    rows["last_ts"] = last_ts_us - _PG_EPOCH_OFFSET_US
+    return b"".join((_SIGNATURE, rows.tobytes(), _TRAILER))
+
+
+class Writer:
+    """COPYs buffers on its own connection in a thread, while the next slice is generated."""
+
+    def __init__(self, database_url: str) -> None:
+        self._conn = psycopg.connect(database_url, autocommit=True)
+        self._conn.execute("SET synchronous_commit = off")
+        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=3)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="copy", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            statement, payload = item
+            try:
+                with self._conn.cursor().copy(statement) as copy:
+                    copy.write(payload)
+            except BaseException as exc:
+                self._error = exc
+
+    def put(self, statement: str, payload: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((statement, payload))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._conn.close()
+        if self._error is not None:
+            raise self._error
+
+
+@dataclass
+class Written:
+    points: int = 0
+    rollup_1m: int = 0
+    rollup_1h: int = 0
+
+    @property
+    def rows(self) -> int:
+        return self.points + self.rollup_1m + self.rollup_1h
+
+
+class _HourAccumulator:
+    """The hour tier from the minutes of one hour, as the rollup job derives it."""
+
+    def __init__(self, series: int) -> None:
+        self.bucket: float | None = None
+        self.count = np.zeros(series, dtype=np.int64)
+        self.sum = np.zeros(series)
+        self.min = np.full(series, np.inf)
+        self.max = np.full(series, -np.inf)
+        self.last = np.zeros(series)
+        self.last_ts_us = np.zeros(series, dtype=np.int64)
+
+    def reset(self, bucket: float) -> None:
+        self.bucket = bucket
+        self.count[:] = 0
+        self.sum[:] = 0
+        self.min[:] = np.inf
+        self.max[:] = -np.inf
+
+    def add(
+        self, count: int, total: np.ndarray, low: np.ndarray, high: np.ndarray, last: np.ndarray
+    ) -> None:
+        """Minutes (series, minutes) in time order."""
+        self.count += count * total.shape[1]
+        self.sum += total.sum(axis=1)
+        np.minimum(self.min, low.min(axis=1), out=self.min)
+        np.maximum(self.max, high.max(axis=1), out=self.max)
+        self.last[:] = last[:, -1]
+
+
+def _generate(
+    fleet: Fleet,
+    writer: Writer,
+    start: float,
+    end: float,
+    raw_start: float,
+    hours_from: float,
+    progress: bool,
+) -> Written:
+    """Write [start, end) at 10 s: minutes from ``start``, raw points from ``raw_start``, closed
+    hours from ``hours_from`` (all boundaries minute-aligned; ``hours_from`` hour-aligned)."""
+    written = Written()
+    ids = fleet.series_ids
+    n = fleet.series
+    offsets = fleet.offset_series_us
+    hour = _HourAccumulator(n)
+    began = time.monotonic()
+    slice_start = start
+    while slice_start < end:
+        slice_end = min(end, (slice_start // SLICE_S + 1) * SLICE_S)
+        grid = np.arange(slice_start, slice_end, STEP_S, dtype=np.float64)
+        values = fleet.values(grid)
+        raw_cols = grid >= raw_start
+        if raw_cols.any():
+            block = values[:, raw_cols]
+            ts_us = (grid[raw_cols].astype(np.int64) * 1_000_000)[:, None] + offsets[None, :]
+            writer.put(
+                _COPY_POINTS,
+                points_copy_buffer(np.tile(ids, block.shape[1]), ts_us.ravel(), block.T.ravel()),
+            )
+            written.points += block.size
+        minutes = len(grid) // 6
+        per_minute = values.reshape(n, minutes, 6)
+        total = per_minute.sum(axis=2)
+        low = per_minute.min(axis=2)
+        high = per_minute.max(axis=2)
+        last = per_minute[:, :, -1]
+        buckets = slice_start + 60.0 * np.arange(minutes)
+        last_ts_us = (buckets.astype(np.int64) * 1_000_000 + 50_000_000)[:, None] + offsets[None, :]
+        writer.put(
+            _COPY_1M,
+            rollup_buffer(
+                np.tile(ids, minutes),
+                np.repeat(buckets, n),
+                np.full(n * minutes, 6, dtype=np.int32),
+                total.T.ravel(),
+                low.T.ravel(),
+                high.T.ravel(),
+                last.T.ravel(),
+                last_ts_us.ravel(),
+            ),
+        )
+        written.rollup_1m += n * minutes
+        if slice_start >= hours_from:
+            hour_bucket = slice_start // 3600 * 3600
+            if hour.bucket != hour_bucket:
+                hour.reset(hour_bucket)
+            hour.add(6, total, low, high, last)
+            hour.last_ts_us[:] = last_ts_us[-1]
+            if slice_end % 3600 == 0:
+                writer.put(_COPY_1H, _hour_buffer(ids, hour))
+                written.rollup_1h += n
+                hour.bucket = None
+        slice_start = slice_end
+        if progress and slice_start % 3600 == 0:
+            elapsed = time.monotonic() - began
+            sys.stderr.write(
+                f"  {datetime.fromtimestamp(slice_start, UTC):%Y-%m-%d %H:%M}: "
+                f"{written.rows:,} rows in {elapsed:.0f} s ({written.rows / elapsed:,.0f} rows/s)\n"
+            )
+    return written
+
+
+def _hour_buffer(ids: np.ndarray, hour: _HourAccumulator) -> bytes:
+    assert hour.bucket is not None
+    n = len(ids)
+    return rollup_buffer(
+        ids,
+        np.full(n, hour.bucket),
+        hour.count.astype(np.int32),
+        hour.sum,
+        hour.min,
+        hour.max,
+        hour.last,
+        hour.last_ts_us,
+    )
+
+
+def _old_hours(fleet: Fleet, writer: Writer, start: float, end: float) -> int:
+    """Hours older than the minute tier: one value per minute stands for its six points."""
+    ids = fleet.series_ids
+    n = fleet.series
+    rows = 0
+    bucket = start
+    while bucket < end:
+        values = fleet.values(bucket + 60.0 * np.arange(60) + 50.0)
+        hour = _HourAccumulator(n)
+        hour.reset(bucket)
+        hour.count[:] = 360
+        hour.sum[:] = 6 * values.sum(axis=1)
+        hour.min[:] = values.min(axis=1)
+        hour.max[:] = values.max(axis=1)
+        hour.last[:] = values[:, -1]
+        hour.last_ts_us[:] = int(bucket + 3590) * 1_000_000 + fleet.offset_series_us
+        writer.put(_COPY_1H, _hour_buffer(ids, hour))
+        rows += n
+        bucket += 3600
+    return rows
+
+
+# -- the database ------------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    agents: int
+    series_per_agent: int
+    raw_hours: float
+    epoch0: datetime
+    points: int
+    rollup_1m_rows: int
+    rollup_1h_rows: int
+    raw_start: datetime
+    raw_end: datetime
+    rollup_1m_start: datetime
+    rollup_1h_start: datetime
+    seeded_at: datetime
+    seed_s: float
+    topped_up_at: datetime | None
+
+
+def _load_meta(conn: psycopg.Connection) -> Dataset | None:
+    exists = conn.execute("SELECT to_regclass('bench_dataset') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = conn.execute(
+        "SELECT agents, series_per_agent, raw_hours, epoch0, points, rollup_1m_rows,"
+        " rollup_1h_rows, raw_start, raw_end, rollup_1m_start, rollup_1h_start, seeded_at,"
+        " seed_s, topped_up_at FROM bench_dataset WHERE version = %s",
+        (GENERATOR_VERSION,),
+    ).fetchone()
+    return None if row is None else Dataset(*row)
+
+
+def _save_meta(conn: psycopg.Connection, ds: Dataset) -> None:
+    conn.execute(_META)
+    conn.execute("DELETE FROM bench_dataset")
+    conn.execute(
+        "INSERT INTO bench_dataset VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+        " %s, %s)",
+        (
+            GENERATOR_VERSION,
+            ds.agents,
+            ds.series_per_agent,
+            ds.raw_hours,
+            ds.epoch0,
+            ds.points,
+            ds.rollup_1m_rows,
+            ds.rollup_1h_rows,
+            ds.raw_start,
+            ds.raw_end,
+            ds.rollup_1m_start,
+            ds.rollup_1h_start,
+            ds.seeded_at,
+            ds.seed_s,
+            ds.topped_up_at,
+        ),
+    )
+
+
+def _recreate_database(admin_url: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB_NAME))
+        )
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB_NAME)))
+
+
+def _ensure_database(admin_url: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        row = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)).fetchone()
+        if row is None:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB_NAME)))
+
+
+def _ts(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _days(start: float, end: float) -> list[Any]:
+    first = _ts(start).date()
+    last = _ts(end).date()
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def _write_agents(conn: psycopg.Connection, fleet: Fleet, now: datetime) -> None:
+    with conn.cursor().copy(
+        "COPY agents (agent_id, hostname, ip, os, arch, version, status, last_heartbeat,"
+        " machine_id, collect_interval_ms, heartbeat_interval_ms) FROM STDIN"
+    ) as copy:
+        for i, agent_id in enumerate(fleet.agent_ids):
+            online = bool(fleet.online[i])
+            copy.write_row(
+                (
+                    agent_id,
+                    fleet.hostnames[i],
+                    f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
+                    _OS[fleet.os_index[i]][1],
+                    "aarch64" if fleet.arm[i] else "x86_64",
+                    _VERSIONS[fleet.version_index[i]],
+                    "online" if online else "offline",
+                    now if online else now - timedelta(hours=3 + i % 48),
+                    secrets.token_hex(16),
+                    STEP_S * 1000,
+                    10_000,
+                )
+            )
+    with conn.cursor().copy("COPY series (agent_id, name, labels) FROM STDIN") as copy:
+        for agent_id in fleet.agent_ids:
+            for spec in fleet.specs:
+                copy.write_row((agent_id, spec.name, json.dumps(spec.labels)))
+
+
+def _load_series_ids(conn: psycopg.Connection, fleet: Fleet) -> None:
+    """Map the generator's series (agent-major, catalog order) to their series_id."""
+    index = {
+        (agent_id, spec.name, tuple(sorted(spec.labels.items()))): k
+        for k, (agent_id, spec) in enumerate(
+            (agent_id, spec) for agent_id in fleet.agent_ids for spec in fleet.specs
+        )
+    }
+    found = 0
+    with conn.cursor() as cur:
+        cur.execute("SELECT series_id, agent_id, name, labels FROM series")
+        for series_id, agent_id, name, labels in cur:
+            k = index.get((agent_id, name, tuple(sorted(labels.items()))))
+            if k is not None:
+                fleet.series_ids[k] = series_id
+                found += 1
+    if found != fleet.series:
+        raise RuntimeError(f"{fleet.series} series generated, {found} found in the database")
+
+
+def _vacuum(conn: psycopg.Connection) -> None:
+    for table in ("points", "rollup_1m", "rollup_1h", "series", "agents", "agent_ingest"):
+        conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table)))
+
+
+def _seed(database_url: str, args: argparse.Namespace) -> Dataset:
+    began = time.monotonic()
+    now_s = time.time()
+    raw_end = now_s // 60 * 60
+    raw_start = raw_end - round(args.raw_hours * 60) * 60
+    hour_end = raw_end // 3600 * 3600
+    minutes_start = min(hour_end - MINUTE_TIER_S, raw_start // 3600 * 3600)
+    hours_start = hour_end - HOUR_TIER_S
+    fleet = Fleet(args.agents, args.series_per_agent, raw_end)
+    sys.stderr.write(
+        f"seeding {args.agents:,} agents x {args.series_per_agent} series: raw "
+        f"{_ts(raw_start):%Y-%m-%d %H:%M} to {_ts(raw_end):%H:%M}, minutes from "
+        f"{_ts(minutes_start):%Y-%m-%d %H:%M}, hours from {_ts(hours_start):%Y-%m-%d %H:%M}\n"
+    )
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        partitions.ensure_days(conn, _days(hours_start, raw_end))
+        _write_agents(conn, fleet, _ts(now_s))
+        _load_series_ids(conn, fleet)
+        writer = Writer(database_url)
+        try:
+            hours = _old_hours(fleet, writer, hours_start, minutes_start)
+            sys.stderr.write(f"  hours before the minute tier: {hours:,} rows\n")
+            written = _generate(
+                fleet, writer, minutes_start, raw_end, raw_start, minutes_start, progress=True
+            )
+        finally:
+            writer.close()
+        written.rollup_1h += hours
+        load_s = time.monotonic() - began
+        raw_per_series = written.points // fleet.series
+        conn.execute(
+            "INSERT INTO agent_ingest (agent_id, batches_committed, points_committed,"
+            " last_epoch, last_seq, last_commit_at)"
+            " SELECT agent_id, %s, %s, 1, %s, now() FROM agents",
+            (raw_per_series, raw_per_series * args.series_per_agent, raw_per_series),
+        )
+        sys.stderr.write(
+            f"loaded {written.points:,} points, {written.rollup_1m:,} minute and "
+            f"{written.rollup_1h:,} hour rows in {load_s:.0f} s "
+            f"({written.rows / load_s:,.0f} rows/s, {written.points / load_s:,.0f} raw points/s); "
+            "VACUUM (ANALYZE) ...\n"
+        )
+        _vacuum(conn)
+        seed_s = time.monotonic() - began
+        ds = Dataset(
+            agents=args.agents,
+            series_per_agent=args.series_per_agent,
+            raw_hours=args.raw_hours,
+            epoch0=_ts(raw_end),
+            points=written.points,
+            rollup_1m_rows=written.rollup_1m,
+            rollup_1h_rows=written.rollup_1h,
+            raw_start=_ts(raw_start),
+            raw_end=_ts(raw_end),
+            rollup_1m_start=_ts(minutes_start),
+            rollup_1h_start=_ts(hours_start),
+            seeded_at=_ts(now_s),
+            seed_s=seed_s,
+            topped_up_at=None,
+        )
+        _save_meta(conn, ds)
+    sys.stderr.write(
+        f"seeded in {seed_s:.0f} s (load {load_s:.0f} s + vacuum {seed_s - load_s:.0f} s): "
+        f"{written.points:,} points\n"
+    )
+    return ds
+
+
+def _top_up(database_url: str, ds: Dataset) -> float:
+    """Generate [raw_end, current minute): raw points, minutes, the hours that closed."""
+    began = time.monotonic()
+    old_end = ds.raw_end.timestamp()
+    new_end = time.time() // 60 * 60
+    fleet = Fleet(ds.agents, ds.series_per_agent, ds.epoch0.timestamp())
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        partitions.ensure_days(conn, _days(old_end, new_end))
+        _load_series_ids(conn, fleet)
+        writer = Writer(database_url)
+        try:
+            # Hours are not accumulated here (their first minutes are already stored): no hour
+            # boundary is ever reached from ``hours_from`` = infinity.
+            written = _generate(fleet, writer, old_end, new_end, old_end, math.inf, progress=False)
+        finally:
+            writer.close()
+        hours = 0
+        for bucket in range(int(old_end // 3600 * 3600), int(new_end // 3600 * 3600), 3600):
+            hours += conn.execute(_HOUR_FROM_MINUTES, {"bucket": _ts(bucket)}).rowcount
+        raw_per_series = written.points // fleet.series
+        conn.execute(
+            "UPDATE agent_ingest SET batches_committed = batches_committed + %s,"
+            " points_committed = points_committed + %s, last_seq = last_seq + %s,"
+            " last_commit_at = now()",
+            (raw_per_series, raw_per_series * ds.series_per_agent, raw_per_series),
+        )
+        for table in ("points", "rollup_1m", "rollup_1h"):
+            conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+        ds.points += written.points
+        ds.rollup_1m_rows += written.rollup_1m
+        ds.rollup_1h_rows += hours
+        ds.raw_end = _ts(new_end)
+        ds.topped_up_at = datetime.now(UTC)
+        _save_meta(conn, ds)
+    took = time.monotonic() - began
+    sys.stderr.write(
+        f"topped up {_ts(old_end):%H:%M} to {_ts(new_end):%H:%M}: {written.points:,} points, "
+        f"{written.rollup_1m:,} minute rows, {hours:,} hour rows in {took:.1f} s\n"
+    )
+    return took
+
+
+def _matches(ds: Dataset | None, args: argparse.Namespace, now_s: float) -> bool:
+    if ds is None:
+        return False
+    same = (ds.agents, ds.series_per_agent, ds.raw_hours) == (
+        args.agents,
+        args.series_per_agent,
+        args.raw_hours,
+    )
+    design = ds.raw_hours * 3600
+    return same and now_s - ds.raw_start.timestamp() <= MAX_RAW_GROWTH * design
+
+
+def _prepare(database_url: str, admin_url: str, args: argparse.Namespace) -> tuple[Dataset, bool]:
+    """The dataset, seeded or topped up to the current minute; True when it was seeded now."""
+    ds = None
+    if not args.reseed:
+        _ensure_database(admin_url)
+        migrate(database_url)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            ds = _load_meta(conn)
+    if ds is not None and _matches(ds, args, time.time()):
+        if ds.raw_end.timestamp() < time.time() // 60 * 60:
+            _top_up(database_url, ds)
+        return ds, False
+    if ds is not None:
+        sys.stderr.write("the stored dataset has other sizes or is too old: reseeding\n")
+    _recreate_database(admin_url)
+    migrate(database_url)
+    return _seed(database_url, args), True
+
+
+def _sizes(conn: psycopg.Connection) -> dict[str, float]:
+    """Total size (heap, indexes, TOAST) of each table with its partitions, and of the database, GB."""
+    sizes: dict[str, float] = {}
+    for table in ("points", "rollup_1m", "rollup_1h", "series", "agents"):
+        row = conn.execute(
+            "SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::int8"
+            " FROM pg_partition_tree(%s::regclass)",
+            (table,),
+        ).fetchone()
+        sizes[f"{table}_gb"] = round(int(row[0]) / 1e9, 2) if row else 0.0
+    row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    sizes["database_gb"] = round(int(row[0]) / 1e9, 2) if row else 0.0
+    return sizes
+
+
+def _embedded_settings() -> dict[str, str]:
+    """What the embedded server is given: a quarter of the memory (at most 8 GB) for its buffers,
+    as a PostgreSQL holding tens of GB would be configured (the 128 MB default makes every index
+    insert of the seeding a buffer miss), and checkpoints spaced for a bulk load."""
+    memory = int(psutil.virtual_memory().total)
+    shared_mb = max(128, min(8192, memory // 4 // 2**20))
+    return {
+        "shared_buffers": f"{shared_mb}MB",
+        "max_wal_size": "16GB",
+        "checkpoint_timeout": "30min",
+    }
+
+
+def _configure_embedded(pg: EmbeddedPostgres, admin_url: str) -> str:
+    """Apply ``_embedded_settings`` to the benchmark's own embedded server (ALTER SYSTEM, kept in
+    its data directory), restarting it when they change; return its URL."""
+    wanted = _embedded_settings()
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        changed = False
+        for name, value in wanted.items():
+            compare = (
+                "SELECT current_setting(%s) = %s"
+                if name == "checkpoint_timeout"
+                else "SELECT pg_size_bytes(current_setting(%s)) = pg_size_bytes(%s)"
+            )
+            row = conn.execute(compare, (name, value)).fetchone()
+            if not row or not row[0]:
+                conn.execute(
+                    sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                        sql.Identifier(name), sql.Literal(value)
+                    )
+                )
+                changed = True
+    if not changed:
+        return admin_url
+    sys.stderr.write(f"embedded PostgreSQL: {wanted}, restarting it\n")
+    pg.stop()
+    return pg.start()
+
+
+def _server(conn: psycopg.Connection) -> dict[str, str]:
+    out = {}
+    for name in (
+        "server_version",
+        "shared_buffers",
+        "work_mem",
+        "effective_cache_size",
+        "random_page_cost",
+        "jit",
+        "max_parallel_workers_per_gather",
+        "max_wal_size",
+        "checkpoint_timeout",
+    ):
+        row = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()
+        out[name] = str(row[0]) if row else ""
+    return out
+
+
+# -- the measurement ---------------------------------------------------------------------------
+
+
+class _Api:
+    """``python -m fleetpulse api`` on a free loopback port, with a random read key."""
+
+    def __init__(self, database_url: str) -> None:
+        self.key = secrets.token_urlsafe(24)
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETPULSE_")}
+        env.update(
+            FLEETPULSE_DATABASE_URL=database_url,
+            FLEETPULSE_API_KEYS=self.key,
+            FLEETPULSE_API_HOST="127.0.0.1",
+            FLEETPULSE_API_PORT=str(self.port),
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fleetpulse", "--log-level", "warning", "api"], env=env
+        )
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the API exited at start ({self.proc.returncode})")
+            try:
+                status, _ = self.get("/healthz")
+                if status == 200:
+                    break
+            except OSError:
+                self.conn.close()
+            if time.monotonic() > deadline:
+                raise TimeoutError("the API did not answer /healthz in 60 s")
+            time.sleep(0.1)
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        self.conn.request("GET", path, headers={"Authorization": f"Bearer {self.key}"})
+        response = self.conn.getresponse()
+        return response.status, response.read()
+
+    def stop(self) -> None:
+        self.conn.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _paths(agent_ids: list[str], rng: np.random.Generator) -> dict[str, str]:
+    now = int(time.time())
+
+    def range_query(step: int, seconds: int) -> str:
+        agent = agent_ids[int(rng.integers(len(agent_ids)))]
+        params = {
+            "metric": "cpu_usage_percent",
+            "match": f"agent_id={agent}",
+            "by": "mode",
+            "agg": "avg",
+            "step": step,
+            "start": now - seconds,
+            "end": now,
+        }
+        return "/query/range?" + urllib.parse.urlencode(params)
+
+    top = {
+        "metric": "cpu_usage_percent",
+        "match": "mode=idle",
+        "k": 10,
+        "window": 300,
+        "agg": "avg",
+        "by": "agent_id",
+        "order": "asc",
+    }
+    return {
+        "fleet_summary": "/fleet/summary",
+        "agents_page": "/agents?limit=50&sort=agent_id",
+        "host_24h": range_query(60, 24 * 3600),
+        "host_7d": range_query(3600, 7 * 24 * 3600),
+        "top10_cpu": "/query/top?" + urllib.parse.urlencode(top),
+    }
+
+
+def _shape(name: str, body: bytes) -> dict[str, Any]:
+    """What one answer held (checked outside the timing): groups, series, points."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return {}
+    if name in ("host_24h", "host_7d") and isinstance(doc, dict):
+        series = doc.get("series") or []
+        return {
+            "tier": doc.get("tier"),
+            "series": len(series),
+            "points": sum(len(s.get("points") or []) for s in series),
+        }
+    if name == "top10_cpu" and isinstance(doc, dict):
+        return {"groups": len(doc.get("groups") or [])}
+    if name == "agents_page" and isinstance(doc, list):
+        return {
+            "agents": len(doc),
+            "with_cpu": sum(1 for a in doc if a.get("cpu_percent") is not None),
+        }
+    if name == "fleet_summary" and isinstance(doc, dict):
+        return {"agents": doc.get("agents")}
+    return {}
+
+
+def _measure(database_url: str, runs: int, warmup: int) -> dict[str, Any]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # Heartbeats as live agents would have kept them.
+        conn.execute(
+            "UPDATE agents SET last_heartbeat = now() - random() * interval '5 seconds'"
+            " WHERE status = 'online'"
+        )
+        agent_ids = [r[0] for r in conn.execute("SELECT agent_id FROM agents ORDER BY agent_id")]
+    api = _Api(database_url)
+    rng = np.random.default_rng()
+    latencies: dict[str, list[float]] = {name: [] for name in _QUERY_NAMES}
+    sizes: dict[str, list[int]] = {name: [] for name in _QUERY_NAMES}
+    errors: dict[str, dict[str, int]] = {}
+    shapes: dict[str, dict[str, Any]] = {}
+    try:
+        for round_index in range(warmup + runs):
+            for name, path in _paths(agent_ids, rng).items():
+                began = time.perf_counter()
+                status, body = api.get(path)
+                took = time.perf_counter() - began
+                if status != 200:
+                    key = str(status)
+                    errors.setdefault(name, {})
+                    errors[name][key] = errors[name].get(key, 0) + 1
+                    if sum(errors[name].values()) == 1:
+                        sys.stderr.write(f"{name}: HTTP {status} for {path}: {body[:300]!r}\n")
+                    continue
+                if round_index >= warmup:
+                    latencies[name].append(took)
+                    sizes[name].append(len(body))
+                shapes[name] = _shape(name, body)
+    finally:
+        api.stop()
+    return {"latencies": latencies, "sizes": sizes, "errors": errors, "shapes": shapes}
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+def _command(args: argparse.Namespace) -> str:
+    parts = ["fleetpulse bench queries"]
+    defaults = argparse.ArgumentParser()
+    add_arguments(defaults)
+    for key in ("agents", "series_per_agent", "raw_hours", "runs", "warmup"):
+        value = getattr(args, key)
+        if value != defaults.get_default(key):
+            parts.append(f"--{key.replace('_', '-')} {value}")
+    if args.database_url:
+        parts.append("--database-url URL")
+    return " ".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.series_per_agent < MIN_SERIES_PER_AGENT:
+        sys.stderr.write(f"--series-per-agent must be at least {MIN_SERIES_PER_AGENT}\n")
+        return 2
+    started_at = datetime.now(UTC)
+    pg = None
+    try:
+        admin_url = args.database_url
+        if admin_url is None:
+            pg = EmbeddedPostgres(args.data_dir)
+            admin_url = _configure_embedded(pg, pg.start())
+        database_url = make_conninfo(admin_url, dbname=DB_NAME)
+        ds, seeded = _prepare(database_url, admin_url, args)
+        measured = None if args.seed_only else _measure(database_url, args.runs, args.warmup)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            sizes = _sizes(conn)
+            server = _server(conn)
+            # The top-up (if any) is in the dataset now; report it as stored.
+            ds = _load_meta(conn) or ds
+    finally:
+        if pg is not None:
+            pg.stop()
+
+    summary: dict[str, Any] = {
+        "agents": ds.agents,
+        "series": ds.agents * ds.series_per_agent,
+        "series_per_agent": ds.series_per_agent,
+        "points": ds.points,
+        "rollup_1m_rows": ds.rollup_1m_rows,
+        "rollup_1h_rows": ds.rollup_1h_rows,
+        "raw_start": ds.raw_start.isoformat(),
+        "raw_end": ds.raw_end.isoformat(),
+        "seeded_now": seeded,
+        "seed_s": round(ds.seed_s, 1),
+        "seed_rows_per_s": round(
+            (ds.points + ds.rollup_1m_rows + ds.rollup_1h_rows) / max(ds.seed_s, 1e-9)
+        )
+        if seeded
+        else None,
+        "database_gb": sizes["database_gb"],
+        "runs": 0 if measured is None else args.runs,
+    }
+    details: dict[str, Any] = {}
+    if measured is not None:
+        for name in _QUERY_NAMES:
+            times = np.array(measured["latencies"][name])
+            if len(times):
+                summary[f"{name}_p50_ms"] = _ms(float(np.percentile(times, 50)))
+                summary[f"{name}_p95_ms"] = _ms(float(np.percentile(times, 95)))
+                summary[f"{name}_max_ms"] = _ms(float(times.max()))
+                summary[f"{name}_bytes"] = int(np.median(measured["sizes"][name]))
+            else:
+                for stat in ("p50_ms", "p95_ms", "max_ms", "bytes"):
+                    summary[f"{name}_{stat}"] = None
+            details[name] = {
+                "latencies_ms": [_ms(t) for t in measured["latencies"][name]],
+                "errors": measured["errors"].get(name, {}),
+                "answer": measured["shapes"].get(name, {}),
+            }
+        summary["errors"] = sum(sum(e.values()) for e in measured["errors"].values())
+    result = {
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "command": _command(args),
+        "machine": report.machine(),
+        "server": server,
+        "sizes": sizes,
+        "summary": summary,
+        "queries": details,
+    }
+    out_dir = args.results_dir / (started_at.strftime("%Y%m%dT%H%M%SZ") + "-queries")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "result.json").write_text(json.dumps(result, indent=2))
+    sys.stderr.write(
+        json.dumps(
+            {
+                "sizes": sizes,
+                "server": server,
+                "answers": details and {k: v["answer"] for k, v in details.items()},
+            },
+            indent=1,
+        )
+        + f"\nresults in {out_dir}\n"
+    )
+    print(json.dumps(summary))
+    return 1 if summary.get("errors") else 0
