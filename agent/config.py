@@ -13,13 +13,13 @@ import logging
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fleetpulse.agent.collectors import COLLECTORS
+from fleetpulse.agent.collectors import COLLECTORS, DEFAULT_INTERVALS_S
 from fleetpulse.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,15 @@ _SERVER_KEYS = frozenset(
     {"address", "tls", "enrollment_token", "tls_ca_file", "tls_cert_file", "tls_key_file"}
 )
 _AGENT_KEYS = frozenset(
-    {"id", "collect_interval", "heartbeat_interval", "state_dir", "collectors", "spool_max_mb"}
+    {
+        "id",
+        "collect_interval",
+        "heartbeat_interval",
+        "state_dir",
+        "collectors",
+        "collector_intervals",
+        "spool_max_mb",
+    }
 )
 DEFAULT_SPOOL_MAX_MB = 64
 
@@ -61,6 +69,11 @@ class AgentConfig:
     state_dir: Path
     # None enables every collector, including ones added in later versions.
     collectors: frozenset[str] | None = None
+    # Collectors that run at most once per so many seconds (0: every collection); the file's
+    # mapping is laid over DEFAULT_INTERVALS_S (tcp every 60 s: its kernel cost, collectors.py).
+    collector_intervals_s: Mapping[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_INTERVALS_S)
+    )
     # The on-disk spool of batches not yet committed (agent/spool.py); oldest dropped beyond it.
     spool_max_bytes: int = DEFAULT_SPOOL_MAX_MB * 1024 * 1024
 
@@ -126,6 +139,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Agent
         ),
         state_dir=_state_dir(agent.get("state_dir"), agent_id, source),
         collectors=_collectors(agent.get("collectors"), source),
+        collector_intervals_s=_collector_intervals(agent.get("collector_intervals"), source),
         spool_max_bytes=int(
             _positive_number(
                 _get(agent, "spool_max_mb", DEFAULT_SPOOL_MAX_MB), "agent.spool_max_mb", source
@@ -262,6 +276,32 @@ def _collectors(value: Any, source: str) -> frozenset[str] | None:
             f"valid: {valid}"
         )
     return frozenset(value)
+
+
+def _collector_intervals(value: Any, source: str) -> dict[str, float]:
+    intervals = dict(DEFAULT_INTERVALS_S)
+    if value is None:
+        return intervals
+    key = "agent.collector_intervals"
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{source}: {key} must map collector names to seconds (0: every collection), "
+            f"got {value!r}"
+        )
+    for name, seconds in value.items():
+        if name not in COLLECTORS:
+            raise ConfigError(
+                f"{source}: {key} names unknown collector {name!r}; "
+                f"valid: {', '.join(sorted(COLLECTORS))}"
+            )
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise ConfigError(
+                f"{source}: {key}.{name} must be a number of seconds, got {seconds!r}"
+            )
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ConfigError(f"{source}: {key}.{name} must be 0 or more seconds, got {seconds!r}")
+        intervals[name] = float(seconds)
+    return intervals
 
 
 def _type_name(value: Any) -> str:

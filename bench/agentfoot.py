@@ -9,14 +9,20 @@ the sink answers the register, acks every batch at once and reports it committed
 and acks heartbeats, as a healthy platform does. So the agent does all of its steady-state work:
 collect, encode, fsync to its spool, send, and free its spool on the committed announcement.
 
-Its CPU time (user + system of all its threads, from /proc) over the window divided by the
-collections made in the window is the CPU per cycle; its steady RSS (and what it is made of:
+Its CPU time (all its threads, from the scheduler's nanosecond account where the kernel keeps
+one) over the window divided by the collections made in the window is the CPU per cycle, split
+into the main thread and gRPC's threads; its steady RSS (and what it is made of:
 anonymous memory vs mapped files such as shared libraries) is read at the end. Series per cycle
 are counted by the sink in the batches it received (and checked against the agent's own account).
 
 When Debian's ``prometheus-node-exporter`` is installed, it runs in the same window on a loopback
-port and is scraped ``--scrapes`` times; its CPU per scrape and its series per scrape (sample lines
-of the exposition) are reported beside the agent's. The last stdout line is one JSON object.
+port and is scraped at the agent's collect interval (as a Prometheus server with that scrape
+interval would), so both pay the same price for waking up with cold caches; its CPU per scrape
+and its series per scrape (sample lines of the exposition) are reported beside the agent's.
+
+After the run, the CPU of each collector alone (``collector_cpu_ms``) is measured in the bench
+process, every collector every round, so a costly one shows whatever its configured interval.
+The last stdout line is one JSON object.
 """
 
 from __future__ import annotations
@@ -50,13 +56,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="agent collect interval, s")
     parser.add_argument("--duration", type=float, default=30.0, help="measured window, s")
     parser.add_argument("--warmup", type=float, default=5.0)
-    parser.add_argument("--scrapes", type=int, default=30, help="node_exporter scrapes")
+    parser.add_argument(
+        "--collector-rounds",
+        type=int,
+        default=20,
+        help="rounds of the per-collector cost measurement (in the bench process, after the run)",
+    )
+    parser.add_argument(
+        "--collectors",
+        help="comma-separated collectors to enable (default: the agent's default, all)",
+    )
     parser.add_argument("--results-dir", type=Path, default=Path("bench/results"))
 
 
 def _cpu_s(proc: psutil.Process) -> float:
+    """CPU time of the process, all threads, in seconds (see ``_thread_cpu_s``)."""
+    threads = _thread_cpu_s(proc.pid)
+    if threads is not None:
+        return sum(threads.values())
     times = proc.cpu_times()
     return float(times.user + times.system)
+
+
+def _thread_cpu_s(pid: int) -> dict[str, float] | None:
+    """CPU time per thread name (``main`` for the main thread), in seconds, from the scheduler's
+    own nanosecond account
+    (/proc/PID/task/TID/schedstat). user + system from /proc/PID/stat is sampled at the timer
+    tick, so a process that wakes briefly many times a second (gRPC's threads) is measured only
+    statistically there; None when schedstat is not available."""
+    out: dict[str, float] = {}
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                name = "main" if task.name == str(pid) else (task / "comm").read_text().strip()
+                run_ns = int((task / "schedstat").read_text().split()[0])
+            except (OSError, IndexError, ValueError):
+                continue  # a thread that ended meanwhile
+            out[name] = out.get(name, 0.0) + run_ns / 1e9
+    except OSError:
+        return None
+    return out or None
 
 
 def _memory(pid: int) -> dict[str, float]:
@@ -161,41 +200,58 @@ def _sink(ready: Any, counts: Any) -> None:
 # -- node_exporter ---------------------------------------------------------------------------
 
 
-def _node_exporter(scrapes: int) -> dict[str, Any]:
-    if not Path(NODE_EXPORTER).exists():
-        return {"cpu_ms_per_scrape": None, "series": None, "rss_mb": None}
-    port = free_port()
-    proc = subprocess.Popen(
-        [NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}/metrics"
+class _NodeExporter:
+    """Debian's prometheus-node-exporter on a loopback port, scraped like Prometheus does."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/metrics"
+        self.proc = subprocess.Popen(
+            [NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.series = 0
         deadline = time.monotonic() + 15
         while True:
             try:
-                urllib.request.urlopen(url, timeout=5).read()
+                self.scrape()
                 break
             except OSError:
                 if time.monotonic() > deadline:
+                    self.stop()
                     raise
                 time.sleep(0.2)
-        ps = psutil.Process(proc.pid)
-        before = _cpu_s(ps)
-        series = 0
-        for _ in range(scrapes):
-            body = urllib.request.urlopen(url, timeout=10).read().decode()
-            series = sum(1 for line in body.splitlines() if line and not line.startswith("#"))
-            time.sleep(0.2)
-        return {
-            "cpu_ms_per_scrape": round((_cpu_s(ps) - before) / scrapes * 1000, 3),
-            "series": series,
-            "rss_mb": round(ps.memory_info().rss / 2**20, 1),
-        }
-    finally:
-        proc.terminate()
-        proc.wait(10)
+        self.ps = psutil.Process(self.proc.pid)
+
+    def scrape(self) -> None:
+        body = urllib.request.urlopen(self.url, timeout=10).read().decode()
+        self.series = sum(1 for line in body.splitlines() if line and not line.startswith("#"))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def _collector_costs(rounds: int, pause_s: float) -> dict[str, float]:
+    """CPU per run of each collector, in ms, measured in this process (``pause_s`` between
+    rounds, so caches are as cold as in an agent that sleeps between collections)."""
+    from fleetpulse.agent import collectors
+
+    spent = dict.fromkeys(collectors.COLLECTORS, 0.0)
+    for _ in range(rounds + 1):
+        for name, collector in collectors.COLLECTORS.items():
+            started = time.thread_time()
+            try:
+                collector()
+            except Exception:  # noqa: S112 - a collector that fails here costs what it costs
+                continue
+            spent[name] += time.thread_time() - started
+        if not _:
+            spent = dict.fromkeys(spent, 0.0)  # the first round only primes (open files, baselines)
+        time.sleep(pause_s)
+    collectors.close_files()
+    return {name: round(total / rounds * 1000, 3) for name, total in spent.items()}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -219,6 +275,8 @@ def run(args: argparse.Namespace) -> int:
         f"  collect_interval: {args.interval}\n"
         f"  state_dir: {temp / 'state'}\n"
     )
+    if args.collectors:
+        config.write_text(config.read_text() + f"  collectors: [{args.collectors}]\n")
     unit_env = _unit_environment()
     agent = subprocess.Popen(
         [
@@ -233,7 +291,10 @@ def run(args: argparse.Namespace) -> int:
         ],
         env={"FLEETPULSE_ENROLLMENT_TOKEN": "bench", "PATH": "/usr/bin:/bin", **unit_env},
     )
+    node: _NodeExporter | None = None
     try:
+        if Path(NODE_EXPORTER).exists():
+            node = _NodeExporter()
         time.sleep(args.warmup)
         ps = psutil.Process(agent.pid)
         if agent.poll() is not None:
@@ -241,25 +302,52 @@ def run(args: argparse.Namespace) -> int:
         with counts.get_lock():
             received_before = counts[:]
         cpu_before, (batches_before, points_before) = _cpu_s(ps), _account(temp / "state")
-        time.sleep(args.duration)
+        threads_before = _thread_cpu_s(agent.pid) or {}
+        node_before = _cpu_s(node.ps) if node else 0.0
+        # The same window for both: node_exporter is scraped at the agent's collect interval,
+        # as a Prometheus server with that scrape interval would.
+        scrapes = 0
+        ends_at = time.monotonic() + args.duration
+        next_at = time.monotonic()
+        while (now := time.monotonic()) < ends_at:
+            if node is not None and now >= next_at:
+                node.scrape()
+                scrapes += 1
+                next_at += args.interval
+            time.sleep(max(0.0, min(next_at, ends_at) - time.monotonic()))
         cpu_after, (batches_after, points_after) = _cpu_s(ps), _account(temp / "state")
+        threads_after = _thread_cpu_s(agent.pid) or {}
+        node_after = _cpu_s(node.ps) if node else 0.0
         with counts.get_lock():
             received_after = counts[:]
         memory = _memory(agent.pid)
-        node = _node_exporter(args.scrapes)
+        node_rss_mb = round(node.ps.memory_info().rss / 2**20, 1) if node else None
     finally:
         agent.terminate()
         agent.wait(20)
+        if node is not None:
+            node.stop()
         sink.terminate()
         sink.join(10)
         shutil.rmtree(temp, ignore_errors=True)
+    collector_cpu_ms = _collector_costs(args.collector_rounds, min(args.interval, 1.0))
     cycles = max(1, batches_after - batches_before)
     received = max(1, received_after[0] - received_before[0])
     series = (received_after[1] - received_before[1]) / received
     cpu_ms = (cpu_after - cpu_before) / cycles * 1000
+    # The main thread (collect, encode, spool, the asyncio side of gRPC) against gRPC's own
+    # threads (its event engine, timer and lifeguard: I/O, and periodic wakeups even when idle).
+    main_s = threads_after.get("main", 0.0) - threads_before.get("main", 0.0)
+    other_s = sum(threads_after.values()) - sum(threads_before.values()) - main_s
+    node_ms = round((node_after - node_before) / scrapes * 1000, 3) if node and scrapes else None
     summary = {
         "cycles": cycles,
         "cpu_ms_per_cycle": round(cpu_ms, 3),
+        "main_thread_cpu_ms_per_cycle": round(main_s / cycles * 1000, 3) if threads_after else None,
+        "grpc_threads_cpu_ms_per_cycle": round(other_s / cycles * 1000, 3)
+        if threads_after
+        else None,
+        "window_s": args.duration,
         "series_per_cycle": round(series, 1),
         "series_per_cycle_agent_account": round((points_after - points_before) / cycles, 1),
         "batches_received": received,
@@ -267,12 +355,14 @@ def run(args: argparse.Namespace) -> int:
         "cpu_us_per_series": round(cpu_ms * 1000 / series, 2) if series else None,
         **memory,
         "agent_env": " ".join(f"{k}={v}" for k, v in unit_env.items()) or None,
-        "node_exporter_cpu_ms_per_scrape": node["cpu_ms_per_scrape"],
-        "node_exporter_series": node["series"],
+        "node_exporter_cpu_ms_per_scrape": node_ms,
+        "node_exporter_series": node.series if node else None,
         "node_exporter_cpu_us_per_series": (
-            round(node["cpu_ms_per_scrape"] * 1000 / node["series"], 2) if node["series"] else None
+            round(node_ms * 1000 / node.series, 2) if node and node_ms is not None else None
         ),
-        "node_exporter_rss_mb": node["rss_mb"],
+        "node_exporter_rss_mb": node_rss_mb,
+        "node_exporter_scrapes": scrapes if node else None,
+        "collector_cpu_ms": collector_cpu_ms,
     }
     result = {
         "started_at": started_at.isoformat(timespec="seconds"),

@@ -239,9 +239,10 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         from fleetpulse.agent.collectors import collect, format_table
 
         enabled = load_config(args.config).collectors if args.config else None
-        collect(enabled)  # rates (CPU percent) are measured between two calls
+        every_time: dict[str, float] = {}  # --once shows every collector, slow ones included
+        collect(enabled, every_time)  # rates (CPU percent) are measured between two calls
         time.sleep(0.5)
-        samples, errors = collect(enabled)
+        samples, errors = collect(enabled, every_time)
         print(format_table(samples, errors))
         return 1 if errors else 0
     if args.config is None:

@@ -205,7 +205,17 @@ def test_bench_ingest_queues_exactly_the_batches_it_acked(tmp_path: Path) -> Non
 
 def test_bench_agent_reports_the_footprint(tmp_path: Path) -> None:
     summary = _bench(
-        ["agent", "--interval", "0.5", "--duration", "3", "--warmup", "2", "--scrapes", "2"],
+        [
+            "agent",
+            "--interval",
+            "0.5",
+            "--duration",
+            "3",
+            "--warmup",
+            "2",
+            "--collector-rounds",
+            "2",
+        ],
         tmp_path,
     )
     assert {

@@ -160,6 +160,14 @@ def test_collectors_subset(tmp_path: Path) -> None:
     assert load_config(path, env={}).collectors == frozenset({"load", "network"})
 
 
+def test_collector_intervals_lay_over_the_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "agent:\n  id: a1\n"), env={}).collector_intervals_s == {
+        "tcp": 60.0
+    }
+    path = write(tmp_path, "agent:\n  id: a1\n  collector_intervals: {tcp: 0, disk: 300}\n")
+    assert load_config(path, env={}).collector_intervals_s == {"tcp": 0.0, "disk": 300.0}
+
+
 def test_unknown_collectors_are_named_with_the_valid_ones(tmp_path: Path) -> None:
     path = write(tmp_path, "agent:\n  id: a1\n  collectors: [cpu, gpu, temperature]\n")
     message = config_error(path)
@@ -198,6 +206,22 @@ def test_unknown_collectors_are_named_with_the_valid_ones(tmp_path: Path) -> Non
         ("agent:\n  id: a1\n  state_dir: 5\n", "agent.state_dir must be a non-empty string"),
         ("agent:\n  id: a1\n  collectors: cpu\n", "agent.collectors must be a list"),
         ("agent:\n  id: a1\n  collectors: [1, 2]\n", "agent.collectors must be a list"),
+        (
+            "agent:\n  id: a1\n  collector_intervals: [tcp]\n",
+            "agent.collector_intervals must map collector names to seconds",
+        ),
+        (
+            "agent:\n  id: a1\n  collector_intervals: {gpu: 5}\n",
+            "agent.collector_intervals names unknown collector 'gpu'",
+        ),
+        (
+            "agent:\n  id: a1\n  collector_intervals: {tcp: -1}\n",
+            "agent.collector_intervals.tcp must be 0 or more seconds, got -1",
+        ),
+        (
+            'agent:\n  id: a1\n  collector_intervals: {tcp: "60"}\n',
+            "agent.collector_intervals.tcp must be a number of seconds, got '60'",
+        ),
         ("- server\n- agent\n", "top level must be a mapping"),
         ("just a string\n", "top level must be a mapping"),
         ("server: localhost:9090\nagent:\n  id: a1\n", "server must be a mapping, got str"),

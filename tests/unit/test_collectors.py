@@ -6,6 +6,7 @@ import logging
 import re
 import sys
 from collections import namedtuple
+from pathlib import Path
 
 import pytest
 
@@ -26,8 +27,10 @@ StatVFS = namedtuple(
 
 @pytest.fixture(autouse=True)
 def no_failing_collectors(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Which collectors already warned is process state; each test starts with none.
+    # Which collectors already warned, and when slow ones last ran, is process state; each test
+    # starts with none.
     monkeypatch.setattr(collectors, "_failing", set())
+    monkeypatch.setattr(collectors, "_last_run", {})
 
 
 def names(samples: list[Sample]) -> set[str]:
@@ -466,6 +469,7 @@ def test_netstat_samples() -> None:
     )
     values = {(n, labels.get("direction")): v for n, v, labels in collectors._netstat_samples(snmp)}
     assert values == {
+        ("tcp_current_established", None): 5.0,
         ("tcp_active_opens_total", None): 10.0,
         ("tcp_passive_opens_total", None): 20.0,
         ("tcp_failed_attempts_total", None): 3.0,
@@ -546,6 +550,56 @@ def test_collect_reads_a_shared_file_once(monkeypatch: pytest.MonkeyPatch) -> No
         assert reads.count("/proc/stat") == 1
         assert reads.count("/proc/meminfo") == 1
     assert collectors._this_collection is None
+
+
+def test_a_collector_with_an_interval_runs_only_when_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[float] = []
+    clock = [1000.0]
+    monkeypatch.setattr(collectors.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(
+        collectors, "COLLECTORS", {"slow": lambda: runs.append(clock[0]) or [("slow", 1.0, {})]}
+    )
+    every_60_s = {"slow": 60.0}
+    for now in (1000.0, 1030.0, 1056.0, 1058.0, 1090.0, 1120.0):
+        clock[0] = now
+        samples, errors = collect(None, every_60_s)
+        assert errors == {}
+        assert (samples != []) == (now in runs)
+    # The first collection, then once per 60 s (58 s counts: timers fire a little early).
+    assert runs == [1000.0, 1058.0, 1120.0]
+    # 0 means every collection.
+    runs.clear()
+    for now in (2000.0, 2001.0):
+        clock[0] = now
+        collect(None, {"slow": 0})
+    assert runs == [2000.0, 2001.0]
+
+
+def test_tcp_states_run_every_minute_by_default_and_established_every_time() -> None:
+    first, _ = collect()
+    second, _ = collect()
+    assert "tcp_connections" in names(first)
+    assert "tcp_connections" not in names(second)
+    if sys.platform.startswith("linux"):
+        # cheap counters stand in between: established (and close-wait) and time-wait sockets
+        assert {"tcp_current_established", "sockets_tcp_time_wait"} <= names(second)
+    third, _ = collect(None, {})
+    assert "tcp_connections" in names(third)
+
+
+def test_kept_open_files_are_read_afresh_and_whole(tmp_path: Path) -> None:
+    path = tmp_path / "counter"
+    path.write_text("1\n")
+    assert collectors._read(str(path)) == "1\n"
+    # Rewritten in place (as the kernel regenerates /proc files): the next read sees the new text.
+    with path.open("r+") as handle:
+        handle.write("2\n")
+    assert collectors._read(str(path)) == "2\n"
+    big = "".join(f"line {i:06d}\n" for i in range(20_000))  # 240 KB: several reads
+    path.write_text(big)
+    assert collectors._read(str(path)) == big
+    collectors.close_files()
+    assert collectors._open_files == {}
 
 
 # -- encode_batch's series cache --------------------------------------------------------------
