@@ -565,7 +565,9 @@ class AgentDaemon:
                         # Revoked (or the platform lost it): enroll again with the token.
                         log.warning("credential refused; enrolling again")
                         self.credential_path.unlink()
-                except StreamClosed as exc:
+                except (StreamClosed, asyncio.InvalidStateError) as exc:
+                    # InvalidStateError: the call ended (a front-end stopping, say) while the
+                    # sender was writing; write() says so instead of raising the call's status.
                     log.warning("stream to %s closed: %s", self.config.server_address, exc)
             if self._stopping.is_set():
                 return  # shutting down: do not wait through a backoff

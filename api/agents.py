@@ -230,7 +230,8 @@ async def list_agents(
     q: str | None = None,
     sort: Literal[SORTS] = "agent_id",  # type: ignore[valid-type]
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    # bounded by what PostgreSQL's OFFSET takes (bigint): past it, a 422 and not a 500
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
 ) -> list[AgentPublic]:
     """One page of agents, filtered and sorted, each with its CPU and memory now; the number of
     matching agents is in the X-Total-Count header."""

@@ -98,7 +98,7 @@ async def _announce(settings: Settings, agent_id: str) -> None:
         return  # pushed at the agent's next register
     client = redis.asyncio.Redis.from_url(settings.redis_url)
     try:
-        await client.publish(keys.CONTROL_CHANNEL, agentsettings.announcement(agent_id))
+        await client.publish(keys.control_channel(client), agentsettings.announcement(agent_id))
     except redis.RedisError as exc:
         log.warning(
             "settings of %s stored but not announced (%s): pushed at its next register",

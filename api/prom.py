@@ -163,13 +163,17 @@ async def _raw_range(conn: ConnDep, node: Selector, at: float) -> Response:
     return _answer({"resultType": "matrix", "result": result})
 
 
-@router.api_route("/query", methods=["GET", "POST"])
+# GET and POST of one endpoint are registered apart, each with its own operation id: one
+# api_route for both gives them the same id, which OpenAPI forbids (and FastAPI warns about).
+@router.get("/query", operation_id="instant_query_get")
+@router.post("/query", operation_id="instant_query_post")
 async def instant_query(request: Request, conn: ConnDep) -> Response:
     """Evaluate a PromQL expression at one time (``time``, default now)."""
     return await _run(request, conn, instant=True)
 
 
-@router.api_route("/query_range", methods=["GET", "POST"])
+@router.get("/query_range", operation_id="range_query_get")
+@router.post("/query_range", operation_id="range_query_post")
 async def range_query(request: Request, conn: ConnDep) -> Response:
     """Evaluate a PromQL expression at every ``step`` from ``start`` to ``end``."""
     return await _run(request, conn, instant=False)
@@ -190,7 +194,8 @@ async def _matched_series(conn: ConnDep, pairs: list[tuple[str, str]]) -> list[A
     return list(found.values())
 
 
-@router.api_route("/series", methods=["GET", "POST"])
+@router.get("/series", operation_id="series_get")
+@router.post("/series", operation_id="series_post")
 async def series(request: Request, conn: ConnDep) -> Response:
     """Label sets of the series that match any ``match[]`` selector."""
     try:
@@ -204,7 +209,8 @@ async def series(request: Request, conn: ConnDep) -> Response:
     return _answer([labels_of(s) for s in matched[:MAX_SERIES_LISTED]])
 
 
-@router.api_route("/labels", methods=["GET", "POST"])
+@router.get("/labels", operation_id="label_names_get")
+@router.post("/labels", operation_id="label_names_post")
 async def label_names(request: Request, conn: ConnDep) -> Response:
     """Label names (of the series matching ``match[]``, if given)."""
     try:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from psycopg import AsyncConnection
 
-from fleetpulse.api.query import Matcher, Series, _splits, select_series
+from fleetpulse.api.query import MAX_DURATION_S, Matcher, Series, _splits, select_series
 
 LOOKBACK_S = 300.0
 MAX_POINTS_PER_QUERY = 20_000_000  # samples fetched
@@ -257,6 +257,8 @@ class _Parser:
             self.take("[")
             token = self.take(kind="duration")
             range_s = duration_s(token.text)
+            if range_s > MAX_DURATION_S:
+                raise PromQLError(f"range at {token.pos} is longer than 100 years")
             if self.peek().text == ":":
                 raise PromQLError("subqueries are not supported")
             self.take("]")
@@ -296,7 +298,7 @@ class _Parser:
         param = None
         if op in ("topk", "bottomk"):
             number = self.expr()
-            if not isinstance(number, Number):
+            if not isinstance(number, Number) or not math.isfinite(number.value):
                 raise PromQLError(f"{op}: the first argument must be a number")
             param = number.value
             self.take(",")
@@ -316,7 +318,10 @@ def parse(text: str) -> Node:
         raise PromQLError("empty query")
     if len(text) > 10_000:
         raise PromQLError("query longer than 10000 characters")
-    return _Parser(text).parse()
+    try:
+        return _Parser(text).parse()
+    except RecursionError:  # recursive descent: a few hundred nested ( or - are enough
+        raise PromQLError("query nested too deeply") from None
 
 
 # -- evaluation ----------------------------------------------------------------------------------

@@ -40,6 +40,9 @@ MAX_STEPS = 11_000
 MAX_MATCHED_SERIES = 20_000
 MAX_GROUPS = 5_000
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)?$")
+# Longer steps, windows and ranges mean nothing here (retention is measured in days) and would
+# push window starts past what a datetime holds.
+MAX_DURATION_S = 100 * 365 * 86_400
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 _MATCH = re.compile(r"^([a-zA-Z_][a-zA-Z0-9_]*)(=~|!~|!=|=)(.*)$", re.DOTALL)
 # How long after a bucket closes its rollup is final at the latest (ingest/rollups.py: max delay
@@ -82,6 +85,8 @@ def parse_duration(text: str, what: str = "step") -> float:
     seconds = float(found.group(1)) * _UNITS[found.group(2)]
     if seconds <= 0:
         raise bad(f"{what} must be positive, got {text!r}")
+    if not seconds <= MAX_DURATION_S:  # inf included
+        raise bad(f"{what} must be at most 100 years, got {text[:40]!r}")
     return seconds
 
 

@@ -101,7 +101,7 @@ def _cmd_agents_revoke(args: argparse.Namespace) -> int:
     import redis
 
     from fleetpulse.ingest import credentials
-    from fleetpulse.ingest.keys import CONTROL_CHANNEL
+    from fleetpulse.ingest.keys import control_channel
 
     settings = _server_settings(args)
     settings.require("database_url")
@@ -112,7 +112,8 @@ def _cmd_agents_revoke(args: argparse.Namespace) -> int:
         return 1
     if settings.redis_url:  # close its open streams now, on every front-end
         client = redis.Redis.from_url(settings.redis_url)
-        client.publish(CONTROL_CHANNEL, orjson.dumps({"kind": "revoked", "agent": args.agent_id}))
+        message = orjson.dumps({"kind": "revoked", "agent": args.agent_id})
+        client.publish(control_channel(client), message)
         client.close()
     print(f"{args.agent_id}: credential revoked; the agent may enroll again with the token")
     return 0
@@ -130,7 +131,7 @@ def _cmd_agents_config(args: argparse.Namespace) -> int:
     import redis
 
     from fleetpulse.ingest import agentsettings
-    from fleetpulse.ingest.keys import CONTROL_CHANNEL
+    from fleetpulse.ingest.keys import control_channel
 
     changes: dict[str, object] = {}
     for name in args.unset or ():
@@ -162,7 +163,7 @@ def _cmd_agents_config(args: argparse.Namespace) -> int:
         reported = agentsettings.reported(conn, args.agent_id) or {}
     if changes and settings.redis_url:  # the front-end holding its stream pushes it now
         client = redis.Redis.from_url(settings.redis_url)
-        client.publish(CONTROL_CHANNEL, agentsettings.announcement(args.agent_id))
+        client.publish(control_channel(client), agentsettings.announcement(args.agent_id))
         client.close()
     print(_describe_settings(args.agent_id, desired, reported))
     return 0

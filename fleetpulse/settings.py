@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     rollup_1m_retention_days: int = Field(default=35, ge=1)
     rollup_1h_retention_days: int = Field(default=400, ge=1)
     max_future_s: float = Field(default=3600.0, ge=0)
+    # Test-only (ingest/failpoints.py): "after-commit:<marker file>" makes a worker SIGKILL itself
+    # once, between a chunk's COMMIT and its XACK. Unset in production.
+    failpoint: str | None = Field(default=None, pattern=r"^after-commit:.+$")
 
     api_max_points: int = Field(default=200_000, ge=1)
     # Writes through the API (PUT /agents/{id}/config) need `authorization: Bearer <this key>`;

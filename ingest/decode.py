@@ -33,6 +33,9 @@ from fleetpulse.proto import edge_pb2, metric_pb2
 _ENTRY_SEQ_SHIFT = 20
 # Bound on the series-set cache (entries); past it the cache starts over.
 MAX_CACHED_SERIES_SETS = 200_000
+# Timestamp seconds beyond which microseconds would overflow int64 (nanos included): such a point
+# is clamped to it, which the window check then rejects and counts like any other distant point.
+_MAX_ROW_SECONDS = 2**63 // 1_000_000 - 10
 
 Entry = tuple[str, str, dict[bytes, bytes]]
 
@@ -259,9 +262,12 @@ def _rows(index: int, agent_id: str, payload: bytes, received_us: int, rows: _Ro
     batch = metric_pb2.MetricBatch.FromString(payload)
     for point in batch.metrics:
         stamp = point.timestamp
+        seconds = stamp.seconds
+        if not -_MAX_ROW_SECONDS <= seconds <= _MAX_ROW_SECONDS:
+            seconds = _MAX_ROW_SECONDS if seconds > 0 else -_MAX_ROW_SECONDS
         rows.batch_index.append(index)
         rows.keys.append((agent_id, point.name, labels_key(dict(point.labels))))
         rows.ts_unix_us.append(
-            stamp.seconds * 1_000_000 + stamp.nanos // 1000 if stamp.seconds else received_us
+            seconds * 1_000_000 + stamp.nanos // 1000 if seconds else received_us
         )
         rows.values.append(point.value)

@@ -14,7 +14,8 @@ at register and is issued its own credential, ingest/credentials.py) or an agent
 identity is the credential's agent_id). Any agent_id in a payload must equal it.
 
 Status codes that end a stream: no, wrong or revoked credential UNAUTHENTICATED; a message that
-does not decode or carries no known case INVALID_ARGUMENT; heartbeat or metrics before register
+does not decode, carries no known case, or has a value its column cannot store (a NUL in text, a
+number too large) INVALID_ARGUMENT; heartbeat or metrics before register
 FAILED_PRECONDITION; an agent_id that differs from the stream's identity, or an enrolled agent_id
 claimed with the enrollment token, PERMISSION_DENIED; a second machine claiming a connected agent
 ALREADY_EXISTS; the stream replaced by a newer connection of the same agent ABORTED; a message over
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "proto.AgentService"
 METHOD_NAME = "Connect"
-CONTROL_CHANNEL = keys.CONTROL_CHANNEL
 BACKPRESSURE_CHECK_S = 0.5
 # AgentRegister.protocol from which an agent understands ServerMessage.credential and .committed.
 PROTOCOL_CREDENTIALS = 1
@@ -90,6 +90,8 @@ class StreamEnd(Exception):
     """Ends one stream with a gRPC status (raised inside the session's reader)."""
 
     def __init__(self, code: grpc.StatusCode, details: str, retry_after_ms: int = 0) -> None:
+        # One line, whatever an agent put in the ids and names the message quotes.
+        details = _one_line(details)
         super().__init__(details)
         self.code = code
         self.details = details
@@ -114,12 +116,31 @@ def _peer_ip(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
+# Limits of the PostgreSQL columns that agent-sent numbers land in (bigint, integer).
+_MAX_BIGINT = 2**63 - 1
+_MAX_INTEGER = 2**31 - 1
+# Text fields of AgentRegister stored in the agents table (agent_id is checked on its own).
+_REGISTER_TEXT = ("hostname", "ip", "os", "arch", "version", "machine_id")
+
+
+def _refuse_nul(what: str, message: Any, names: tuple[str, ...]) -> None:
+    """PostgreSQL text cannot hold NUL: such a field is bad input, not an internal error."""
+    for name in names:
+        value = getattr(message, name)
+        if any("\x00" in text for text in ([value] if isinstance(value, str) else value)):
+            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {name} contains NUL")
+
+
+def _one_line(text: str) -> str:
+    return "\\n".join(text.splitlines())
+
+
 def _refusal(epoch: int, sequence: int, error: str, retry_after_ms: int) -> bytes:
     return agent_pb2.ServerMessage(
         metric_ack=agent_pb2.MetricAck(
             success=False,
             message="not accepted",
-            error=error,
+            error=_one_line(error),
             epoch=epoch,
             sequence=sequence,
             retry_after_ms=retry_after_ms,
@@ -189,6 +210,7 @@ class AgentService:
         self._batches = batches
         self._pool = pool
         self._redis = redis_client
+        self._control_channel = keys.control_channel(redis_client)
         self._ids = itertools.count(1)
         self.front_end_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         # The live session of every agent connected to this process.
@@ -197,6 +219,10 @@ class AgentService:
         self.backpressure: str | None = None
         self._shards = batches.shards
         self._control_out: asyncio.Queue[bytes] = asyncio.Queue(10_000)
+        # Set when the front-end stops (run()): streams that end then are not failures.
+        self.stopping = False
+        # Offline marks under way (they may outlive their stream's task, cancelled by a shutdown).
+        self._offline_marks: set[asyncio.Future[None]] = set()
 
     # -- the stream ------------------------------------------------------------------------------
 
@@ -284,6 +310,8 @@ class AgentService:
                 elif case == "disconnect":
                     if registered and session.agent_id is not None:
                         reason = self._decode(agent_pb2.Disconnect, envelope.disconnect)
+                        if reason is not None:
+                            _refuse_nul("disconnect", reason, ("reason",))
                         await self._say_goodbye(session, reason.reason if reason else "")
                     break
                 else:
@@ -297,7 +325,15 @@ class AgentService:
             return
         except asyncio.CancelledError:
             raise
+        except grpc.aio.AbortError:
+            # The call is over already (gRPC refused a message over the size limit, with its own
+            # status): nothing left to answer, and no failure of this front-end.
+            session.outbox.put_nowait(None)
+            return
         except Exception:
+            if self.stopping:  # the server ends every call as it stops: not a failure
+                session.outbox.put_nowait(None)
+                return
             log.exception("stream of %s failed", session.agent_id)
             session.outbox.put_nowait(
                 StreamEnd(grpc.StatusCode.INTERNAL, "internal error; reconnect", 1000)
@@ -307,7 +343,9 @@ class AgentService:
 
     async def _register(self, session: Session, payload: bytes, registered: bool) -> None:
         register = self._decode(agent_pb2.AgentRegister, payload)
-        if register is None or not register.agent_id:
+        if register is None:
+            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, "register does not decode")
+        if not register.agent_id:
             raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, "register: agent_id is required")
         if session.agent_id is not None and register.agent_id != session.agent_id:
             raise StreamEnd(
@@ -319,6 +357,7 @@ class AgentService:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "register: agent_id must be at most 256 characters, without NUL",
             )
+        _refuse_nul("register", register, _REGISTER_TEXT)
         issued = None
         if session.enrolling and not registered:
             async with self._pool.connection() as conn:
@@ -375,6 +414,16 @@ class AgentService:
         status = self._decode(agent_pb2.SettingsStatus, payload)
         if status is None:
             raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, "settings_status does not decode")
+        _refuse_nul("settings_status", status, ("error", "collectors"))
+        if (
+            status.version > _MAX_BIGINT
+            or status.collect_interval_ms > _MAX_INTEGER
+            or status.heartbeat_interval_ms > _MAX_INTEGER
+        ):
+            raise StreamEnd(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "settings_status: version must be below 2^63 and intervals below 2^31 ms",
+            )
         if not status.applied:
             log.warning(
                 "agent %s did not apply settings version %d: %s",
@@ -441,6 +490,12 @@ class AgentService:
         if self._is_empty(header, case, batch):
             selfmetrics.REJECTS.labels("empty_batch").inc()
             return _refusal(epoch, sequence, "INVALID_ARGUMENT: empty batch (no points)", 0)
+        if epoch > _MAX_BIGINT or sequence > _MAX_BIGINT:
+            # The ledger could not name it (bigint): refused for good rather than dead-lettered.
+            selfmetrics.REJECTS.labels("invalid_identity").inc()
+            return _refusal(
+                epoch, sequence, "INVALID_ARGUMENT: epoch and sequence must be below 2^63", 0
+            )
         if self.backpressure is not None:
             selfmetrics.REJECTS.labels("backpressure").inc()
             return _refusal(
@@ -534,7 +589,7 @@ class AgentService:
         while True:
             message = await self._control_out.get()
             try:
-                await self._redis.publish(CONTROL_CHANNEL, message)
+                await self._redis.publish(self._control_channel, message)
             except redis.RedisError as exc:
                 log.warning("control message not published: %s", exc)
 
@@ -558,6 +613,8 @@ class AgentService:
         update = asyncio.ensure_future(
             self._registry.disconnected(agent_id, None, self._session_key(session))
         )
+        self._offline_marks.add(update)
+        update.add_done_callback(self._offline_marks.discard)
         try:
             await asyncio.shield(update)
         except asyncio.CancelledError:
@@ -565,6 +622,13 @@ class AgentService:
             raise
         except Exception:
             log.exception("could not mark %s offline", agent_id)
+
+    async def forget_all(self) -> None:
+        """At shutdown, before the pool closes: mark every agent still held offline, and let the
+        marks under way finish (else they fail on the closed pool and the agents stay online)."""
+        for session in list(self.sessions.values()):
+            await self._forget(session)
+        await asyncio.gather(*self._offline_marks, return_exceptions=True)
 
     # -- background tasks ------------------------------------------------------------------------
 
@@ -623,10 +687,17 @@ class AgentService:
     async def follow_control(self) -> None:
         """Claims, conflicts and revocations from the other front-ends and the CLI."""
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(CONTROL_CHANNEL)
+        await pubsub.subscribe(self._control_channel)
         try:
             while True:
-                message = await pubsub.get_message(timeout=1.0)
+                try:
+                    message = await pubsub.get_message(timeout=1.0)
+                except redis.RedisError as exc:
+                    # Redis restarting: retry; the reconnect subscribes again. Without this the
+                    # task ended, and revocations and claims went unheard until a restart.
+                    log.warning("control channel unavailable: %s", exc)
+                    await asyncio.sleep(1.0)
+                    continue
                 if message is None:
                     continue
                 try:
@@ -783,10 +854,12 @@ async def run(settings: Settings, ready: asyncio.Event | None = None, index: int
         await stop.wait()
     finally:
         log.info("ingest front-end stopping")
+        service.stopping = True
         await server.stop(grace=2.0)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await service.forget_all()
         await batches.close()
         await registry.flush()
         await redis_client.aclose()

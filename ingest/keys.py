@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 PREFIX = "fleetpulse"
 # Stream shard i holds the batches of the agents that hash to i (see shard_for).
@@ -15,6 +16,7 @@ DEAD_LETTER_STREAM = f"{PREFIX}:dead-letter"
 # Failed attempts per pending entry ("<stream>/<entry id>" -> count), shared by all workers.
 ATTEMPTS_KEY = f"{PREFIX}:attempts"
 # Pub/sub between front-ends and the CLI/API: claims of agent ids, conflicts, revocations, settings.
+# The channel of one database is control_channel(client).
 CONTROL_CHANNEL = f"{PREFIX}:control"
 
 # Fields of one stream entry (short names: they are repeated in every entry).
@@ -28,6 +30,13 @@ FIELD_BATCH = b"b"
 FIELD_FORM = b"f"
 FORM_ROWS = b"r"
 FORM_COLUMNS = b"c"
+
+
+def control_channel(client: Any) -> str:
+    """The control channel of ``client``'s database. Redis pub/sub ignores the database index, so
+    the channel names it: two platforms sharing one Redis server (a staging and a production, on
+    other database numbers) never take each other's claims, revocations or settings."""
+    return f"{CONTROL_CHANNEL}:{client.connection_pool.connection_kwargs.get('db', 0)}"
 
 
 def stream_key(shard: int) -> str:

@@ -20,7 +20,7 @@ import psycopg
 import redis
 
 from fleetpulse import partitions
-from fleetpulse.ingest import keys, queue, watermark
+from fleetpulse.ingest import failpoints, keys, queue, watermark
 from fleetpulse.ingest.copier import ChunkResult, ChunkWriter
 from fleetpulse.ingest.decode import ChunkDecoder, Entry
 from fleetpulse.ingest.rollups import RollupThread
@@ -194,6 +194,7 @@ class Worker:
         decoded = self._decoder.decode(entries)
         decoded_at = time.perf_counter()
         result = self._writer.write(decoded)
+        failpoints.after_commit(self._settings.failpoint, entries)
         written_at = time.perf_counter()
         # Only after COMMIT: acknowledge and delete (nothing else ever removes stream entries), and
         # announce every batch of the chunk as committed (new or already in the ledger).
