@@ -34,7 +34,7 @@ from fleetpulse.agent.config import AgentConfig
 from fleetpulse.agent.remote import check
 from fleetpulse.agent.report import SentReport
 from fleetpulse.agent.spool import Spool
-from fleetpulse.proto import agent_pb2, common_pb2, metric_pb2
+from fleetpulse.proto import agent_pb2, common_pb2, metric_pb2, wire
 
 log = logging.getLogger(__name__)
 
@@ -114,20 +114,6 @@ _series_key: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] | None = None
 _series_bytes = b""
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(tag: int, payload: bytes) -> bytes:
-    """A length-delimited field (wire type 2): tag byte, length, payload."""
-    return bytes((tag,)) + _varint(len(payload)) + payload
-
-
 def encode_batch(agent_id: str, epoch: int, seq: int, samples: list[Sample], ts_ns: int) -> bytes:
     """One collection as a serialized AgentMessage carrying a ColumnarBatch.
 
@@ -149,16 +135,17 @@ def encode_batch(agent_id: str, epoch: int, seq: int, samples: list[Sample], ts_
         _series_key = key
     parts = []
     if agent_id:
-        parts.append(_field(0x0A, agent_id.encode()))
+        parts.append(wire.field_bytes(1, agent_id.encode()))
     if epoch:
-        parts.append(b"\x10" + _varint(epoch))
+        parts.append(wire.field_varint(2, epoch))
     if seq:
-        parts.append(b"\x18" + _varint(seq))
-    parts.append(_field(0x22, _series_bytes))  # a sub-message is written even when empty
+        parts.append(wire.field_varint(3, seq))
+    parts.append(wire.field_bytes(4, _series_bytes))  # a sub-message is written even when empty
     if samples:
-        parts.append(_field(0x2A, struct.pack(f"<{len(samples)}d", *[v for _, v, _ in samples])))
-    parts.append(_field(0x32, struct.pack("<q", ts_ns)))
-    return _field(0x22, b"".join(parts))
+        values = struct.pack(f"<{len(samples)}d", *[v for _, v, _ in samples])
+        parts.append(wire.field_bytes(5, values))
+    parts.append(wire.field_bytes(6, struct.pack("<q", ts_ns)))
+    return wire.field_bytes(4, b"".join(parts))
 
 
 # One stream carrying a batch every collect interval needs neither of these: HTTP/2 BDP probing

@@ -20,24 +20,9 @@ from __future__ import annotations
 import numpy as np
 
 from fleetpulse.bench.hostseries import Series
+from fleetpulse.proto import wire
 
 _VARINT5_SHIFTS = np.array([0, 7, 14, 21, 28], dtype=np.int64)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field_bytes(number: int, payload: bytes) -> bytes:
-    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
 
 
 def _varint5(value: int) -> np.ndarray:
@@ -62,15 +47,15 @@ class BatchEncoder:
         value_offsets = []
         timestamp_offsets = []
         for name, labels in series:
-            body = bytearray(_field_bytes(1, name.encode()))
+            body = bytearray(wire.field_bytes(1, name.encode()))
             for key, value in sorted(labels.items()):
-                entry = _field_bytes(1, key.encode()) + _field_bytes(2, value.encode())
-                body += _field_bytes(4, entry)
+                entry = wire.field_bytes(1, key.encode()) + wire.field_bytes(2, value.encode())
+                body += wire.field_bytes(4, entry)
             value_at = len(body) + 1
             body += _VALUE_TAG + bytes(8)
             timestamp_at = len(body)
             body += _TIMESTAMP_PREFIX + bytes(5) + b"\x10" + bytes(5)
-            header = _varint((2 << 3) | 2) + _varint(len(body))  # MetricBatch.metrics
+            header = wire.varint((2 << 3) | 2) + wire.varint(len(body))  # MetricBatch.metrics
             base = len(template) + len(header)
             value_offsets.append(base + value_at)
             timestamp_offsets.append(base + timestamp_at)
@@ -78,7 +63,7 @@ class BatchEncoder:
         self._template = np.frombuffer(bytes(template), dtype=np.uint8)
         self._value_index = np.asarray(value_offsets)[:, None] + np.arange(8)
         self._timestamp_index = np.asarray(timestamp_offsets)[:, None] + np.arange(_TIMESTAMP_LEN)
-        self._agent_field = _field_bytes(1, agent_id.encode())
+        self._agent_field = wire.field_bytes(1, agent_id.encode())
 
     def encode(self, epoch: int, sequence: int, ts_ns: int, values: np.ndarray) -> bytes:
         """One serialized AgentMessage carrying the batch (all points share the timestamp)."""
@@ -95,12 +80,12 @@ class BatchEncoder:
                 self._agent_field,
                 body.tobytes(),
                 b"\x18",
-                _varint(epoch),  # MetricBatch.epoch
+                wire.varint(epoch),  # MetricBatch.epoch
                 b"\x20",
-                _varint(sequence),  # MetricBatch.sequence
+                wire.varint(sequence),  # MetricBatch.sequence
             )
         )
-        return b"\x1a" + _varint(len(batch)) + batch  # AgentMessage.metrics
+        return b"\x1a" + wire.varint(len(batch)) + batch  # AgentMessage.metrics
 
 
 class ColumnarEncoder:
@@ -118,19 +103,19 @@ class ColumnarEncoder:
         series_set = metric_pb2.SeriesSet(
             entries=[metric_pb2.SeriesDef(name=name, labels=labels) for name, labels in series]
         ).SerializeToString()
-        self._agent_field = _field_bytes(1, agent_id.encode())
-        self._series_field = _field_bytes(4, series_set)
-        self._values_header = _varint((5 << 3) | 2) + _varint(8 * len(series))
-        self._timestamp_header = _varint((6 << 3) | 2) + _varint(8)
+        self._agent_field = wire.field_bytes(1, agent_id.encode())
+        self._series_field = wire.field_bytes(4, series_set)
+        self._values_header = wire.varint((5 << 3) | 2) + wire.varint(8 * len(series))
+        self._timestamp_header = wire.varint((6 << 3) | 2) + wire.varint(8)
 
     def encode(self, epoch: int, sequence: int, ts_ns: int, values: np.ndarray) -> bytes:
         batch = b"".join(
             (
                 self._agent_field,
                 b"\x10",
-                _varint(epoch),  # ColumnarBatch.epoch
+                wire.varint(epoch),  # ColumnarBatch.epoch
                 b"\x18",
-                _varint(sequence),  # ColumnarBatch.sequence
+                wire.varint(sequence),  # ColumnarBatch.sequence
                 self._series_field,
                 self._values_header,
                 values.astype("<f8").tobytes(),
@@ -138,4 +123,4 @@ class ColumnarEncoder:
                 ts_ns.to_bytes(8, "little", signed=True),
             )
         )
-        return b"\x22" + _varint(len(batch)) + batch  # AgentMessage.metric_columns
+        return b"\x22" + wire.varint(len(batch)) + batch  # AgentMessage.metric_columns

@@ -53,6 +53,26 @@ def store(
             )
 
 
+def run_audit(database_url: str, path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """``fleetpulse audit`` as an operator runs it."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fleetpulse",
+            "audit",
+            *flags,
+            "--database-url",
+            database_url,
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_audit_names_every_kind_of_discrepancy(database_url: str, tmp_path: Path) -> None:
     state = tmp_path / "agent-state"
     state.mkdir()
@@ -85,21 +105,7 @@ def test_audit_names_every_kind_of_discrepancy(database_url: str, tmp_path: Path
     assert result.unexpected == [[3, 1, 1]]
     assert (result.batches_dropped, result.points_dropped) == (2, 4)
 
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fleetpulse",
-            "audit",
-            "--database-url",
-            database_url,
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_audit(database_url, tmp_path)
     assert done.returncode == 1, done.stderr
     assert "missing: epoch 1 sequences 4..5" in done.stdout
     assert "duplicated: 2 points stored more than once" in done.stdout
@@ -120,21 +126,6 @@ def test_a_complete_account_audits_clean(database_url: str, tmp_path: Path) -> N
             store(conn, row[0], 7, seq)
     (result,) = audit(database_url, [tmp_path / "sent.json"])
     assert result.ok and result.point_rows == 6
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fleetpulse",
-            "audit",
-            "--json",
-            "--database-url",
-            database_url,
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_audit(database_url, tmp_path, "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["ok"] is True
