@@ -107,3 +107,48 @@ def test_ledger_rows_past_retention_are_trimmed(database_url: str) -> None:
         )
         assert partitions.trim_ledger(conn, retention_days=7, max_future_s=3600) == 1
         assert conn.execute("SELECT agent_id FROM batches").fetchall() == [("kept",)]
+
+
+def test_rollup_charts_are_index_only_scans_once_vacuumed(database_url: str) -> None:
+    """A chart's rollup rows come from the primary key's index alone (schema 0007): no heap
+    page per bucket. New rollup partitions carry the insert-vacuum settings that keep it so."""
+    day = datetime(2030, 6, 1, tzinfo=UTC).date()
+    start = partitions.day_start(day)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        partitions.ensure_days(conn, [day])
+        for table in ("rollup_1m", "rollup_1h"):
+            options = conn.execute(
+                "SELECT reloptions FROM pg_class WHERE relname = %s",
+                (partitions.partition_name(day, table),),
+            ).fetchone()
+            assert options is not None
+            assert "autovacuum_vacuum_insert_threshold=200000" in options[0]
+        # 50 series x 600 minutes, written minute by minute as the rollup job writes them.
+        conn.execute(
+            "INSERT INTO rollup_1m (series_id, bucket, count, sum, min, max, last, last_ts)"
+            " SELECT s, %s + m * interval '1 minute', 6, 6.0 * s, s, s, s,"
+            "  %s + m * interval '1 minute' + interval '50 seconds'"
+            " FROM generate_series(0, 599) m, generate_series(1, 50) s ORDER BY m, s",
+            (start, start),
+        )
+        conn.execute(
+            sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(f"rollup_1m_{day:%Y%m%d}"))
+        )
+        conn.execute("SET enable_seqscan = off")  # the plan a large table gets, on a small one
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                "EXPLAIN (ANALYZE, COSTS OFF) SELECT bucket, count, sum, min, max, last, last_ts"
+                " FROM rollup_1m WHERE series_id = ANY(%s) AND bucket >= %s AND bucket < %s",
+                ([7, 8], start, start + timedelta(hours=10)),
+            )
+        )
+        assert "Index Only Scan" in plan, plan
+        assert "Heap Fetches: 0" in plan, plan
+        # The key is still unique: the rollup job's (series_id, bucket) cannot be stored twice.
+        try:
+            conn.execute("INSERT INTO rollup_1m VALUES (7, %s, 1, 1, 1, 1, 1, %s)", (start, start))
+        except psycopg.errors.UniqueViolation:
+            pass
+        else:
+            raise AssertionError("a second row for one series and minute was stored")
