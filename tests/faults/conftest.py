@@ -515,6 +515,13 @@ class Harness:
             assert r["batches_stored"] == r["batches_sent"], r
             assert r["point_rows"] == r["points_accepted"] == r["points_sent"], r
         assert self.redis.xlen(keys.DEAD_LETTER_STREAM) == 0
+        # What was proven, for the README's fault table (shown with `pytest -rP`).
+        print(
+            f"audit: {len(by_agent)} agents, "
+            f"{sum(r['batches_sent'] for r in by_agent.values()):,} batches and "
+            f"{sum(r['points_sent'] for r in by_agent.values()):,} points sent, each stored "
+            "once: 0 missing, 0 duplicated, 0 dropped"
+        )
         return report["agents"]
 
     def close(self) -> None:
