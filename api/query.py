@@ -161,40 +161,58 @@ async def select_series(conn: AsyncConnection[Any], matchers: list[Matcher]) -> 
 
 # Samples of three tiers, each for its own time range: the hour tier up to split_h, the minute
 # tier from split_h to split_m, raw points from split_m. A raw point is a bucket of one.
-_SAMPLES = """
+_HOURS = """
     SELECT series_id, bucket AS ts, count AS n, sum AS s, min AS lo, max AS hi, last, last_ts
     FROM rollup_1h
     WHERE series_id = ANY(%(ids)s) AND bucket >= %(start)s AND bucket < %(split_h)s
-    UNION ALL
-    SELECT series_id, bucket, count, sum, min, max, last, last_ts
+"""
+_MINUTES = """
+    SELECT series_id, bucket AS ts, count AS n, sum AS s, min AS lo, max AS hi, last, last_ts
     FROM rollup_1m
     WHERE series_id = ANY(%(ids)s) AND bucket >= %(split_h)s AND bucket < %(split_m)s
-    UNION ALL
-    SELECT series_id, ts, 1, value, value, value, value, ts
+"""
+_RAW = """
+    SELECT series_id, ts, 1 AS n, value AS s, value AS lo, value AS hi, value AS last, ts AS last_ts
     FROM points
     WHERE series_id = ANY(%(ids)s) AND ts >= %(split_m)s AND ts < %(end)s
 """
-_WINDOWS = (
-    """
-SELECT series_id, floor(extract(epoch FROM ts) / %(step)s)::bigint AS k,
-    sum(n)::bigint AS n, sum(s) AS s, min(lo) AS lo, max(hi) AS hi,
-    (array_agg(last ORDER BY last_ts DESC))[1] AS last
-FROM ("""
-    + _SAMPLES
-    + """) samples
-GROUP BY 1, 2
-"""
-)
-_TOTALS = (
-    """
-SELECT series_id, 0::bigint AS k, sum(n)::bigint AS n, sum(s) AS s, min(lo) AS lo, max(hi) AS hi,
-    (array_agg(last ORDER BY last_ts DESC))[1] AS last
-FROM ("""
-    + _SAMPLES
-    + """) samples
-GROUP BY 1
-"""
-)
+# A window's "last" is the value of its latest sample: an ordered aggregate, which makes
+# PostgreSQL sort every sample. It is computed only when the aggregation asks for it (agg=last);
+# otherwise the samples are hashed into windows unsorted.
+_LAST = "(array_agg(last ORDER BY last_ts DESC))[1]"
+_NO_LAST = "NULL::float8"
+_K = "floor(date_part('epoch', ts) / %(step)s)::bigint"  # date_part: float8, not numeric
+
+
+def _windows_sql(parts: list[str], step: bool, last: bool) -> str:
+    k = _K if step else "0::bigint"
+    return (
+        f"SELECT series_id, {k} AS k, sum(n)::bigint AS n, sum(s) AS s, min(lo) AS lo,"  # noqa: S608  # constants only
+        f" max(hi) AS hi, {_LAST if last else _NO_LAST} AS last"
+        f" FROM ({' UNION ALL '.join(parts)}) samples GROUP BY 1, 2"
+    )
+
+
+def _passed_through(part: str) -> str:
+    """A tier whose bucket is the step: each row is one whole window already (its range starts on
+    a window boundary and ends on its tier's boundary), so it is not aggregated again."""
+    return f"SELECT series_id, {_K} AS k, n::bigint, s, lo, hi, last FROM ({part}) samples"  # noqa: S608  # constants only
+
+
+_TIERS = {"1h": [_HOURS, _MINUTES, _RAW], "1m": [_MINUTES, _RAW], "raw": [_RAW]}
+_TIER_WIDTH_S = {"1h": 3600.0, "1m": 60.0}
+# Every query read_windows runs, built once from the constants above, by (tier, how the step
+# relates to the tier: None no step, "bucket" the tier's own bucket, "step" another, agg=last).
+_WINDOW_QUERIES = {
+    (tier, step, last): (
+        _passed_through(parts[0]) + " UNION ALL " + _windows_sql(parts[1:], True, last)
+        if step == "bucket" and len(parts) > 1
+        else _windows_sql(parts, step is not None, last)
+    ).encode()
+    for tier, parts in _TIERS.items()
+    for step in (None, "bucket", "step")
+    for last in (False, True)
+}
 _SCHEMA = {
     "series_id": pl.Int64,
     "k": pl.Int64,
@@ -232,9 +250,11 @@ async def read_windows(
     end: float,
     step: float | None,
     tier: str,
+    last: bool = True,
 ) -> pl.DataFrame:
-    """Per series and window k (``t = k * step``): sample count, sum, min, max and last value.
-    ``step`` None: one window over [start, end)."""
+    """Per series and window k (``t = k * step``): sample count, sum, min, max and last value
+    (null unless ``last``). ``step`` None: one window over [start, end). With a step, ``start``
+    is a multiple of it."""
     split_h, split_m = _splits(tier, start, end, datetime.now(UTC).timestamp())
 
     def at(seconds: float) -> datetime:
@@ -248,7 +268,8 @@ async def read_windows(
         "split_m": at(split_m),
         "step": step,
     }
-    cur = await conn.execute(_WINDOWS if step is not None else _TOTALS, params, binary=True)
+    kind = None if step is None else "bucket" if _TIER_WIDTH_S.get(tier) == step else "step"
+    cur = await conn.execute(_WINDOW_QUERIES[tier, kind, last], params, binary=True)
     rows = await cur.fetchall()
     return pl.DataFrame(rows, schema=_SCHEMA, orient="row")
 
@@ -341,7 +362,13 @@ async def query_range(
     if not series:
         return _json({**body, "series": []})
     windows = await read_windows(
-        conn, [s.series_id for s in series], first_k * step_s, end_s, step_s, tier
+        conn,
+        [s.series_id for s in series],
+        first_k * step_s,
+        end_s,
+        step_s,
+        tier,
+        last=agg == "last",
     )
     values = reduce_windows(windows, series, agg, keys).with_columns(
         t=pl.col("k").cast(pl.Float64) * step_s
@@ -379,7 +406,7 @@ async def query_top(
         return _json(body)
     tier = "raw" if window_s < 3600 else "1m"
     windows = await read_windows(
-        conn, [s.series_id for s in series], end_s - window_s, end_s, None, tier
+        conn, [s.series_id for s in series], end_s - window_s, end_s, None, tier, last=agg == "last"
     )
     values = reduce_windows(windows, series, agg, keys).filter(pl.col("v").is_not_nan())
     top = values.sort("v", descending=order == "desc", nulls_last=True).head(k)

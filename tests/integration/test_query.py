@@ -127,6 +127,42 @@ def test_range_query_equals_the_aggregate_of_the_raw_points_on_every_tier(
             assert got[mode][t] == pytest.approx(value, rel=1e-9), (mode, t)
 
 
+@pytest.mark.parametrize("step", [60, 3600])
+@pytest.mark.parametrize("agg", ["avg", "max", "last"])
+def test_a_range_up_to_now_joins_the_tiers_without_gaps_or_double_counting(
+    client: TestClient, db: psycopg.Connection, step: int, agg: str
+) -> None:
+    """The last two hours up to now: closed minutes (and hours) rolled up, the newest minutes not
+    yet final and the open one read from raw points. Every window equals the raw points' own."""
+    now = datetime.now(UTC).timestamp()
+    start = (math.floor(now / 3600) - 2) * 3600
+    ts = [float(t) for t in range(start + 5, math.floor(now) - 1, STEP_S)]
+    values = np.round(np.random.default_rng(11).uniform(0, 100, len(ts)), 3).tolist()
+    add_agent(db, "h9", hostname="host-h9")
+    write(db, add_series(db, "h9", "cpu_usage_percent", '{"mode": "idle"}'), ts, values)
+    roll_up(db)  # every minute that has points, the open one too, as a late rollup job would
+    response = client.get(
+        "/query/range",
+        params={
+            "metric": "cpu_usage_percent",
+            "match": "agent_id=h9",
+            "agg": agg,
+            "step": str(step),
+            "start": str(start),
+            "end": str(now),
+        },
+    )
+    assert response.status_code == 200, response.text
+    (series,) = response.json()["series"]
+    got = dict(map(tuple, series["points"]))
+    assert len(got) == len(series["points"]), "a window was answered twice"
+    reduce = {"avg": lambda v: sum(v) / len(v), "max": max, "last": lambda v: v[-1]}[agg]
+    expected = {t: reduce(v) for t, v in windows(ts, values, step, start, now).items()}
+    assert got.keys() == expected.keys()
+    for t, value in expected.items():
+        assert got[t] == pytest.approx(value, rel=1e-9), t
+
+
 def test_grouping_across_agents_and_label_matchers(
     client: TestClient, history: dict[str, Any]
 ) -> None:
