@@ -21,6 +21,7 @@ import redis
 
 from fleetpulse import partitions
 from fleetpulse.ingest import failpoints, keys, queue, watermark
+from fleetpulse.ingest.compaction import CompactionThread
 from fleetpulse.ingest.copier import ChunkResult, ChunkWriter
 from fleetpulse.ingest.decode import ChunkDecoder, Entry
 from fleetpulse.ingest.rollups import RollupThread
@@ -249,7 +250,7 @@ class Worker:
 
     def run(self) -> None:
         log.info("worker %s reading %d streams", self._consumer, len(self._streams))
-        rollup_thread = None
+        rollup_thread = compaction_thread = None
         if self._settings.rollups:
             assert self._settings.database_url
             rollup_thread = RollupThread(
@@ -259,9 +260,13 @@ class Worker:
                 self._settings.rollup_max_delay_s,
             )
             rollup_thread.start()
+            compaction_thread = CompactionThread(self._settings.database_url)
+            compaction_thread.start()
         try:
             self._consume()
         finally:
+            if compaction_thread is not None:
+                compaction_thread.stop()  # not waited for: a rebuild cut short is redone later
             if rollup_thread is not None:
                 rollup_thread.stop()
                 rollup_thread.join(timeout=self._settings.worker_drain_timeout_s)

@@ -1,0 +1,83 @@
+"""Packing closed rollup partitions' indexes (ingest/compaction.py) on a real PostgreSQL."""
+
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from fleetpulse import partitions
+from fleetpulse.ingest import compaction
+
+DAY = datetime(2030, 7, 1, tzinfo=UTC).date()
+
+
+@pytest.fixture
+def conn(database_url: str):  # type: ignore[no-untyped-def]
+    with psycopg.connect(database_url, autocommit=True) as c:
+        partitions.ensure_days(c, [DAY])
+        # 300 series x 400 minutes, bucket by bucket as the rollup job writes them.
+        c.execute(
+            "INSERT INTO rollup_1m (series_id, bucket, count, sum, min, max, last, last_ts)"
+            " SELECT s, %s + m * interval '1 minute', 6, 1, 1, 1, 1, %s + m * interval '1 minute'"
+            " FROM generate_series(0, 399) m, generate_series(1, 300) s ORDER BY m, s",
+            (partitions.day_start(DAY), partitions.day_start(DAY)),
+        )
+        yield c
+
+
+def index_of(table: str) -> str:
+    return f"{partitions.partition_name(DAY, table)}_pkey"
+
+
+def test_a_closed_day_is_packed_once_and_stays_whole(conn: psycopg.Connection) -> None:
+    index = index_of("rollup_1m")
+    # Not yet: the day ended less than SETTLE_S ago.
+    early = partitions.day_start(DAY) + timedelta(days=1, seconds=compaction.SETTLE_S / 2)
+    assert index not in compaction.due(conn, early)
+
+    later = partitions.day_start(DAY) + timedelta(days=1, seconds=compaction.SETTLE_S + 60)
+    packed = compaction.compact_due(conn, later)
+    assert {index, index_of("rollup_1h")} <= set(packed)
+    before, after = conn.execute(
+        "SELECT bytes_before, bytes_after FROM index_compactions WHERE index_name = %s", (index,)
+    ).fetchone()  # type: ignore[misc]
+    assert after < 0.75 * before, (before, after)
+    assert compaction.compact_due(conn, later) == []  # once
+
+    # The rebuilt index is the valid primary key, used, and still refuses a second row.
+    valid = conn.execute(
+        "SELECT indisvalid AND indisprimary FROM pg_index WHERE indexrelid = %s::regclass",
+        (index,),
+    ).fetchone()
+    assert valid == (True,)
+    bucket = partitions.day_start(DAY) + timedelta(minutes=5)
+    row = conn.execute(
+        "SELECT count, last_ts FROM rollup_1m WHERE series_id = 7 AND bucket = %s", (bucket,)
+    ).fetchone()
+    assert row == (6, bucket)
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("INSERT INTO rollup_1m VALUES (7, %s, 1, 1, 1, 1, 1, %s)", (bucket, bucket))
+
+
+def test_a_rebuild_cut_short_is_cleaned_up_and_redone(conn: psycopg.Connection) -> None:
+    index = index_of("rollup_1m")
+    table = partitions.partition_name(DAY, "rollup_1m")
+    # What a crash in the middle of REINDEX CONCURRENTLY leaves: an invalid copy of the index.
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {index}_ccnew ON {table} (bucket)")
+    assert conn.execute(
+        "SELECT count(*) FROM pg_index WHERE indrelid = %s::regclass AND NOT indisvalid", (table,)
+    ).fetchone() == (1,)
+    later = partitions.day_start(DAY) + timedelta(days=2)
+    assert index in compaction.compact_due(conn, later)
+    assert conn.execute(
+        "SELECT count(*) FROM pg_index WHERE indrelid = %s::regclass AND NOT indisvalid", (table,)
+    ).fetchone() == (0,)
+
+
+def test_one_process_packs_at_a_time(conn: psycopg.Connection, database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (compaction._LOCK_KEY,))
+        assert compaction.compact_due(conn, partitions.day_start(DAY) + timedelta(days=2)) == []
+        other.execute("SELECT pg_advisory_unlock(%s)", (compaction._LOCK_KEY,))
+    assert compaction.due(conn, partitions.day_start(DAY) + timedelta(days=2))
