@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -68,6 +69,12 @@ def create_app(settings: Settings) -> FastAPI:
         await pool.open(wait=True)
         app.state.pool = pool
         log.info("api pool open (%d-%d connections)", POOL_MIN_SIZE, POOL_MAX_SIZE)
+        # Everything alive now (modules, the app, the pool) lives as long as the process: moved
+        # out of the collector's sight, a full collection no longer walks it. Measured: 7 of 100
+        # host-chart requests took 100-130 ms instead of about 40 without this
+        # (docs/performance.md, "Read latency at 100M+ points").
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import orjson
 import polars as pl
 from fastapi import APIRouter, HTTPException, Query, Response
@@ -322,8 +323,10 @@ def _by(text: str | None) -> list[str]:
 
 
 def _json(body: dict[str, Any]) -> Response:
-    # orjson writes NaN and ±Inf as null
-    return Response(orjson.dumps(body), media_type="application/json")
+    # orjson writes NaN and ±Inf as null, in numpy arrays too
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
+    )
 
 
 @router.get(
@@ -373,10 +376,18 @@ async def query_range(
     values = reduce_windows(windows, series, agg, keys).with_columns(
         t=pl.col("k").cast(pl.Float64) * step_s
     )
-    per_group = values.group_by("g").agg("t", "v").sort("g")
+    # Each group's [t, v] pairs as one two-column array: orjson writes it without a Python
+    # object per number (a 24 h chart at 1-minute step has 11,520 of them).
+    values = values.sort("g", "t")
+    groups = values["g"].to_numpy()
+    pairs = np.ascontiguousarray(values.select("t", "v").to_numpy())
+    bounds = np.flatnonzero(np.diff(groups)) + 1
     body["series"] = [
-        {"labels": labels[g], "points": list(zip(t, v, strict=True))}
-        for g, t, v in per_group.iter_rows()
+        {"labels": labels[int(chunk_groups[0])], "points": chunk}
+        for chunk_groups, chunk in zip(
+            np.split(groups, bounds), np.split(pairs, bounds), strict=True
+        )
+        if len(chunk_groups)
     ]
     return _json(body)
 
