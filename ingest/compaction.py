@@ -1,4 +1,4 @@
-"""Packing the primary-key index of each closed day of the rollup tiers, once.
+"""Packing the primary-key indexes of the rollup tiers' daily partitions.
 
 The rollup job writes a tier bucket by bucket, so each series' newest row lands in the middle of the
 ``(series_id, bucket)`` index, right after that series' previous one. Every leaf split there is a
@@ -6,10 +6,13 @@ The rollup job writes a tier bucket by bucket, so each series' newest row lands 
 (``rollup_1m`` at 2,000 agents x 50 series: 12 GB for 86M rows). A chart reads one series' run of
 that index (schema 0007 made it carry the whole row), so it reads twice the pages it needs.
 
-Once a day is over only late recomputes write to its partition, so its index is rebuilt packed
-with ``REINDEX INDEX CONCURRENTLY``: writes and reads go on meanwhile, and the rebuilt index is
-swapped in at the end. Measured on that day: 12 GB to 6.9 GB in 100 s, and a 11-hour chart read of
-one host from 18.6 to 8.2 ms (p50, after dropping every cache; docs/performance.md).
+So each day's index is rebuilt packed with ``REINDEX INDEX CONCURRENTLY`` (writes and reads go on
+meanwhile; the rebuilt index is swapped in at the end): every ``OPEN_DAY_INTERVAL_S`` (6 h) while
+the day is open, so that at most the last 6 hours of a chart read a half-full index, and once more,
+finally, an hour after the day ends (its late batches and their recomputes land first). Measured
+on a closed day: 12 GB to 6.9 GB in 100 s, and an 11-hour chart read of one host from 18.6 to
+8.2 ms (p50, after dropping every cache; docs/performance.md). The rebuilds at about 6, 12 and
+18 h rebuild a quarter, a half and three quarters of what the final one does.
 
 One worker process does it at a time (an advisory lock), in a thread of its own so that neither
 ingest nor the rollup job waits for it; ``index_compactions`` records each rebuild.
@@ -30,8 +33,10 @@ from fleetpulse import partitions
 log = logging.getLogger(__name__)
 
 TABLES = ("rollup_1m", "rollup_1h")
-# A day is compacted this long after it ends: its late batches and their recomputes land first.
+# A day is packed for good this long after it ends: its late batches and recomputes land first.
 SETTLE_S = 3600.0
+# While a day is open, its index is packed again when its last packing is this old.
+OPEN_DAY_INTERVAL_S = 6 * 3600.0
 CHECK_INTERVAL_S = 600.0
 _LOCK_KEY = 0x666C656574_02
 
@@ -41,23 +46,39 @@ _PRIMARY_INDEX = (
 )
 
 
-def due(conn: psycopg.Connection, now: datetime | None = None) -> list[str]:
-    """Primary-key indexes of rollup partitions whose day ended ``SETTLE_S`` ago, not yet packed."""
+def due(conn: psycopg.Connection, now: datetime | None = None) -> list[tuple[str, bool]]:
+    """The rollup primary-key indexes to pack now, each with whether it is the final packing: days
+    that ended ``SETTLE_S`` ago and were not packed finally; days still open that began
+    ``OPEN_DAY_INTERVAL_S`` ago and were not packed within that time."""
     now = now or datetime.now(UTC)
     last_closed: date = (now - timedelta(seconds=SETTLE_S)).date() - timedelta(days=1)
-    done = {row[0] for row in conn.execute("SELECT index_name FROM index_compactions")}
+    packed = {
+        row[0]: (row[1], row[2])
+        for row in conn.execute("SELECT index_name, final, done_at FROM index_compactions")
+    }
     found = []
     for table in TABLES:
         for day in sorted(partitions.existing_days(conn, table)):
-            if day > last_closed:
-                continue
+            began = partitions.day_start(day)
+            if began > now - timedelta(seconds=OPEN_DAY_INTERVAL_S):
+                continue  # the future, or a day too young to be worth it
             row = conn.execute(_PRIMARY_INDEX, (partitions.partition_name(day, table),)).fetchone()
-            if row is not None and row[0] not in done:
-                found.append(row[0])
+            if row is None:
+                continue
+            final, done_at = packed.get(row[0], (False, None))
+            if day <= last_closed:
+                if not final:
+                    found.append((row[0], True))
+            elif now < began + timedelta(days=1) and (
+                done_at is None or done_at <= now - timedelta(seconds=OPEN_DAY_INTERVAL_S)
+            ):
+                found.append((row[0], False))  # settling days wait for their final packing
     return found
 
 
-def compact(conn: psycopg.Connection, index: str) -> tuple[int, int, float]:
+def compact(
+    conn: psycopg.Connection, index: str, final: bool = True, now: datetime | None = None
+) -> tuple[int, int, float]:
     """Rebuild one index packed; record it. Returns bytes before, bytes after, seconds."""
     # A rebuild interrupted by a crash leaves its new copy behind, invalid (``*_ccnew``).
     leftovers = conn.execute(
@@ -78,13 +99,20 @@ def compact(conn: psycopg.Connection, index: str) -> tuple[int, int, float]:
     took = time.monotonic() - began
     after = int(conn.execute(size, (index,)).fetchone()[0])  # type: ignore[index]
     conn.execute(
-        "INSERT INTO index_compactions (index_name, bytes_before, bytes_after, took_s)"
-        " VALUES (%s, %s, %s, %s) ON CONFLICT (index_name) DO UPDATE SET"
+        "INSERT INTO index_compactions (index_name, bytes_before, bytes_after, took_s, final,"
+        " done_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (index_name) DO UPDATE SET"
         " bytes_before = EXCLUDED.bytes_before, bytes_after = EXCLUDED.bytes_after,"
-        " took_s = EXCLUDED.took_s, done_at = now()",
-        (index, before, after, took),
+        " took_s = EXCLUDED.took_s, final = EXCLUDED.final, done_at = EXCLUDED.done_at",
+        (index, before, after, took, final, now or datetime.now(UTC)),
     )
-    log.info("packed %s: %.0f MB to %.0f MB in %.1f s", index, before / 1e6, after / 1e6, took)
+    log.info(
+        "packed %s%s: %.0f MB to %.0f MB in %.1f s",
+        index,
+        "" if final else " (day still open)",
+        before / 1e6,
+        after / 1e6,
+        took,
+    )
     return before, after, took
 
 
@@ -97,8 +125,8 @@ def compact_due(conn: psycopg.Connection, now: datetime | None = None) -> list[s
     try:
         conn.execute("DELETE FROM index_compactions WHERE to_regclass(index_name) IS NULL")
         packed = []
-        for index in due(conn, now):
-            compact(conn, index)
+        for index, final in due(conn, now):
+            compact(conn, index, final, now)
             packed.append(index)
         return packed
     finally:

@@ -29,20 +29,35 @@ def index_of(table: str) -> str:
     return f"{partitions.partition_name(DAY, table)}_pkey"
 
 
-def test_a_closed_day_is_packed_once_and_stays_whole(conn: psycopg.Connection) -> None:
+def test_a_day_is_packed_while_open_and_finally_once_closed(conn: psycopg.Connection) -> None:
     index = index_of("rollup_1m")
-    # Not yet: the day ended less than SETTLE_S ago.
-    early = partitions.day_start(DAY) + timedelta(days=1, seconds=compaction.SETTLE_S / 2)
-    assert index not in compaction.due(conn, early)
+    day0 = partitions.day_start(DAY)
 
-    later = partitions.day_start(DAY) + timedelta(days=1, seconds=compaction.SETTLE_S + 60)
+    def at(hours: float) -> datetime:
+        return day0 + timedelta(hours=hours)
+
+    assert index not in dict(compaction.due(conn, at(3)))  # too young to be worth it
+    assert dict(compaction.due(conn, at(7)))[index] is False  # open: packed, not finally
+    assert index in compaction.compact_due(conn, at(7))
+    before, after, final = conn.execute(
+        "SELECT bytes_before, bytes_after, final FROM index_compactions WHERE index_name = %s",
+        (index,),
+    ).fetchone()  # type: ignore[misc]
+    assert (final, after < 0.75 * before) == (False, True), (before, after)
+    assert index not in dict(compaction.due(conn, at(12)))  # packed less than 6 h ago
+    assert dict(compaction.due(conn, at(13.5)))[index] is False
+    # The day ended less than SETTLE_S ago: it waits for its final packing.
+    assert index not in dict(compaction.due(conn, at(24 + compaction.SETTLE_S / 7200)))
+
+    later = at(24 + compaction.SETTLE_S / 3600 + 0.1)
+    assert dict(compaction.due(conn, later))[index] is True
     packed = compaction.compact_due(conn, later)
     assert {index, index_of("rollup_1h")} <= set(packed)
-    before, after = conn.execute(
-        "SELECT bytes_before, bytes_after FROM index_compactions WHERE index_name = %s", (index,)
-    ).fetchone()  # type: ignore[misc]
-    assert after < 0.75 * before, (before, after)
-    assert compaction.compact_due(conn, later) == []  # once
+    final_row = conn.execute(
+        "SELECT final FROM index_compactions WHERE index_name = %s", (index,)
+    ).fetchone()
+    assert final_row == (True,)
+    assert index not in compaction.compact_due(conn, later + timedelta(days=3))  # final: once
 
     # The rebuilt index is the valid primary key, used, and still refuses a second row.
     valid = conn.execute(
