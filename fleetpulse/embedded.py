@@ -29,6 +29,16 @@ logging.getLogger("pgserver").setLevel(logging.WARNING)
 _MAX_SOCKET_DIR_LEN = 90
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, run as pgserver's own user
+    return True
+
+
 class EmbeddedPostgres:
     """PostgreSQL 16 from pgserver, data in ``<data_dir>/postgres``."""
 
@@ -36,7 +46,7 @@ class EmbeddedPostgres:
         self.pgdata = (data_dir / "postgres").resolve()
         self._server: Any = None
 
-    def start(self) -> str:
+    def start(self, ready_timeout_s: float = 600.0) -> str:
         try:
             import pgserver
         except ImportError as exc:
@@ -44,10 +54,35 @@ class EmbeddedPostgres:
                 "no FLEETPULSE_DATABASE_URL and no embedded PostgreSQL: pip install 'fleetpulse[embedded]'"
             ) from exc
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        try:
+            self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        except subprocess.TimeoutExpired:
+            # pgserver gives pg_ctl 10 s. Crash recovery (replaying WAL after a kill or a power
+            # loss), or a busy machine, can take longer; the server goes on starting meanwhile.
+            log.warning("embedded PostgreSQL is slow to start (recovering?); waiting for it")
+            self._wait_ready(ready_timeout_s)
+            self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
         url: str = self._server.get_uri()
         log.info("embedded PostgreSQL running, data in %s", self.pgdata)
         return url
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        """Until ``postmaster.pid`` says ready (its eighth line), while the postmaster lives."""
+        deadline = time.monotonic() + timeout_s
+        pidfile = self.pgdata / "postmaster.pid"
+        while time.monotonic() < deadline:
+            try:
+                lines = pidfile.read_text().splitlines()
+            except FileNotFoundError:
+                lines = []
+            if not lines or not _alive(int(lines[0])):
+                raise ConfigError(f"embedded PostgreSQL did not start; see {self.pgdata / 'log'}")
+            if len(lines) >= 8 and lines[7].strip() == "ready":
+                return
+            time.sleep(0.2)
+        raise ConfigError(
+            f"embedded PostgreSQL not ready after {timeout_s:.0f} s; see {self.pgdata / 'log'}"
+        )
 
     @property
     def pid(self) -> int | None:
