@@ -2,11 +2,16 @@
 
 One run: start the platform (embedded servers by default, or servers given by URL, or an already
 running front-end with ``--target``), spread N simulated agents over simulator processes, send for
-``--duration`` seconds while printing live figures, stop sending, wait until PostgreSQL has caught
-up, then verify per agent and per batch that what was stored is exactly what was sent, measure the
-two anchors on the run's own rows, and write ``<results-dir>/<timestamp>/``. The last line on
-stdout is one JSON object with the headline figures. A run with any missing or duplicated batch
-exits with status 1.
+``--duration`` seconds (or, with ``--until-stopped``, until SIGTERM or SIGINT) while printing live
+figures, stop sending, let every agent resend until all its batches are acknowledged, wait until
+PostgreSQL has caught up, then verify per agent and per batch that what was stored is exactly what
+was sent, measure the two anchors on the run's own rows, and write ``<results-dir>/<timestamp>/``.
+The last line on stdout is one JSON object with the headline figures. A run with any missing or
+duplicated batch exits with status 1.
+
+``--until-stopped`` makes the bench a load generator with a verdict for as long as something else
+needs it (the fault-injection suite runs it beside every fault): the live figures survive the
+platform's servers going away and coming back, and the first signal ends the sending, not the run.
 """
 
 from __future__ import annotations
@@ -39,8 +44,10 @@ from fleetpulse.bench.resources import ResourceSampler, processes_named
 from fleetpulse.bench.simulator import (
     ACKED_POINTS,
     NFIELDS,
+    REFUSED,
     SENT_BATCHES,
     SENT_POINTS,
+    STREAM_ERRORS,
     AgentResult,
     SimConfig,
     simulator_main,
@@ -61,6 +68,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["saturate", "realistic"], default="saturate")
     parser.add_argument("--agents", type=int, default=100)
     parser.add_argument("--duration", type=float, default=30.0, help="measured window, seconds")
+    parser.add_argument(
+        "--until-stopped",
+        action="store_true",
+        help="send until SIGTERM or SIGINT instead of for --duration seconds (the measured window "
+        "runs from the end of the warm-up to the signal), then drain, verify and report as "
+        "usual; a second signal aborts. The live figures ride out a PostgreSQL restart, so the "
+        "run can be load beside a fault test (tests/faults)",
+    )
     parser.add_argument(
         "--warmup",
         type=float,
@@ -186,6 +201,35 @@ def _committed(conn: psycopg.Connection, prefix: str) -> tuple[int, int]:
     ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
+
+
+class CommitWatch:
+    """What the run's agents have committed so far, for the live figures and the drain.
+
+    PostgreSQL must answer at the start; it may go away during the run (restarted under the bench
+    by a fault test): the figures then stay where they were, and the next look connects again."""
+
+    def __init__(self, database_url: str, prefix: str) -> None:
+        self._database_url = database_url
+        self._prefix = prefix
+        self._conn: psycopg.Connection | None = psycopg.connect(database_url, autocommit=True)
+        self.last = (0, 0)
+
+    def committed(self) -> tuple[int, int]:
+        """(batches, points) committed, or the last figures if PostgreSQL cannot say now."""
+        try:
+            if self._conn is None:
+                self._conn = psycopg.connect(self._database_url, autocommit=True, connect_timeout=5)
+            self.last = _committed(self._conn, self._prefix)
+        except psycopg.OperationalError as exc:
+            log.warning("PostgreSQL unavailable for the live figures: %s", exc)
+            self.close()
+        return self.last
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def _progress(line: str, final: bool = False) -> None:
@@ -322,7 +366,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     run_id = started_at.strftime("%H%M%S") + secrets.token_hex(2)
     prefix = f"bench-{run_id}-"
     command = (
-        f"fleetpulse bench fleet --mode {args.mode} --agents {args.agents} --duration {args.duration:g}"
+        f"fleetpulse bench fleet --mode {args.mode} --agents {args.agents}"
+        + (" --until-stopped" if args.until_stopped else f" --duration {args.duration:g}")
         + (f" --warmup {args.warmup:g}" if args.warmup is not None else "")
         + f" --series {args.series} --interval {args.interval:g} --form {args.form}"
         + f" --processes {args.processes}"
@@ -334,11 +379,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.warmup is None:
         args.warmup = ramp_s + (args.interval if args.mode == "realistic" else 5.0)
     total_s = args.warmup + args.duration
+    # Set by the first SIGTERM/SIGINT of an --until-stopped run (a plain flag: a signal handler
+    # must not take a lock the main thread may hold).
+    stop_requested = False
 
     def interrupted(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        if args.until_stopped and not stop_requested:
+            stop_requested = True  # stop sending; drain, verify and report follow
+            return
         raise KeyboardInterrupt  # unwinds through the finally below, which stops the platform
 
     signal.signal(signal.SIGTERM, interrupted)
+    if args.until_stopped:
+        signal.signal(signal.SIGINT, interrupted)
     platform = Platform(args)
     sampler: ResourceSampler | None = None
     sim_procs: list[Any] = []
@@ -378,7 +432,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             return found
 
         sampler = ResourceSampler(all_components)
-        conn = psycopg.connect(platform.database_url, autocommit=True)
+        watch = CommitWatch(platform.database_url, prefix)
         for proc in sim_procs:
             proc.start()
         t0 = time.monotonic()
@@ -386,8 +440,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         timeline: list[dict[str, Any]] = []
         last = (0, 0, 0)
         next_tick = t0 + 1
-        while (now := time.monotonic()) < t0 + total_s:
-            time.sleep(max(0.0, next_tick - now))
+
+        def sending() -> bool:
+            if args.until_stopped:
+                return not stop_requested
+            return time.monotonic() < t0 + total_s
+
+        while sending():
+            # In slices, so that a stop request (--until-stopped) is seen at once.
+            while not stop_requested and (now := time.monotonic()) < next_tick:
+                time.sleep(min(0.1, next_tick - now))
+            if stop_requested:
+                break
             next_tick += 1
             platform.check()
             if not window_start_ns and time.monotonic() >= t0 + args.warmup:
@@ -396,7 +460,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             sent_points = sum(stats[i * NFIELDS + SENT_POINTS] for i in range(processes))
             acked_points = sum(stats[i * NFIELDS + ACKED_POINTS] for i in range(processes))
             sent_batches = sum(stats[i * NFIELDS + SENT_BATCHES] for i in range(processes))
-            _, committed_points = _committed(conn, prefix)
+            _, committed_points = watch.committed()
             elapsed = time.monotonic() - t0
             timeline.append(
                 {
@@ -410,11 +474,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
             last = (sent_points, acked_points, committed_points)
-            done = min(1.0, elapsed / total_s)
-            bar = "#" * int(done * 30)
             phase = "measuring" if window_start_ns else "warm-up  "
+            if args.until_stopped:
+                clock = f"{phase} {elapsed:5.0f}s (until stopped)"
+            else:
+                bar = "#" * int(min(1.0, elapsed / total_s) * 30)
+                clock = f"[{bar:<30}] {phase} {elapsed:5.0f}/{total_s:.0f}s"
             _progress(
-                f"[{bar:<30}] {phase} {elapsed:5.0f}/{total_s:.0f}s  batches {sent_batches:,}  "
+                f"{clock}  batches {sent_batches:,}  "
                 f"points/s sent {timeline[-1]['sent_per_s']:,} accepted {timeline[-1]['accepted_per_s']:,} "
                 f"committed {timeline[-1]['committed_per_s']:,}"
             )
@@ -430,13 +497,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             proc.join(30)
         resources = sampler.stop()
         sampler = None
+        refused = sum(stats[i * NFIELDS + REFUSED] for i in range(processes))
+        stream_errors = sum(stats[i * NFIELDS + STREAM_ERRORS] for i in range(processes))
         acked_batches = sum(r.batches_acked for r in results)
-        committed = _committed(conn, prefix)
+        committed = watch.committed()
         progressed_at, drain_started = time.monotonic(), time.monotonic()
         while committed[0] < acked_batches and time.monotonic() - progressed_at < CATCH_UP_STALL_S:
             platform.check()
             time.sleep(0.5)
-            previous, committed = committed, _committed(conn, prefix)
+            previous, committed = committed, watch.committed()
             if committed[0] > previous[0]:
                 progressed_at = time.monotonic()
             _progress(
@@ -447,6 +516,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             f"sent {sum(r.batches_sent for r in results):,} batches; committed {committed[0]:,}; verifying",
             final=True,
         )
+        watch.close()
+        conn = psycopg.connect(platform.database_url, autocommit=True)
         check = verify(conn, prefix, results)
         rejects = conn.execute(
             "SELECT reason, sum(batches)::int8, sum(points)::int8 FROM rejects WHERE agent_id LIKE %s GROUP BY reason",
@@ -495,8 +566,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "mode": args.mode,
         "agents": args.agents,
         "series_per_agent": args.series,
-        "duration_s": args.duration,
+        # --until-stopped: the measured window as it turned out
+        "duration_s": round(window_s, 2) if args.until_stopped else args.duration,
         "warmup_s": args.warmup,
+        "sent_batches": check["sent_batches"],
+        "stored_batches": check["ledger_batches"],  # of those sent: in the ledger
         "sent_points": check["sent_points"],
         "accepted_points": sum(r.batches_acked * r.points_per_batch for r in results),
         "committed_points": check["stored_points"],
@@ -509,6 +583,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "duplicate_batches": check["duplicate_batches"],
         "unexpected_batches": check["unexpected_batches"],
         "unacked_batches": sum(r.batches_sent - r.batches_acked for r in results),
+        # answers "not now, retry after" (backpressure, queue unavailable): each batch was kept
+        # and sent again; and streams that failed (each followed by a reconnect and a replay)
+        "refusals": refused,
+        "stream_failures": stream_errors,
         "freshness_p50_s": _percentile(freshness_s, 50),
         "freshness_p95_s": _percentile(freshness_s, 95),
         "freshness_p99_s": _percentile(freshness_s, 99),

@@ -2,8 +2,10 @@
 
 Every simulated agent speaks the real protocol as the project's agent does: bearer enrollment
 token, register, heartbeats, metric batches with (epoch, sequence) identity, replay of what was not
-acknowledged after a broken stream. Batches come from `encoder.BatchEncoder` (numpy templates), so
-the simulator's own CPU stays small next to the platform's.
+acknowledged after a broken stream, a batch refused for now (``retry_after_ms``: workers behind,
+queue unavailable) kept and sent again after that delay on the same stream. Batches come from
+`encoder.BatchEncoder` (numpy templates), so the simulator's own CPU stays small next to the
+platform's.
 
 Modes: ``realistic`` sends one batch per agent every ``interval_s`` (phases spread at random);
 ``saturate`` sends the next batch as soon as the previous one is acknowledged (``window`` batches
@@ -18,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import signal
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -85,7 +89,11 @@ class SimAgent:
         self._next_seq = 1
         self._last_ts_ns = 0
         self._unacked: OrderedDict[int, bytes] = OrderedDict()
-        self._acked = asyncio.Event()
+        # Refused for now on the current stream (retry_after_ms): sent again on it at _retry_at.
+        self._deferred: set[int] = set()
+        self._retry_at: float | None = None
+        # Set by the reader (an answer arrived) and by wake(): the sender looks again.
+        self._wakeup = asyncio.Event()
         self.send_ns: list[int] = []
         self.batches_acked = 0
         self.drain_deadline = float("inf")  # set when the run stops: give up replaying after it
@@ -131,13 +139,14 @@ class SimAgent:
         while not (stopping.is_set() and not self._unacked):
             try:
                 await self._session(stopping)
-            except grpc.aio.AioRpcError as exc:
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+                # InvalidStateError: the call ended (its front-end went away) while the sender was
+                # writing; write() says so instead of raising the call's status. Either way the
+                # stream is gone: reconnect and replay what was not acknowledged.
                 self._count(STREAM_ERRORS)
-                log.debug("%s: stream failed: %s %s", self.agent_id, exc.code().name, exc.details())
+                log.debug("%s: stream failed: %s", self.agent_id, exc)
                 await asyncio.sleep(random.uniform(0.1, 1.0))
-            if stopping.is_set() and time.monotonic() > getattr(
-                self, "_drain_deadline", float("inf")
-            ):
+            if stopping.is_set() and time.monotonic() > self.drain_deadline:
                 return
 
     async def _session(self, stopping: asyncio.Event) -> None:
@@ -157,16 +166,23 @@ class SimAgent:
                 raise grpc.aio.AioRpcError(grpc.StatusCode.UNKNOWN, None, None, "register refused")
             self._count(CONNECTED)
             reader = asyncio.create_task(self._read_acks(call))
+            reader.add_done_callback(lambda _: self._wakeup.set())  # a broken stream wakes us
             try:
                 await self._send_loop(call, reader, stopping)
             finally:
                 reader.cancel()
+                if reader.done() and not reader.cancelled():
+                    reader.exception()  # retrieved: the stream's error was handled as a whole
                 self._count(CONNECTED, -1)
 
     async def _send_loop(
         self, call: Any, reader: asyncio.Task[None], stopping: asyncio.Event
     ) -> None:
-        for payload in list(self._unacked.values()):  # replay on a new stream
+        # A new stream has seen nothing: replay everything not acknowledged (what was deferred on
+        # the old stream included); the ledger makes a batch the platform already has a no-op.
+        self._deferred.clear()
+        self._retry_at = None
+        for payload in list(self._unacked.values()):
             await call.write(payload)
         config = self.config
         now = time.monotonic()
@@ -175,12 +191,21 @@ class SimAgent:
             random.uniform(0, config.interval_s) if config.mode == "realistic" else 0
         )
         while True:
+            # Cleared before looking, so that an answer arriving while a write awaits wakes us.
+            self._wakeup.clear()
             if reader.done():
                 reader.result()
                 raise grpc.aio.AioRpcError(
                     grpc.StatusCode.UNAVAILABLE, None, None, "server closed the stream"
                 )
             now = time.monotonic()
+            if self._retry_at is not None and now >= self._retry_at:
+                # Taken before the writes: a refusal answered meanwhile defers its batch anew.
+                due, self._deferred, self._retry_at = sorted(self._deferred), set(), None
+                for seq in due:
+                    payload = self._unacked.get(seq)
+                    if payload is not None:
+                        await call.write(payload)
             if stopping.is_set():
                 if not self._unacked:
                     await call.done_writing()
@@ -199,10 +224,11 @@ class SimAgent:
                 if config.mode == "saturate" or stopping.is_set()
                 else min(next_send, next_heartbeat)
             )
-            self._acked.clear()
+            if self._retry_at is not None:
+                wake_at = min(wake_at, self._retry_at)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    self._acked.wait(), timeout=max(0.0, wake_at - time.monotonic())
+                    self._wakeup.wait(), timeout=max(0.0, wake_at - time.monotonic())
                 )
 
     async def _read_acks(self, call: Any) -> None:
@@ -215,15 +241,25 @@ class SimAgent:
             ack = response.metric_ack
             if not ack.success:
                 self._count(REFUSED)
+                if ack.retry_after_ms:
+                    # Not now (workers behind, queue unavailable, over the agent's rate): keep
+                    # it and send it again after the delay, as the project's agent does.
+                    self._deferred.add(ack.sequence)
+                    retry_at = time.monotonic() + ack.retry_after_ms / 1000
+                    self._retry_at = max(self._retry_at or 0.0, retry_at)
+                elif self._unacked.pop(ack.sequence, None) is not None:
+                    # Refused for good: never stored (verification reports it missing).
+                    log.warning("%s: batch %d refused: %s", self.agent_id, ack.sequence, ack.error)
+                self._wakeup.set()
                 continue
             if self._unacked.pop(ack.sequence, None) is not None:
                 self.batches_acked += 1
                 self._count(ACKED_BATCHES)
                 self._count(ACKED_POINTS, self.encoder.points)
-                self._acked.set()
+                self._wakeup.set()
 
     def wake(self) -> None:
-        self._acked.set()
+        self._wakeup.set()
 
     def result(self) -> AgentResult:
         return AgentResult(
@@ -238,8 +274,9 @@ class SimAgent:
 
 
 async def _simulate(
-    config: SimConfig, indexes: range, stats: Any, offset: int, stop: Any
-) -> list[AgentResult]:
+    config: SimConfig, indexes: range, stats: Any, offset: int, stop: Any, parent_pid: int
+) -> list[AgentResult] | None:
+    """Run the agents until ``stop`` is set, then let them drain; None if the bench died."""
     agents = [SimAgent(config, index, stats, offset) for index in indexes]
     stopping = asyncio.Event()
     spread_s = config.ramp_s / max(1, len(agents))
@@ -247,15 +284,22 @@ async def _simulate(
         asyncio.create_task(agent.run(i * spread_s, stopping)) for i, agent in enumerate(agents)
     ]
     # `stop` is a multiprocessing.Event set by the parent process: it cannot be awaited.
-    while not stop.is_set():  # noqa: ASYNC110
+    while not stop.is_set():
+        if os.getppid() != parent_pid:  # the bench is gone (killed): nobody to report to
+            for task in tasks:
+                task.cancel()
+            return None
         await asyncio.sleep(0.1)
     stopping.set()
     for agent in agents:
         agent.drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
         agent.wake()  # so that a sender waiting for an ack sees `stopping`
-    _, pending = await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT_S + 5)
+    done, pending = await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT_S + 5)
     for task in pending:
         task.cancel()
+    for agent, task in zip(agents, tasks, strict=True):
+        if task in done and not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", agent.agent_id, exc_info=task.exception())
     return [agent.result() for agent in agents]
 
 
@@ -272,7 +316,13 @@ def simulator_main(
 
     set_process_title(f"fleetpulse bench simulator {process_index + 1}")
     raise_open_files_limit()  # one socket per simulated agent
+    # The bench process decides when to stop (through `stop`), also on a Ctrl-C sent to the whole
+    # process group: here it would only cut the drain short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import uvloop
 
-    outcome = uvloop.run(_simulate(config, indexes, stats, process_index * NFIELDS, stop))
-    results.put(outcome)
+    outcome = uvloop.run(
+        _simulate(config, indexes, stats, process_index * NFIELDS, stop, os.getppid())
+    )
+    if outcome is not None:
+        results.put(outcome)

@@ -31,6 +31,15 @@ from fleetpulse.settings import Settings
 log = logging.getLogger(__name__)
 
 _RETRY_DELAY_S = 1.0
+# The connection is lost, or PostgreSQL ended the session (see _connect): the chunk stays pending
+# to this consumer and is retried, after reconnecting.
+_CONNECTION_LOST = (
+    psycopg.OperationalError,
+    psycopg.errors.IdleInTransactionSessionTimeout,
+    redis.ConnectionError,
+)
+# Never shorter than this: a live worker's transaction does not sit idle for anywhere near it.
+_MIN_IDLE_IN_TRANSACTION_MS = 1000
 # Every worker checks partitions this often (creating ahead, dropping expired); concurrent runs
 # are harmless (IF [NOT] EXISTS, lock_timeout).
 PARTITION_MAINTENANCE_INTERVAL_S = 600.0
@@ -71,6 +80,17 @@ class Worker:
         url = self._settings.database_url
         assert url
         self._conn = psycopg.connect(url)
+        # A worker stopped in the middle of its transaction (SIGSTOP, a paused VM, a debugger)
+        # keeps its row locks (agent_ingest, the ledger): every other worker that touches the
+        # same agents waits on them, and so never gets to reclaim the stopped worker's entries.
+        # Idle in its transaction for as long as its entries take to be reclaimed, it is as gone
+        # for PostgreSQL as it is for XAUTOCLAIM: the server ends its session, the chunk rolls
+        # back and is committed by whoever reclaims it; resumed, the worker reconnects.
+        idle_ms = max(self._settings.worker_reclaim_idle_ms, _MIN_IDLE_IN_TRANSACTION_MS)
+        self._conn.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', %s, false)", (f"{idle_ms}ms",)
+        )
+        self._conn.commit()
         self._ddl_conn = psycopg.connect(url, autocommit=True)
         self._decoder = ChunkDecoder(SeriesResolver(self._ddl_conn))
         self._writer = ChunkWriter(
@@ -125,7 +145,7 @@ class Worker:
         try:
             self.process(entries)
             return True
-        except (psycopg.OperationalError, redis.ConnectionError):
+        except _CONNECTION_LOST:
             raise
         except Exception as exc:
             if len(entries) > 1:
@@ -292,7 +312,7 @@ class Worker:
                     entries = self._read(">", self._settings.worker_block_ms)
                 if entries and not self.handle(entries):
                     recovering = True
-            except (psycopg.OperationalError, redis.ConnectionError) as exc:
+            except _CONNECTION_LOST as exc:
                 # Transient: the entries stay pending to this consumer and are retried.
                 log.warning("chunk failed, retrying in %.0f s: %s", _RETRY_DELAY_S, exc)
                 recovering = True

@@ -1,10 +1,13 @@
 """The fault-injection harness: real agents, front-ends and workers, real PostgreSQL and Redis.
 
 Every fault test starts the platform as separate processes (`fleetpulse ingest`, `fleetpulse worker
---processes N`) and several real `fleetpulse agent` processes, each with its own state dir, so that
-every agent keeps its own account of what it sent (`<state_dir>/sent.json`). It injects its fault
-under that load, restores the platform, stops the agents (they flush) and ends with
-`fleetpulse audit` over all the accounts: nothing missing, nothing duplicated (`Harness.finish`).
+--processes N`), several real `fleetpulse agent` processes, each with its own state dir, so that
+every agent keeps its own account of what it sent (`<state_dir>/sent.json`), and the bench's
+simulated fleet (`fleetpulse bench fleet --until-stopped`, FLEET_AGENTS agents over the real
+protocol, in a process of its own): bench load on the same platform. It injects its fault under
+that load, restores the platform, stops the fleet (it drains and verifies every batch it sent
+against PostgreSQL) and the agents (they flush) and ends with `fleetpulse audit` over the agents'
+accounts: nothing missing, nothing duplicated, for both (`Harness.finish`).
 
 The platform runs with small chunks (worker_read_count 8, one shard per worker) and agents collect
 every 0.1 s, so that a fault lands while batches are in flight at every hop. Waits poll a condition
@@ -47,6 +50,17 @@ HEARTBEAT_INTERVAL_S = 0.5
 WORKER_READ_COUNT = 8
 READY_LINE_INGEST = "ingest front-end listening on"
 READY_LINE_WORKER = f"reading {SHARDS} streams"
+
+# The simulated fleet beside the real agents: FLEET_AGENTS agents, each sending a batch of
+# FLEET_SERIES points every FLEET_INTERVAL_S on its own connection (bench/simulator.py).
+FLEET_AGENTS = 300
+FLEET_SERIES = 50
+FLEET_INTERVAL_S = 1.0
+FLEET_HEARTBEAT_INTERVAL_S = 2.0
+FLEET_RAMP_S = 1.0
+# Every simulated agent sent at least this many batches (it was sending through the fault).
+FLEET_MIN_BATCHES_PER_AGENT = 5
+FLEET_AGENT_PATTERN = "bench-%"  # the bench names its agents bench-<run id>-<n>
 
 T = TypeVar("T")
 
@@ -130,14 +144,28 @@ class Proc:
         return self.log_text().count(text)
 
 
-def _continue_tree(pid: int) -> None:
+def _tree(pid: int) -> list[psutil.Process]:
+    """A process and its descendants (the fleet's simulator processes), or [] if it is gone."""
     try:
-        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        return [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
     except psutil.NoSuchProcess:
-        return
+        return []
+
+
+def _signal_tree(pid: int, sig: signal.Signals) -> list[psutil.Process]:
+    procs = _tree(pid)
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(signal.SIGCONT)
+            proc.send_signal(sig)
+    return procs
+
+
+def _kill_tree(pid: int) -> None:
+    psutil.wait_procs(_signal_tree(pid, signal.SIGKILL), timeout=10)
+
+
+def _continue_tree(pid: int) -> None:
+    _signal_tree(pid, signal.SIGCONT)
 
 
 @dataclass
@@ -230,6 +258,67 @@ def wait_spooling(agents: list[Agent], batches: int) -> None:
     )
 
 
+# Simulated agents with a batch accepted (XADD: the stream entry id is its time in ms) after a
+# given time, and committed.
+_FLEET_FLOWING = """
+SELECT count(DISTINCT agent_id) FROM batches
+WHERE agent_id LIKE %s AND split_part(stream_id, '-', 1)::int8 > %s
+"""
+
+
+@dataclass
+class Fleet:
+    """`fleetpulse bench fleet --until-stopped` against the platform's front-end(s): the bench's
+    simulated agents (register, heartbeats, batches with (epoch, sequence), replay after a broken
+    stream, resend after a refusal), as a process of its own. On SIGTERM it stops sending, lets
+    every agent resend until all its batches are acknowledged, waits for the commits, verifies
+    each batch against PostgreSQL (stored once, every point) and prints its summary as the last
+    line on stdout; its exit status is 1 if anything is missing or duplicated."""
+
+    proc: Proc
+    out: Path  # its stdout
+    results_dir: Path
+    agents: int
+    port: int
+    summary: dict[str, Any] | None = None
+    returncode: int | None = None
+
+    def assert_running(self) -> None:
+        assert self.proc.alive(), (
+            f"the simulated fleet exited ({self.proc.popen.returncode}):\n{tail(self.proc)}"
+        )
+
+    def stop(self) -> None:
+        """SIGTERM: the end of its sending (it drains and verifies next)."""
+        self.assert_running()
+        self.proc.send(signal.SIGTERM)
+
+    def wait_verdict(self, timeout_s: float = 120) -> dict[str, Any]:
+        """Its exit, and the summary of its verification (the JSON last line on stdout)."""
+        try:
+            self.returncode = self.proc.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_tree(self.proc.pid)
+            self.proc.popen.wait()
+            raise AssertionError(
+                f"the simulated fleet did not finish its verification in {timeout_s:.0f} s:\n"
+                + tail(self.proc)
+            ) from None
+        lines = self.out.read_text().strip().splitlines()
+        assert lines, (
+            f"the simulated fleet printed no summary ({self.returncode}):\n{tail(self.proc)}"
+        )
+        self.summary = json.loads(lines[-1])
+        return self.summary
+
+    def verification(self) -> Any:
+        """The bench's detailed verification (result.json), for a failure message."""
+        found = sorted(self.results_dir.glob("*/result.json"))
+        if not found:
+            return "no result.json"
+        return json.loads(found[-1].read_text())["verification"]
+
+
 @dataclass
 class Harness:
     """Starts and stops the platform's processes and the agents; checks the promise at the end."""
@@ -239,6 +328,7 @@ class Harness:
     redis_url: str
     procs: list[Proc] = field(default_factory=list)
     agents: list[Agent] = field(default_factory=list)
+    fleet: Fleet | None = None
     _logs: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -303,12 +393,14 @@ class Harness:
     def start_platform(
         self, port: int, agents: int = 3, **overrides: object
     ) -> tuple[Proc, Proc, list[Agent]]:
-        """One front-end, a pool of 2 workers and ``agents`` agents, started side by side (the
-        agents once the front-end listens); returns when every agent's batches commit.
-        ``overrides`` are settings of both the front-end and the workers."""
+        """One front-end, a pool of 2 workers, ``agents`` agents and the simulated fleet, started
+        side by side (the agents and the fleet once the front-end listens); returns when every
+        agent's batches commit, and every simulated agent's. ``overrides`` are settings of both
+        the front-end and the workers."""
         ingest = self.start_ingest(port, wait=False, **overrides)
         pool = self.start_workers(2, wait=False, **overrides)
         self.wait_logged(ingest, READY_LINE_INGEST, 1, 30)
+        self.start_fleet(port)
         started = self.add_agents(agents, port)
         self.wait_logged(pool, READY_LINE_WORKER, 2, 30)
         self.wait_flowing(started)
@@ -346,6 +438,109 @@ class Harness:
         for proc in procs:
             assert proc.alive(), f"{proc.name} exited ({proc.popen.returncode}):\n{tail(proc)}"
 
+    # -- the simulated fleet -------------------------------------------------------------------
+    def start_fleet(self, port: int) -> Fleet:
+        """The bench's simulated fleet against the front-end(s) on ``port``, in the background:
+        it connects while the test goes on (`wait_fleet_connected`; `wait_flowing` waits for it
+        too). `finish` stops it and checks its verification."""
+        assert self.fleet is None, "one simulated fleet per test"
+        log = self._log_path("fleet")
+        out = log.with_suffix(".out")
+        results_dir = self.tmp_path / "fleet-results"
+        with log.open("wb") as err, out.open("wb") as stdout:
+            popen = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "fleetpulse",
+                    "bench",
+                    "fleet",
+                    "--until-stopped",
+                    "--mode",
+                    "realistic",
+                    "--agents",
+                    str(FLEET_AGENTS),
+                    "--series",
+                    str(FLEET_SERIES),
+                    "--interval",
+                    str(FLEET_INTERVAL_S),
+                    "--heartbeat-interval",
+                    str(FLEET_HEARTBEAT_INTERVAL_S),
+                    "--ramp",
+                    str(FLEET_RAMP_S),
+                    "--processes",
+                    "1",
+                    "--no-anchors",
+                    "--target",
+                    f"127.0.0.1:{port}",
+                    "--database-url",
+                    self.database_url,
+                    "--results-dir",
+                    str(results_dir),
+                ],
+                env={**os.environ, "FLEETPULSE_ENROLLMENT_TOKEN": TOKEN},
+                stdout=stdout,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+            )
+        self.fleet = Fleet(Proc("fleet", popen, log), out, results_dir, FLEET_AGENTS, port)
+        return self.fleet
+
+    def _fleet(self) -> Fleet:
+        assert self.fleet is not None, "no simulated fleet: start_fleet (or start_platform) first"
+        return self.fleet
+
+    def wait_fleet_connected(self, timeout_s: float = 60) -> None:
+        """Until every simulated agent has registered (a row in the agents table)."""
+        fleet = self._fleet()
+
+        def registered() -> bool:
+            fleet.assert_running()
+            with psycopg.connect(self.database_url) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM agents WHERE agent_id LIKE %s", (FLEET_AGENT_PATTERN,)
+                ).fetchone()
+            return row is not None and row[0] == fleet.agents
+
+        wait_for(registered, timeout_s, f"{fleet.agents} simulated agents registered", 0.2)
+
+    def wait_fleet_flowing(self, since_ms: int, timeout_s: float = 45) -> None:
+        """Until every simulated agent has a batch accepted after ``since_ms`` (Unix time, ms)
+        committed: the whole path works again for each of them."""
+        fleet = self._fleet()
+        flowing = 0
+
+        def all_flowing() -> bool:
+            nonlocal flowing
+            fleet.assert_running()
+            with psycopg.connect(self.database_url) as conn:
+                row = conn.execute(_FLEET_FLOWING, (FLEET_AGENT_PATTERN, since_ms)).fetchone()
+            flowing = row[0] if row is not None else 0
+            return flowing == fleet.agents
+
+        try:
+            wait_for(all_flowing, timeout_s, "a new batch from every simulated agent", 0.2)
+        except AssertionError:
+            raise AssertionError(
+                f"{flowing} of {fleet.agents} simulated agents had a batch accepted and "
+                f"committed since the wait began:\n{tail(fleet.proc)}"
+            ) from None
+
+    def fleet_batches(self) -> dict[str, int]:
+        """Batches in the ledger per simulated agent."""
+        with psycopg.connect(self.database_url) as conn:
+            rows = conn.execute(
+                "SELECT agent_id, count(*) FROM batches WHERE agent_id LIKE %s GROUP BY 1",
+                (FLEET_AGENT_PATTERN,),
+            ).fetchall()
+        return dict(rows)
+
+    def fleet_batches_fewest(self) -> int:
+        """The fewest batches in the ledger of any simulated agent (0 if one has none)."""
+        self._fleet().assert_running()
+        counts = self.fleet_batches()
+        return min(counts.values()) if len(counts) == self._fleet().agents else 0
+
     # -- agents ------------------------------------------------------------------------------
     def add_agents(self, count: int, port: int | list[int], start: bool = True) -> list[Agent]:
         """``count`` agents (ids balanced over the shards); ``port`` one per agent, or shared."""
@@ -374,7 +569,10 @@ class Harness:
     def wait_flowing(self, agents: list[Agent], timeout_s: float = 45) -> None:
         """Until every batch each agent has sent by now (one collected after this call at least)
         is committed: the whole path works again for each of them, and no agent holds a backlog.
+        Then, with a simulated fleet, until each of its agents has a batch accepted after this
+        call committed.
         """
+        since_ms = int(time.time() * 1000)
         before = {a.agent_id: a.account()["batches_sent"] for a in agents}
         wait_for(
             lambda: all(a.account()["batches_sent"] > before[a.agent_id] for a in agents),
@@ -407,6 +605,8 @@ class Harness:
                 for agent_id, epoch, first, last in target
             }
             raise AssertionError(f"not committed: {missing}") from None
+        if self.fleet is not None:
+            self.wait_fleet_flowing(since_ms, timeout_s)
 
     def queued(self) -> int:
         """Entries in the streams: queued and not yet committed (workers delete after commit)."""
@@ -451,14 +651,28 @@ class Harness:
 
     # -- the verdict -------------------------------------------------------------------------
     def finish(self, *platform: Proc) -> list[dict[str, Any]]:
-        """Stop the agents (they flush), let the workers commit everything, then audit.
+        """Stop the simulated fleet (it drains and verifies) and the agents (they flush), let the
+        workers commit everything, then audit.
 
         Asserts what the delivery promise says, for every agent: every batch it sent is in the
         ledger once, its points are stored once (`fleetpulse audit`: nothing missing, nothing
-        duplicated, nothing unexpected), it dropped nothing; the streams are empty, nothing is
-        pending and nothing was dead-lettered. Returns the audit's per-agent JSON.
+        duplicated, nothing unexpected), it dropped nothing; for the simulated fleet, its own
+        verification: every batch it sent stored once, every point, and every simulated agent
+        sent at least FLEET_MIN_BATCHES_PER_AGENT; the streams are empty, nothing is pending and
+        nothing was dead-lettered. Returns the audit's per-agent JSON (the fleet's summary is
+        ``self.fleet.summary``).
         """
         self.assert_alive(*platform)
+        fleet = self._fleet()
+        # However quick the test, the fleet has sent a real load by the end (on a slow machine it
+        # has sent more long before this).
+        wait_for(
+            lambda: self.fleet_batches_fewest() >= FLEET_MIN_BATCHES_PER_AGENT,
+            60,
+            f"{FLEET_MIN_BATCHES_PER_AGENT} batches committed from every simulated agent",
+            every_s=0.2,
+        )
+        fleet.stop()  # it stops sending, then drains and verifies while the agents stop
         for agent in self.agents:
             assert agent.proc is not None and agent.proc.poll() is None, (
                 f"agent {agent.agent_id} exited ({agent.proc and agent.proc.returncode}):\n"
@@ -468,6 +682,21 @@ class Harness:
         for agent in self.agents:
             assert agent.proc is not None
             assert agent.proc.wait(20) == 0, agent.log.read_text(errors="replace")[-3000:]
+        simulated = fleet.wait_verdict()
+        assert fleet.returncode == 0, (
+            f"the simulated fleet's verification failed ({fleet.returncode}): {simulated}\n"
+            f"{fleet.verification()}\n{tail(fleet.proc)}"
+        )
+        assert simulated["missing_batches"] == 0, (simulated, fleet.verification())
+        assert simulated["duplicate_batches"] == 0, (simulated, fleet.verification())
+        assert simulated["unexpected_batches"] == 0, (simulated, fleet.verification())
+        assert simulated["unacked_batches"] == 0, simulated
+        assert simulated["stored_batches"] == simulated["sent_batches"], simulated
+        assert simulated["committed_points"] == simulated["sent_points"], simulated
+        per_agent = self.fleet_batches()
+        assert len(per_agent) == fleet.agents == simulated["agents"], per_agent
+        assert sum(per_agent.values()) == simulated["sent_batches"], simulated
+        assert min(per_agent.values()) >= FLEET_MIN_BATCHES_PER_AGENT, per_agent
 
         def all_in_ledger() -> list[AgentAudit] | None:
             results = audit(self.database_url, [a.state_dir for a in self.agents])
@@ -520,11 +749,19 @@ class Harness:
             f"audit: {len(by_agent)} agents, "
             f"{sum(r['batches_sent'] for r in by_agent.values()):,} batches and "
             f"{sum(r['points_sent'] for r in by_agent.values()):,} points sent, each stored "
-            "once: 0 missing, 0 duplicated, 0 dropped"
+            "once: 0 missing, 0 duplicated, 0 dropped; "
+            f"simulated fleet: {simulated['agents']} agents, "
+            f"{simulated['sent_batches']:,} batches and {simulated['sent_points']:,} points "
+            "sent, each stored once (bench verification): 0 missing, 0 duplicated "
+            f"({simulated['refusals']:,} refusals resent, "
+            f"{simulated['stream_failures']:,} stream failures reconnected)"
         )
         return report["agents"]
 
     def close(self) -> None:
+        if self.fleet is not None and self.fleet.proc.alive():
+            _kill_tree(self.fleet.proc.pid)  # a test that failed: no verification to wait for
+            self.fleet.proc.popen.wait()
         for agent in self.agents:
             if agent.proc is not None and agent.proc.poll() is None:
                 agent.proc.kill()

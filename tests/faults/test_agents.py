@@ -10,18 +10,22 @@ from __future__ import annotations
 import pytest
 
 from fleetpulse.ingest import keys
-from tests.faults.conftest import SHARDS, Harness, wait_for
+from tests.faults.conftest import SHARDS, Agent, Harness, wait_for
 from tests.processes import free_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(150)]
 
 
-def queued_batches(h: Harness) -> tuple[int, int]:
-    """Entries in the streams, and distinct batches (agent, epoch, sequence) among them."""
+def queued_batches(h: Harness, agents: list[Agent]) -> tuple[int, int]:
+    """Entries of these agents in the streams, and distinct batches (agent, epoch, sequence) among
+    them (the simulated fleet's entries are not counted)."""
+    ids = {a.agent_id.encode() for a in agents}
     entries = 0
     distinct = set()
     for shard in range(SHARDS):
         for _, fields in h.redis.xrange(keys.stream_key(shard)):
+            if fields[keys.FIELD_AGENT] not in ids:
+                continue
             entries += 1
             distinct.add(
                 (fields[keys.FIELD_AGENT], fields[keys.FIELD_EPOCH], fields[keys.FIELD_SEQUENCE])
@@ -31,7 +35,9 @@ def queued_batches(h: Harness) -> tuple[int, int]:
 
 def test_agents_killed_with_full_spools_lose_and_duplicate_nothing(harness: Harness) -> None:
     port = free_port()
-    agents = harness.add_agents(3, port)  # nothing listens yet
+    # Nothing listens yet: the simulated fleet, like the agents, keeps trying to connect.
+    harness.start_fleet(port)
+    agents = harness.add_agents(3, port)
 
     # 1. The platform is down: every batch goes to the spool only.
     wait_for(
@@ -48,6 +54,7 @@ def test_agents_killed_with_full_spools_lose_and_duplicate_nothing(harness: Harn
     # 2. The front-end is up, the workers are not: the spools are accepted (queued), never
     # committed, so the agents keep every batch. Kill them again, full spools of queued batches.
     ingest = harness.start_ingest(port)
+    harness.wait_fleet_connected()  # its batches queue up beside the agents'
     wait_for(
         lambda: all(
             (n := a.account())["batches_acked"] >= 20 and n["batches_committed"] == 0
@@ -60,17 +67,17 @@ def test_agents_killed_with_full_spools_lose_and_duplicate_nothing(harness: Harn
     for agent in agents:
         agent.kill()
         assert agent.spooled_bytes() > 0
-    queued_before, _ = queued_batches(harness)
+    queued_before, _ = queued_batches(harness, agents)
     for agent in agents:
         agent.start()  # replays its whole spool again: the same batches, queued a second time
 
     wait_for(
-        lambda: (q := queued_batches(harness))[0] - q[1] >= queued_before // 2,
+        lambda: (q := queued_batches(harness, agents))[0] - q[1] >= queued_before // 2,
         30,
         "the replayed duplicates in the streams",
         every_s=0.1,
     )
-    entries, distinct = queued_batches(harness)
+    entries, distinct = queued_batches(harness, agents)
     assert entries > distinct
 
     # 3. Workers: every batch once, whatever the number of copies queued.

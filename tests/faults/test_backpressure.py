@@ -14,7 +14,13 @@ import psycopg
 import pytest
 
 from fleetpulse.ingest.frontend import BACKPRESSURE_CHECK_S
-from tests.faults.conftest import COLLECT_INTERVAL_S, Harness, wait_for
+from tests.faults.conftest import (
+    COLLECT_INTERVAL_S,
+    FLEET_AGENTS,
+    FLEET_INTERVAL_S,
+    Harness,
+    wait_for,
+)
 from tests.processes import free_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(150)]
@@ -79,14 +85,16 @@ def test_held_lock_engages_backpressure_within_bounds(harness: Harness) -> None:
         wait_for(refusing, 60, "backpressure and refusals", every_s=0.2)
         # Nothing leaves the streams while the lock holds (workers delete only after COMMIT), so
         # this is the most the queue held: the limit, plus what was accepted before the
-        # front-end's next look at the queue (every agent sends one batch per collection; four
-        # check intervals allowed for a busy machine).
+        # front-end's next look at the queue (every agent sends one batch per collection, every
+        # simulated agent one per interval; four check intervals allowed for a busy machine).
         queued = harness.queued()
-        overshoot = len(agents) * math.ceil(4 * BACKPRESSURE_CHECK_S / COLLECT_INTERVAL_S)
+        overshoot = len(agents) * math.ceil(
+            4 * BACKPRESSURE_CHECK_S / COLLECT_INTERVAL_S
+        ) + FLEET_AGENTS * math.ceil(4 * BACKPRESSURE_CHECK_S / FLEET_INTERVAL_S)
         assert MAX_QUEUED <= queued <= MAX_QUEUED + overshoot
         rss_bound = (
             rss_before
-            + len(agents) * (MAX_MESSAGE_BYTES + HTTP2_WINDOW_BYTES)
+            + (len(agents) + FLEET_AGENTS) * (MAX_MESSAGE_BYTES + HTTP2_WINDOW_BYTES)
             + ALLOCATOR_SLACK_BYTES
         )
         assert peak_rss <= rss_bound, (peak_rss, rss_before)
@@ -102,3 +110,8 @@ def test_held_lock_engages_backpressure_within_bounds(harness: Harness) -> None:
     )
     harness.wait_flowing(agents)
     harness.finish(ingest, pool)
+    # The simulated agents were refused too, kept their batches and sent them again on the same
+    # stream: none of their streams broke.
+    assert harness.fleet is not None and harness.fleet.summary is not None
+    assert harness.fleet.summary["refusals"] > 0
+    assert harness.fleet.summary["stream_failures"] == 0

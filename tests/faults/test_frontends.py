@@ -1,5 +1,7 @@
 """Front-end faults: killed (agents reconnect and replay), restarted one after the other (two
-front-ends sharing the port), frozen for longer than the agents' heartbeat timeout."""
+front-ends sharing the port), frozen for longer than the agents' heartbeat timeout. The simulated
+fleet follows the agents' rules where they share a port (killed, rolling restart); with one agent
+cut off, it stays on the front-end that is not frozen, and must stay online there."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ from psycopg.rows import dict_row
 from fleetpulse.api.agents import _LIST_AGENTS
 from fleetpulse.settings import Settings
 from tests.faults.conftest import (
+    FLEET_AGENTS,
     READY_LINE_INGEST,
     READY_LINE_WORKER,
+    Agent,
     Harness,
     wait_for,
     wait_spooling,
@@ -33,6 +37,8 @@ def test_front_end_killed_agents_reconnect_and_replay(harness: Harness) -> None:
     harness.wait_flowing(agents)
     harness.finish(restarted, pool)
     assert all(a.registrations() >= 2 for a in agents)  # each reconnected, then replayed
+    assert harness.fleet is not None and harness.fleet.summary is not None
+    assert harness.fleet.summary["stream_failures"] >= FLEET_AGENTS  # and every simulated one
 
 
 def test_rolling_restart_of_two_front_ends_sharing_the_port(harness: Harness) -> None:
@@ -45,6 +51,7 @@ def test_rolling_restart_of_two_front_ends_sharing_the_port(harness: Harness) ->
     pool = harness.start_workers(2, wait=False)
     for proc in front_ends.values():
         harness.wait_logged(proc, READY_LINE_INGEST, 1, 30)
+    harness.start_fleet(port)  # its agents' connections spread over both too
     agents = harness.add_agents(3, port)
     harness.wait_logged(pool, READY_LINE_WORKER, 2, 30)
     harness.wait_flowing(agents)
@@ -54,8 +61,9 @@ def test_rolling_restart_of_two_front_ends_sharing_the_port(harness: Harness) ->
         # on it reconnect to the other one (or the replacement) and replay what was not committed.
         stopped = front_ends[name]
         assert stopped.stop() == 0
-        # A clean stop: no error, and every agent it held marked offline before its pool closed
-        # (sessions are named "<front-end pid>-…/<n>" in the agents table).
+        # A clean stop: no error, and every agent it held (simulated ones included) marked
+        # offline before its pool closed (sessions are named "<front-end pid>-…/<n>" in the
+        # agents table).
         assert " ERROR " not in stopped.log_text(), stopped.log_text()
         assert online_via(harness.database_url, stopped.pid) == []
         front_ends[name] = harness.start_ingest(port, name)
@@ -95,6 +103,19 @@ def statuses(database_url: str) -> dict[str, str]:
     return {row["agent_id"]: row["status"] for row in rows}
 
 
+def only_cut_agent(database_url: str, agents: list[Agent], cut: Agent, status: str) -> bool:
+    """The cut agent has ``status``; every other agent, simulated ones included, is online."""
+    found = statuses(database_url)
+    real = {a.agent_id for a in agents}
+    fleet = [s for agent_id, s in found.items() if agent_id not in real]
+    return (
+        {agent_id: s for agent_id, s in found.items() if agent_id in real}
+        == {a.agent_id: status if a is cut else "online" for a in agents}
+        and len(fleet) == FLEET_AGENTS
+        and set(fleet) == {"online"}
+    )
+
+
 def test_agent_cut_off_longer_than_its_heartbeat_timeout(harness: Harness) -> None:
     cut_port, other_port = free_port(), free_port()
     frozen = harness.start_ingest(cut_port, "ingest-cut", wait=False)
@@ -102,12 +123,15 @@ def test_agent_cut_off_longer_than_its_heartbeat_timeout(harness: Harness) -> No
     pool = harness.start_workers(2, wait=False)
     for proc in (frozen, other):
         harness.wait_logged(proc, READY_LINE_INGEST, 1, 30)
+    # The simulated fleet on the front-end that stays up: the platform keeps ingesting its load
+    # while the other front-end is frozen, and none of its agents may be called offline.
+    harness.start_fleet(other_port)
     agents = harness.add_agents(3, [cut_port, other_port, other_port])
     harness.wait_logged(pool, READY_LINE_WORKER, 2, 30)
     cut = agents[0]
     harness.wait_flowing(agents)
     wait_for(
-        lambda: set(statuses(harness.database_url).values()) == {"online"},
+        lambda: only_cut_agent(harness.database_url, agents, cut, "online"),
         20,
         "every agent online",
     )
@@ -117,19 +141,17 @@ def test_agent_cut_off_longer_than_its_heartbeat_timeout(harness: Harness) -> No
     # platform calls it offline; the agents of the other front-end stay online.
     frozen.send(signal.SIGSTOP)
     wait_for(
-        lambda: (
-            statuses(harness.database_url)
-            == {a.agent_id: "offline" if a is cut else "online" for a in agents}
-        ),
+        lambda: only_cut_agent(harness.database_url, agents, cut, "offline"),
         30,
         "the cut agent offline, the others online",
         every_s=0.1,
     )
     wait_spooling([cut], 10)  # still collecting, into its spool
+    assert only_cut_agent(harness.database_url, agents, cut, "offline")
     frozen.send(signal.SIGCONT)
 
     wait_for(
-        lambda: statuses(harness.database_url)[cut.agent_id] == "online",
+        lambda: only_cut_agent(harness.database_url, agents, cut, "online"),
         30,
         "the cut agent online again",
     )

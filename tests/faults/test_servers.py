@@ -61,6 +61,10 @@ def test_redis_restarted_during_ingest(
     assert "credential refused; enrolling again" in revoked.log.read_text()
     h.wait_flowing(agents)
     h.finish(ingest, pool)
+    # The simulated agents were told to retry while Redis was away too, and sent those batches
+    # again on the same streams.
+    assert h.fleet is not None and h.fleet.summary is not None
+    assert h.fleet.summary["refusals"] > 0
 
 
 def test_postgres_restarted_during_ingest(
