@@ -992,13 +992,13 @@ def _prepare(database_url: str, admin_url: str, args: argparse.Namespace) -> tup
         _recreate_database(admin_url)
         migrate(database_url)
         ds, seeded = _seed(database_url, args), True
-    # A seed or a long top-up ends minutes behind the clock, and the top-N reads the last five
-    # minutes of raw points: top up again until the data reaches the current minute (each round
-    # is shorter than the one before).
-    # The closed days' rollup indexes packed, as the workers' compaction leaves them.
+    # The rollup indexes packed, as the workers' compaction leaves them at this time of day.
     with psycopg.connect(database_url, autocommit=True) as conn:
         for index in compaction.compact_due(conn):
             sys.stderr.write(f"packed {index} (ingest/compaction.py)\n")
+    # A seed or a long top-up ends minutes behind the clock, and the top-N reads the last five
+    # minutes of raw points: top up again until the data reaches the current minute (each round
+    # is shorter than the one before).
     for _ in range(TOP_UP_ROUNDS):
         if ds.raw_end.timestamp() >= time.time() // 60 * 60:
             break

@@ -26,13 +26,10 @@ DDL_ATTEMPTS = 5
 TABLES = ("points", "rollup_1m", "rollup_1h")
 # Rollup partitions are vacuumed after every 200,000 inserted rows, so that the visibility map
 # lets charts read them with index-only scans (schema/0007_rollup_covering.sql says why).
-_STORAGE = {
-    "rollup_1m": sql.SQL(
-        " WITH (autovacuum_vacuum_insert_threshold = 200000,"
-        " autovacuum_vacuum_insert_scale_factor = 0)"
-    ),
-}
-_STORAGE["rollup_1h"] = _STORAGE["rollup_1m"]
+_ROLLUP_STORAGE = sql.SQL(
+    " WITH (autovacuum_vacuum_insert_threshold = 200000, autovacuum_vacuum_insert_scale_factor = 0)"
+)
+_STORAGE = {"rollup_1m": _ROLLUP_STORAGE, "rollup_1h": _ROLLUP_STORAGE}
 
 
 def partition_name(day: date, table: str = "points") -> str:

@@ -279,7 +279,6 @@ class Fleet:
     out: Path  # its stdout
     results_dir: Path
     agents: int
-    port: int
     summary: dict[str, Any] | None = None
     returncode: int | None = None
 
@@ -483,7 +482,7 @@ class Harness:
                 stderr=err,
                 stdin=subprocess.DEVNULL,
             )
-        self.fleet = Fleet(Proc("fleet", popen, log), out, results_dir, FLEET_AGENTS, port)
+        self.fleet = Fleet(Proc("fleet", popen, log), out, results_dir, FLEET_AGENTS)
         return self.fleet
 
     def _fleet(self) -> Fleet:
