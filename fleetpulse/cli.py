@@ -602,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.log_level, args.command)
+    from fleetpulse.lifecycle import dump_stacks_on_sigusr1
+
+    dump_stacks_on_sigusr1()
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

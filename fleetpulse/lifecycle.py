@@ -1,11 +1,23 @@
-"""Process lifecycle shared by every role: process names, the parent-death signal, signals."""
+"""Process lifecycle shared by every role: process names, the parent-death signal, signals,
+stack dumps of a process that is stuck."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
+import faulthandler
+import io
+import logging
+import os
 import signal
 import sys
+import threading
+
+log = logging.getLogger(__name__)
+
+# The exit status of a process that the shutdown watchdog ended (EX_SOFTWARE).
+EXIT_STUCK = 70
 
 _PR_SET_PDEATHSIG = 1
 
@@ -38,3 +50,33 @@ def raise_open_files_limit() -> int:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
+
+
+def dump_stacks_on_sigusr1() -> None:
+    """``kill -USR1 <pid>`` writes every thread's Python stack to stderr (the log) and goes on."""
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+
+
+def exit_if_stuck(seconds: float) -> threading.Timer:
+    """Start a watchdog for a shutdown: if it is not cancelled within ``seconds``, log every
+    thread's stack and end the process with EXIT_STUCK, instead of hanging until SIGKILL."""
+
+    def expire() -> None:
+        log.critical("shutdown still not done after %.1f s: exiting; stacks follow", seconds)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        os._exit(EXIT_STUCK)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def task_stacks() -> str:
+    """Where every task of the running event loop is waiting, for a log line."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            task.print_stack(limit=8, file=out)
+    return out.getvalue()

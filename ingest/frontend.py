@@ -35,7 +35,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,7 @@ import redis.asyncio
 from google.protobuf.message import DecodeError
 from psycopg_pool import AsyncConnectionPool
 
+from fleetpulse import lifecycle
 from fleetpulse.errors import ConfigError
 from fleetpulse.ingest import agentsettings, credentials, keys, queue, selfmetrics, watermark
 from fleetpulse.ingest.queue import BatchQueue
@@ -58,6 +59,12 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "proto.AgentService"
 METHOD_NAME = "Connect"
 BACKPRESSURE_CHECK_S = 0.5
+# Shutdown: open calls get STOP_GRACE_S to finish; the whole shutdown SHUTDOWN_BUDGET_S (a step
+# that overruns is logged and skipped); past the watchdog margin the process exits regardless.
+# Nothing acked is at stake: an ack means the batch is in Redis already.
+STOP_GRACE_S = 2.0
+SHUTDOWN_BUDGET_S = 8.0
+SHUTDOWN_WATCHDOG_MARGIN_S = 3.0
 # AgentRegister.protocol from which an agent understands ServerMessage.credential and .committed.
 PROTOCOL_CREDENTIALS = 1
 # ... from which it understands ServerMessage.settings and answers SettingsStatus.
@@ -855,22 +862,43 @@ async def run(settings: Settings, ready: asyncio.Event | None = None, index: int
     finally:
         log.info("ingest front-end stopping")
         service.stopping = True
-        await server.stop(grace=2.0)
+        watchdog = lifecycle.exit_if_stuck(SHUTDOWN_BUDGET_S + SHUTDOWN_WATCHDOG_MARGIN_S)
+        deadline = loop.time() + SHUTDOWN_BUDGET_S
+        await _stage("stop the gRPC server", server.stop(grace=STOP_GRACE_S), deadline)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await service.forget_all()
-        await batches.close()
-        await registry.flush()
-        await redis_client.aclose()
-        await pool.close()
+        await _stage(
+            "stop the background tasks", asyncio.gather(*tasks, return_exceptions=True), deadline
+        )
+        await _stage("mark connected agents offline", service.forget_all(), deadline)
+        await _stage("close the XADD pipeline", batches.close(), deadline)
+        await _stage("flush heartbeats", registry.flush(), deadline)
+        await _stage("close Redis", redis_client.aclose(), deadline)
+        await _stage("close the PostgreSQL pool", pool.close(timeout=1.0), deadline)
+        watchdog.cancel()
         log.info("ingest front-end stopped")
+
+
+async def _stage(name: str, step: Awaitable[Any], deadline: float) -> None:
+    """One step of the shutdown, given what is left of its time budget; one that is stuck is
+    named in the log, with every task's stack, and left behind so that the rest still runs."""
+    task = asyncio.ensure_future(step)
+    remaining = deadline - asyncio.get_running_loop().time()
+    done, _ = await asyncio.wait({task}, timeout=max(remaining, 0.5))
+    if not done:
+        task.cancel()
+        log.error(
+            "shutdown: %s did not finish within the %.0f s budget; going on. Tasks:\n%s",
+            name,
+            SHUTDOWN_BUDGET_S,
+            lifecycle.task_stacks(),
+        )
+    elif not task.cancelled() and task.exception() is not None:
+        log.error("shutdown: %s failed: %s", name, task.exception())
 
 
 def main(settings: Settings, index: int = 1) -> None:
     import uvloop
 
-    from fleetpulse.lifecycle import raise_open_files_limit
-
-    log.info("open files limit: %d (one per connected agent)", raise_open_files_limit())
+    log.info("open files limit: %d (one per connected agent)", lifecycle.raise_open_files_limit())
     uvloop.run(run(settings, index=index))

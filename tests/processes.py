@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fleetpulse.bench.ports import free_port
 
-__all__ = ["fleetpulse_process", "free_port", "stop", "wait_for_port"]
+__all__ = ["fleetpulse_process", "free_port", "log_tail", "stop", "wait_for_port"]
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
@@ -30,22 +30,40 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 2
     raise TimeoutError(f"nothing listening on port {port} after {timeout_s} s")
 
 
-def stop(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int:
+def stop(
+    proc: subprocess.Popen[bytes], timeout_s: float = 15.0, log_path: Path | None = None
+) -> int:
+    """SIGTERM, then wait. A process still running after ``timeout_s`` is asked for its stacks
+    (SIGUSR1, written to its log), killed, and reported with the end of its log."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
         return proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
         proc.kill()
         proc.wait()
-        raise
+        raise AssertionError(
+            f"{proc.args} still running {timeout_s:.0f} s after SIGTERM; its log ends:\n"
+            + log_tail(log_path)
+        ) from exc
+
+
+def log_tail(log_path: Path | None, lines: int = 80) -> str:
+    if log_path is None or not log_path.exists():
+        return "(no log)"
+    return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 @contextmanager
 def fleetpulse_process(
     args: list[str], env: dict[str, str], log_path: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``python -m fleetpulse ARGS`` with ``env`` added; output goes to ``log_path``."""
+    """Run ``python -m fleetpulse ARGS`` with ``env`` added; output goes to ``log_path``.
+
+    When the test fails inside, the end of the log is printed (pytest shows it with the failure).
+    """
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "fleetpulse", *args],
@@ -56,5 +74,11 @@ def fleetpulse_process(
         )
         try:
             yield proc
-        finally:
-            stop(proc)
+        except BaseException:
+            try:
+                stop(proc, log_path=log_path)
+            finally:
+                print(f"--- fleetpulse {' '.join(args)}: end of {log_path} ---")
+                print(log_tail(log_path))
+            raise
+        stop(proc, log_path=log_path)
