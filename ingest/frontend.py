@@ -260,9 +260,8 @@ class AgentService:
                     yield item
         finally:
             if reader is not None:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lifecycle.cancel_and_wait([reader])
             await self._forget(session)
 
     async def _authenticate(self, context: grpc.aio.ServicerContext, session: Session) -> None:
@@ -819,8 +818,13 @@ async def run(settings: Settings, ready: asyncio.Event | None = None, index: int
     """Serve until SIGTERM/SIGINT, then stop accepting, let open calls finish, flush liveness."""
     settings.require("database_url", "redis_url", "enrollment_token")
     assert settings.database_url and settings.redis_url and settings.enrollment_token
-    shards = queue.ensure_layout(redis.Redis.from_url(settings.redis_url), settings.stream_shards)
-    redis_client = redis.asyncio.Redis.from_url(settings.redis_url)
+    shards = queue.ensure_layout(
+        redis.Redis.from_url(settings.redis_url, socket_timeout=queue.SOCKET_TIMEOUT_S),
+        settings.stream_shards,
+    )
+    redis_client = redis.asyncio.Redis.from_url(
+        settings.redis_url, socket_timeout=queue.SOCKET_TIMEOUT_S
+    )
     pool = AsyncConnectionPool(settings.database_url, min_size=1, max_size=8, open=False)
     await pool.open(wait=True)
     registry = AgentRegistry(pool, settings.heartbeat_flush_interval_s)
@@ -865,11 +869,7 @@ async def run(settings: Settings, ready: asyncio.Event | None = None, index: int
         watchdog = lifecycle.exit_if_stuck(SHUTDOWN_BUDGET_S + SHUTDOWN_WATCHDOG_MARGIN_S)
         deadline = loop.time() + SHUTDOWN_BUDGET_S
         await _stage("stop the gRPC server", server.stop(grace=STOP_GRACE_S), deadline)
-        for task in tasks:
-            task.cancel()
-        await _stage(
-            "stop the background tasks", asyncio.gather(*tasks, return_exceptions=True), deadline
-        )
+        await _stage("stop the background tasks", lifecycle.cancel_and_wait(tasks), deadline)
         await _stage("mark connected agents offline", service.forget_all(), deadline)
         await _stage("close the XADD pipeline", batches.close(), deadline)
         await _stage("flush heartbeats", registry.flush(), deadline)
@@ -886,6 +886,7 @@ async def _stage(name: str, step: Awaitable[Any], deadline: float) -> None:
     remaining = deadline - asyncio.get_running_loop().time()
     done, _ = await asyncio.wait({task}, timeout=max(remaining, 0.5))
     if not done:
+        task.add_done_callback(_retrieve)
         task.cancel()
         log.error(
             "shutdown: %s did not finish within the %.0f s budget; going on. Tasks:\n%s",
@@ -895,6 +896,11 @@ async def _stage(name: str, step: Awaitable[Any], deadline: float) -> None:
         )
     elif not task.cancelled() and task.exception() is not None:
         log.error("shutdown: %s failed: %s", name, task.exception())
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # already logged by _stage; not "never retrieved" at exit
 
 
 def main(settings: Settings, index: int = 1) -> None:

@@ -8,15 +8,20 @@ after their PostgreSQL transaction committed (XACK + XDEL).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import redis
 import redis.asyncio
 
+from fleetpulse import lifecycle
 from fleetpulse.ingest import keys
 
 log = logging.getLogger(__name__)
+
+# Every Redis client of ours sets its socket timeout instead of taking the library's default
+# (none before redis-py 8, 5 s from 8 on): a Redis that stops answering is an error after this
+# long, and a blocking read is given its block time on top (see Worker).
+SOCKET_TIMEOUT_S = 5.0
 
 
 def _group_exists(exc: redis.ResponseError) -> bool:
@@ -88,9 +93,7 @@ class BatchQueue:
 
     async def close(self) -> None:
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            await lifecycle.cancel_and_wait([self._flusher])
         while not self._pending.empty():
             _, _, future = self._pending.get_nowait()
             if not future.done():

@@ -58,7 +58,11 @@ class Worker:
         assert settings.database_url and settings.redis_url
         self._settings = settings
         self._consumer = consumer
-        self._redis = redis.Redis.from_url(settings.redis_url)
+        # A blocked XREADGROUP answers after block_ms: the socket timeout must outlast it.
+        self._redis = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=queue.SOCKET_TIMEOUT_S + settings.worker_block_ms / 1000,
+        )
         shards = queue.ensure_layout(self._redis, settings.stream_shards)
         self._streams = [keys.stream_key(shard) for shard in range(shards)]
         # Shard affinity: under load each worker reads its own shards, so each agent's batches

@@ -484,3 +484,18 @@ def test_worker_prefers_its_own_shards_and_helps_when_they_are_empty(
     finally:
         first.close()
     assert stored(database_url, agents[1]) == (4, 2, 2)
+
+
+def test_a_read_blocked_longer_than_the_default_socket_timeout_waits_it_out(
+    database_url: str, redis_url: str
+) -> None:
+    """redis-py 8 times a socket out after 5 s by default; a worker told to block 6 s must not
+    see every idle read fail with a timeout."""
+    slow = Settings(database_url=database_url, redis_url=redis_url, worker_block_ms=6000)
+    w = Worker(slow, "test-blocking")
+    try:
+        began = time.monotonic()
+        assert w._read(">", slow.worker_block_ms) == []
+        assert time.monotonic() - began >= 5.5
+    finally:
+        w.close()
