@@ -19,6 +19,7 @@ from fleetpulse.api import auth
 from fleetpulse.api.agents import ConnDep, KnownAgentIdDep, SettingsDep
 from fleetpulse.api.schemas import AgentConfigIn, AgentConfigPublic
 from fleetpulse.ingest import agentsettings, keys
+from fleetpulse.ingest.queue import SOCKET_TIMEOUT_S
 from fleetpulse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ async def put_agent_config(
 async def _announce(settings: Settings, agent_id: str) -> None:
     if settings.redis_url is None:
         return  # pushed at the agent's next register
-    client = redis.asyncio.Redis.from_url(settings.redis_url)
+    client = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=SOCKET_TIMEOUT_S)
     try:
         await client.publish(keys.control_channel(client), agentsettings.announcement(agent_id))
     except redis.RedisError as exc:
