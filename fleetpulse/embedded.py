@@ -15,6 +15,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,12 @@ class EmbeddedPostgres:
 
     def start(self, ready_timeout_s: float = 600.0) -> str:
         try:
-            import pgserver
+            with warnings.catch_warnings():
+                # pgserver asks platformdirs for a runtime dir as it is imported; without
+                # XDG_RUNTIME_DIR (a container, a root shell) platformdirs warns and uses
+                # /tmp/runtime-<uid>, which serves pgserver's lock file just as well.
+                warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+                import pgserver
         except ImportError as exc:
             raise ConfigError(
                 "no FLEETPULSE_DATABASE_URL and no embedded PostgreSQL: pip install 'fleetpulse[embedded]'"
