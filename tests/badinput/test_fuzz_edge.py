@@ -18,7 +18,7 @@ is opened and registers again); about one case in eight starts on a fresh, unreg
 Each case ends with a probe (an empty batch with its own epoch and sequence, refused for good in
 its ack and never queued), so the test knows the front-end has handled the case.
 
-CI runs FLEETPULSE_FUZZ_EXAMPLES cases (default 1000) per backend. The long run (docs: README):
+CI runs FLEETPULSE_FUZZ_EXAMPLES cases (default 2000) per backend. The long run (docs: README):
 
     FLEETPULSE_FUZZ_EXAMPLES=100000 .venv/bin/pytest tests/badinput/test_fuzz_edge.py -k external -rP
 """
@@ -55,7 +55,7 @@ from tests.integration.conftest import TOKEN, ingest_env
 from tests.integration.test_frontend import register
 from tests.processes import fleetpulse_process, free_port, wait_for_port
 
-EXAMPLES = int(os.environ.get("FLEETPULSE_FUZZ_EXAMPLES", "1000"))
+EXAMPLES = int(os.environ.get("FLEETPULSE_FUZZ_EXAMPLES", "2000"))
 # The long run needs more than the suite's 300 s (about 30 cases per second on 2 cores).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(max(300, EXAMPLES // 5))]
 FUZZ_AGENT = "fuzz-1"
