@@ -814,8 +814,17 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-async def run(settings: Settings, ready: asyncio.Event | None = None, index: int = 1) -> None:
-    """Serve until SIGTERM/SIGINT, then stop accepting, let open calls finish, flush liveness."""
+async def run(
+    settings: Settings,
+    ready: asyncio.Event | None = None,
+    index: int = 1,
+    watchdog: bool = False,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then stop accepting, let open calls finish, flush liveness.
+
+    ``watchdog`` (the process's own front-end): from SIGTERM on, the process ends if it has not
+    exited within the budget and its margin; it stays armed through the event loop's own cleanup,
+    which waits for every task left, and ends with the process."""
     settings.require("database_url", "redis_url", "enrollment_token")
     assert settings.database_url and settings.redis_url and settings.enrollment_token
     shards = queue.ensure_layout(
@@ -866,7 +875,8 @@ async def run(settings: Settings, ready: asyncio.Event | None = None, index: int
     finally:
         log.info("ingest front-end stopping")
         service.stopping = True
-        watchdog = lifecycle.exit_if_stuck(SHUTDOWN_BUDGET_S + SHUTDOWN_WATCHDOG_MARGIN_S)
+        if watchdog:
+            lifecycle.exit_if_stuck(SHUTDOWN_BUDGET_S + SHUTDOWN_WATCHDOG_MARGIN_S)
         deadline = loop.time() + SHUTDOWN_BUDGET_S
         await _stage("stop the gRPC server", server.stop(grace=STOP_GRACE_S), deadline)
         await _stage("stop the background tasks", lifecycle.cancel_and_wait(tasks), deadline)
@@ -875,7 +885,6 @@ async def run(settings: Settings, ready: asyncio.Event | None = None, index: int
         await _stage("flush heartbeats", registry.flush(), deadline)
         await _stage("close Redis", redis_client.aclose(), deadline)
         await _stage("close the PostgreSQL pool", pool.close(timeout=1.0), deadline)
-        watchdog.cancel()
         log.info("ingest front-end stopped")
 
 
@@ -907,4 +916,4 @@ def main(settings: Settings, index: int = 1) -> None:
     import uvloop
 
     log.info("open files limit: %d (one per connected agent)", lifecycle.raise_open_files_limit())
-    uvloop.run(run(settings, index=index))
+    uvloop.run(run(settings, index=index, watchdog=True))
