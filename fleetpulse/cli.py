@@ -102,6 +102,7 @@ def _cmd_agents_revoke(args: argparse.Namespace) -> int:
 
     from fleetpulse.ingest import credentials
     from fleetpulse.ingest.keys import control_channel
+    from fleetpulse.ingest.queue import SOCKET_TIMEOUT_S
 
     settings = _server_settings(args)
     settings.require("database_url")
@@ -111,7 +112,7 @@ def _cmd_agents_revoke(args: argparse.Namespace) -> int:
         print(f"{args.agent_id}: no active credential (nothing revoked)", file=sys.stderr)
         return 1
     if settings.redis_url:  # close its open streams now, on every front-end
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=SOCKET_TIMEOUT_S)
         message = orjson.dumps({"kind": "revoked", "agent": args.agent_id})
         client.publish(control_channel(client), message)
         client.close()
@@ -132,6 +133,7 @@ def _cmd_agents_config(args: argparse.Namespace) -> int:
 
     from fleetpulse.ingest import agentsettings
     from fleetpulse.ingest.keys import control_channel
+    from fleetpulse.ingest.queue import SOCKET_TIMEOUT_S
 
     changes: dict[str, object] = {}
     for name in args.unset or ():
@@ -162,7 +164,7 @@ def _cmd_agents_config(args: argparse.Namespace) -> int:
         desired = agentsettings.load(conn, args.agent_id)
         reported = agentsettings.reported(conn, args.agent_id) or {}
     if changes and settings.redis_url:  # the front-end holding its stream pushes it now
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=SOCKET_TIMEOUT_S)
         client.publish(control_channel(client), agentsettings.announcement(args.agent_id))
         client.close()
     print(_describe_settings(args.agent_id, desired, reported))
