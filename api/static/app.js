@@ -51,15 +51,33 @@
     chips($("sum-version"), summary.by_version);
   }
 
-  function usageCell(value, cls) {
+  // An offline agent's value is its last one of the last 5 minutes (the API keeps it that long):
+  // kept, for what the host was doing when it went, but greyed so that it does not read as live.
+  function usageCell(value, cls, agent) {
     const v = fp.finite(value);
+    const live = agent.status === "online";
     const bar = fp.el("span", { class: "bar" });
     if (v !== null) bar.style.width = `${Math.min(100, Math.max(0, v))}%`;
+    const title = live || v === null ? null : `last value before going offline (${fp.absolute(agent.last_heartbeat)}); not live`;
     return fp.el(
       "td",
-      { class: `num ${cls}`, dataset: { value: v === null ? "" : String(v) } },
+      { class: `num ${cls}${live ? "" : " stale"}`, title, dataset: { value: v === null ? "" : String(v) } },
       fp.el("span", { class: "usage" }, bar, fp.el("span", { class: "usage-text", text: fp.percent(v) })),
     );
+  }
+
+  // The platform keeps no moment of going offline, only the last heartbeat: an agent went offline
+  // within a few heartbeat intervals after it, so that is the "since" a reader can act on.
+  function statusCell(agent, now) {
+    const badge = fp.el("span", { class: `badge status-${agent.status}`, text: agent.status });
+    if (agent.status !== "offline" || !agent.last_heartbeat) return fp.el("td", { class: "status" }, badge);
+    const since = fp.el("span", {
+      class: "offline-since",
+      title: `last heartbeat ${fp.absolute(agent.last_heartbeat)} (${fp.ago(agent.last_heartbeat, now)})`,
+      dataset: { ts: agent.last_heartbeat },
+      text: `since ${fp.clock(agent.last_heartbeat, now)}`,
+    });
+    return fp.el("td", { class: "status" }, badge, " ", since);
   }
 
   function renderAgents(agents, total) {
@@ -71,7 +89,7 @@
         { dataset: { agentId: a.agent_id } },
         fp.el("td", { class: "agent_id" }, link),
         fp.el("td", { class: "hostname", text: a.hostname || "" }),
-        fp.el("td", { class: "status" }, fp.el("span", { class: `badge status-${a.status}`, text: a.status })),
+        statusCell(a, now),
         fp.el("td", { class: "os", text: [a.os, a.arch].filter(Boolean).join(" / ") }),
         fp.el("td", { class: "version", text: a.version || "" }),
         fp.el("td", {
@@ -80,8 +98,8 @@
           dataset: { ts: a.last_heartbeat || "" },
           text: fp.ago(a.last_heartbeat, now),
         }),
-        usageCell(a.cpu_percent, "cpu"),
-        usageCell(a.memory_percent, "memory"),
+        usageCell(a.cpu_percent, "cpu", a),
+        usageCell(a.memory_percent, "memory", a),
       );
     });
     tbody.replaceChildren(...rows);

@@ -77,6 +77,16 @@ const fp = (() => {
     return `${Math.floor(s / 86400)} d ago`;
   }
 
+  // A moment as a reader scans for it: "04:12" today, "3 Dec 04:12" before; "" without a time.
+  function clock(value, now = Date.now()) {
+    const ms = parseTime(value);
+    if (ms === null) return "";
+    const at = new Date(ms);
+    const time = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    if (at.toDateString() === new Date(now).toDateString()) return time;
+    return `${at.toLocaleDateString([], { day: "numeric", month: "short" })} ${time}`;
+  }
+
   function absolute(value) {
     const ms = parseTime(value);
     return ms === null ? "" : new Date(ms).toLocaleString();
@@ -98,5 +108,5 @@ const fp = (() => {
     return node;
   }
 
-  return { Unauthorized, getJSON, finite, percent, bytes, ago, absolute, parseTime, el };
+  return { Unauthorized, getJSON, finite, percent, bytes, ago, clock, absolute, parseTime, el };
 })();

@@ -8,6 +8,8 @@
   const STEPS = { 900: 5, 3600: 10, 21600: 60, 86400: 60, 604800: 3600 };
   const DEFAULT_RANGE = 3600;
   const REFRESH_MS = 10000;
+  // The x axis of a young agent is at least this many steps wide (see axisStart).
+  const MIN_AXIS_STEPS = 10;
   const COLORS = [
     "#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2",
     "#db2777", "#65a30d", "#9333ea", "#ea580c", "#0d9488", "#4b5563",
@@ -18,12 +20,19 @@
   const $ = (id) => document.getElementById(id);
   let range = Number(params.get("range")) in STEPS ? Number(params.get("range")) : DEFAULT_RANGE;
   let collectIntervalS = 0;
+  let createdS = null; // when the agent first registered (Unix seconds)
   let timer = null;
   let generation = 0;
-  // The time range on show, the same for every chart (their x axes line up, and the cursor syncs).
-  let view = { start: 0, end: 0 };
+  // The time range queried, [start, end), and the x axis on show from `shown` (axisStart), the
+  // same for every chart (their x axes line up, and the cursor syncs).
+  let view = { start: 0, end: 0, shown: 0 };
   let refreshes = 0;
-  const plots = new Map(); // chart name → { plot, key } (key: the series labels, to reuse the plot)
+  // chart name → { plot, key } (key: the series' labels and colours, to reuse the plot)
+  const plots = new Map();
+  const loadedSeries = new Map(); // chart name → its series as last loaded, to redraw without a fetch
+  const idleShown = new Set(); // names of the charts whose idle groups the reader asked to see
+  // The charts by name, for the browser console and the end-to-end test to read their scales.
+  window.fleetpulseCharts = plots;
 
   function showError(message) {
     $("error").hidden = !message;
@@ -93,6 +102,49 @@
       const ib = order.indexOf(b.label);
       return (ia < 0 ? order.length : ia) - (ib < 0 ? order.length : ib) || a.label.localeCompare(b.label);
     };
+  }
+
+  // Where the x axis starts. An agent younger than the range starts at its first point: from the
+  // range's start, a 10 minute old agent on the 1 h range would draw 5/6 of every chart empty and
+  // squeeze its data against the right edge. The other fix, switching a young agent to the 15 min
+  // range, was not taken: it overrides the range the reader picked (the buttons and the URL would
+  // say one thing and the chart show another), and a 2 minute old agent would still fill a
+  // seventh of the width; starting at the first point works for every range and widens by itself
+  // as the agent ages, until it is older than the range. Only an agent registered after the
+  // range's start is young: for an older one a late first point means it sent nothing for a
+  // while, which must show as an empty stretch. Its first point may precede its registration (it
+  // spools while the platform is unreachable and sends on its first connection), so the axis
+  // starts at the earlier of the two.
+  function axisStart(loaded) {
+    if (createdS === null || createdS <= view.start) return view.start;
+    let first = createdS;
+    for (const { series } of loaded) {
+      for (const s of series || []) {
+        const point = s.points.find(([, v]) => v !== null && v !== undefined);
+        if (point && point[0] < first) first = point[0];
+      }
+    }
+    // A few steps wide at least: an agent seconds old would get an axis a few seconds long.
+    return Math.max(view.start, Math.min(first, view.end - MIN_AXIS_STEPS * step()));
+  }
+
+  // Series of groups (network interfaces) that stayed at exactly 0 over the range are left out
+  // unless the reader asked for them: a host has bridges, tunnels and down links by the dozen, and
+  // their flat lines and legend rows bury the ones that move. A group with no value at all is
+  // not called idle (it has not said so yet).
+  function splitIdle(name, chart, series) {
+    if (!chart.idleBy) return { shown: series, idle: 0 };
+    const moving = new Set();
+    const flat = new Set();
+    for (const s of series) {
+      for (const [, v] of s.points) {
+        if (v === null || v === undefined) continue;
+        (v === 0 ? flat : moving).add(s.group);
+      }
+    }
+    const idle = new Set([...flat].filter((group) => !moving.has(group)));
+    const shown = idleShown.has(name) ? series : series.filter((s) => !idle.has(s.group));
+    return { shown, idle: idle.size };
   }
 
   function rangeQuery(metric, agg, by, matches) {
@@ -170,11 +222,13 @@
     },
     network: {
       unit: "rate",
+      idleBy: "interface",
       async load(gapS) {
         const body = await rangeQuery("net_bytes_total", "last", "interface,direction");
         return body.series
           .map((s) => ({
             label: `${s.labels.interface || "?"} ${s.labels.direction || ""}`.trim(),
+            group: s.labels.interface || "?",
             points: rates(cleanPoints(s.points), gapS),
             // Loopback is traffic to itself: there to see, not shown until asked for.
             show: s.labels.interface !== "lo",
@@ -214,7 +268,7 @@
         { label: "time" },
         ...series.map((s, i) => ({
           label: s.label,
-          stroke: COLORS[i % COLORS.length],
+          stroke: s.color || COLORS[i % COLORS.length],
           width: 1.5,
           dash: s.dash ? [6, 4] : undefined,
           show: s.show !== false,
@@ -225,7 +279,7 @@
           },
         })),
       ],
-      scales: { x: { time: true, range: () => [view.start, view.end] }, y: { range: yRange(chart.unit) } },
+      scales: { x: { time: true, range: () => [view.shown, view.end] }, y: { range: yRange(chart.unit) } },
       axes: [
         { stroke: "#5b6576", grid: { stroke: "#eef1f5" } },
         {
@@ -240,17 +294,34 @@
     };
   }
 
-  function draw(name, chart, series, gapS) {
+  function renderIdleToggle(name, chart, section, idle) {
+    const button = section.querySelector(".idle-toggle");
+    if (!button) return;
+    const shown = idleShown.has(name);
+    const noun = idle === 1 ? chart.idleBy : `${chart.idleBy}s`;
+    button.hidden = idle === 0;
+    button.setAttribute("aria-pressed", String(shown));
+    button.textContent = shown ? `hide ${idle} idle ${noun}` : `show ${idle} idle ${noun}`;
+    section.dataset.idle = String(idle);
+  }
+
+  function draw(name, chart, all, gapS) {
     const section = document.querySelector(`.chart[data-chart="${name}"]`);
     const box = section.querySelector(".plot");
     const note = section.querySelector(".note");
+    // Colours by place among all the series, so that showing the idle ones recolours none.
+    const coloured = all.map((s, i) => ({ ...s, color: COLORS[i % COLORS.length] }));
+    const { shown: series, idle } = splitIdle(name, chart, coloured);
+    renderIdleToggle(name, chart, section, idle);
     const data = align(series, gapS);
     const points = data.slice(1).reduce((n, ys) => n + ys.filter((v) => v !== null && v !== undefined).length, 0);
     section.dataset.series = String(series.length);
     section.dataset.points = String(points);
-    note.textContent = series.length ? (points ? "" : "No points in this range yet.") : "No such metric from this agent in this range.";
+    if (!all.length) note.textContent = "No such metric from this agent in this range.";
+    else if (!series.length) note.textContent = `Every ${chart.idleBy} stayed at 0 in this range.`;
+    else note.textContent = points ? "" : "No points in this range yet.";
     const width = Math.max(280, box.clientWidth || section.clientWidth - 24);
-    const key = series.map((s) => s.label).join("\u0000");
+    const key = series.map((s) => `${s.label}\u0001${s.color}`).join("\u0000");
     const existing = plots.get(name);
     if (existing && existing.key === key) {
       existing.plot.setData(data);
@@ -262,20 +333,25 @@
     plots.set(name, { plot, key });
   }
 
-  async function loadChart(name, gen) {
-    const chart = CHARTS[name];
-    const section = document.querySelector(`.chart[data-chart="${name}"]`);
-    const gapS = 3 * step();
+  async function loadChart(name, gapS) {
     try {
-      const series = await chart.load(gapS);
-      if (gen !== generation) return;
-      draw(name, chart, series, gapS);
-      section.classList.remove("failed");
+      return { series: await CHARTS[name].load(gapS) };
     } catch (err) {
-      if (err instanceof fp.Unauthorized || gen !== generation) return;
+      return { err };
+    }
+  }
+
+  function showChart(name, { series, err }, gapS) {
+    const section = document.querySelector(`.chart[data-chart="${name}"]`);
+    if (err) {
+      if (err instanceof fp.Unauthorized) return;
       section.classList.add("failed");
       section.querySelector(".note").textContent = `Could not load: ${err.message}`;
+      return;
     }
+    loadedSeries.set(name, { series, gapS });
+    draw(name, CHARTS[name], series, gapS);
+    section.classList.remove("failed");
   }
 
   // --- header ---------------------------------------------------------------------------------
@@ -304,6 +380,8 @@
         .flatMap(([k, v]) => [fp.el("dt", { text: k }), fp.el("dd", { text: v })]),
     );
     collectIntervalS = (fp.finite(a.collect_interval_ms) || 0) / 1000;
+    const created = fp.parseTime(a.created_at);
+    createdS = created === null ? null : created / 1000;
   }
 
   async function loadAgent() {
@@ -327,10 +405,16 @@
     if (known) {
       showError(null);
       const end = Math.floor(Date.now() / 1000);
-      view = { start: end - range, end };
-      $("range-info").textContent = `step ${step()} s`;
-      await Promise.all(Object.keys(CHARTS).map((name) => loadChart(name, gen)));
+      view = { start: end - range, end, shown: end - range };
+      // Every chart loads before any is drawn: the axis start depends on all of their first points.
+      const gapS = 3 * step();
+      const names = Object.keys(CHARTS);
+      const loaded = await Promise.all(names.map((name) => loadChart(name, gapS)));
       if (gen !== generation) return;
+      view.shown = axisStart(loaded);
+      const young = view.shown > view.start ? ` · from ${fp.clock(view.shown)}: the agent is younger than the range` : "";
+      $("range-info").textContent = `step ${step()} s${young}`;
+      names.forEach((name, i) => showChart(name, loaded[i], gapS));
       refreshes += 1;
       const stamp = $("refreshed-at");
       stamp.textContent = new Date().toLocaleTimeString();
@@ -353,6 +437,15 @@
   if (!agentId) {
     showError("No agent given: open a host from the fleet page.");
     return;
+  }
+  for (const button of document.querySelectorAll(".chart .idle-toggle")) {
+    const name = button.closest(".chart").dataset.chart;
+    button.addEventListener("click", () => {
+      if (idleShown.has(name)) idleShown.delete(name);
+      else idleShown.add(name);
+      const last = loadedSeries.get(name);
+      if (last) draw(name, CHARTS[name], last.series, last.gapS);
+    });
   }
   for (const b of document.querySelectorAll("#ranges button")) {
     b.addEventListener("click", () => {

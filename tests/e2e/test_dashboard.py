@@ -11,13 +11,17 @@ import hashlib
 import http.client
 import os
 import re
+import time
 import urllib.parse
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, Request, expect, sync_playwright
 
+from fleetpulse.proto import agent_pb2, agent_pb2_grpc, common_pb2, metric_pb2
 from tests.conftest import Backend
 from tests.e2e.test_up import api_key, get_json, start_up, stop_and_check_no_orphans, wait_until
 from tests.processes import free_port
@@ -40,6 +44,24 @@ def wait_for_rows(page: Page, expected: list[str], timeout_s: float = 10) -> Non
         arg=expected,
         timeout=timeout_s * 1000,
     )
+
+
+def skip_without_chromium() -> None:
+    # Under CI (which installs chromium) a missing browser is a failure, not a skip.
+    if not CHROMIUM.exists() and not os.environ.get("CI"):
+        pytest.skip(
+            f"no Chromium at {CHROMIUM} (apt-get install chromium, or set FLEETPULSE_TEST_CHROMIUM)"
+        )
+
+
+def platform_env(backend: Backend, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The environment `fleetpulse up` runs in: only the test's own FLEETPULSE_ settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETPULSE_")}
+    if backend.name == "external":
+        env["FLEETPULSE_DATABASE_URL"] = request.getfixturevalue("database_url")
+        env["FLEETPULSE_REDIS_URL"] = request.getfixturevalue("redis_url")
+    env["FLEETPULSE_INGEST_METRICS_PORT"] = str(free_port())
+    return env
 
 
 def raw_request(
@@ -94,19 +116,26 @@ def test_vendored_uplot_matches_vendored_md(repo_root: Path) -> None:
     )
 
 
+def x_axis(page: Page, chart: str) -> dict[str, float]:
+    """The x scale uPlot drew a chart with, and the first x of its data (Unix seconds)."""
+    return page.evaluate(
+        "name => { const u = window.fleetpulseCharts.get(name).plot;"
+        " return {min: u.scales.x.min, max: u.scales.x.max,"
+        " first: u.data[0][0]}; }",
+        chart,
+    )
+
+
+def legend(page: Page, chart: str) -> list[str]:
+    labels = page.locator(f".chart[data-chart='{chart}'] .u-legend .u-series .u-label")
+    return labels.all_inner_texts()[1:]  # the first is the time axis
+
+
 def test_dashboard_fleet_and_host_pages_in_chromium(
     backend: Backend, request: pytest.FixtureRequest, tmp_path: Path, repo_root: Path
 ) -> None:
-    # Under CI (which installs chromium) a missing browser is a failure, not a skip.
-    if not CHROMIUM.exists() and not os.environ.get("CI"):
-        pytest.skip(
-            f"no Chromium at {CHROMIUM} (apt-get install chromium, or set FLEETPULSE_TEST_CHROMIUM)"
-        )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETPULSE_")}
-    if backend.name == "external":
-        env["FLEETPULSE_DATABASE_URL"] = request.getfixturevalue("database_url")
-        env["FLEETPULSE_REDIS_URL"] = request.getfixturevalue("redis_url")
-    env["FLEETPULSE_INGEST_METRICS_PORT"] = str(free_port())
+    skip_without_chromium()
+    env = platform_env(backend, request)
     api_port, grpc_port = free_port(), free_port()
     data_dir = tmp_path / "data"
     base = f"http://127.0.0.1:{api_port}"
@@ -288,6 +317,13 @@ def test_dashboard_fleet_and_host_pages_in_chromium(
                     arg=charts,
                     timeout=30_000,
                 )
+                # Agents seconds old: the x axis starts at their first point, not 15 minutes back.
+                axis = x_axis(page, "cpu")
+                assert axis["max"] - axis["min"] < 900 - 60, axis
+                assert axis["min"] <= axis["first"], axis
+                expect(page.locator("#range-info")).to_contain_text(
+                    "the agent is younger than the range"
+                )
                 legends: dict[str, list[str]] = {}
                 for name in [*charts, "diskio"]:
                     section = page.locator(f".chart[data-chart='{name}']")
@@ -299,8 +335,7 @@ def test_dashboard_fleet_and_host_pages_in_chromium(
                     expect(canvas).to_have_count(1)
                     box = canvas.bounding_box()
                     assert box is not None and box["width"] > 200 and box["height"] > 100, box
-                    labels = section.locator(".u-legend .u-series .u-label").all_inner_texts()
-                    legends[name] = labels[1:]  # the first is the time axis
+                    legends[name] = legend(page, name)
                     assert legends[name], f"{name}: no series in the legend"
                 assert {"user", "system", "idle"} <= set(legends["cpu"]), legends["cpu"]
                 assert {"total", "used", "available", "cached"} <= set(legends["memory"])
@@ -322,3 +357,219 @@ def test_dashboard_fleet_and_host_pages_in_chromium(
             proc.kill()
             proc.wait()
     print(f"screenshots: {fleet_png} {host_png}")
+
+
+REPLAYED = "replayed-agent"
+HISTORY_S = 600
+EVERY_S = 10
+CPU_BUSY_PERCENT = 25.0
+
+
+def replay_history(address: str, token: str) -> tuple[int, int]:
+    """An agent that collected for HISTORY_S while the platform was out of its reach, sends it all
+    on its first connection and is gone: registered now, its first point HISTORY_S back, offline.
+    Of its two interfaces, eth0 moves bytes and docker0 (a bridge nothing used) never does.
+
+    Returns the first point's time (Unix seconds) and the number of points sent."""
+    now = int(time.time())
+    stamps = range(now - HISTORY_S, now + 1, EVERY_S)
+    points = []
+    for i, ts in enumerate(stamps):
+        at = common_pb2.Timestamp(seconds=ts)
+        values: list[tuple[str, float, dict[str, str]]] = [
+            ("cpu_usage_percent", CPU_BUSY_PERCENT - 5, {"mode": "user"}),
+            ("cpu_usage_percent", 5.0, {"mode": "system"}),
+            ("cpu_usage_percent", 100.0 - CPU_BUSY_PERCENT, {"mode": "idle"}),
+            ("memory_bytes", 8 * 2.0**30, {"state": "total"}),
+            ("memory_bytes", 6 * 2.0**30, {"state": "available"}),
+        ]
+        for direction in ("rx", "tx"):
+            values.append(
+                ("net_bytes_total", 1e6 + i * 50_000, {"interface": "eth0", "direction": direction})
+            )
+            values.append(
+                ("net_bytes_total", 4096.0, {"interface": "docker0", "direction": direction})
+            )
+        points += [
+            metric_pb2.MetricPoint(name=name, value=value, timestamp=at, labels=labels)
+            for name, value, labels in values
+        ]
+    messages = [
+        agent_pb2.AgentMessage(
+            register=agent_pb2.AgentRegister(
+                agent_id=REPLAYED, hostname="replayed-host", os="linux", arch="x86_64", version="t"
+            )
+        ),
+        agent_pb2.AgentMessage(
+            heartbeat=agent_pb2.Heartbeat(
+                agent_id=REPLAYED, timestamp=common_pb2.Timestamp(seconds=now)
+            )
+        ),
+        agent_pb2.AgentMessage(
+            metrics=metric_pb2.MetricBatch(agent_id=REPLAYED, metrics=points, epoch=1, sequence=1)
+        ),
+    ]
+    with grpc.insecure_channel(address) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        # The request stream ends after the batch: the agent disconnects once it is acknowledged.
+        responses = list(
+            stub.Connect(
+                iter(messages), metadata=(("authorization", f"Bearer {token}"),), timeout=20
+            )
+        )
+    (ack,) = [r.metric_ack for r in responses if r.WhichOneof("message") == "metric_ack"]
+    assert ack.success, ack
+    return stamps[0], len(points)
+
+
+def test_dashboard_offline_young_agent_and_idle_interfaces_in_chromium(
+    backend: Backend, request: pytest.FixtureRequest, tmp_path: Path, repo_root: Path
+) -> None:
+    """What a user meets with an agent that is gone, one younger than the range, and interfaces
+    that carried nothing: a grey last value and since when, an axis from the agent's first point,
+    and a legend of the interfaces that moved until the idle ones are asked for."""
+    skip_without_chromium()
+    env = platform_env(backend, request)
+    api_port, grpc_port = free_port(), free_port()
+    data_dir = tmp_path / "data"
+    base = f"http://127.0.0.1:{api_port}"
+    artifacts = repo_root / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    fleet_png = artifacts / f"dashboard-offline-{backend.name}.png"
+    host_png = artifacts / f"dashboard-young-host-{backend.name}.png"
+    idle_png = artifacts / f"dashboard-idle-shown-{backend.name}.png"
+    for old in (fleet_png, host_png, idle_png):
+        old.unlink(missing_ok=True)
+
+    proc = start_up(
+        [
+            *("--data-dir", str(data_dir), "--api-port", str(api_port)),
+            *("--grpc-port", str(grpc_port), "--agents", "1"),
+            *("--collect-interval", "1", "--heartbeat-interval", "1"),
+        ],
+        env,
+        tmp_path / "up.log",
+    )
+    try:
+
+        def one_online_with_cpu() -> list[dict[str, Any]] | None:
+            agents = get_json(f"{base}/agents", api_key(data_dir))
+            ok = len(agents) == 1 and agents[0]["status"] == "online"
+            return agents if ok and agents[0]["cpu_percent"] is not None else None
+
+        (live,) = wait_until(one_online_with_cpu, 45, "1 online agent with a CPU value")
+        token = (data_dir / "enrollment_token").read_text().strip()
+        first_ts, sent = replay_history(f"127.0.0.1:{grpc_port}", token)
+        key = api_key(data_dir)
+
+        def replayed_stored_and_offline() -> dict[str, Any] | None:
+            agent = get_json(f"{base}/agents/{REPLAYED}", key)
+            ok = agent["status"] == "offline" and agent["points_committed"] == sent
+            return agent if ok and agent["cpu_percent"] is not None else None
+
+        gone = wait_until(replayed_stored_and_offline, 30, "the replayed agent stored and offline")
+        assert gone["cpu_percent"] == CPU_BUSY_PERCENT  # its last value, still within 5 minutes
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
+            )
+            try:
+                page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+                page.set_default_timeout(15_000)
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+                page.on(
+                    "console",
+                    lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None,
+                )
+                page.goto(f"{base}/login?next=%2Fui%2F")
+                page.fill("#key", key)
+                page.click("button[type=submit]")
+                page.wait_for_url(f"{base}/ui/")
+
+                # Fleet page: the offline agent's CPU bar is grey and its row says since when.
+                wait_for_rows(page, sorted([live["agent_id"], REPLAYED]), timeout_s=15)
+                offline_row = page.locator(f"{ROWS}[data-agent-id='{REPLAYED}']")
+                online_row = page.locator(f"{ROWS}[data-agent-id='{live['agent_id']}']")
+                expect(offline_row.locator(".status .badge")).to_have_text("offline")
+                since = offline_row.locator(".status .offline-since")
+                expect(since).to_have_text(re.compile(r"^since \d{1,2}:\d{2}"))
+                # Its last heartbeat (flushed a moment after its registration, so between the
+                # two answers the API gave; last_heartbeat only ever grows).
+                shown_since = datetime.fromisoformat(since.get_attribute("data-ts") or "")
+                latest = get_json(f"{base}/agents/{REPLAYED}", key)["last_heartbeat"]
+                assert (
+                    datetime.fromisoformat(gone["last_heartbeat"])
+                    <= shown_since
+                    <= datetime.fromisoformat(latest)
+                ), (gone["last_heartbeat"], shown_since, latest)
+                expect(offline_row.locator(".status")).to_contain_text("offline since")
+                offline_cpu = offline_row.locator(".cpu")
+                expect(offline_cpu).to_have_class(re.compile(r"\bstale\b"))
+                # Its last value stays readable (what the host was doing when it went).
+                expect(offline_cpu).to_have_text(f"{CPU_BUSY_PERCENT:.1f} %")
+                expect(offline_cpu).to_have_attribute("title", re.compile("not live"))
+                expect(online_row.locator(".cpu")).not_to_have_class(re.compile(r"\bstale\b"))
+                expect(online_row.locator(".status .offline-since")).to_have_count(0)
+
+                def bar_color(row: Any) -> str:
+                    return row.locator(".cpu .bar").evaluate(
+                        "bar => getComputedStyle(bar).backgroundColor"
+                    )
+
+                grey, live_blue = bar_color(offline_row), bar_color(online_row)
+                assert grey == "rgb(209, 213, 219)", grey  # --stale-bar
+                assert live_blue == "rgb(147, 197, 253)", live_blue  # --bar
+                page.screenshot(path=str(fleet_png), full_page=True)
+
+                # Host page over the default hour: the agent registered a moment ago with ten
+                # minutes of history, so every chart's x axis starts at its first point.
+                offline_row.locator("a").click()
+                page.wait_for_url(f"{base}/ui/host?agent={REPLAYED}*")
+                expect(page.locator("#ranges button[data-range='3600']")).to_have_attribute(
+                    "aria-pressed", "true"
+                )
+                page.wait_for_function(
+                    "names => names.every(n => Number(document.querySelector("
+                    "`.chart[data-chart='${n}']`).dataset.points) > 0)",
+                    arg=["cpu", "memory", "network"],
+                    timeout=30_000,
+                )
+                for chart in ("cpu", "memory", "network"):
+                    axis = x_axis(page, chart)
+                    range_start = axis["max"] - 3600
+                    assert range_start < first_ts - EVERY_S, (chart, axis, first_ts)
+                    # Not the range's start, but its first point's step (the query's windows are
+                    # labelled by their start), with the whole history on show.
+                    assert first_ts - EVERY_S <= axis["min"] <= first_ts, (chart, axis, first_ts)
+                    assert axis["min"] <= axis["first"], (chart, axis)
+                expect(page.locator("#range-info")).to_contain_text(
+                    "the agent is younger than the range"
+                )
+
+                # Network: docker0 stayed at 0, so it is not in the legend until asked for.
+                assert legend(page, "network") == ["eth0 rx", "eth0 tx"]
+                toggle = page.locator(".chart[data-chart='network'] .idle-toggle")
+                expect(toggle).to_be_visible()
+                expect(toggle).to_have_text("show 1 idle interface")
+                expect(toggle).to_have_attribute("aria-pressed", "false")
+                page.screenshot(path=str(host_png), full_page=True)
+                toggle.click()
+                expect(toggle).to_have_text("hide 1 idle interface")
+                expect(toggle).to_have_attribute("aria-pressed", "true")
+                assert legend(page, "network") == ["docker0 rx", "docker0 tx", "eth0 rx", "eth0 tx"]
+                page.locator(".chart[data-chart='network']").screenshot(path=str(idle_png))
+                toggle.click()
+                expect(toggle).to_have_text("show 1 idle interface")
+                assert legend(page, "network") == ["eth0 rx", "eth0 tx"]
+
+                assert not errors, errors
+            finally:
+                browser.close()
+        stop_and_check_no_orphans(proc, timeout_s=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    print(f"screenshots: {fleet_png} {host_png} {idle_png}")
