@@ -5,6 +5,17 @@ The file format is the original plan's (``server.address``, ``server.tls``, ``ag
 unchanged. Every problem is a `ConfigError` with one line naming the file and the key, so that the
 agent exits with status 2 and a message the operator can act on. Unknown keys only log a warning:
 a newer config file must still start an older agent.
+
+The enrollment token comes from ``server.enrollment_token`` or, when that is unset, the
+``FLEETPULSE_ENROLLMENT_TOKEN`` environment variable. It is needed only until the agent first
+enrolls; from then on it uses its own credential, kept in its state directory.
+
+The state directory (``agent.state_dir``) holds what the agent keeps across restarts: its
+credential (``credential``, mode 0600), the spool of batches not yet committed (``spool/``), its
+account of what it sent (``sent.json``, read by ``fleetpulse audit``) and the platform's settings
+last applied (``settings.json``). Default: ``~/.local/state/fleetpulse-agent/<agent.id>`` in the
+home directory of the user the agent runs as; set it where that home is not writable (the example
+systemd unit uses ``/var/lib/fleetpulse-agent``). An example file: agent/agent.example.yaml.
 """
 
 from __future__ import annotations
@@ -30,6 +41,8 @@ ENROLLMENT_TOKEN_ENV = "FLEETPULSE_ENROLLMENT_TOKEN"  # noqa: S105
 DEFAULT_SERVER_ADDRESS = "localhost:9090"
 DEFAULT_COLLECT_INTERVAL_S = 30.0
 DEFAULT_HEARTBEAT_INTERVAL_S = 10.0
+# agent.state_dir defaults to DEFAULT_STATE_ROOT/<agent.id>: one directory per agent id, so that
+# two agents on a host never share a credential or a spool.
 DEFAULT_STATE_ROOT = "~/.local/state/fleetpulse-agent"
 
 _TOP_LEVEL_KEYS = frozenset({"server", "agent"})
@@ -65,7 +78,8 @@ class AgentConfig:
     agent_id: str
     collect_interval_s: float = DEFAULT_COLLECT_INTERVAL_S
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
-    # No default: the default depends on agent_id, and load_config() is what computes it.
+    # The credential, spool/, sent.json and settings.json. No default here: the default,
+    # ~/.local/state/fleetpulse-agent/<agent_id>, depends on agent_id, and load_config() computes it.
     state_dir: Path
     # None enables every collector, including ones added in later versions.
     collectors: frozenset[str] | None = None

@@ -30,7 +30,7 @@ import psutil
 from fleetpulse import __version__
 from fleetpulse.agent.backoff import Backoff
 from fleetpulse.agent.collectors import COLLECTORS, Sample, close_files, collect
-from fleetpulse.agent.config import AgentConfig
+from fleetpulse.agent.config import ENROLLMENT_TOKEN_ENV, AgentConfig
 from fleetpulse.agent.remote import check
 from fleetpulse.agent.report import SentReport
 from fleetpulse.agent.spool import Spool
@@ -186,6 +186,11 @@ class AgentDaemon:
         self.collector_errors: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop
         self.credential_path: Path = config.state_dir / CREDENTIAL_FILE
+        # Enrolled before: it had a credential when it started, or registered in this run. Such
+        # an agent retries a refusal (the platform may be mid-restart); one that was not stops.
+        self._enrolled_before = self.credential_path.exists()
+        # Why the first enrollment was refused, when it was: the agent stopped (exit status 2).
+        self.refusal: str | None = None
         self._machine_id = machine_id()
         # Set when the platform refused a batch for now (retry_after_ms): when to send it again.
         self._retry_at: float | None = None
@@ -404,6 +409,7 @@ class AgentDaemon:
             if first is grpc.aio.EOF or not first.register_response.success:
                 raise StreamClosed(f"register refused: {first}")
             log.info("registered as %s with %s", self.config.agent_id, self.config.server_address)
+            self._enrolled_before = True
             reader = asyncio.create_task(self._read_acks(call))
             try:
                 await self._send_loop(call, reader)
@@ -483,6 +489,7 @@ class AgentDaemon:
                     continue
                 key = (ack.epoch, ack.sequence)
                 self._accepted.add(key)
+                self.spool.mark_accepted(*key)
                 if key not in self._acked_once:
                     self._acked_once.add(key)
                     self.report.acked(ack.epoch, self._points_of(key))  # on disk next collection
@@ -537,21 +544,42 @@ class AgentDaemon:
                     if self._stopping.is_set():
                         return
                 except grpc.aio.AioRpcError as exc:
-                    log.warning(
-                        "stream to %s failed: %s %s",
-                        self.config.server_address,
-                        exc.code().name,
-                        exc.details(),
-                    )
                     floor_s = _retry_after_s(exc)
-                    if (
+                    refused = self._auth_failure(exc)
+                    if refused is None:
+                        log.warning(
+                            "stream to %s failed: %s %s",
+                            self.config.server_address,
+                            exc.code().name,
+                            exc.details(),
+                        )
+                    elif not self._enrolled_before:
+                        # A wrong token or a taken id: retrying cannot help, and an exit status
+                        # lets a service manager show the agent as failed.
+                        log.error("%s", refused)
+                        self.refusal = refused
+                        self._stopping.set()
+                        return
+                    elif (
                         exc.code() == grpc.StatusCode.UNAUTHENTICATED
                         and self.credential_path.exists()
                         and self.config.enrollment_token
                     ):
                         # Revoked (or the platform lost it): enroll again with the token.
-                        log.warning("credential refused; enrolling again")
+                        log.warning(
+                            "credential refused; enrolling again with the enrollment token "
+                            "(%s: %s; %s removed)",
+                            exc.code().name,
+                            exc.details(),
+                            self.credential_path,
+                        )
                         self.credential_path.unlink()
+                    else:
+                        log.warning(
+                            "%s; retrying, since this agent was enrolled before and the "
+                            "platform may be restarting",
+                            refused,
+                        )
                 except (StreamClosed, asyncio.InvalidStateError) as exc:
                     # InvalidStateError: the call ended (a front-end stopping, say) while the
                     # sender was writing; write() says so instead of raising the call's status.
@@ -564,6 +592,45 @@ class AgentDaemon:
             log.info("reconnecting in %.1f s", delay_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=delay_s)
+
+    def _auth_failure(self, exc: grpc.aio.AioRpcError) -> str | None:
+        """A refused credential or enrollment, in one line saying what to do; None when the
+        stream failed for another reason."""
+        code = exc.code()
+        refused = f"({code.name}: {exc.details()})"
+        where = "`fleetpulse up` prints it; it is in <data dir>/enrollment_token"
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            if self.credential_path.exists():
+                return (
+                    f"credential in {self.credential_path} refused {refused}; to enroll again, "
+                    f"set {ENROLLMENT_TOKEN_ENV} to the platform's token ({where})"
+                )
+            if not self.config.enrollment_token:
+                return (
+                    f"enrollment refused {refused}: no credential at {self.credential_path} and "
+                    f"no enrollment token is set; set {ENROLLMENT_TOKEN_ENV} to the platform's "
+                    f"token ({where})"
+                )
+            return (
+                f"enrollment refused {refused}: no credential at {self.credential_path} and the "
+                f"enrollment token was refused; set {ENROLLMENT_TOKEN_ENV} (or "
+                f"server.enrollment_token, which wins over it) to the platform's token ({where})"
+            )
+        if code == grpc.StatusCode.PERMISSION_DENIED:
+            agent_id = self.config.agent_id
+            if self.credential_path.exists():
+                return (
+                    f"agent id {agent_id!r} refused {refused}; the credential in "
+                    f"{self.credential_path} may be another agent id's: delete it to enroll "
+                    f"as {agent_id!r} with the enrollment token"
+                )
+            return (
+                f"enrollment refused {refused}: agent id {agent_id!r} is already enrolled with "
+                f"another credential and there is none at {self.credential_path}; revoke that "
+                f"one with `fleetpulse agents revoke {agent_id}` or give this agent another "
+                "agent.id"
+            )
+        return None
 
     def stop_threadsafe(self) -> None:
         """Ask a daemon running in another thread's event loop to shut down (tests, embedding)."""
@@ -579,7 +646,10 @@ class AgentDaemon:
         collector = asyncio.create_task(self._collect_forever())
         connection = asyncio.create_task(self._connect_forever())
         await self._stopping.wait()
-        log.info("stopping: flushing %d batches not yet accepted", self._unaccepted())
+        if self.refusal is None:
+            log.info("stopping: flushing %d batches not yet accepted", self._unaccepted())
+        else:
+            log.info("stopping: %d batches kept in the spool for the next start", len(self.spool))
         await collector
         self._new_batch.set()
         try:
@@ -593,8 +663,12 @@ class AgentDaemon:
         close_files()
 
 
-def main(config: AgentConfig) -> None:
+def main(config: AgentConfig) -> str | None:
+    """Run the agent until SIGTERM/SIGINT; returns why its first enrollment was refused, if that
+    is what stopped it (None after a normal stop)."""
     from fleetpulse.lifecycle import set_process_title
 
     set_process_title(f"fleetpulse agent {config.agent_id}")
-    asyncio.run(AgentDaemon(config).run())
+    daemon = AgentDaemon(config)
+    asyncio.run(daemon.run())
+    return daemon.refusal

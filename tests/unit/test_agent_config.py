@@ -323,3 +323,20 @@ def test_agent_modules_import_no_server_dependencies() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_example_config_loads_and_documents_the_default_state_dir(
+    repo_root: Path, home: Path
+) -> None:
+    example = repo_root / "agent" / "agent.example.yaml"
+    config = load_config(example, env={})
+    assert config.agent_id == "web-042"
+    assert config.state_dir == home / ".local/state/fleetpulse-agent/web-042"
+    text = example.read_text()
+    assert "~/.local/state/fleetpulse-agent/<agent.id>" in text
+    assert "FLEETPULSE_ENROLLMENT_TOKEN" in text
+    # the state_dir it suggests for the systemd unit is accepted when uncommented
+    uncommented = text.replace("# state_dir:", "state_dir:")
+    assert load_config(write(home, uncommented), env={}).state_dir == Path(
+        "/var/lib/fleetpulse-agent"
+    )

@@ -92,7 +92,28 @@ def test_agent_once_prints_one_collection_as_a_table() -> None:
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["metric", "labels", "value"]
+    assert lines[0].split() == ["metric", "labels", "value", "unit"]
     assert any(line.startswith("load1 ") for line in lines)
+    (memory_total,) = [
+        line for line in lines if line.startswith("memory_bytes ") and "=total" in line
+    ]
+    assert memory_total.split()[-1] in {"MiB", "GiB", "TiB"}
     count = int(lines[-1].split()[0])
     assert count == len(lines) - 2 and count > 20
+
+
+def test_agent_once_into_a_pipe_closed_early_exits_quietly() -> None:
+    # As `fleetpulse agent --once | head -1` when head has gone before the table is written: the
+    # reader closes its end first (the agent spends half a second measuring CPU before it prints).
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleetpulse", "agent", "--once"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    with proc.stderr:
+        stderr = proc.stderr.read().decode()
+    status = proc.wait(60)
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    assert status == 0, stderr

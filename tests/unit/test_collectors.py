@@ -673,3 +673,51 @@ def test_encode_batch_cache_follows_the_series() -> None:
     assert payload == _encode_uncached("a", 1, 3, changed, 3)
     # and back
     assert daemon.encode_batch("a", 1, 4, first, 4) == _encode_uncached("a", 1, 4, first, 4)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "shown"),
+    [
+        ("net_bytes_total", 2.61235e10, ("24.33", "GiB")),
+        ("memory_bytes", 512.0, ("512", "B")),
+        ("memory_bytes", 1536.0, ("1.50", "KiB")),
+        ("disk_bytes", 3 * 1024.0**2, ("3.00", "MiB")),
+        ("disk_bytes", 2.5 * 1024.0**4, ("2.50", "TiB")),
+        ("swap_bytes", 0.0, ("0", "B")),
+        ("uptime_seconds", 123456.789, ("123,456.79", "s")),
+        ("cpu_seconds_total", 0.5, ("0.50", "s")),
+        ("cpu_usage_percent", 97.25, ("97.2", "%")),
+        ("net_packets_total", 1234567.0, ("1,234,567", "")),
+        ("processes", 93.0, ("93", "")),
+        ("load1", 0.5123, ("0.51", "")),
+        ("load1", float("nan"), ("nan", "")),
+    ],
+)
+def test_values_are_shown_with_the_unit_in_their_name(
+    name: str, value: float, shown: tuple[str, str]
+) -> None:
+    assert collectors.format_value(name, value) == shown
+
+
+def test_the_table_right_aligns_values_and_puts_units_in_a_column() -> None:
+    table = collectors.format_table(
+        [
+            ("net_bytes_total", 2.61235e10, {"interface": "eth0", "direction": "rx"}),
+            ("load1", 0.25, {}),
+            ("processes", 1234.0, {}),
+        ],
+        {"tcp": "OSError: nope"},
+    )
+    lines = table.splitlines()
+    assert lines[0].split() == ["metric", "labels", "value", "unit"]
+    rows = {line.split()[0]: line for line in lines[1:4]}
+    assert rows["net_bytes_total"].endswith(" 24.33 GiB")
+    assert "direction=rx,interface=eth0" in rows["net_bytes_total"]
+    assert rows["processes"].endswith(" 1,234")
+    # the value column is right-aligned: every value ends where the header's "value" ends
+    value_end = lines[0].index("value") + len("value")
+    for name, line in rows.items():
+        number = {"net_bytes_total": "24.33", "load1": "0.25", "processes": "1,234"}[name]
+        assert line.index(number) + len(number) == value_end, table
+    assert lines[4:] == ["3 series", "collector tcp FAILED: OSError: nope"]
+    assert "e+" not in table

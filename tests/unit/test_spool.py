@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -56,7 +57,77 @@ def test_a_full_spool_drops_the_oldest_and_counts_them(
     assert spool.dropped_points == 5 * spool.dropped_batches
 
 
-def test_a_torn_last_record_is_cut_off_and_the_rest_kept(tmp_path: Path) -> None:
+def replay_message(caplog: pytest.LogCaptureFixture) -> str:
+    (message,) = [r.getMessage() for r in caplog.records if "spool: " in r.getMessage()]
+    return message
+
+
+def test_a_restart_after_a_clean_stop_says_what_it_replays_and_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    for seq in range(1, 7):
+        spool.append(1, seq, 1, b"b")
+    for seq in (1, 2, 3, 4):
+        spool.mark_accepted(1, seq)  # queued by the platform, not yet committed
+    spool.free(1, 4)  # committed: still in the segment file, but not to be sent again
+    spool.close()
+    with caplog.at_level(logging.INFO, logger="fleetpulse.agent.spool"):
+        again = Spool(tmp_path, max_bytes=10_000_000)
+    message = replay_message(caplog)
+    assert message.startswith(f"spool: replaying 5 batches from {tmp_path}: ")
+    assert "3 already accepted by the platform, not yet confirmed committed" in message
+    assert "2 never accepted" in message
+    assert "recovered" not in message and "not recorded" not in message
+    assert again.accepted_batches == 3
+    assert [b.sequence for b in again.pending()] == [1, 2, 3, 5, 6]
+
+
+def test_a_spool_all_accepted_says_so_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    for seq in range(1, 30):
+        spool.append(1, seq, 1, b"b")
+        spool.mark_accepted(1, seq)
+    spool.close()
+    with caplog.at_level(logging.INFO, logger="fleetpulse.agent.spool"):
+        Spool(tmp_path, max_bytes=10_000_000)
+    assert replay_message(caplog) == (
+        f"spool: replaying 29 batches from {tmp_path}: 29 already accepted by the platform, "
+        "not yet confirmed committed"
+    )
+
+
+def test_after_an_unclean_stop_the_replay_claims_nothing_about_acceptance(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    for seq in range(1, 4):
+        spool.append(1, seq, 1, b"b")
+        spool.mark_accepted(1, seq)
+    spool.close()
+    Spool(tmp_path, max_bytes=10_000_000)  # reads the record, then is "killed" (never closed)
+    with caplog.at_level(logging.INFO, logger="fleetpulse.agent.spool"):
+        again = Spool(tmp_path, max_bytes=10_000_000)
+    message = replay_message(caplog)
+    assert "3 not yet confirmed committed (whether the platform accepted them was not " in message
+    assert "already accepted" not in message and "never accepted" not in message
+    assert again.accepted_batches == 0
+    # what this run learns is recorded again at its clean stop
+    again.mark_accepted(1, 2)
+    again.close()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fleetpulse.agent.spool"):
+        Spool(tmp_path, max_bytes=10_000_000)
+    message = replay_message(caplog)
+    assert "1 already accepted" in message and "2 not yet confirmed committed (" in message
+    assert "never accepted" not in message
+
+
+def test_a_torn_last_record_is_cut_off_and_the_rest_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     spool = Spool(tmp_path, max_bytes=10_000_000)
     for seq in range(1, 4):
         spool.append(1, seq, 1, b"z" * 100)
@@ -65,9 +136,17 @@ def test_a_torn_last_record_is_cut_off_and_the_rest_kept(tmp_path: Path) -> None
     size = segment.stat().st_size
     with segment.open("r+b") as handle:
         handle.truncate(size - 30)  # the power went out in the middle of the third append
-    again = Spool(tmp_path, max_bytes=10_000_000)
+    with caplog.at_level(logging.WARNING, logger="fleetpulse.agent.spool"):
+        again = Spool(tmp_path, max_bytes=10_000_000)
     assert [b.sequence for b in again.pending()] == [1, 2]
     assert again.recovered_torn_bytes > 0
+    # says what was given up, and that a torn append is a batch never sent
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        f"{segment}: {again.recovered_torn_bytes} bytes after the last whole record discarded"
+        in warning
+    )
+    assert "never sent" in warning
     with segment.open("ab") as handle:
         handle.write(b"\x00" * 5)  # garbage after a clean end is ignored too
     assert [b.sequence for b in Spool(tmp_path, max_bytes=10_000_000).pending()] == [1, 2]
