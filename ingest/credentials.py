@@ -7,9 +7,27 @@ identity of the stream is the credential's agent_id, whatever the payloads say.
 
 Only agents that declare ``AgentRegister.protocol >= 1`` are issued one: an agent generated from
 the original plan's .proto files would not understand the message, and keeps using the token as
-that plan intended. The enrollment token can claim an agent_id again only while its credential has
-never been used, or after it was revoked (``fleetpulse agents revoke ID``). Credentials are high-entropy
-random strings, so looking them up by hash is safe (no secret is compared byte by byte).
+that plan intended.
+
+An agent_id is bound to its credential from the moment the credential is issued, not from its first
+use: the stream that enrolled may stay open for days before the agent connects with it, and until
+then nothing tells the real agent from anyone else holding the token. So the enrollment token lets
+its holder:
+
+- enroll an agent_id that never enrolled (no row here), which binds the id to the new credential;
+- enroll an agent_id whose credential was revoked (``fleetpulse agents revoke ID``), likewise;
+- register as an original-protocol agent (protocol 0, never issued a credential) under an agent_id
+  with no credential in force (never enrolled, or revoked): such an id is only as safe as the token.
+
+It cannot register under an agent_id whose credential is in force, whatever the protocol, whether
+the credential was used yet or not and whether its agent is connected or not (``AlreadyEnrolled``;
+the front-end refuses before it stores anything the claimant sent). The price: an agent that loses
+its credential (its state dir wiped, or it died between the server issuing the credential and
+writing it to disk) can enroll again only after ``fleetpulse agents revoke ID``.
+
+Credentials are high-entropy random strings, so looking them up by hash is safe (no secret is
+compared byte by byte). ``last_used_at`` (when a credential first authenticated a stream) is kept
+for operators; no decision here depends on it.
 """
 
 from __future__ import annotations
@@ -25,7 +43,7 @@ TOKEN_PREFIX = "fpa_"  # noqa: S105 (a prefix that marks credentials, not a secr
 
 
 class AlreadyEnrolled(Exception):
-    """The enrollment token cannot claim an agent_id whose credential is in use."""
+    """The enrollment token cannot claim an agent_id whose credential is in force."""
 
 
 @dataclass(frozen=True)
@@ -57,10 +75,9 @@ async def lookup(conn: AsyncConnection, token: str) -> Identity | None:
 
 
 async def ensure_claimable(conn: AsyncConnection, agent_id: str) -> None:
-    """Raise AlreadyEnrolled when the enrollment token may not claim ``agent_id`` (see above)."""
+    """Raise AlreadyEnrolled when ``agent_id`` has a credential in force (see above)."""
     cur = await conn.execute(
-        "SELECT 1 FROM agent_credentials"
-        " WHERE agent_id = %s AND last_used_at IS NOT NULL AND revoked_at IS NULL",
+        "SELECT 1 FROM agent_credentials WHERE agent_id = %s AND revoked_at IS NULL",
         (agent_id,),
     )
     if await cur.fetchone():
@@ -68,23 +85,22 @@ async def ensure_claimable(conn: AsyncConnection, agent_id: str) -> None:
 
 
 async def enroll(conn: AsyncConnection, agent_id: str) -> str:
-    """Issue a new credential for ``agent_id`` (replacing an unused or revoked one)."""
+    """Issue a new credential for ``agent_id`` (never enrolled, or revoked), committed on return;
+    raise AlreadyEnrolled when it has one in force."""
     token = new_token()
+    # One statement decides and writes: of two enrollments of the same new id at once, the
+    # second waits on the first's row, then finds it in force and issues nothing.
     async with conn.transaction():
         cur = await conn.execute(
-            "SELECT last_used_at IS NOT NULL AND revoked_at IS NULL"
-            " FROM agent_credentials WHERE agent_id = %s FOR UPDATE",
-            (agent_id,),
-        )
-        row = await cur.fetchone()
-        if row and row[0]:
-            raise AlreadyEnrolled(agent_id)
-        await conn.execute(
             "INSERT INTO agent_credentials (agent_id, token_hash) VALUES (%s, %s)"
             " ON CONFLICT (agent_id) DO UPDATE SET token_hash = EXCLUDED.token_hash,"
-            " created_at = now(), last_used_at = NULL, revoked_at = NULL",
+            " created_at = now(), last_used_at = NULL, revoked_at = NULL"
+            " WHERE agent_credentials.revoked_at IS NOT NULL"
+            " RETURNING agent_id",
             (agent_id, token_hash(token)),
         )
+        if await cur.fetchone() is None:
+            raise AlreadyEnrolled(agent_id)
     return token
 
 

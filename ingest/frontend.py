@@ -11,7 +11,10 @@ connection of the same agent and a revocation reach the session through the same
 
 Identity: the stream's bearer token is either the enrollment token (the agent then names itself
 at register and is issued its own credential, ingest/credentials.py) or an agent credential (the
-identity is the credential's agent_id). Any agent_id in a payload must equal it.
+identity is the credential's agent_id). Any agent_id in a payload must equal it. The enrollment
+token names only ids without a credential in force (never enrolled, or revoked): an id is bound
+to its credential from the moment it is issued, and a register that claims it with the token is
+refused before anything the claimant sent is stored or any live session of the agent is touched.
 
 Status codes that end a stream: no, wrong or revoked credential UNAUTHENTICATED; a message that
 does not decode, carries no known case, or has a value its column cannot store (a NUL in text, a
@@ -46,7 +49,7 @@ import redis.asyncio
 from google.protobuf.message import DecodeError
 from psycopg_pool import AsyncConnectionPool
 
-from fleetpulse import lifecycle
+from fleetpulse import datadir, lifecycle
 from fleetpulse.errors import ConfigError
 from fleetpulse.ingest import agentsettings, credentials, keys, queue, selfmetrics, watermark
 from fleetpulse.ingest.queue import BatchQueue
@@ -153,6 +156,14 @@ def _refusal(epoch: int, sequence: int, error: str, retry_after_ms: int) -> byte
             retry_after_ms=retry_after_ms,
         )
     ).SerializeToString()
+
+
+def _already_enrolled(agent_id: str) -> StreamEnd:
+    return StreamEnd(
+        grpc.StatusCode.PERMISSION_DENIED,
+        f"agent {agent_id!r} is enrolled: connect with its credential, "
+        f"or revoke it (fleetpulse agents revoke {agent_id}) to enroll again",
+    )
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:
@@ -364,25 +375,21 @@ class AgentService:
                 "register: agent_id must be at most 256 characters, without NUL",
             )
         _refuse_nul("register", register, _REGISTER_TEXT)
-        issued = None
-        if session.enrolling and not registered:
-            async with self._pool.connection() as conn:
-                try:
-                    if register.protocol >= PROTOCOL_CREDENTIALS:
-                        issued = await credentials.enroll(conn, register.agent_id)
-                    else:  # the original protocol cannot receive a credential: it keeps the token
-                        await credentials.ensure_claimable(conn, register.agent_id)
-                except credentials.AlreadyEnrolled:
-                    raise StreamEnd(
-                        grpc.StatusCode.PERMISSION_DENIED,
-                        f"agent {register.agent_id!r} is enrolled: connect with its credential, "
-                        f"or revoke it (fleetpulse agents revoke {register.agent_id}) to enroll again",
-                    ) from None
         agent_id = register.agent_id
+        issued = None
         if not registered:
+            # Refusals come before the writes (the credential, the claim that replaces a live
+            # session, the agents row): a refused claimant changes none of them.
+            if session.enrolling:
+                await self._refuse_enrolled(agent_id)
             session.agent_id = agent_id
             session.machine_id = register.machine_id
             session.protocol = register.protocol
+            # A clone is refused before a credential is issued for it: issued and never
+            # delivered, it would lock the id until a revoke.
+            self._refuse_clone(session)
+            if session.enrolling and register.protocol >= PROTOCOL_CREDENTIALS:
+                issued = await self._enroll(agent_id)
             self._claim(session)
             self._announce(
                 {
@@ -405,6 +412,21 @@ class AgentService:
             )
         if session.protocol >= PROTOCOL_SETTINGS:
             await self._push_settings(session)
+
+    async def _refuse_enrolled(self, agent_id: str) -> None:
+        """The enrollment token may not register an id whose credential is in force."""
+        async with self._pool.connection() as conn:
+            try:
+                await credentials.ensure_claimable(conn, agent_id)
+            except credentials.AlreadyEnrolled:
+                raise _already_enrolled(agent_id) from None
+
+    async def _enroll(self, agent_id: str) -> str:
+        async with self._pool.connection() as conn:
+            try:
+                return await credentials.enroll(conn, agent_id)
+            except credentials.AlreadyEnrolled:  # enrolled by another stream since the check
+                raise _already_enrolled(agent_id) from None
 
     async def _push_settings(self, session: Session) -> None:
         """Send the agent its platform-side settings, if it has any (at register, on a change)."""
@@ -440,18 +462,24 @@ class AgentService:
         async with self._pool.connection() as conn:
             await agentsettings.record_status(conn, session.agent_id, status)
 
+    def _refuse_clone(self, session: Session) -> None:
+        """Refuse ``session`` if another machine holds the agent's live session here."""
+        assert session.agent_id is not None
+        current = self.sessions.get(session.agent_id)
+        if (
+            current is not None
+            and current is not session
+            and not self._same_machine(current.machine_id, session.machine_id)
+        ):
+            self._conflict(session, current.machine_id)
+
     def _claim(self, session: Session) -> None:
         """Make ``session`` the agent's live session here, or refuse it (a second machine)."""
         assert session.agent_id is not None
+        self._refuse_clone(session)  # again: the holder may have changed while enrolling
         current = self.sessions.get(session.agent_id)
         if current is not None and current is not session:
-            if self._same_machine(current.machine_id, session.machine_id):
-                current.end(
-                    grpc.StatusCode.ABORTED,
-                    "replaced by a newer connection of this agent",
-                )
-            else:
-                self._conflict(session, current.machine_id)
+            current.end(grpc.StatusCode.ABORTED, "replaced by a newer connection of this agent")
         self.sessions[session.agent_id] = session
         selfmetrics.CONNECTED.set(len(self.sessions))
 
@@ -773,19 +801,27 @@ def build_server(service: AgentService, settings: Settings) -> grpc.aio.Server:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
-            # Several `fleetpulse ingest` processes share one port (the kernel spreads connections).
-            ("grpc.so_reuseport", 1),
+            # Only the processes of one `ingest --processes N` share a port (settings.py): gRPC
+            # turns SO_REUSEPORT on by default, which let a second platform join a running one.
+            ("grpc.so_reuseport", 1 if settings.grpc_reuse_port else 0),
         ]
     )
     server.add_generic_rpc_handlers((handler,))
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     credentials_ = server_credentials(settings)
-    if credentials_ is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials_)
+    try:
+        if credentials_ is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials_)
+    except RuntimeError:  # grpcio raises where it used to return 0
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        holder = datadir.port_holder(settings.grpc_port)
+        raise ConfigError(
+            f"cannot listen on {address} (gRPC)"
+            + (f": in use by {holder}" if holder else ": in use or not an address of this host")
+        )
     return server
 
 

@@ -2,7 +2,8 @@
 
 protoc generates Python code from ``tests/origin_proto`` (verbatim copies of the originals) into a
 temporary folder, and a client runs in a clean interpreter whose only protocol code is that: it
-never imports fleetpulse. It registers, sends two heartbeats and prints each answer.
+never imports fleetpulse. It registers, sends two heartbeats and prints each answer; a stream the
+platform ends is printed as ``end:<status code>`` (its details on stderr), with exit status 3.
 """
 
 from __future__ import annotations
@@ -30,9 +31,14 @@ def messages():
 address, token, AGENT_ID = sys.argv[1], sys.argv[2], sys.argv[3]
 with grpc.insecure_channel(address) as channel:
     stub = agent_pb2_grpc.AgentServiceStub(channel)
-    for response in stub.Connect(messages(), metadata=(("authorization", "Bearer " + token),), timeout=20):
-        kind = response.WhichOneof("message")
-        print(f"{kind}:{getattr(response, kind).success}")
+    try:
+        for response in stub.Connect(messages(), metadata=(("authorization", "Bearer " + token),), timeout=20):
+            kind = response.WhichOneof("message")
+            print(f"{kind}:{getattr(response, kind).success}")
+    except grpc.RpcError as exc:  # refused: say how, and fail
+        print(f"end:{exc.code().name}")
+        print(exc.details(), file=sys.stderr)
+        sys.exit(3)
 assert not any(name.startswith("fleetpulse") for name in sys.modules)
 """
 

@@ -400,12 +400,15 @@ class Fuzzer:
         self.tally = Tally()
         self._probe = 0
         self._checked: dict[int, int] = {}  # stream -> answers already checked
+        # The fuzz agent's credential, from whichever stream enrolled it (the main stream, or a
+        # fuzzed register on a fresh one): once issued, the token can no longer register the id.
+        self.credential: str | None = None
 
     def _open_main(self) -> RawStream:
         # A fuzzed register on a fresh stream may have left a session of another machine that
         # the front-end has not forgotten yet: ALREADY_EXISTS, documented; try again.
         for attempt in range(50):
-            stream = RawStream(self.address, TOKEN, channel=self.channel)
+            stream = RawStream(self.address, self.credential or TOKEN, channel=self.channel)
             self.tally.streams_opened += 1
             stream.send(_register(2))
             if stream.wait_for("register_response") is not None:
@@ -422,7 +425,10 @@ class Fuzzer:
     def _check_answers(self, stream: RawStream, context: object) -> None:
         start = self._checked.get(id(stream), 0)
         for message in stream.received[start:]:
-            if message.WhichOneof("message") == "metric_ack":
+            if message.WhichOneof("message") == "credential":
+                if message.credential.agent_id == FUZZ_AGENT:
+                    self.credential = message.credential.token
+            elif message.WhichOneof("message") == "metric_ack":
                 ack = message.metric_ack
                 assert_documented_ack(ack, context)
                 if ack.epoch == PROBE_EPOCH and ack.sequence == self._probe:

@@ -152,7 +152,7 @@ def test_enrollment_issues_a_credential_that_becomes_the_identity(edge: Edge) ->
     assert stream.wait_for("metric_ack")[0].success
     stream.close()
 
-    # Once the credential was used, the enrollment token can no longer claim the id...
+    # The enrollment token can no longer claim the id (tests/badinput/test_enrollment_binding.py)...
     thief = Stream(edge.address, TOKEN)
     thief.send(register("id-1", "m2"))
     assert thief.wait_closed().code() == grpc.StatusCode.PERMISSION_DENIED
