@@ -1,6 +1,8 @@
 """API keys: read scope for every path but /healthz and /login, admin scope for writes.
 
-A key arrives as ``Authorization: Bearer <key>`` or, from the dashboard in a browser, as the
+A key arrives as ``Authorization: Bearer <key>``; as the password of HTTP basic auth (any user
+name), which is how most Prometheus clients send credentials (promtool and Grafana take them in
+the URL, ``http://fleetpulse:<key>@host:8000``); or, from the dashboard in a browser, as the
 ``fleetpulse_key`` cookie that ``POST /login`` sets. Every configured key is compared in constant
 time (hmac.compare_digest), all of them each time, so the answer's timing does not tell which
 prefix matched or how many keys there are.
@@ -8,6 +10,8 @@ prefix matched or how many keys there are.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from http import HTTPStatus
 
@@ -42,7 +46,15 @@ def presented_key(request: Request) -> str | None:
     header = request.headers.get("authorization")
     if header is not None:
         scheme, _, value = header.partition(" ")
-        return value.strip() if scheme.lower() == "bearer" else None
+        if scheme.lower() == "bearer":
+            return value.strip()
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(value.strip(), validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+            return decoded.partition(":")[2] or None
+        return None
     return request.cookies.get(COOKIE)
 
 

@@ -1,7 +1,9 @@
 """The ``fleetpulse`` command: one subcommand per role, plus ``up`` which runs them all.
 
 Imports are lazy so that ``fleetpulse agent`` works on a host with only the ``agent`` extra.
-Settings come from ``FLEETPULSE_*`` environment variables; flags override them.
+Settings come from ``FLEETPULSE_*`` environment variables; flags override them. A command given
+neither a database nor a Redis URL uses the platform that ``fleetpulse up`` runs in the data dir
+(``platform.json``, fleetpulse/datadir.py), if one runs.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +22,8 @@ from fleetpulse import __version__
 from fleetpulse.errors import ConfigError
 
 log = logging.getLogger("fleetpulse")
+
+DESCRIPTION = "Run agents on large server fleets and ingest their metrics."
 
 _EXTRA_OF_MODULE = {
     "psycopg": "server",
@@ -39,12 +44,24 @@ _EXTRA_OF_MODULE = {
 }
 
 
+# In a command a user types, a server error is a one-line message, not a traceback (a role that
+# serves keeps its traceback: there it is a crash to debug).
+_SERVER_OF_ERROR = {"psycopg": "PostgreSQL", "psycopg_pool": "PostgreSQL", "redis": "Redis"}
+_MANAGEMENT_COMMANDS = frozenset({"agents", "status", "audit", "migrate"})
+
+
 def _configure_logging(level: str, role: str) -> None:
     logging.basicConfig(
         level=level.upper(),
         format=f"%(asctime)s %(levelname)s [{role}] %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM ends a command as Ctrl-C does: its ``finally`` blocks run, so that the embedded
+    servers a benchmark started are stopped, not left running on their data dir."""
+    raise SystemExit(128 + signum)
 
 
 def _server_settings(args: argparse.Namespace) -> Any:
@@ -64,7 +81,17 @@ def _server_settings(args: argparse.Namespace) -> Any:
             "heartbeat_interval_s",
         )
     }
-    return load_settings(**flags)
+    settings = load_settings(**flags)
+    if args.command != "up" and settings.database_url is None and settings.redis_url is None:
+        from fleetpulse.datadir import running_platform
+
+        record = running_platform(settings.data_dir.expanduser())
+        if record is not None and record.database_url:
+            log.debug("using the platform fleetpulse up runs in %s", record.data_dir)
+            settings = settings.model_copy(
+                update={"database_url": record.database_url, "redis_url": record.redis_url}
+            )
+    return settings
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -81,10 +108,16 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     if args.processes is not None:
         if args.processes < 1:
             raise ConfigError("--processes must be at least 1")
+        from fleetpulse.datadir import Listener, check_ports_free
         from fleetpulse.ingest import pool
 
-        # fail fast, before forking
-        _server_settings(args).require("database_url", "redis_url", "enrollment_token")
+        # fail fast, before forking; the port is shared among this pool's processes only
+        settings = _server_settings(args)
+        settings.require("database_url", "redis_url", "enrollment_token")
+        if not settings.grpc_reuse_port:
+            check_ports_free(
+                [Listener(settings.grpc_host, settings.grpc_port, "ingest gRPC", "--grpc-port")]
+            )
         return pool.main(args.processes, args.log_level, role="ingest")
     from fleetpulse.ingest import frontend
     from fleetpulse.lifecycle import set_process_title
@@ -101,8 +134,6 @@ def _cmd_agents_revoke(args: argparse.Namespace) -> int:
     import redis
 
     from fleetpulse.ingest import credentials
-    from fleetpulse.ingest.keys import control_channel
-    from fleetpulse.ingest.queue import SOCKET_TIMEOUT_S
 
     settings = _server_settings(args)
     settings.require("database_url")
@@ -112,12 +143,35 @@ def _cmd_agents_revoke(args: argparse.Namespace) -> int:
         print(f"{args.agent_id}: no active credential (nothing revoked)", file=sys.stderr)
         return 1
     if settings.redis_url:  # close its open streams now, on every front-end
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=SOCKET_TIMEOUT_S)
-        message = orjson.dumps({"kind": "revoked", "agent": args.agent_id})
-        client.publish(control_channel(client), message)
-        client.close()
+        try:
+            _publish(settings.redis_url, orjson.dumps({"kind": "revoked", "agent": args.agent_id}))
+        except redis.RedisError as exc:
+            print(
+                f"{args.agent_id}: credential revoked (new streams are refused), but its open "
+                f"stream could not be closed: Redis: {_one_line(exc)}",
+                file=sys.stderr,
+            )
+            return 1
     print(f"{args.agent_id}: credential revoked; the agent may enroll again with the token")
     return 0
+
+
+def _publish(redis_url: str, message: bytes) -> None:
+    """Publish a control message to every front-end (ingest/keys.py's control channel)."""
+    import redis
+
+    from fleetpulse.ingest.keys import control_channel
+    from fleetpulse.ingest.queue import SOCKET_TIMEOUT_S
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=SOCKET_TIMEOUT_S)
+    try:
+        client.publish(control_channel(client), message)
+    finally:
+        client.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 _UNSETTABLE = {
@@ -132,8 +186,6 @@ def _cmd_agents_config(args: argparse.Namespace) -> int:
     import redis
 
     from fleetpulse.ingest import agentsettings
-    from fleetpulse.ingest.keys import control_channel
-    from fleetpulse.ingest.queue import SOCKET_TIMEOUT_S
 
     changes: dict[str, object] = {}
     for name in args.unset or ():
@@ -163,11 +215,44 @@ def _cmd_agents_config(args: argparse.Namespace) -> int:
             agentsettings.update(conn, args.agent_id, changes)
         desired = agentsettings.load(conn, args.agent_id)
         reported = agentsettings.reported(conn, args.agent_id) or {}
-    if changes and settings.redis_url:  # the front-end holding its stream pushes it now
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=SOCKET_TIMEOUT_S)
-        client.publish(control_channel(client), agentsettings.announcement(args.agent_id))
-        client.close()
     print(_describe_settings(args.agent_id, desired, reported))
+    if changes and settings.redis_url:  # the front-end holding its stream pushes it now
+        try:
+            _publish(settings.redis_url, agentsettings.announcement(args.agent_id))
+        except redis.RedisError as exc:
+            print(
+                f"{args.agent_id}: settings saved (version {desired.version if desired else 0}), "
+                f"but not pushed to the agent now: Redis: {_one_line(exc)}; "
+                "it gets them when it next connects",
+                file=sys.stderr,
+            )
+            return 1
+    return 0
+
+
+def _cmd_agents_list(args: argparse.Namespace) -> int:
+    from fleetpulse import overview
+
+    settings = _server_settings(args)
+    settings.require("database_url")
+    agents, total = overview.list_agents(settings, args.status, args.q, args.sort, args.limit)
+    print(overview.render_agents(agents, total))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from fleetpulse import overview
+    from fleetpulse.datadir import running_platform
+
+    settings = _server_settings(args)
+    record = running_platform(settings.data_dir.expanduser())
+    if settings.database_url is None:
+        print(
+            f"no fleetpulse up runs in {settings.data_dir}, and FLEETPULSE_DATABASE_URL is not set",
+            file=sys.stderr,
+        )
+        return 1
+    print(overview.render_status(record, overview.platform_health(settings)))
     return 0
 
 
@@ -246,12 +331,20 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         collect(enabled, every_time)  # rates (CPU percent) are measured between two calls
         time.sleep(0.5)
         samples, errors = collect(enabled, every_time)
-        print(format_table(samples, errors))
-        return 1 if errors else 0
+        status = 1 if errors else 0
+        try:
+            print(format_table(samples, errors), flush=True)
+        except BrokenPipeError:
+            # The reader stopped early (`| head`): not a failure of ours. Python would report the
+            # pipe again when it flushes stdout at exit, so that flush goes to /dev/null instead.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return status
     if args.config is None:
         raise ConfigError("--config is required (only --once runs without one)")
-    daemon.main(load_config(args.config))
-    return 0
+    refusal = daemon.main(load_config(args.config))
+    # The first enrollment refused (wrong token, taken id): a configuration error, status 2 as
+    # for a bad config file; the daemon logged what to do, and kept its spool.
+    return ConfigError.exit_status if refusal is not None else 0
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -284,10 +377,28 @@ def _cmd_bench_targets(args: argparse.Namespace) -> int:
 
 
 def _add_server_flags(
-    parser: argparse.ArgumentParser, *, grpc: bool = False, api: bool = False, queue: bool = True
+    parser: argparse.ArgumentParser,
+    *,
+    grpc: bool = False,
+    api: bool = False,
+    queue: bool = True,
+    redis: bool = True,
 ) -> None:
-    parser.add_argument("--database-url", help="PostgreSQL URL (env FLEETPULSE_DATABASE_URL)")
-    parser.add_argument("--redis-url", help="Redis URL (env FLEETPULSE_REDIS_URL)")
+    parser.add_argument(
+        "--database-url",
+        help="PostgreSQL URL (env FLEETPULSE_DATABASE_URL; default: the platform up runs "
+        "in the data dir)"
+        if not grpc or not api
+        else "PostgreSQL URL (env FLEETPULSE_DATABASE_URL; default: embedded)",
+    )
+    if redis:
+        parser.add_argument("--redis-url", help="Redis URL (env FLEETPULSE_REDIS_URL)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="data dir of fleetpulse up (env FLEETPULSE_DATA_DIR; default "
+        "~/.local/share/fleetpulse)",
+    )
     if not queue:  # a management command: no ingest tuning
         return
     parser.add_argument("--stream-shards", type=int, help="Redis Streams to shard batches over")
@@ -430,7 +541,7 @@ def _add_bench_fleet_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fleetpulse", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fleetpulse", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"fleetpulse {__version__}")
     parser.add_argument(
         "--log-level",
@@ -443,9 +554,6 @@ def build_parser() -> argparse.ArgumentParser:
         "up", help="run everything on this machine (embedded PostgreSQL and Redis by default)"
     )
     _add_server_flags(up, grpc=True, api=True)
-    up.add_argument(
-        "--data-dir", type=Path, help="where embedded data lives (env FLEETPULSE_DATA_DIR)"
-    )
     up.add_argument("--agents", type=int, default=0, help="local agents to start (default 0)")
     up.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     up.add_argument(
@@ -456,7 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.set_defaults(handler=_cmd_up)
 
-    ingest = sub.add_parser("ingest", help="run the gRPC ingest front-end")
+    ingest = sub.add_parser(
+        "ingest",
+        help="run the gRPC ingest front-end",
+        description="The gRPC front-end agents connect to. Needs the database, Redis and the "
+        "fleet's enrollment token (FLEETPULSE_ENROLLMENT_TOKEN), which agents present to enroll.",
+    )
     _add_server_flags(ingest, grpc=True)
     ingest.add_argument(
         "--processes",
@@ -467,8 +580,17 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--of", type=int, default=1, help=argparse.SUPPRESS)
     ingest.set_defaults(handler=_cmd_ingest)
 
-    agents = sub.add_parser("agents", help="manage agents (credentials, settings)")
+    agents = sub.add_parser("agents", help="list and manage agents (credentials, settings)")
     agents_sub = agents.add_subparsers(dest="agents_command", required=True, metavar="ACTION")
+    listing = agents_sub.add_parser(
+        "list", help="every agent: status, last seen, CPU and memory now (the dashboard's table)"
+    )
+    _add_server_flags(listing, queue=False)
+    listing.add_argument("--status", choices=["online", "offline"])
+    listing.add_argument("-q", dest="q", metavar="TEXT", help="agent id or hostname contains")
+    listing.add_argument("--sort", default="agent_id", help="as GET /agents (default agent_id)")
+    listing.add_argument("--limit", type=int, default=1000, help="at most (default 1000)")
+    listing.set_defaults(handler=_cmd_agents_list)
     revoke = agents_sub.add_parser(
         "revoke", help="revoke an agent's credential and close its streams"
     )
@@ -522,12 +644,24 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--of", type=int, default=1, help="how many workers run on this host")
     worker.set_defaults(handler=_cmd_worker)
 
-    api = sub.add_parser("api", help="run the HTTP API")
+    status = sub.add_parser(
+        "status", help="what runs where, the agents and the pipeline's queue and lag"
+    )
+    _add_server_flags(status, queue=False)
+    status.set_defaults(handler=_cmd_status)
+
+    api = sub.add_parser(
+        "api",
+        help="run the HTTP API",
+        description="The HTTP API, the Prometheus-compatible API and the dashboard. Needs the "
+        "database and at least one read key (FLEETPULSE_API_KEYS, comma-separated), or "
+        "FLEETPULSE_API_OPEN=true to let anyone read.",
+    )
     _add_server_flags(api, api=True)
     api.set_defaults(handler=_cmd_api)
 
     migrate = sub.add_parser("migrate", help="create or upgrade the PostgreSQL schema")
-    _add_server_flags(migrate)
+    _add_server_flags(migrate, queue=False, redis=False)
     migrate.set_defaults(handler=_cmd_migrate)
 
     bench = sub.add_parser("bench", help="benchmarks (results in bench/results/<timestamp>/)")
@@ -583,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the platform's ledger; prints missing, duplicated, rejected and unexpected batches. "
         "Exit status 1 when anything is missing or duplicated.",
     )
-    _add_server_flags(audit, queue=False)
+    _add_server_flags(audit, queue=False, redis=False)
     audit.add_argument(
         "reports", nargs="+", type=Path, metavar="PATH", help="sent.json or a directory"
     )
@@ -607,12 +741,19 @@ def main(argv: list[str] | None = None) -> int:
     from fleetpulse.lifecycle import dump_stacks_on_sigusr1
 
     dump_stacks_on_sigusr1()
+    signal.signal(signal.SIGTERM, _terminate)  # roles that serve set their own handlers
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
     except ConfigError as exc:
         print(f"fleetpulse {args.command}: {exc}", file=sys.stderr)
         return exc.exit_status
+    except Exception as exc:
+        server = _SERVER_OF_ERROR.get(type(exc).__module__.split(".")[0])
+        if server is None or args.command not in _MANAGEMENT_COMMANDS:
+            raise
+        print(f"fleetpulse {args.command}: {server}: {_one_line(exc)}", file=sys.stderr)
+        return 1
     except ModuleNotFoundError as exc:
         extra = _EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
         if extra is None:

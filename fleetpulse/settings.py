@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     grpc_tls_cert_file: Path | None = None
     grpc_tls_key_file: Path | None = None
     grpc_tls_client_ca_file: Path | None = None
+    # SO_REUSEPORT on the gRPC port, so that several front-ends share it (the kernel spreads the
+    # connections). `fleetpulse ingest --processes N` sets it for its own processes after checking
+    # that the port is free; set it by hand only for front-ends run side by side on purpose. Off,
+    # a front-end on a port in use fails to start instead of sharing a stranger's port.
+    grpc_reuse_port: bool = False
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
 

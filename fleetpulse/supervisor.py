@@ -7,6 +7,11 @@ the front-end (no new batches), then the workers (they drain the streams into Po
 the API, Redis and PostgreSQL. Children run in their own session, so a terminal's Ctrl-C reaches
 only this process, which then stops them in that order; each child also gets SIGTERM if this
 process dies (PR_SET_PDEATHSIG), so none is left behind.
+
+One platform per data dir (fleetpulse/datadir.py): ``up`` locks its data dir and checks every
+port it will listen on before it writes or starts anything, so a second ``up`` is refused with one
+line instead of sharing the first one's ports, Redis socket and AOF. While up, it keeps
+``platform.json`` in the data dir, which the CLI's other commands read to find it.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import TextIO
 import yaml
 from pydantic import SecretStr
 
-from fleetpulse import lifecycle
+from fleetpulse import datadir, lifecycle
 from fleetpulse.embedded import EmbeddedPostgres, EmbeddedRedis
 from fleetpulse.errors import ConfigError
 from fleetpulse.migrate import migrate
@@ -67,6 +72,8 @@ class Supervisor:
         self.log_level = log_level
         self.out = out
         self._stop = threading.Event()
+        self._lock: datadir.DirLock | None = None
+        self._record: datadir.PlatformRecord | None = None
         self._pg: EmbeddedPostgres | None = None
         self._redis: EmbeddedRedis | None = None
         self._children: dict[str, list[Child]] = {
@@ -97,6 +104,24 @@ class Supervisor:
         settings = self.settings
         data_dir = settings.data_dir.expanduser().resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
+        lock = datadir.claim(data_dir)  # refused here, nothing of the owner's was touched
+        try:
+            datadir.check_ports_free(self._listeners())
+        except ConfigError:
+            lock.release()
+            raise
+        self._lock = lock
+        self._record = datadir.PlatformRecord(
+            pid=os.getpid(),
+            data_dir=str(data_dir),
+            state="starting",
+            api_url=self.api_url,
+            grpc_address=f"{_connect_host(settings.grpc_host)}:{settings.grpc_port}",
+            ingest_metrics_url=self.ingest_metrics_url,
+            embedded_postgres=settings.database_url is None,
+            embedded_redis=settings.redis_url is None,
+        )
+        datadir.write_record(data_dir, self._record)
         updates: dict[str, object] = {"data_dir": data_dir}
         if settings.database_url is None:
             self._pg = EmbeddedPostgres(data_dir)
@@ -122,8 +147,29 @@ class Supervisor:
         self._spawn("api", "api", ["api"], stop_timeout_s=5.0)
         self._wait_ready()
         agent_ids = [self._spawn_agent(index) for index in range(1, self.agents + 1)]
+        self._record.state = "up"
+        self._record.database_url = settings.database_url
+        self._record.redis_url = settings.redis_url
+        datadir.write_record(data_dir, self._record)
         if banner:
             self._banner(agent_ids)
+
+    def _listeners(self) -> list[datadir.Listener]:
+        s = self.settings
+        listeners = [
+            datadir.Listener(s.grpc_host, s.grpc_port, "ingest gRPC", "--grpc-port"),
+            datadir.Listener(s.api_host, s.api_port, "API", "--api-port"),
+        ]
+        if s.ingest_metrics_port:
+            listeners.append(
+                datadir.Listener(
+                    s.grpc_host,
+                    s.ingest_metrics_port,
+                    "ingest metrics",
+                    "FLEETPULSE_INGEST_METRICS_PORT (0 turns it off)",
+                )
+            )
+        return listeners
 
     def _watch(self) -> int:
         while not self._stop.wait(0.2):
@@ -156,6 +202,8 @@ class Supervisor:
 
     def shutdown(self) -> None:
         """Stop everything in the order that loses nothing; safe to call more than once."""
+        if self._lock is None:
+            return  # refused before it started anything (or stopped already)
         if threading.current_thread() is threading.main_thread():
             # a second Ctrl-C must not cut the drain short
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -169,6 +217,10 @@ class Supervisor:
         if self._pg is not None:
             self._pg.stop()
             self._pg = None
+        # only now, with every server stopped, may another `up` take the data dir
+        datadir.remove_record(self.settings.data_dir.expanduser().resolve())
+        self._lock.release()
+        self._lock = None
         log.info("stopped in %.1f s", time.monotonic() - started)
 
     # -- children ----------------------------------------------------------------------------
@@ -256,30 +308,52 @@ class Supervisor:
     def api_url(self) -> str:
         return f"http://{_connect_host(self.settings.api_host)}:{self.settings.api_port}"
 
+    @property
+    def ingest_metrics_url(self) -> str | None:
+        s = self.settings
+        if not s.ingest_metrics_port:
+            return None
+        return f"http://{_connect_host(s.grpc_host)}:{s.ingest_metrics_port}/metrics"
+
     def _banner(self, agent_ids: list[str]) -> None:
         s = self.settings
         token = s.enrollment_token.get_secret_value() if s.enrollment_token else ""
+        keys = s.read_keys()
         lines = [
             "fleetpulse is up",
+            f"  dashboard        {self.api_url}/  (log in with the API key below)",
             f"  API              {self.api_url}  (docs: {self.api_url}/docs)",
+            f"  Prometheus API   {self.api_url}/api/v1  (Grafana, promtool: the API key as bearer token or basic-auth password)",
             f"  ingest (gRPC)    {s.grpc_host}:{s.grpc_port}",
-            "  ingest metrics   "
-            + (
-                f"http://{_connect_host(s.grpc_host)}:{s.ingest_metrics_port}/metrics"
-                if s.ingest_metrics_port
-                else "off"
-            ),
+            f"  ingest metrics   {self.ingest_metrics_url or 'off'}",
             f"  data dir         {s.data_dir}",
-            f"  PostgreSQL       {'embedded' if self._pg else 'external'}",
-            f"  Redis            {'embedded' if self._redis else 'external'}",
+            f"  PostgreSQL       {'embedded' if self._pg else 'external'}  {_redact(s.database_url)}",
+            f"  Redis            {'embedded' if self._redis else 'external'}  {_redact(s.redis_url)}",
             f"  workers          {self.workers}",
-            f"  enrollment token {token}",
-            f"  API key          {', '.join(s.read_keys()) or '(admin key only)'}",
+            f"  enrollment token {token}  (in {s.data_dir / 'enrollment_token'})"
+            if (s.data_dir / "enrollment_token").exists()
+            else f"  enrollment token {token}",
+            f"  API key          {', '.join(keys)}  (in {s.data_dir / 'api-key'})"
+            if keys and (s.data_dir / "api-key").exists()
+            else f"  API key          {', '.join(keys) or '(admin key only)'}",
             f"  local agents     {', '.join(agent_ids) if agent_ids else 'none'}",
             "Press Ctrl-C to stop.",
         ]
         self.out.write("\n".join(lines) + "\n")
         self.out.flush()
+
+
+def _redact(url: str | None) -> str:
+    """A URL for the banner: a password in it is replaced by ***."""
+    if url is None:
+        return ""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _stop_all(children: list[Child]) -> None:

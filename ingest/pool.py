@@ -10,6 +10,7 @@ finishes its chunk, drains and exits; the pool exits when all have.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -60,8 +61,11 @@ class WorkerPool:
             "--of",
             str(self.processes),
         ]
+        env = dict(os.environ)
+        if self.role == "ingest":  # the pool's processes share the port, and only they do
+            env["FLEETPULSE_GRPC_REUSE_PORT"] = "true"
         slot.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, preexec_fn=lifecycle.die_with_parent
+            argv, stdin=subprocess.DEVNULL, env=env, preexec_fn=lifecycle.die_with_parent
         )
         slot.started_at = time.monotonic()
 

@@ -10,6 +10,8 @@ import logging
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from fleetpulse.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 CONNECTED = Gauge("fleetpulse_ingest_connected_agents", "Agents with an open, registered stream")
@@ -44,7 +46,7 @@ def serve(host: str, port: int, index: int = 1) -> int | None:
     try:
         start_http_server(actual, addr=host)
     except OSError as exc:
-        raise OSError(
+        raise ConfigError(
             f"cannot serve /metrics on {host}:{actual} ({exc.strerror}); "
             "set FLEETPULSE_INGEST_METRICS_PORT (0 turns it off)"
         ) from exc

@@ -373,8 +373,8 @@ class Harness:
     def start_ingest(
         self, port: int, name: str = "ingest", wait: bool = True, **overrides: object
     ) -> Proc:
-        """A `fleetpulse ingest` on ``port``, ready when it logs that it listens (several may share
-        the port: SO_REUSEPORT)."""
+        """A `fleetpulse ingest` on ``port``, ready when it logs that it listens (several share the
+        port with ``grpc_reuse_port="true"``: SO_REUSEPORT)."""
         proc = self.spawn(name, ["ingest"], self.env(port, **overrides))
         if wait:
             self.wait_logged(proc, READY_LINE_INGEST, 1, 30)

@@ -43,10 +43,11 @@ def test_front_end_killed_agents_reconnect_and_replay(harness: Harness) -> None:
 
 def test_rolling_restart_of_two_front_ends_sharing_the_port(harness: Harness) -> None:
     port = free_port()
-    # Two `fleetpulse ingest` on one port (SO_REUSEPORT, as `--processes 2` runs them): the kernel
-    # spreads the agents' connections over both.
+    # Two `fleetpulse ingest` on one port, sharing it on purpose (SO_REUSEPORT, as `--processes 2`
+    # runs them): the kernel spreads the agents' connections over both.
     front_ends = {
-        name: harness.start_ingest(port, name, wait=False) for name in ("ingest-a", "ingest-b")
+        name: harness.start_ingest(port, name, wait=False, grpc_reuse_port="true")
+        for name in ("ingest-a", "ingest-b")
     }
     pool = harness.start_workers(2, wait=False)
     for proc in front_ends.values():
@@ -66,7 +67,7 @@ def test_rolling_restart_of_two_front_ends_sharing_the_port(harness: Harness) ->
         # agents table).
         assert " ERROR " not in stopped.log_text(), stopped.log_text()
         assert online_via(harness.database_url, stopped.pid) == []
-        front_ends[name] = harness.start_ingest(port, name)
+        front_ends[name] = harness.start_ingest(port, name, grpc_reuse_port="true")
         harness.wait_flowing(agents)
 
     harness.finish(*front_ends.values(), pool)

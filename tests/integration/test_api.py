@@ -658,6 +658,12 @@ def test_every_path_but_healthz_needs_a_key(database_url: str, db: psycopg.Conne
         wrong = anonymous.get("/agents", headers={"authorization": "Bearer k3"})
         assert wrong.status_code == 401
         assert anonymous.get("/agents", headers={"authorization": "Basic k1"}).status_code == 401
+        # Basic auth, as promtool and Grafana send a key given in the URL: the password is the
+        # key, whatever the user name; a wrong password or none is refused.
+        assert anonymous.get("/agents", auth=("fleetpulse", "k1")).status_code == 200
+        assert anonymous.get("/agents", auth=("", "k2")).status_code == 200
+        assert anonymous.get("/agents", auth=("k1", "")).status_code == 401
+        assert anonymous.get("/agents", auth=("fleetpulse", "k3")).status_code == 401
         for key in ("k1", "k2"):  # either read key
             assert anonymous.get("/agents", headers={"authorization": f"Bearer {key}"}).json()
         anonymous.cookies.set("fleetpulse_key", "k2")  # what the dashboard's login sets
