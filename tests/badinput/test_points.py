@@ -108,9 +108,13 @@ def columns(
 
 
 def send_accepted(edge: Edge, agent: str, *batches: bytes) -> None:
-    """Register as ``agent`` and send ``batches``: each must be acked as accepted (queued)."""
+    """Register as ``agent`` and send ``batches``: each must be acked as accepted (queued).
+
+    As an agent of the original protocol (no credential issued), so that a test may send as the
+    same agent again with the enrollment token: the token cannot register an id that was issued
+    a credential (ingest/credentials.py)."""
     stream = RawStream(edge.address, TOKEN)
-    stream.send(register(agent), *batches)
+    stream.send(register(agent, protocol=0), *batches)
     acks = [stream.wait_for("metric_ack") for _ in batches]
     stream.close()
     assert all(a is not None and a.success for a in acks), (acks, stream.details())  # type: ignore[attr-defined]
