@@ -38,6 +38,8 @@ _EXTRA_OF_MODULE = {
     "orjson": "server",
     "polars": "server",
     "matplotlib": "bench",
+    "pcodec": "bench",
+    "zstandard": "bench",
     "grpc": "agent",
     "psutil": "agent",
     "yaml": "agent",
@@ -517,6 +519,20 @@ def _cmd_bench_queries(args: argparse.Namespace) -> int:
     return queries.run(args)
 
 
+def _add_bench_layouts_arguments(parser: argparse.ArgumentParser) -> None:
+    try:
+        from fleetpulse.bench.layouts import add_arguments
+    except ModuleNotFoundError:
+        return
+    add_arguments(parser)
+
+
+def _cmd_bench_layouts(args: argparse.Namespace) -> int:
+    from fleetpulse.bench import layouts
+
+    return layouts.run(args)
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     from fleetpulse import audit
 
@@ -709,6 +725,13 @@ def build_parser() -> argparse.ArgumentParser:
         populate=_add_bench_queries_arguments,
     )
     queries_bench.set_defaults(handler=_cmd_bench_queries)
+    layouts_bench = bench_sub.add_parser(
+        "layouts",
+        help="storage layouts for points on this host's real agent data: disk per point, COPY "
+        "rate, codecs",
+        populate=_add_bench_layouts_arguments,
+    )
+    layouts_bench.set_defaults(handler=_cmd_bench_layouts)
 
     audit = sub.add_parser(
         "audit",
@@ -748,12 +771,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fleetpulse {args.command}: {exc}", file=sys.stderr)
         return exc.exit_status
-    except Exception as exc:
-        server = _SERVER_OF_ERROR.get(type(exc).__module__.split(".")[0])
-        if server is None or args.command not in _MANAGEMENT_COMMANDS:
-            raise
-        print(f"fleetpulse {args.command}: {server}: {_one_line(exc)}", file=sys.stderr)
-        return 1
     except ModuleNotFoundError as exc:
         extra = _EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
         if extra is None:
@@ -766,3 +783,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        server = _SERVER_OF_ERROR.get(type(exc).__module__.split(".")[0])
+        if server is None or args.command not in _MANAGEMENT_COMMANDS:
+            raise
+        print(f"fleetpulse {args.command}: {server}: {_one_line(exc)}", file=sys.stderr)
+        return 1

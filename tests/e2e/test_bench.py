@@ -302,3 +302,18 @@ def test_bench_queries_seeds_measures_and_reuses_the_dataset(tmp_path: Path) -> 
             assert one("SELECT count(DISTINCT bucket) FROM rollup_1h") >= 7 * 24  # type: ignore[operator]
     finally:
         pg.stop()
+
+
+def test_bench_layouts_measures_every_layout_on_real_samples(tmp_path: Path) -> None:
+    args = ["layouts", "--collections", "12", "--interval", "0.05", "--agents", "3"]
+    summary = _bench([*args, "--chunk-collections", "6"], tmp_path)
+    series, collections = summary["series"], summary["collections"]
+    assert isinstance(series, int) and series > 50  # the agent's collectors on this host
+    assert collections == 12 and summary["points"] == 3 * 12 * series
+    for layout in ("rows", "batch_rows", "chunks_pcodec", "chunks_zstd"):
+        assert summary[f"{layout}_bytes_per_point"] > 0  # type: ignore[operator]
+        assert summary[f"{layout}_copy_points_per_s"] > 0  # type: ignore[operator]
+    # one row and one index entry per point cost more than a row per collection
+    assert summary["rows_bytes_per_point"] > summary["batch_rows_bytes_per_point"]  # type: ignore[operator]
+    for codec in ("pcodec", "zstd"):  # (the bench checks each round trip bit for bit)
+        assert summary[f"{codec}_bytes_per_value"] > 0  # type: ignore[operator]
