@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent import futures
 from datetime import UTC, datetime
@@ -45,9 +44,8 @@ from typing import Any
 import psutil
 
 from fleetpulse.bench import report
-from fleetpulse.bench.ports import free_port
+from fleetpulse.bench.nodeexporter import NODE_EXPORTER, NodeExporter
 
-NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 SERVICE_UNIT = Path(__file__).resolve().parent.parent / "agent" / "fleetpulse-agent.service"
 CONNECT_METHOD = "/proto.AgentService/Connect"
 
@@ -197,42 +195,6 @@ def _sink(ready: Any, counts: Any) -> None:
     server.wait_for_termination()
 
 
-# -- node_exporter ---------------------------------------------------------------------------
-
-
-class _NodeExporter:
-    """Debian's prometheus-node-exporter on a loopback port, scraped like Prometheus does."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/metrics"
-        self.proc = subprocess.Popen(
-            [NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.series = 0
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                self.scrape()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise
-                time.sleep(0.2)
-        self.ps = psutil.Process(self.proc.pid)
-
-    def scrape(self) -> None:
-        body = urllib.request.urlopen(self.url, timeout=10).read().decode()
-        self.series = sum(1 for line in body.splitlines() if line and not line.startswith("#"))
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
 def _collector_costs(rounds: int, pause_s: float) -> dict[str, float]:
     """CPU per run of each collector, in ms, measured in this process (``pause_s`` between
     rounds, so caches are as cold as in an agent that sleeps between collections)."""
@@ -291,10 +253,10 @@ def run(args: argparse.Namespace) -> int:
         ],
         env={"FLEETPULSE_ENROLLMENT_TOKEN": "bench", "PATH": "/usr/bin:/bin", **unit_env},
     )
-    node: _NodeExporter | None = None
+    node: NodeExporter | None = None
     try:
         if Path(NODE_EXPORTER).exists():
-            node = _NodeExporter()
+            node = NodeExporter()
         time.sleep(args.warmup)
         ps = psutil.Process(agent.pid)
         if agent.poll() is not None:

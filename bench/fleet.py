@@ -38,7 +38,7 @@ import polars as pl
 import psycopg
 from pydantic import SecretStr
 
-from fleetpulse.bench import anchors, report
+from fleetpulse.bench import anchors, disk, report
 from fleetpulse.bench.ports import free_port
 from fleetpulse.bench.resources import ResourceSampler, processes_named
 from fleetpulse.bench.simulator import (
@@ -525,6 +525,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         ).fetchall()
         rollup_lags = _rollup_lags(conn, started_at, platform)
         conn.close()
+        stored = disk.bytes_per_point(platform.database_url)
 
         ceiling = vm = None
         if not args.no_anchors:
@@ -598,6 +599,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "rollup_lag_max_s": _percentile(rollup_lags, 100),
         "copy_ceiling_points_per_s": ceiling["points_per_s"] if ceiling else None,
         "victoriametrics_points_per_s": vm["points_per_s"] if vm else None,
+        # disk: points and rollup tables with their indexes, per point stored (bench/disk.py),
+        # and VictoriaMetrics' for the same samples
+        "bytes_per_point": stored["bytes_per_point"],
+        "victoriametrics_bytes_per_point": vm["bytes_per_point"] if vm else None,
     }
     summary["ratio_to_copy_ceiling"] = (
         round(summary["committed_points_per_s"] / ceiling["points_per_s"], 3) if ceiling else None
@@ -619,6 +624,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "verified": verified,
         "verification": check,
         "anchors": {"copy_ceiling": ceiling, "victoriametrics": vm},
+        "disk": stored,
         "resources": resources,
         "rejects": [{"reason": r, "batches": b, "points": p} for r, b, p in rejects],
         "timeline": timeline,

@@ -1,7 +1,8 @@
 """``fleetpulse bench layouts``: storage layouts for points, measured against each other on real
 agent data before one is chosen (issue 15, docs/architecture.md "Storage").
 
-The data is this host's own: the agent's collectors (agent/collectors.py) run ``--collections``
+The data is this host's own: the agent's collectors (agent/collectors.py), or with ``--source
+node_exporter`` Debian's prometheus-node-exporter scraped as Prometheus does, run ``--collections``
 times, ``--interval`` seconds apart, and every series they return becomes a column of a
 (collections x series) matrix, as one agent's ColumnarBatches would carry it. ``--agents`` copies
 of it (each its own series set) stand for a fleet. Each layout is written into one PostgreSQL
@@ -65,6 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="collections per compressed chunk (default 240)",
     )
     parser.add_argument(
+        "--source",
+        choices=["agent", "node_exporter"],
+        default="agent",
+        help="whose samples: the agent's collectors (default) or node_exporter's scrapes",
+    )
+    parser.add_argument(
         "--samples",
         type=Path,
         help="reuse samples saved by an earlier run (samples.npz) instead of collecting",
@@ -103,7 +110,45 @@ def collect_samples(collections: int, interval_s: float) -> Samples:
             key = name + json.dumps(labels, sort_keys=True)
             row[columns.setdefault(key, len(columns))] = value
         rows.append(row)
-    values = np.full((collections, len(columns)), np.nan)
+    return _matrix(columns, rows, stamps)
+
+
+def scrape_samples(collections: int, interval_s: float) -> Samples:
+    """node_exporter scraped ``collections`` times: every series seen becomes a column."""
+    from fleetpulse.bench.nodeexporter import NodeExporter
+
+    exporter = NodeExporter()
+    columns: dict[str, int] = {}
+    rows: list[dict[int, float]] = []
+    stamps: list[int] = []
+    try:
+        next_at = time.monotonic()
+        for _ in range(collections):
+            next_at += interval_s
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            body = exporter.scrape()
+            stamps.append(time.time_ns() // 1000)
+            rows.append(
+                {columns.setdefault(key, len(columns)): v for key, v in exposition(body).items()}
+            )
+    finally:
+        exporter.stop()
+    return _matrix(columns, rows, stamps)
+
+
+def exposition(body: str) -> dict[str, float]:
+    """The samples of a Prometheus text exposition, by series key (name and sorted labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        sample.name + json.dumps(sample.labels, sort_keys=True): float(sample.value)
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+def _matrix(columns: dict[str, int], rows: list[dict[int, float]], stamps: list[int]) -> Samples:
+    values = np.full((len(rows), len(columns)), np.nan)
     for t, row in enumerate(rows):
         values[t, list(row)] = list(row.values())
     return Samples(list(columns), np.array(stamps, dtype=np.int64), values)
@@ -344,10 +389,11 @@ def run(args: argparse.Namespace) -> int:
         raw = Samples(list(saved["names"]), saved["ts_us"], saved["values"])
     else:
         sys.stderr.write(
-            f"collecting {args.collections} times, {args.interval} s apart, "
-            "with the agent's collectors\n"
+            f"collecting {args.collections} times, {args.interval} s apart, from the "
+            f"{args.source}\n"
         )
-        raw = collect_samples(args.collections, args.interval)
+        collect = scrape_samples if args.source == "node_exporter" else collect_samples
+        raw = collect(args.collections, args.interval)
         np.savez(out_dir / "samples.npz", names=raw.names, ts_us=raw.ts_us, values=raw.values)
     samples = _series_complete(raw)
     t, s = samples.values.shape
@@ -380,6 +426,7 @@ def run(args: argparse.Namespace) -> int:
         if pg is not None:
             pg.stop()
     summary: dict[str, Any] = {
+        "source": "samples file" if args.samples is not None else args.source,
         "series": s,
         "collections": t,
         "agents": args.agents,

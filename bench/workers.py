@@ -28,7 +28,7 @@ import numpy as np
 import psycopg
 import redis
 
-from fleetpulse.bench import anchors, report
+from fleetpulse.bench import anchors, disk, report
 from fleetpulse.bench.encoder import BatchEncoder, ColumnarEncoder
 from fleetpulse.bench.hostseries import host_series
 from fleetpulse.bench.resources import ResourceSampler, processes_named
@@ -276,6 +276,7 @@ def run(args: argparse.Namespace) -> int:
         committed_points, committed_batches = int(row[0]), int(row[1])
         rows = anchors.fetch_run_rows(database_url, prefix, anchors_max_rows := 10_000_000)
         ceiling = anchors.copy_ceiling(database_url, rows, f"bench_copy_ceiling_{run_id}")
+        stored = disk.bytes_per_point(database_url)
     finally:
         for w in workers:
             w.terminate()
@@ -306,6 +307,8 @@ def run(args: argparse.Namespace) -> int:
         # After the queue drained: until every closed minute and hour was recomputed.
         "rollups_current_after_s": None if rollup_s is None else round(rollup_s, 3),
         "rollup_points_equal_stored": None if rolled is None else rolled == expected_points,
+        # disk: points and rollup tables with their indexes, per point stored (bench/disk.py)
+        "bytes_per_point": stored["bytes_per_point"],
     }
     result = {
         "profile": _profile(stats, rollup_work, timed_points),
@@ -317,6 +320,7 @@ def run(args: argparse.Namespace) -> int:
         "summary": summary,
         "committed_batches": committed_batches,
         "resources": resources,
+        "disk": stored,
     }
     out_dir = args.results_dir / (started_at.strftime("%Y%m%dT%H%M%SZ") + "-workers")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,8 @@ REQUIRED = {
     "freshness_p99_s",
     "copy_ceiling_points_per_s",
     "victoriametrics_points_per_s",
+    "bytes_per_point",
+    "victoriametrics_bytes_per_point",
 }
 
 
@@ -73,6 +75,8 @@ def test_bench_fleet_runs_verifies_and_reports(mode: str, tmp_path: Path) -> Non
     assert summary["sent_points"] == summary["committed_points"] > 0
     assert summary["missing_batches"] == summary["duplicate_batches"] == 0
     assert summary["copy_ceiling_points_per_s"] > 0
+    # today's layout stores a 34-byte row and an index entry per point, and its rollups
+    assert summary["bytes_per_point"] > 34
     (run_dir,) = tmp_path.iterdir()
     assert {"result.json", "summary.md", "throughput.png", "freshness.png"} <= {
         p.name for p in run_dir.iterdir()
@@ -121,6 +125,7 @@ def test_bench_workers_drains_the_queue_into_postgres(form: str, tmp_path: Path)
     } <= summary.keys()
     assert summary["points"] == 30 * 3 * 40 and summary["processes"] == 2
     assert summary["stored_equals_queued"] is True
+    assert summary["bytes_per_point"] > 34  # a 34-byte row and an index entry per point at least
 
 
 def _bench(args: list[str], tmp_path: Path) -> dict[str, object]:
