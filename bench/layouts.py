@@ -43,11 +43,14 @@ from psycopg.conninfo import make_conninfo
 
 from fleetpulse.bench import report
 from fleetpulse.embedded import EmbeddedPostgres
+from fleetpulse.ingest.copybuf import (
+    PG_EPOCH_OFFSET_US,
+    SIGNATURE,
+    TRAILER,
+    points_copy_buffer,
+)
 
 DB_NAME = "fleetpulse_bench_layouts"
-_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
-_TRAILER = (-1).to_bytes(2, "big", signed=True)
-_PG_EPOCH_OFFSET_US = 946_684_800_000_000
 CODECS = ("pcodec", "zstd")
 
 
@@ -245,26 +248,13 @@ def codec_figures(samples: Samples, chunk: int) -> dict[str, dict[str, float]]:
 
 
 def _rows_payload(samples: Samples, agents: int) -> tuple[bytes, int]:
+    """Today's layout, built as the worker builds it (ingest/copybuf.py)."""
     t, s = samples.values.shape
-    dtype = np.dtype(
-        [
-            ("fields", ">i2"),
-            ("id_len", ">i4"),
-            ("id", ">i4"),
-            ("ts_len", ">i4"),
-            ("ts", ">i8"),
-            ("value_len", ">i4"),
-            ("value", ">f8"),
-        ]
-    )
-    rows = np.empty(agents * t * s, dtype=dtype)
-    rows["fields"], rows["id_len"], rows["ts_len"], rows["value_len"] = 3, 4, 8, 8
     series = np.arange(agents * s, dtype=np.int32).reshape(agents, 1, s)
-    rows["id"] = np.broadcast_to(series, (agents, t, s)).ravel()
-    stamps = (samples.ts_us - _PG_EPOCH_OFFSET_US).reshape(1, t, 1)
-    rows["ts"] = np.broadcast_to(stamps, (agents, t, s)).ravel()
-    rows["value"] = np.broadcast_to(samples.values, (agents, t, s)).ravel()
-    return _SIGNATURE + rows.tobytes() + _TRAILER, rows.size
+    ids = np.broadcast_to(series, (agents, t, s)).ravel()
+    stamps = np.broadcast_to(samples.ts_us.reshape(1, t, 1), (agents, t, s)).ravel()
+    values = np.broadcast_to(samples.values, (agents, t, s)).ravel()
+    return points_copy_buffer(ids, stamps, values), ids.size
 
 
 def _batch_rows_payload(samples: Samples, agents: int) -> tuple[bytes, int]:
@@ -283,19 +273,19 @@ def _batch_rows_payload(samples: Samples, agents: int) -> tuple[bytes, int]:
     rows = np.empty(agents * t, dtype=dtype)
     rows["fields"], rows["id_len"], rows["ts_len"], rows["vals_len"] = 3, 4, 8, 8 * s
     rows["id"] = np.repeat(np.arange(agents, dtype=np.int32), t)
-    rows["ts"] = np.tile(samples.ts_us - _PG_EPOCH_OFFSET_US, agents)
+    rows["ts"] = np.tile(samples.ts_us - PG_EPOCH_OFFSET_US, agents)
     rows["vals"] = np.tile(samples.values, (agents, 1))
-    return _SIGNATURE + rows.tobytes() + _TRAILER, agents * t * s
+    return SIGNATURE + rows.tobytes() + TRAILER, agents * t * s
 
 
 def _chunks_payload(codec: str, samples: Samples, agents: int, chunk: int) -> tuple[bytes, int]:
-    parts = [_SIGNATURE]
+    parts = [SIGNATURE]
     t, s = samples.values.shape
     encoded = []
     for start in range(0, t, chunk):
         stamps = samples.ts_us[start : start + chunk]
         ts, vals = encode(codec, stamps, samples.values[start : start + chunk])
-        encoded.append((int(stamps[0]) - _PG_EPOCH_OFFSET_US, len(stamps), ts, vals))
+        encoded.append((int(stamps[0]) - PG_EPOCH_OFFSET_US, len(stamps), ts, vals))
     for agent in range(agents):  # one agent's chunks are equal to another's: encoded once
         for start_us, n, ts, vals in encoded:
             parts.append(
@@ -306,7 +296,7 @@ def _chunks_payload(codec: str, samples: Samples, agents: int, chunk: int) -> tu
                 + _field(ts)
                 + _field(vals)
             )
-    parts.append(_TRAILER)
+    parts.append(TRAILER)
     return b"".join(parts), agents * t * s
 
 

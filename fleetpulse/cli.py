@@ -601,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = agents_sub.add_parser(
         "list", help="every agent: status, last seen, CPU and memory now (the dashboard's table)"
     )
-    _add_server_flags(listing, queue=False)
+    _add_server_flags(listing, queue=False, redis=False)
     listing.add_argument("--status", choices=["online", "offline"])
     listing.add_argument("-q", dest="q", metavar="TEXT", help="agent id or hostname contains")
     listing.add_argument("--sort", default="agent_id", help="as GET /agents (default agent_id)")

@@ -72,10 +72,6 @@ class DirLock:
         if fd is not None:
             os.close(fd)  # closing the only descriptor releases the flock
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def holder(self) -> int | None:
         """The pid of the process holding the lock now, or None when nobody holds it."""
         if self._fd is not None:

@@ -158,14 +158,11 @@ def render_status(record: PlatformRecord | None, health: dict[str, Any]) -> str:
         streams = queue["streams"]
         pending = sum(s["pending"] or 0 for s in streams)
         lags = [s["lag"] for s in streams if s["lag"] is not None]
-        lines.append(
+        queued = (
             f"queue              {queue['queued']:,} batches in {len(streams)} streams, "
-            f"{pending:,} read and not yet committed, "
-            f"{sum(lags):,} not yet read (lag)"
-            if lags
-            else f"queue              {queue['queued']:,} batches in {len(streams)} streams, "
             f"{pending:,} read and not yet committed"
         )
+        lines.append(queued + (f", {sum(lags):,} not yet read (lag)" if lags else ""))
         lines.append(f"dead letters       {queue['dead_letters']:,}")
     return "\n".join(lines)
 

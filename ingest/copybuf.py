@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
-_TRAILER = (-1).to_bytes(2, "big", signed=True)
+SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
+TRAILER = (-1).to_bytes(2, "big", signed=True)
 # timestamptz is microseconds since 2000-01-01 00:00:00 UTC.
-_PG_EPOCH_OFFSET_US = 946_684_800_000_000
+PG_EPOCH_OFFSET_US = 946_684_800_000_000
 
 POINT_ROW = np.dtype(
     [
@@ -36,7 +36,7 @@ def points_copy_buffer(series_ids: np.ndarray, ts_unix_us: np.ndarray, values: n
     rows["series_id_len"] = 4
     rows["series_id"] = series_ids
     rows["ts_len"] = 8
-    rows["ts"] = ts_unix_us - _PG_EPOCH_OFFSET_US
+    rows["ts"] = ts_unix_us - PG_EPOCH_OFFSET_US
     rows["value_len"] = 8
     rows["value"] = values
-    return b"".join((_SIGNATURE, rows.tobytes(), _TRAILER))
+    return b"".join((SIGNATURE, rows.tobytes(), TRAILER))

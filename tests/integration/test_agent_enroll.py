@@ -9,26 +9,17 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from fleetpulse.agent.config import AgentConfig
 from fleetpulse.agent.daemon import AgentDaemon
 from fleetpulse.agent.spool import Spool
 from tests.integration.conftest import TOKEN, ingest_env
+from tests.integration.test_agent import wait_for
 from tests.processes import fleetpulse_process, free_port, log_tail, wait_for_port
 
 # Guards against a hang, not timings under test.
 EXIT_TIMEOUT_S = 60.0
-
-
-def wait_for(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def write_config(tmp_path: Path, port: int, agent_id: str, state_dir: Path) -> Path:
