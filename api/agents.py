@@ -18,6 +18,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
+from fleetpulse import samples
 from fleetpulse.api.schemas import AgentDetailPublic, AgentPublic, SeriesPointsPublic, SeriesPublic
 from fleetpulse.settings import Settings
 
@@ -74,19 +75,20 @@ _ORDER = {
 _COMPUTED_SORTS = ("cpu_percent", "memory_percent")
 SORTS = (*_ORDER, *_COMPUTED_SORTS, *(f"-{key}" for key in _COMPUTED_SORTS))
 
-# The latest point of the last 5 minutes of each agent's idle CPU and memory total/available.
-_NOW_VALUES = """
-SELECT s.agent_id, s.name, s.labels->>'mode', s.labels->>'state', p.value
-FROM series s
-CROSS JOIN LATERAL (
-    SELECT value FROM points
-    WHERE points.series_id = s.series_id AND ts > now() - interval '5 minutes'
-    ORDER BY ts DESC LIMIT 1
-) p
-WHERE s.agent_id = ANY(%s)
-    AND ((s.name = 'cpu_usage_percent' AND s.labels = '{"mode": "idle"}')
-        OR (s.name = 'memory_bytes' AND s.labels->>'state' IN ('total', 'available')))
+# The series whose latest point (of the last 5 minutes) gives each agent's CPU and memory use.
+_NOW_SERIES = """
+SELECT series_id, agent_id, name, labels->>'state' FROM series
+WHERE agent_id = ANY(%s)
+    AND ((name = 'cpu_usage_percent' AND labels = '{"mode": "idle"}')
+        OR (name = 'memory_bytes' AND labels->>'state' IN ('total', 'available')))
 """
+_LATEST = (
+    "SELECT DISTINCT ON (series_id) series_id, value FROM ("  # noqa: S608  # constants only
+    + samples.points_sql("ids", "lo", "hi")
+    + ") p ORDER BY series_id, ts DESC"
+)
+# Points may lie up to max_future_s ahead; an hour by default.
+_NOW_HORIZON = timedelta(days=2)
 
 # Two constants joined; no input is ever formatted into SQL.
 _GET_AGENT = (
@@ -123,15 +125,11 @@ ORDER BY name, series_id
 
 _SERIES_LABELS = "SELECT series_id, labels FROM series WHERE agent_id = %s AND name = %s"
 
-# Ordered by (series_id, ts), which is the points_series_ts index: a merge of index scans.
-_SELECT_POINTS = """
-SELECT series_id, ts, value
-FROM points JOIN series USING (series_id)
-WHERE series.agent_id = %(agent_id)s AND series.name = %(name)s
-    AND ts >= %(start)s AND ts < %(end)s
-ORDER BY series_id, ts
-LIMIT %(limit)s
-"""
+_SELECT_POINTS = (
+    "SELECT series_id, ts, value FROM ("  # noqa: S608  # constants only
+    + samples.points_sql("ids", "start", "end")
+    + ") p ORDER BY series_id, ts LIMIT %(limit)s"
+)
 
 
 async def _connection(request: Request) -> AsyncIterator[AsyncConnection[Any]]:
@@ -193,10 +191,18 @@ async def now_values(conn: AsyncConnection[Any], agents: list[AgentPublic]) -> N
     """Fill cpu_percent and memory_percent of ``agents`` in one query."""
     if not agents:
         return
-    cur = await conn.execute(_NOW_VALUES, ([a.agent_id for a in agents],))
+    cur = await conn.execute(_NOW_SERIES, ([a.agent_id for a in agents],))
+    wanted = {row[0]: row[1:] for row in await cur.fetchall()}
+    if not wanted:
+        return
+    now = datetime.now(UTC)
+    cur = await conn.execute(
+        _LATEST, {"ids": list(wanted), "lo": now - timedelta(minutes=5), "hi": now + _NOW_HORIZON}
+    )
     idle: dict[str, float] = {}
     memory: dict[tuple[str, str], float] = {}
-    for agent_id, name, _mode, state, value in await cur.fetchall():
+    for series_id, value in await cur.fetchall():
+        agent_id, name, state = wanted[series_id]
         if name == "cpu_usage_percent":
             idle[agent_id] = value
         else:
@@ -358,8 +364,7 @@ async def get_agent_points(
             cur = await conn.execute(
                 _SELECT_POINTS,
                 {
-                    "agent_id": agent_id,
-                    "name": name,
+                    "ids": list(labels_by_series),
                     "start": start_utc,
                     "end": end_utc,
                     "limit": max_points + 1,

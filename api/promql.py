@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from psycopg import AsyncConnection
 
+from fleetpulse import samples
 from fleetpulse.api.query import MAX_DURATION_S, Matcher, Series, _splits, select_series
 
 LOOKBACK_S = 300.0
@@ -391,7 +392,8 @@ def choose_tier(node: Node, start: float, end: float, step: float) -> tuple[str,
     return "raw", 0.0
 
 
-_FETCH = """
+_RAW_POINTS = samples.points_sql("ids", "split_m", "end", hi_inclusive=True)
+_FETCH = f"""
 COPY (
     SELECT series_id, extract(epoch FROM last_ts)::float8, last FROM rollup_1h
     WHERE series_id = ANY(%(ids)s) AND bucket >= %(start)s AND bucket < %(split_h)s
@@ -399,11 +401,10 @@ COPY (
     SELECT series_id, extract(epoch FROM last_ts)::float8, last FROM rollup_1m
     WHERE series_id = ANY(%(ids)s) AND bucket >= %(split_h)s AND bucket < %(split_m)s
     UNION ALL
-    SELECT series_id, extract(epoch FROM ts)::float8, value FROM points
-    WHERE series_id = ANY(%(ids)s) AND ts >= %(split_m)s AND ts <= %(end)s
+    SELECT series_id, extract(epoch FROM ts)::float8, value FROM ({_RAW_POINTS}) raw
     ORDER BY 1, 2
 ) TO STDOUT (FORMAT BINARY)
-"""
+"""  # noqa: S608  # constants only
 # One row of the binary COPY above: field count, then (length, value) per field.
 _ROW = np.dtype(
     [

@@ -32,6 +32,7 @@ import polars as pl
 from fastapi import APIRouter, HTTPException, Query, Response
 from psycopg import AsyncConnection, errors
 
+from fleetpulse import samples
 from fleetpulse.api.agents import ConnDep
 
 router = APIRouter(tags=["queries"])
@@ -172,11 +173,10 @@ _MINUTES = """
     FROM rollup_1m
     WHERE series_id = ANY(%(ids)s) AND bucket >= %(split_h)s AND bucket < %(split_m)s
 """
-_RAW = """
-    SELECT series_id, ts, 1 AS n, value AS s, value AS lo, value AS hi, value AS last, ts AS last_ts
-    FROM points
-    WHERE series_id = ANY(%(ids)s) AND ts >= %(split_m)s AND ts < %(end)s
-"""
+_RAW = (
+    "SELECT series_id, ts, 1 AS n, value AS s, value AS lo, value AS hi, value AS last,"  # noqa: S608  # constants only
+    " ts AS last_ts FROM (" + samples.points_sql("ids", "split_m", "end") + ") raw"
+)
 # A window's "last" is the value of its latest sample: an ordered aggregate, which makes
 # PostgreSQL sort every sample. It is computed only when the aggregation asks for it (agg=last);
 # otherwise the samples are hashed into windows unsorted.

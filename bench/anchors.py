@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 
 from fleetpulse.bench.ports import free_port
-from fleetpulse.ingest.copybuf import POINT_ROW
+from fleetpulse.copybuf import POINT_ROW
 
 log = logging.getLogger(__name__)
 

@@ -278,8 +278,10 @@ def verify(conn: psycopg.Connection, prefix: str, results: list[AgentResult]) ->
     # so a count above the batch's points is a duplicate, below it a loss.
     stored = _read_table(
         conn,
-        "SELECT s.agent_id, (extract(epoch FROM p.ts) * 1e6)::int8 AS ts_us, count(*) AS stored_points"
-        " FROM points p JOIN series s USING (series_id) WHERE s.agent_id LIKE %s GROUP BY 1, 2",
+        # a samples row holds one point per series of its set (fleetpulse/samples.py)
+        "SELECT ss.agent_id, (extract(epoch FROM s.ts) * 1e6)::int8 AS ts_us,"
+        " sum(cardinality(ss.series_ids))::int8 AS stored_points"
+        " FROM samples s JOIN series_sets ss USING (set_id) WHERE ss.agent_id LIKE %s GROUP BY 1, 2",
         (prefix + "%",),
     )
     if ledger.is_empty():

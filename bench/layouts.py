@@ -42,13 +42,13 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from fleetpulse.bench import report
-from fleetpulse.embedded import EmbeddedPostgres
-from fleetpulse.ingest.copybuf import (
+from fleetpulse.copybuf import (
     PG_EPOCH_OFFSET_US,
     SIGNATURE,
     TRAILER,
     points_copy_buffer,
 )
+from fleetpulse.embedded import EmbeddedPostgres
 
 DB_NAME = "fleetpulse_bench_layouts"
 CODECS = ("pcodec", "zstd")
@@ -248,7 +248,7 @@ def codec_figures(samples: Samples, chunk: int) -> dict[str, dict[str, float]]:
 
 
 def _rows_payload(samples: Samples, agents: int) -> tuple[bytes, int]:
-    """Today's layout, built as the worker builds it (ingest/copybuf.py)."""
+    """Today's layout, built as the worker builds it (fleetpulse/copybuf.py)."""
     t, s = samples.values.shape
     series = np.arange(agents * s, dtype=np.int32).reshape(agents, 1, s)
     ids = np.broadcast_to(series, (agents, t, s)).ravel()

@@ -78,9 +78,9 @@ from psycopg.conninfo import make_conninfo
 from fleetpulse import partitions
 from fleetpulse.bench import report
 from fleetpulse.bench.ports import free_port
+from fleetpulse.copybuf import points_copy_buffer, rollup_buffer
 from fleetpulse.embedded import EmbeddedPostgres
 from fleetpulse.ingest import compaction
-from fleetpulse.ingest.copybuf import points_copy_buffer
 from fleetpulse.migrate import migrate
 
 DB_NAME = "fleetpulse_bench_queries"
@@ -106,32 +106,6 @@ _COPY_POINTS = "COPY points (series_id, ts, value) FROM STDIN (FORMAT BINARY)"
 _COPY_1M = "COPY rollup_1m (series_id, bucket, count, sum, min, max, last, last_ts) FROM STDIN (FORMAT BINARY)"
 _COPY_1H = "COPY rollup_1h (series_id, bucket, count, sum, min, max, last, last_ts) FROM STDIN (FORMAT BINARY)"
 
-# Binary COPY framing (ingest/copybuf.py describes it): signature, flags, extension length; -1 ends.
-_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
-_TRAILER = (-1).to_bytes(2, "big", signed=True)
-_PG_EPOCH_OFFSET_US = 946_684_800_000_000
-
-ROLLUP_ROW = np.dtype(
-    [
-        ("fields", ">i2"),
-        ("series_id_len", ">i4"),
-        ("series_id", ">i4"),
-        ("bucket_len", ">i4"),
-        ("bucket", ">i8"),
-        ("count_len", ">i4"),
-        ("count", ">i4"),
-        ("sum_len", ">i4"),
-        ("sum", ">f8"),
-        ("min_len", ">i4"),
-        ("min", ">f8"),
-        ("max_len", ">i4"),
-        ("max", ">f8"),
-        ("last_len", ">i4"),
-        ("last", ">f8"),
-        ("last_ts_len", ">i4"),
-        ("last_ts", ">i8"),
-    ]
-)
 
 _META = """
 CREATE TABLE IF NOT EXISTS bench_dataset (
@@ -494,41 +468,6 @@ class Fleet:
         np.clip(v, self.lo[:, None], self.hi[:, None], out=v)
         v[self.integer] = np.floor(v[self.integer])
         return v
-
-
-def rollup_buffer(
-    series_ids: np.ndarray,
-    bucket_s: np.ndarray,
-    count: np.ndarray,
-    total: np.ndarray,
-    low: np.ndarray,
-    high: np.ndarray,
-    last: np.ndarray,
-    last_ts_us: np.ndarray,
-) -> bytes:
-    """The binary COPY payload for ``COPY rollup_1m|rollup_1h (...)``; all arrays one per row."""
-    rows = np.empty(len(series_ids), dtype=ROLLUP_ROW)
-    rows["fields"] = 8
-    for field, size in (
-        ("series_id", 4),
-        ("bucket", 8),
-        ("count", 4),
-        ("sum", 8),
-        ("min", 8),
-        ("max", 8),
-        ("last", 8),
-        ("last_ts", 8),
-    ):
-        rows[f"{field}_len"] = size
-    rows["series_id"] = series_ids
-    rows["bucket"] = bucket_s.astype(np.int64) * 1_000_000 - _PG_EPOCH_OFFSET_US
-    rows["count"] = count
-    rows["sum"] = total
-    rows["min"] = low
-    rows["max"] = high
-    rows["last"] = last
-    rows["last_ts"] = last_ts_us - _PG_EPOCH_OFFSET_US
-    return b"".join((_SIGNATURE, rows.tobytes(), _TRAILER))
 
 
 class Writer:

@@ -31,9 +31,12 @@ from fleetpulse import partitions
 _LEDGER = """
 SELECT epoch, seq, points, rejected FROM batches WHERE agent_id = %s ORDER BY epoch, seq
 """
-# Point rows of the agent's series (all of them: batches of every epoch write the same series).
+# Points stored for the agent, in both layouts (all its series: batches of every epoch write the
+# same series): a samples row holds one point per series of its set.
 _POINT_ROWS = """
-SELECT count(*) FROM points JOIN series USING (series_id) WHERE series.agent_id = %s
+SELECT (SELECT count(*) FROM points JOIN series USING (series_id) WHERE series.agent_id = %(a)s)
+     + (SELECT coalesce(sum(cardinality(ss.series_ids)), 0)
+        FROM samples s JOIN series_sets ss USING (set_id) WHERE ss.agent_id = %(a)s)
 """
 _OLDEST_COMMIT = "SELECT min(committed_at)::date FROM batches WHERE agent_id = %s"
 
@@ -125,13 +128,13 @@ def audit_agent(conn: psycopg.Connection[Any], report_path: Path) -> AgentAudit:
     result.points_rejected = sum(rejected for _, rejected in stored.values())
     result.batches_with_rejects = sum(1 for _, rejected in stored.values() if rejected)
     result.points_accepted = sum(points - rejected for points, rejected in stored.values())
-    days = partitions.existing_days(conn, "points")
+    days = partitions.existing_days(conn, "samples") | partitions.existing_days(conn, "points")
     oldest_commit = conn.execute(_OLDEST_COMMIT, (result.agent_id,)).fetchone()
     within_retention = bool(
         days and oldest_commit and oldest_commit[0] is not None and oldest_commit[0] > min(days)
     )
     if within_retention or not stored:
-        row = conn.execute(_POINT_ROWS, (result.agent_id,)).fetchone()
+        row = conn.execute(_POINT_ROWS, {"a": result.agent_id}).fetchone()
         result.point_rows = int(row[0]) if row else 0
         result.points_duplicated = max(0, result.point_rows - result.points_accepted)
     return result

@@ -1,12 +1,13 @@
-"""Daily range partitions of ``points`` and the rollup tiers: created ahead, DDL that never stalls COPY.
+"""Daily range partitions of ``samples`` and the rollup tiers: created ahead, DDL that never stalls COPY.
 
 Creating a partition locks the parent table, and that lock queues behind a running COPY (and every
 later COPY queues behind the waiting DDL). So DDL runs with a short ``lock_timeout`` and is retried,
 on its own autocommit connection, never inside a COPY transaction.
 
-``points``, ``rollup_1m`` and ``rollup_1h`` are all partitioned by day, and a day is always created
+``samples``, ``rollup_1m`` and ``rollup_1h`` are all partitioned by day, and a day is always created
 for all three together (a rollup bucket lies in the day of the points it summarises); each table
-has its own retention, so the coarse tiers outlive the raw points.
+has its own retention, so the coarse tiers outlive the raw points. ``points``, the layout before
+``samples`` (schema 0009), gets no new partitions; retention drops the ones it has.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT_MS = 2000
 DDL_ATTEMPTS = 5
-TABLES = ("points", "rollup_1m", "rollup_1h")
+TABLES = ("samples", "rollup_1m", "rollup_1h")
 # Rollup partitions are vacuumed after every 200,000 inserted rows, so that the visibility map
 # lets charts read them with index-only scans (schema/0007_rollup_covering.sql says why).
 _ROLLUP_STORAGE = sql.SQL(
     " WITH (autovacuum_vacuum_insert_threshold = 200000, autovacuum_vacuum_insert_scale_factor = 0)"
 )
-_STORAGE = {"rollup_1m": _ROLLUP_STORAGE, "rollup_1h": _ROLLUP_STORAGE}
+# A samples row stays whole in its heap page up to a page's size (schema/0009_samples.sql).
+_SAMPLES_STORAGE = sql.SQL(" WITH (toast_tuple_target = 8160)")
+_STORAGE = {"samples": _SAMPLES_STORAGE, "rollup_1m": _ROLLUP_STORAGE, "rollup_1h": _ROLLUP_STORAGE}
 
 
-def partition_name(day: date, table: str = "points") -> str:
+def partition_name(day: date, table: str = "samples") -> str:
     return f"{table}_{day:%Y%m%d}"
 
 
@@ -40,7 +43,7 @@ def day_start(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
-def existing_days(conn: psycopg.Connection, table: str = "points") -> set[date]:
+def existing_days(conn: psycopg.Connection, table: str = "samples") -> set[date]:
     rows = conn.execute(
         "SELECT c.relname FROM pg_inherits i"
         " JOIN pg_class c ON c.oid = i.inhrelid"
@@ -106,7 +109,7 @@ def ensure_around_now(conn: psycopg.Connection) -> list[date]:
 
 
 def drop_older_than(
-    conn: psycopg.Connection, retention_days: int, table: str = "points"
+    conn: psycopg.Connection, retention_days: int, table: str = "samples"
 ) -> list[date]:
     """Drop whole daily partitions of ``table`` entirely before the retention window.
 
@@ -145,12 +148,15 @@ def maintain(
     conn: psycopg.Connection, retention_days: Mapping[str, int], max_future_s: float = 3600.0
 ) -> tuple[list[date], list[date]]:
     """Create the partitions needed soon, drop expired ones, trim the ledger; return (created,
-    dropped days of points)."""
+    dropped days of raw samples)."""
     created = ensure_around_now(conn)
-    trim_ledger(conn, retention_days.get("points", 7), max_future_s)
+    raw_days = retention_days.get("samples", 7)
+    trim_ledger(conn, raw_days, max_future_s)
     dropped: list[date] = []
     for table, days in retention_days.items():
         gone = drop_older_than(conn, days, table)
-        if table == "points":
+        if table == "samples":
             dropped = gone
+    # The layout before samples: raw points, kept as long as raw samples are.
+    drop_older_than(conn, raw_days, "points")
     return created, dropped

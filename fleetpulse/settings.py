@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     def retentions(self) -> dict[str, int]:
         """Days kept per partitioned table (fleetpulse/partitions.py)."""
         return {
-            "points": self.retention_days,
+            "samples": self.retention_days,
             "rollup_1m": self.rollup_1m_retention_days,
             "rollup_1h": self.rollup_1h_retention_days,
         }

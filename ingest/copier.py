@@ -1,6 +1,8 @@
-"""Write one decoded chunk: ledger, points (one binary COPY), accounting, in one transaction.
+"""Write one decoded chunk: ledger, samples (one binary COPY), accounting, in one transaction.
 
-Series are resolved before (decode.py); everything here works on the chunk's numpy columns.
+Series are resolved before (decode.py), and the series sets of the chunk's samples rows before
+the transaction opens (fleetpulse/samples.py has the layout); everything here works on the chunk's
+numpy columns and, for the sets, one Python step per row (a collection), never per point.
 
 The ledger insert comes first and returns which batches are new; points of batches already in the
 ledger (a redelivery after a crash between COMMIT and XACK) are dropped before the COPY, which is
@@ -19,10 +21,11 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import psycopg
 
-from fleetpulse import partitions
+from fleetpulse import partitions, samples
+from fleetpulse.copybuf import samples_copy_buffer
 from fleetpulse.ingest import rollups
-from fleetpulse.ingest.copybuf import points_copy_buffer
 from fleetpulse.ingest.decode import Decoded
+from fleetpulse.ingest.series import SetResolver
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +66,6 @@ ON CONFLICT (agent_id, reason) DO UPDATE SET
     batches = r.batches + EXCLUDED.batches, points = r.points + EXCLUDED.points, last_at = now()
 """
 
-_COPY_POINTS = "COPY points (series_id, ts, value) FROM STDIN (FORMAT BINARY)"
-
 
 @dataclass(frozen=True)
 class ChunkResult:
@@ -93,8 +94,10 @@ class ChunkWriter:
         self._retention_us = retention_days * _DAY_US
         self._max_future_us = int(max_future_s * 1_000_000)
         self._known_days: set[date] = partitions.existing_days(ddl_conn)
+        self._sets = SetResolver(ddl_conn)
 
     def write(self, decoded: Decoded) -> ChunkResult:
+        decoded = decoded.shaped()
         batch_index, ts_us = decoded.batch_index, decoded.ts_unix_us
         nbatches = len(decoded.batches)
         now_us = int(time.time() * 1_000_000)
@@ -106,25 +109,37 @@ class ChunkWriter:
             rejected_per_batch[index] += points
 
         self._ensure_partitions(ts_us[in_window])
+        # The samples rows of the points in the window, and their sets (resolved outside the
+        # transaction, like series: a set is only an identity).
+        rows = samples.rows_of(decoded.row_ids[in_window], ts_us[in_window])
+        row_batch = batch_index[in_window][rows.start[:-1]]
+        set_ids = self._resolve_sets(decoded, rows, row_batch, decoded.series_ids[in_window])
 
         clock = time.perf_counter
         t0 = clock()
         timings = dict.fromkeys(("ledger", "copy", "marks", "accounting", "commit"), 0.0)
         with self._conn.transaction():
             new_batch = self._insert_ledger(decoded, points_per_batch, rejected_per_batch)
-            keep = in_window & new_batch[batch_index]
+            row_new = new_batch[row_batch]
             t1 = clock()
             timings["ledger"] = t1 - t0
-            if keep.any():
-                buffer = points_copy_buffer(
-                    decoded.series_ids[keep], ts_us[keep], decoded.values[keep]
-                )
-                with self._conn.cursor() as cur, cur.copy(_COPY_POINTS) as copy:
+            committed = 0
+            if row_new.any():
+                values = decoded.values[in_window]
+                start, row_ts = rows.start, rows.ts_unix_us
+                if not row_new.all():  # redelivered batches: their rows are dropped
+                    widths = np.diff(start)
+                    values = values[np.repeat(row_new, widths)]
+                    start = np.concatenate(([0], np.cumsum(widths[row_new])))
+                    row_ts, set_ids = row_ts[row_new], set_ids[row_new]
+                committed = len(values)
+                buffer = samples_copy_buffer(set_ids, start, row_ts, values)
+                with self._conn.cursor() as cur, cur.copy(samples.COPY_SAMPLES) as copy:
                     copy.write(buffer)
                 t2 = clock()
                 timings["copy"] = t2 - t1
                 if self._mark_rollups:
-                    self._conn.execute(rollups.MARK_MINUTES, (rollups.minute_starts(ts_us[keep]),))
+                    self._conn.execute(rollups.MARK_MINUTES, (rollups.minute_starts(row_ts),))
                 t1 = clock()
                 timings["marks"] = t1 - t2
             self._update_accounting(
@@ -136,10 +151,18 @@ class ChunkWriter:
         return ChunkResult(
             batches_new=int(new_batch.sum()),
             batches_duplicate=int(nbatches - new_batch.sum()),
-            points_committed=int(keep.sum()),
+            points_committed=committed,
             points_rejected=int(rejected_per_batch[new_batch].sum()),
             timings=timings,
         )
+
+    def _resolve_sets(
+        self, decoded: Decoded, rows: samples.Rows, row_batch: np.ndarray, series_ids: np.ndarray
+    ) -> np.ndarray:
+        """The set id of each row: one bytes slice and one dict lookup per row."""
+        members = samples.row_members(series_ids, rows)
+        agents = [decoded.batches[b].agent_id for b in row_batch.tolist()]
+        return np.asarray(self._sets.resolve(agents, members), dtype=np.int32)
 
     def _ensure_partitions(self, ts_us: np.ndarray) -> None:
         if not len(ts_us):
@@ -222,3 +245,38 @@ class ChunkWriter:
             log.warning(
                 "rejected in chunk (batches, points) by agent and reason: %s", dict(rejects)
             )
+
+
+def write_points(
+    conn: psycopg.Connection, series_ids: np.ndarray, ts_unix_us: np.ndarray, values: np.ndarray
+) -> int:
+    """Store points of existing series, in any order, outside the queue and the ledger: for tools,
+    tests and the benchmarks' data sets (the worker's path is ChunkWriter). Needs an autocommit
+    connection; returns the samples rows written."""
+    series_ids = np.asarray(series_ids, dtype=np.int32)
+    ts_unix_us = np.asarray(ts_unix_us, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    if not len(series_ids):
+        return 0
+    agent_of: dict[int, str] = dict(
+        conn.execute(
+            "SELECT series_id, agent_id FROM series WHERE series_id = ANY(%s)",
+            (np.unique(series_ids).tolist(),),
+        ).fetchall()
+    )
+    agents = sorted(set(agent_of.values()))
+    agent_index = {a: i for i, a in enumerate(agents)}
+    group = np.asarray([agent_index[agent_of[int(s)]] for s in np.unique(series_ids)])
+    group = group[np.searchsorted(np.unique(series_ids), series_ids)]
+    order, row_ids = samples.shape(group, ts_unix_us, series_ids)
+    sids, ts, vals = series_ids[order], ts_unix_us[order], values[order]
+    rows = samples.rows_of(row_ids, ts)
+    members = samples.row_members(sids, rows)
+    row_agents = [agents[g] for g in group[order][rows.start[:-1]].tolist()]
+    set_ids = np.asarray(SetResolver(conn).resolve(row_agents, members), dtype=np.int32)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC).date()
+    days = {epoch + timedelta(days=int(d)) for d in np.unique(rows.ts_unix_us // _DAY_US)}
+    partitions.ensure_days(conn, days)
+    with conn.cursor() as cur, cur.copy(samples.COPY_SAMPLES) as copy:
+        copy.write(samples_copy_buffer(set_ids, rows.start, rows.ts_unix_us, vals))
+    return len(rows)

@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 from google.protobuf.message import DecodeError
 
+from fleetpulse import samples
 from fleetpulse.ingest import keys
 from fleetpulse.ingest.series import SeriesKey, SeriesResolver
 from fleetpulse.ingest.validate import series_problem
@@ -60,8 +61,25 @@ class Decoded:
     series_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     ts_unix_us: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    # The samples row (fleetpulse/samples.py) of each point: a row's points are contiguous, share
+    # a batch and a timestamp, have distinct series and are at most samples.MAX_SET_WIDTH.
+    row_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     # Points refused while decoding (invalid series): (batch index, reason, points).
     rejects: list[tuple[int, str, int]] = field(default_factory=list)
+
+    def shaped(self) -> Decoded:
+        """Itself, or (a chunk built without row ids: tools and tests) a copy in row order."""
+        if len(self.row_ids) == len(self.ts_unix_us):
+            return self
+        order, row_ids = samples.shape(self.batch_index, self.ts_unix_us, self.series_ids)
+        return replace(
+            self,
+            batch_index=self.batch_index[order],
+            series_ids=self.series_ids[order],
+            ts_unix_us=self.ts_unix_us[order],
+            values=self.values[order],
+            row_ids=row_ids,
+        )
 
 
 def entry_sequence(entry_id: str) -> int:
@@ -102,9 +120,9 @@ class ChunkDecoder:
 
     def __init__(self, resolver: SeriesResolver) -> None:
         self._resolver = resolver
-        # Per series set: the series id of each column, -1 where the series is invalid, and the
-        # reason of each invalid column.
-        self._sets: dict[tuple[str, bytes], tuple[np.ndarray, dict[int, str]]] = {}
+        # Per series set: the series id of each column, -1 where the series is invalid, the
+        # reason of each invalid column, and how its columns make rows (_row_plan).
+        self._sets: dict[tuple[str, bytes], tuple[np.ndarray, dict[int, str], _RowPlan | None]] = {}
         # Row-form series keys already validated, and the problem of those that are invalid.
         self._row_problems: dict[SeriesKey, str | None] = {}
 
@@ -208,16 +226,17 @@ class ChunkDecoder:
             column_ids = np.asarray(
                 [ids[k] if k is not None else -1 for k in series_keys], dtype=np.int32
             )
-            self._sets[set_key] = (column_ids, set_problems[set_key])
+            self._sets[set_key] = (column_ids, set_problems[set_key], _row_plan(column_ids))
         rows.series_ids = [ids.get(k, -1) for k in rows.keys]
 
     def _assemble(self, batches: list[BatchRef], columns: list[_Columns], rows: _Rows) -> Decoded:
         rejects: list[tuple[int, str, int]] = []
-        parts_batch, parts_series, parts_ts, parts_values = [], [], [], []
+        parts_batch, parts_series, parts_ts, parts_values, parts_row = [], [], [], [], []
+        next_row = 0
         for part in columns:
             if batches[part.index].error is not None:
                 continue
-            ids, problems = self._sets[part.set_key]
+            ids, problems, plan = self._sets[part.set_key]
             nseries, ntimes = len(ids), len(part.timestamps_ns)
             if len(part.values) != nseries * ntimes or (nseries and not ntimes):
                 batches[part.index] = replace(
@@ -228,15 +247,32 @@ class ChunkDecoder:
             for reason in set(problems.values()):
                 columns_ = sum(1 for r in problems.values() if r == reason)
                 rejects.append((part.index, reason, columns_ * ntimes))
-            parts_batch.append(np.full(nseries * ntimes, part.index, dtype=np.int32))
+            if plan is None:  # every column valid, distinct, one row wide: as it arrived
+                width, values, row = nseries, part.values, np.repeat(np.arange(ntimes), nseries)
+                nrows = ntimes
+            else:
+                cols, piece, pieces = plan
+                width, ids = len(cols), ids[cols]
+                values = part.values.reshape(ntimes, nseries)[:, cols].ravel()
+                row = np.repeat(np.arange(ntimes) * pieces, width) + np.tile(piece, ntimes)
+                nrows = ntimes * pieces
+            parts_batch.append(np.full(width * ntimes, part.index, dtype=np.int32))
             parts_series.append(np.tile(ids, ntimes))
-            parts_ts.append(np.repeat(part.timestamps_ns // 1000, nseries))
-            parts_values.append(part.values)
+            parts_ts.append(np.repeat(part.timestamps_ns // 1000, width))
+            parts_values.append(values)
+            parts_row.append(row + next_row)
+            next_row += nrows
         if rows.batch_index:
-            parts_batch.append(np.asarray(rows.batch_index, dtype=np.int32))
-            parts_series.append(np.asarray(rows.series_ids, dtype=np.int32))
-            parts_ts.append(np.asarray(rows.ts_unix_us, dtype=np.int64))
-            parts_values.append(np.asarray(rows.values, dtype=np.float64))
+            batch_index = np.asarray(rows.batch_index, dtype=np.int32)
+            series_ids = np.asarray(rows.series_ids, dtype=np.int32)
+            ts_unix_us = np.asarray(rows.ts_unix_us, dtype=np.int64)
+            valid = series_ids >= 0
+            order, row = samples.shape(batch_index[valid], ts_unix_us[valid], series_ids[valid])
+            parts_batch.append(batch_index[valid][order])
+            parts_series.append(series_ids[valid][order])
+            parts_ts.append(ts_unix_us[valid][order])
+            parts_values.append(np.asarray(rows.values, dtype=np.float64)[valid][order])
+            parts_row.append(row + next_row)
             if any(self._row_problems.get(key) for key in set(rows.keys)):
                 counts: dict[tuple[int, str], int] = {}
                 for index, key in zip(rows.batch_index, rows.keys, strict=True):
@@ -245,16 +281,43 @@ class ChunkDecoder:
                 rejects += [(index, reason, n) for (index, reason), n in counts.items()]
         if not parts_batch:
             return Decoded(batches=batches, rejects=rejects)
-        series_ids = np.concatenate(parts_series).astype(np.int32, copy=False)
-        valid = series_ids >= 0  # invalid series were rejected (counted above), not stored
         return Decoded(
             batches=batches,
-            batch_index=np.concatenate(parts_batch)[valid],
-            series_ids=series_ids[valid],
-            ts_unix_us=np.concatenate(parts_ts).astype(np.int64, copy=False)[valid],
-            values=np.concatenate(parts_values).astype(np.float64, copy=False)[valid],
+            batch_index=np.concatenate(parts_batch),
+            series_ids=np.concatenate(parts_series).astype(np.int32, copy=False),
+            ts_unix_us=np.concatenate(parts_ts).astype(np.int64, copy=False),
+            values=np.concatenate(parts_values).astype(np.float64, copy=False),
+            row_ids=np.concatenate(parts_row).astype(np.int64, copy=False),
             rejects=rejects,
         )
+
+
+# How a set's columns make samples rows, when not as they arrived: the valid columns to take,
+# in order, the row (of one timestamp's rows) each goes to, and how many rows one timestamp makes.
+_RowPlan = tuple[np.ndarray, np.ndarray, int]
+
+
+def _row_plan(column_ids: np.ndarray) -> _RowPlan | None:
+    """None for the usual set (valid, distinct, at most MAX_SET_WIDTH); else the plan that drops
+    invalid columns, puts a series' second column in a row of its own and splits wide sets."""
+    n = len(column_ids)
+    unique = len(np.unique(column_ids)) == n
+    if unique and n <= samples.MAX_SET_WIDTH and not (column_ids < 0).any():
+        return None
+    valid = np.flatnonzero(column_ids >= 0)
+    at = np.arange(len(valid))
+    ids = column_ids[valid]
+    by_id = np.lexsort((valid, ids))
+    sorted_ids = ids[by_id]
+    first = np.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1]))
+    rank = np.empty(len(valid), np.int64)
+    rank[by_id] = at - np.maximum.accumulate(np.where(first, at, 0))
+    taken = np.lexsort((valid, rank))
+    cols, rank = valid[taken], rank[taken]
+    new_rank = np.concatenate(([True], rank[1:] != rank[:-1]))
+    position = at - np.maximum.accumulate(np.where(new_rank, at, 0))
+    piece = np.cumsum(new_rank | (position % samples.MAX_SET_WIDTH == 0)) - 1
+    return cols, piece, int(piece[-1]) + 1 if len(piece) else 0
 
 
 def _rows(index: int, agent_id: str, payload: bytes, received_us: int, rows: _Rows) -> None:

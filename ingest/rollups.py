@@ -32,7 +32,8 @@ from datetime import UTC, date, datetime
 import numpy as np
 import psycopg
 
-from fleetpulse import partitions
+from fleetpulse import partitions, samples
+from fleetpulse.copybuf import rollup_buffer
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +66,28 @@ VALUES (%(tier)s, %(bucket)s, %(rows)s,
 RETURNING lag_s
 """
 
-# Tie-break of `last` (two points of one series with the same timestamp): the greater value, in both
-# tiers, so that the hour derived from minutes equals the hour computed from raw points.
-_RECOMPUTE = {
-    TIER_MINUTE: """
-INSERT INTO rollup_1m (series_id, bucket, count, sum, min, max, last, last_ts)
-SELECT series_id, %(bucket)s, count(*), sum(value), min(value), max(value),
-       (array_agg(value ORDER BY ts DESC, value DESC))[1], max(ts)
-FROM points
+# A minute's raw data: its samples rows (reduced in numpy: minute_aggregates) and the points of
+# the layout before samples, while retention still keeps any.
+_MINUTE_SAMPLES = """
+SELECT set_id, (extract(epoch FROM ts) * 1000000)::int8, array_send(vals) FROM samples
 WHERE ts >= %(bucket)s AND ts < %(bucket)s + interval '1 minute'
-GROUP BY series_id
-""",
+"""
+_MINUTE_POINTS = """
+SELECT series_id, (extract(epoch FROM ts) * 1000000)::int8, value FROM points
+WHERE ts >= %(bucket)s AND ts < %(bucket)s + interval '1 minute'
+"""
+_SET_SERIES = "SELECT set_id, series_ids FROM series_sets WHERE set_id = ANY(%s)"
+_COPY_MINUTES = (
+    "COPY rollup_1m (series_id, bucket, count, sum, min, max, last, last_ts)"
+    " FROM STDIN (FORMAT BINARY)"
+)
+# Bound on the job's cache of set members (sets); past it the cache starts over.
+_MAX_CACHED_SETS = 200_000
+
+# Tie-break of `last` (two points of one series with the same timestamp): the greater value, NaN
+# greatest (PostgreSQL's order of float8), in both tiers, so that the hour derived from minutes
+# equals the hour computed from raw points.
+_RECOMPUTE = {
     TIER_HOUR: """
 INSERT INTO rollup_1h (series_id, bucket, count, sum, min, max, last, last_ts)
 SELECT series_id, %(bucket)s, sum(count)::int4, sum(sum), min(min), max(max),
@@ -123,6 +135,7 @@ class RollupJob:
         self._settle_s = settle_s
         self._max_delay_s = max_delay_s
         self._known_days: dict[str, set[date]] = {}
+        self._members: dict[int, np.ndarray] = {}  # set id -> its series ids
 
     def run_round(self, limit: int = MAX_BUCKETS_PER_ROUND) -> RoundResult | None:
         """One round; None when another process holds the job (it is doing the same work)."""
@@ -174,7 +187,10 @@ class RollupJob:
             conn.execute("SET LOCAL work_mem = '64MB'")  # the per-series sort stays in memory
             marks = [row[0] for row in conn.execute(_TAKE_MARKS, (tier, bucket))]
             conn.execute(_CLEAR[tier], {"bucket": bucket})
-            rows = conn.execute(_RECOMPUTE[tier], {"bucket": bucket}).rowcount
+            if tier == TIER_MINUTE:
+                rows = self._recompute_minute(bucket)
+            else:
+                rows = conn.execute(_RECOMPUTE[tier], {"bucket": bucket}).rowcount
             if tier == TIER_MINUTE:
                 hour = bucket.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
                 conn.execute(
@@ -192,6 +208,38 @@ class RollupJob:
                 },
             ).fetchone()
         return rows, float(logged[0]) if logged else 0.0
+
+    def _recompute_minute(self, bucket: datetime) -> int:
+        """Read one minute's samples and points, reduce them per series, COPY the rows."""
+        conn = self._conn
+        params = {"bucket": bucket}
+        with conn.cursor(binary=True) as cur:
+            rows = cur.execute(_MINUTE_SAMPLES, params).fetchall()
+            legacy = cur.execute(_MINUTE_POINTS, params).fetchall()
+        unknown = {set_id for set_id, _, _ in rows} - self._members.keys()
+        if unknown:
+            if len(self._members) > _MAX_CACHED_SETS:
+                self._members.clear()
+                unknown = {set_id for set_id, _, _ in rows}
+            for set_id, series_ids in conn.execute(_SET_SERIES, (list(unknown),)):
+                self._members[set_id] = np.asarray(series_ids, dtype=np.int64)
+        result = minute_aggregates(rows, self._members, legacy)
+        if not len(result.series_ids):
+            return 0
+        start_s = np.full(len(result.series_ids), int(bucket.timestamp()), dtype=np.int64)
+        buffer = rollup_buffer(
+            result.series_ids,
+            start_s,
+            result.count,
+            result.total,
+            result.low,
+            result.high,
+            result.last,
+            result.last_ts_us,
+        )
+        with conn.cursor() as cur, cur.copy(_COPY_MINUTES) as copy:
+            copy.write(buffer)
+        return len(result.series_ids)
 
     def _ensure_partition(self, bucket: datetime) -> None:
         """Days older than the rollup tiers (a database from before them) get partitions here."""
@@ -267,6 +315,89 @@ class RollupThread(threading.Thread):
                 conn = None
         if conn is not None:
             conn.close()
+
+
+@dataclass
+class Aggregates:
+    """Per series (sorted by id): count, sum, min, max, and the last value and its time."""
+
+    series_ids: np.ndarray
+    count: np.ndarray
+    total: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    last: np.ndarray
+    last_ts_us: np.ndarray
+
+
+def minute_aggregates(
+    rows: list[tuple[int, int, bytes]],
+    members: dict[int, np.ndarray],
+    legacy: list[tuple[int, int, float]] = (),  # type: ignore[assignment]
+) -> Aggregates:
+    """Reduce samples rows ``(set_id, ts µs, array_send(vals))`` and single points ``(series_id, ts
+    µs, value)`` per series, with PostgreSQL's float8 semantics: a NaN makes sum and max NaN, min
+    skips it unless every value is NaN, and `last` breaks a tie of timestamps by the greater value,
+    NaN greatest. Per set one (rows x series) matrix; per series one reduction."""
+    parts: list[tuple[np.ndarray, ...]] = []
+    by_set: dict[int, list[int]] = {}
+    for i, (set_id, _, _) in enumerate(rows):
+        by_set.setdefault(set_id, []).append(i)
+    for set_id, indexes in by_set.items():
+        ids = members[set_id]
+        matrix = samples.decode_arrays([rows[i][2] for i in indexes], len(ids))
+        ts = np.asarray([rows[i][1] for i in indexes], dtype=np.int64)
+        newest = ts.max()
+        parts.append(
+            (
+                ids,
+                np.full(len(ids), len(indexes), dtype=np.int64),
+                matrix.sum(axis=0),
+                np.fmin.reduce(matrix, axis=0),
+                matrix.max(axis=0),
+                matrix[ts == newest].max(axis=0),
+                np.full(len(ids), newest, dtype=np.int64),
+            )
+        )
+    if legacy:
+        sid = np.asarray([p[0] for p in legacy], dtype=np.int64)
+        ts = np.asarray([p[1] for p in legacy], dtype=np.int64)
+        value = np.asarray([p[2] for p in legacy], dtype=np.float64)
+        parts.append((sid, np.ones(len(sid), np.int64), value, value, value, value, ts))
+    if not parts:
+        empty_i, empty_f = np.zeros(0, np.int64), np.zeros(0, np.float64)
+        return Aggregates(empty_i, empty_i, empty_f, empty_f, empty_f, empty_f, empty_i)
+    sid, count, total, low, high, last, last_ts = (
+        np.concatenate(c) for c in zip(*parts, strict=True)
+    )
+    if len(parts) == 1 and not legacy:  # one set: its series are distinct already
+        order = np.argsort(sid, kind="stable")
+        return Aggregates(
+            sid[order],
+            count[order],
+            total[order],
+            low[order],
+            high[order],
+            last[order],
+            last_ts[order],
+        )
+    # A series in several sets (or rows of both layouts): sort by series, then by last_ts and
+    # last (NaN sorts last), so each group's final element is its `last`.
+    order = np.lexsort((last, last_ts, sid))
+    sid, count, total, low, high, last, last_ts = (
+        a[order] for a in (sid, count, total, low, high, last, last_ts)
+    )
+    starts = np.flatnonzero(np.concatenate(([True], sid[1:] != sid[:-1])))
+    ends = np.concatenate((starts[1:], [len(sid)])) - 1
+    return Aggregates(
+        sid[starts],
+        np.add.reduceat(count, starts),
+        np.add.reduceat(total, starts),
+        np.fmin.reduceat(low, starts),
+        np.maximum.reduceat(high, starts),
+        last[ends],
+        last_ts[ends],
+    )
 
 
 def minute_starts(ts_unix_us: np.ndarray) -> list[datetime]:

@@ -1,4 +1,4 @@
-"""Series ids: a per-process cache in front of one set-based statement per chunk.
+"""Series and series-set ids: a per-process cache in front of one set-based statement per chunk.
 
 Unseen (agent, name, labels) keys are inserted and looked up in a single round trip; never one
 query per series. The key arrays go as binary parameters (``%b``): psycopg's text form escapes
@@ -8,8 +8,10 @@ NOTHING, and a key the statement's snapshot could not see yet is simply asked fo
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
+import numpy as np
 import psycopg
 
 log = logging.getLogger(__name__)
@@ -59,3 +61,60 @@ class SeriesResolver:
                 f"could not resolve {len(missing)} series after {_MAX_ATTEMPTS} attempts"
             )
         return [self._ids[key] for key in unique_keys]
+
+
+_RESOLVE_SETS = """
+WITH input AS (
+    SELECT t.agent_id, t.digest, t.ids::int4[] AS series_ids, t.ord
+    FROM unnest(%b::text[], %b::bytea[], %b::text[]) WITH ORDINALITY AS t(agent_id, digest, ids, ord)
+), inserted AS (
+    INSERT INTO series_sets (agent_id, digest, series_ids)
+    SELECT agent_id, digest, series_ids FROM input ORDER BY digest
+    ON CONFLICT DO NOTHING
+    RETURNING set_id, digest, series_ids
+), members AS (
+    INSERT INTO set_members (series_id, set_id, col)
+    SELECT m.series_id, i.set_id, m.col
+    FROM inserted i CROSS JOIN LATERAL unnest(i.series_ids) WITH ORDINALITY AS m(series_id, col)
+)
+SELECT i.ord, s.set_id FROM input i JOIN inserted s USING (digest)
+UNION ALL
+SELECT i.ord, s.set_id FROM input i JOIN series_sets s USING (digest)
+"""
+# Bound on the set cache (entries); past it the cache starts over.
+MAX_CACHED_SETS = 200_000
+
+
+class SetResolver:
+    """Maps series sets (the series ids of a samples row, in order) to set ids, creating sets and
+    their members on first sight, in one statement per chunk for all its unknown sets."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self._conn = conn  # autocommit: a set and its members commit together, on their own
+        self._ids: dict[bytes, int] = {}
+
+    def resolve(self, agent_ids: list[str], members: list[bytes]) -> list[int]:
+        """Set ids for rows whose series ids are ``members`` (int32 arrays' bytes), of agents
+        ``agent_ids``; duplicates allowed."""
+        if len(self._ids) > MAX_CACHED_SETS:
+            self._ids.clear()
+        missing = {m: a for a, m in zip(agent_ids, members, strict=True) if m not in self._ids}
+        for _ in range(_MAX_ATTEMPTS):
+            if not missing:
+                break
+            keys = list(missing)
+            ids = [np.frombuffer(m, dtype=np.int32) for m in keys]
+            rows = self._conn.execute(
+                _RESOLVE_SETS,
+                (
+                    [missing[m] for m in keys],
+                    [hashlib.blake2b(m, digest_size=16).digest() for m in keys],
+                    ["{" + ",".join(map(str, i.tolist())) + "}" for i in ids],
+                ),
+            ).fetchall()
+            for ordinal, set_id in rows:
+                self._ids[keys[ordinal - 1]] = set_id
+            missing = {m: a for m, a in missing.items() if m not in self._ids}
+        if missing:
+            raise RuntimeError(f"could not resolve {len(missing)} series sets")
+        return [self._ids[m] for m in members]

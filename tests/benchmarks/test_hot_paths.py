@@ -20,8 +20,8 @@ import pytest
 from fleetpulse.agent.daemon import encode_batch
 from fleetpulse.bench.encoder import BatchEncoder, ColumnarEncoder
 from fleetpulse.bench.hostseries import host_series
+from fleetpulse.copybuf import points_copy_buffer
 from fleetpulse.ingest import keys
-from fleetpulse.ingest.copybuf import points_copy_buffer
 from fleetpulse.ingest.decode import ChunkDecoder, labels_key
 from fleetpulse.ingest.series import SeriesResolver
 from fleetpulse.proto import edge_pb2

@@ -266,7 +266,7 @@ def test_bench_queries_seeds_measures_and_reuses_the_dataset(tmp_path: Path) -> 
                 return row[0]
 
             assert one("SELECT points FROM bench_dataset") == second["points"]
-            assert one("SELECT count(*) FROM points") == second["points"]
+            assert one("SELECT count(*) FROM all_points") == second["points"]
             assert one("SELECT count(*) FROM series") == 20 * 20
             # The minute tier over the raw window counts exactly the raw points, and equals a
             # rollup of them (count, sum, min, max, last, last_ts), as the rollup job computes it.
@@ -282,7 +282,7 @@ def test_bench_queries_seeds_measures_and_reuses_the_dataset(tmp_path: Path) -> 
                     SELECT series_id, date_trunc('minute', ts) AS bucket, count(*) AS n,
                         sum(value) AS s, min(value) AS lo, max(value) AS hi,
                         (array_agg(value ORDER BY ts DESC))[1] AS last, max(ts) AS last_ts
-                    FROM points GROUP BY 1, 2
+                    FROM all_points GROUP BY 1, 2
                 ) m JOIN rollup_1m r USING (series_id, bucket)
                 WHERE r.count <> m.n OR abs(r.sum - m.s) > 1e-9 * abs(m.s) + 1e-9
                     OR r.min <> m.lo OR r.max <> m.hi OR r.last <> m.last OR r.last_ts <> m.last_ts

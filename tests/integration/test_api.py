@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import numpy as np
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
@@ -21,6 +22,7 @@ from psycopg import sql
 
 from fleetpulse.api.app import create_app
 from fleetpulse.errors import ConfigError
+from fleetpulse.ingest.copier import write_points
 from fleetpulse.settings import Settings
 from tests.processes import free_port
 
@@ -92,11 +94,12 @@ def add_series(db: psycopg.Connection, agent_id: str, name: str, labels: str = "
 def add_points(
     db: psycopg.Connection, series_id: int, points: list[tuple[datetime, float]]
 ) -> None:
-    with db.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO points (series_id, ts, value) VALUES (%s, %s, %s)",
-            [(series_id, ts, value) for ts, value in points],
-        )
+    write_points(
+        db,
+        np.full(len(points), series_id),
+        np.asarray([round(ts.timestamp() * 1_000_000) for ts, _ in points], dtype=np.int64),
+        np.asarray([value for _, value in points], dtype=np.float64),
+    )
 
 
 def recent_base() -> datetime:
@@ -502,7 +505,7 @@ def test_injection_looking_input_is_only_ever_data(
         assert response.json()["series"] == []
         assert response.json()["name"] == text
     assert [a["agent_id"] for a in client.get("/agents").json()] == ["real"]
-    assert db.execute("SELECT count(*) FROM points").fetchone() == (1,)
+    assert db.execute("SELECT count(*) FROM all_points").fetchone() == (1,)
 
 
 def test_serve_answers_then_exits_cleanly_on_sigterm(database_url: str) -> None:

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import psycopg
 
 from fleetpulse.audit import audit
+from fleetpulse.ingest.copier import write_points
 
 AGENT = "audited"
 
@@ -48,9 +51,8 @@ def store(
     )
     for _ in range(copies):
         for _ in range(2 - rejected):
-            conn.execute(
-                "INSERT INTO points VALUES (%s, now() - interval '1 minute', 1.0)", (series_id,)
-            )
+            minute_ago = int((time.time() - 60) * 1_000_000)
+            write_points(conn, np.array([series_id]), np.array([minute_ago]), np.array([1.0]))
 
 
 def run_audit(database_url: str, path: Path, *flags: str) -> subprocess.CompletedProcess[str]:

@@ -9,6 +9,7 @@ import psycopg
 
 from fleetpulse.bench.fleet import verify
 from fleetpulse.bench.simulator import AgentResult
+from fleetpulse.ingest.copier import write_points
 
 PREFIX = "bench-t-"
 AGENT = PREFIX + "00001"
@@ -21,10 +22,11 @@ def _store(conn: psycopg.Connection, seq: int, send_ns: int, copies: int) -> Non
         (AGENT, seq),
     )
     for _ in range(copies):
-        conn.execute(
-            "INSERT INTO points SELECT series_id, %s, 1.0 FROM series WHERE agent_id = %s",
-            (ts, AGENT),
-        )
+        ids = [
+            r[0] for r in conn.execute("SELECT series_id FROM series WHERE agent_id = %s", (AGENT,))
+        ]
+        ts_us = round(ts.timestamp() * 1_000_000)
+        write_points(conn, np.array(ids), np.full(len(ids), ts_us), np.ones(len(ids)))
 
 
 def test_verify_reports_missing_and_duplicated_batches(database_url: str) -> None:

@@ -24,11 +24,21 @@ def test_migrate_is_idempotent_and_creates_partitions_around_now(database_url: s
         tables = {
             r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname='public'")
         }
-        assert {"agents", "series", "points", "batches", "agent_ingest", "rejects"} <= tables
+        assert {
+            "agents",
+            "series",
+            "series_sets",
+            "set_members",
+            "samples",
+            "points",
+            "batches",
+            "agent_ingest",
+            "rejects",
+        } <= tables
         # no default partition: a row outside every partition is refused, not parked
         far = datetime(2001, 1, 1, tzinfo=UTC)
         try:
-            conn.execute("INSERT INTO points VALUES (1, %s, 1.0)", (far,))
+            conn.execute("INSERT INTO samples VALUES (1, %s, '{1.0}')", (far,))
         except psycopg.errors.CheckViolation:
             pass
         else:
@@ -41,10 +51,10 @@ def test_ensure_days_creates_a_missing_day_once(database_url: str) -> None:
         assert partitions.ensure_days(conn, [day, day]) == [day]
         assert partitions.ensure_days(conn, [day]) == []
         conn.execute(
-            "INSERT INTO points VALUES (1, %s, 2.5)",
+            "INSERT INTO samples VALUES (1, %s, '{2.5}')",
             (partitions.day_start(day) + timedelta(hours=23),),
         )
-        assert conn.execute("SELECT count(*) FROM points_20300517").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM samples_20300517").fetchone() == (1,)
 
 
 def test_retention_drops_whole_expired_partitions_only(database_url: str) -> None:
@@ -53,14 +63,24 @@ def test_retention_drops_whole_expired_partitions_only(database_url: str) -> Non
     with psycopg.connect(database_url, autocommit=True) as conn:
         partitions.ensure_days(conn, [old, kept])
         conn.execute(
-            "INSERT INTO points VALUES (1, %s, 1.0), (1, %s, 2.0)",
+            "INSERT INTO samples VALUES (1, %s, '{1.0}'), (1, %s, '{2.0}')",
             (partitions.day_start(old), partitions.day_start(kept)),
         )
-        _, dropped = partitions.maintain(conn, {"points": 7, "rollup_1m": 30})
+        # a day of the layout before samples (schema 0009) goes with the same retention
+        for day in (old, kept):
+            conn.execute(
+                sql.SQL("CREATE TABLE {} PARTITION OF points FOR VALUES FROM ({}) TO ({})").format(
+                    sql.Identifier(partitions.partition_name(day, "points")),
+                    sql.Literal(partitions.day_start(day)),
+                    sql.Literal(partitions.day_start(day + timedelta(days=1))),
+                )
+            )
+        _, dropped = partitions.maintain(conn, {"samples": 7, "rollup_1m": 30})
         assert dropped == [old]
         days = partitions.existing_days(conn)
         assert old not in days and kept in days and today + timedelta(days=2) in days
-        assert conn.execute("SELECT value FROM points").fetchall() == [(2.0,)]
+        assert conn.execute("SELECT vals FROM samples").fetchall() == [([2.0],)]
+        assert partitions.existing_days(conn, "points") == {kept}
         # Each tier has its own retention: the 1-minute rollups of the old day outlive its points.
         assert old in partitions.existing_days(conn, "rollup_1m")
         assert old in partitions.existing_days(conn, "rollup_1h")

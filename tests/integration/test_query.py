@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from fleetpulse.api.app import create_app
 from fleetpulse.ingest import keys
+from fleetpulse.ingest.copier import write_points
 from fleetpulse.ingest.rollups import RollupJob
 from fleetpulse.settings import Settings
 from tests.integration.test_api import NASTY_STRINGS, READ_AUTH, READ_KEY, add_agent, add_series
@@ -40,21 +41,15 @@ def client(database_url: str, redis_url: str) -> Iterator[TestClient]:
 
 
 def write(db: psycopg.Connection, series_id: int, ts: list[float], values: list[float]) -> None:
-    with db.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO points (series_id, ts, value) VALUES (%s, %s, %s)",
-            [
-                (series_id, datetime.fromtimestamp(t, UTC), v)
-                for t, v in zip(ts, values, strict=True)
-            ],
-        )
+    ts_us = np.round(np.asarray(ts, dtype=np.float64) * 1_000_000).astype(np.int64)
+    write_points(db, np.full(len(ts_us), series_id), ts_us, np.asarray(values, dtype=np.float64))
 
 
 def roll_up(db: psycopg.Connection) -> None:
     """Mark every minute that has points and let the real rollup job compute both tiers."""
     db.execute(
         "INSERT INTO rollup_dirty (tier, bucket) SELECT DISTINCT 1, date_trunc('minute', ts)"
-        " FROM points"
+        " FROM all_points"
     )
     RollupJob(db).catch_up()
 

@@ -129,7 +129,7 @@ def test_rollups_equal_aggregates_of_the_raw_points(conns) -> None:
     assert_same(stored(conn, "rollup_1h"), expected(s, t, v, 60 * MINUTE_US))
     # ...and to what SQL computes over the raw table for any minute
     raw = conn.execute(
-        "SELECT count(*), min(value), max(value) FROM points WHERE ts >= %s AND ts < %s",
+        "SELECT count(*), min(value), max(value) FROM all_points WHERE ts >= %s AND ts < %s",
         (datetime.fromtimestamp(start / 1e6, UTC), datetime.fromtimestamp(start / 1e6 + 60, UTC)),
     ).fetchone()
     rolled = conn.execute(

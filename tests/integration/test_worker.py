@@ -86,7 +86,7 @@ def r(redis_url: str) -> Iterator[redis.Redis]:
 def stored(database_url: str, agent_id: str) -> tuple[int, int, int]:
     with psycopg.connect(database_url) as conn:
         points = conn.execute(
-            "SELECT count(*) FROM points JOIN series USING (series_id) WHERE agent_id = %s",
+            "SELECT count(*) FROM all_points JOIN series USING (series_id) WHERE agent_id = %s",
             (agent_id,),
         ).fetchone()[0]
         series = conn.execute(
@@ -243,7 +243,7 @@ def test_columnar_batches_are_stored_like_rows(
     run_until_empty(worker)
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
-            "SELECT s.name, s.labels->>'mode', p.ts, p.value FROM points p JOIN series s USING (series_id)"
+            "SELECT s.name, s.labels->>'mode', p.ts, p.value FROM all_points p JOIN series s USING (series_id)"
             " WHERE s.agent_id = 'col' AND NOT s.labels ? 'host' ORDER BY p.ts, s.name, 2"  # columnar only
         ).fetchall()
     values = sorted(row[3] for row in rows)
@@ -386,7 +386,7 @@ def test_invalid_series_are_rejected_per_point_and_counted(
             ).fetchone()
             assert accounting == (1, 1, 6)
         value = conn.execute(
-            "SELECT value FROM points JOIN series USING (series_id) WHERE agent_id = 'v-cols'"
+            "SELECT value FROM all_points JOIN series USING (series_id) WHERE agent_id = 'v-cols'"
         ).fetchone()[0]
     assert value != value  # NaN is stored as it is
 

@@ -1,0 +1,119 @@
+"""The raw-sample layout: one ``samples`` row per series set and timestamp (schema 0009).
+
+A row is ``(set_id, ts, vals float8[])``: ``vals[i]`` belongs to the set's i-th series
+(``series_sets.series_ids``). The agent sends one collection as one ``ColumnarBatch`` (about 200
+series, one timestamp), so a collection is one COPYed row and one index entry, where the layout
+before paid both per point (87.6 against 9.5 bytes per point, and 380,000 against 39.7 million
+points/s of COPY: ``fleetpulse bench layouts``, docs/architecture.md "Storage v2").
+
+This module is the layout's one home: how rows are shaped from points (writers; the binary COPY
+payload is fleetpulse/copybuf.py's), and the SQL that reads them back as points (readers), which
+also reads ``points``, the layout before, until retention has dropped it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fleetpulse.copybuf import ARRAY_ELEMENT, ARRAY_HEADER_BYTES
+
+# At most this many series per set: 960 doubles (7,680 bytes) and the row's headers fit a heap
+# page, so a row is never moved out of line (TOAST). A wider collection spans several sets.
+MAX_SET_WIDTH = 960
+
+COPY_SAMPLES = "COPY samples (set_id, ts, vals) FROM STDIN (FORMAT BINARY)"
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Points grouped into rows: row r holds points ``start[r]:start[r + 1]`` (one timestamp,
+    distinct series, at most MAX_SET_WIDTH of them)."""
+
+    start: np.ndarray  # int64, nrows + 1 bounds into the point arrays
+    ts_unix_us: np.ndarray  # int64, one per row
+
+    def __len__(self) -> int:
+        return len(self.ts_unix_us)
+
+
+def rows_of(row_ids: np.ndarray, ts_unix_us: np.ndarray) -> Rows:
+    """Rows of points whose row ids are contiguous runs (the decoder's order)."""
+    if not len(row_ids):
+        return Rows(np.zeros(1, np.int64), np.zeros(0, np.int64))
+    bounds = np.flatnonzero(row_ids[1:] != row_ids[:-1]) + 1
+    start = np.concatenate(([0], bounds, [len(row_ids)])).astype(np.int64)
+    return Rows(start, ts_unix_us[start[:-1]])
+
+
+def row_members(series_ids: np.ndarray, rows: Rows) -> list[bytes]:
+    """Each row's series ids as bytes (little-endian int32): its set's key (ingest/series.py)."""
+    blob = series_ids.astype("<i4", copy=False).tobytes()
+    bounds = (rows.start * 4).tolist()
+    return [blob[bounds[r] : bounds[r + 1]] for r in range(len(rows))]
+
+
+def shape(
+    group: np.ndarray, ts_unix_us: np.ndarray, series_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For points in any order: (order, row id of each point taken in that order); rows are
+    contiguous in that order and numbered from 0.
+
+    A row holds points of one group (a batch), one timestamp and distinct series; a series' second
+    point at the same timestamp goes to another row (both are kept, as the layout before kept
+    both), and no row is wider than MAX_SET_WIDTH. Sorts the points: for the row form and for
+    tools, not for the columnar form, which arrives shaped (ingest/decode.py)."""
+    n = len(ts_unix_us)
+    if not n:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = np.lexsort((series_ids, ts_unix_us, group))
+    g, ts, sid = group[order], ts_unix_us[order], series_ids[order]
+    at = np.arange(n)
+    new_key = np.concatenate(
+        ([True], (g[1:] != g[:-1]) | (ts[1:] != ts[:-1]) | (sid[1:] != sid[:-1]))
+    )
+    # rank of a point among the points of its (group, timestamp, series): 0 for the first
+    rank = at - np.maximum.accumulate(np.where(new_key, at, 0))
+    if rank.any():
+        reorder = np.lexsort((sid, rank, ts, g))
+        order, g, ts, rank = order[reorder], g[reorder], ts[reorder], rank[reorder]
+    new_group = np.concatenate(
+        ([True], (g[1:] != g[:-1]) | (ts[1:] != ts[:-1]) | (rank[1:] != rank[:-1]))
+    )
+    position = at - np.maximum.accumulate(np.where(new_group, at, 0))
+    new_row = new_group | (position % MAX_SET_WIDTH == 0)
+    return order, np.cumsum(new_row) - 1
+
+
+def decode_arrays(blobs: list[bytes], width: int) -> np.ndarray:
+    """``array_send(vals)`` of rows of one set (all ``width`` wide) as an (rows, width) matrix."""
+    body = b"".join(blob[ARRAY_HEADER_BYTES:] for blob in blobs)
+    return np.frombuffer(body, dtype=ARRAY_ELEMENT)["value"].astype(np.float64).reshape(-1, width)
+
+
+def points_sql(ids: str = "ids", lo: str = "lo", hi: str = "hi", hi_inclusive: bool = False) -> str:
+    """``SELECT series_id, ts, value`` of the series ``%(ids)s`` with ``%(lo)s <= ts < %(hi)s``
+    (``<=`` when ``hi_inclusive``), from both layouts. The arguments are parameter names (code
+    constants); values are always bound.
+
+    The sets that hold the series are found first (set_members), and each of their rows in the
+    range is read once, however many of its series are wanted; only the wanted columns become
+    points."""
+    for name in (ids, lo, hi):
+        if not name.isidentifier():
+            raise ValueError(f"not a parameter name: {name!r}")
+    upper = "<=" if hi_inclusive else "<"
+    return f"""
+    SELECT series_id, ts, value FROM points
+    WHERE series_id = ANY(%({ids})s) AND ts >= %({lo})s AND ts {upper} %({hi})s
+    UNION ALL
+    SELECT u.series_id, s.ts, s.vals[u.col]
+    FROM (
+        SELECT set_id, array_agg(series_id) AS sids, array_agg(col) AS cols
+        FROM set_members WHERE series_id = ANY(%({ids})s) GROUP BY set_id
+    ) w
+    JOIN samples s ON s.set_id = w.set_id
+    CROSS JOIN LATERAL unnest(w.sids, w.cols) AS u(series_id, col)
+    WHERE s.ts >= %({lo})s AND s.ts {upper} %({hi})s
+    """  # noqa: S608  # parameter names checked above; no value is formatted in
