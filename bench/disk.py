@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import psycopg
 
-# The tables of today's layout that hold points or their rollups (partitioned: every partition).
-POINT_TABLES = ("points", "rollup_1m", "rollup_1h")
+# The tables that hold points or their rollups (partitioned ones: every partition): samples and
+# the series sets that name their columns (fleetpulse/samples.py), the layout before them, and
+# the rollup tiers.
+POINT_TABLES = ("samples", "series_sets", "set_members", "points", "rollup_1m", "rollup_1h")
 
 _SIZES = """
-SELECT t.parent, coalesce(sum(pg_total_relation_size(p.relid)), 0)::int8
+SELECT t.parent, (CASE
+    WHEN EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = t.parent::regclass)
+    THEN (SELECT coalesce(sum(pg_total_relation_size(relid)), 0)
+          FROM pg_partition_tree(t.parent::regclass) WHERE isleaf)
+    ELSE pg_total_relation_size(t.parent::regclass)
+END)::int8
 FROM unnest(%s::text[]) AS t(parent)
-LEFT JOIN LATERAL pg_partition_tree(t.parent::regclass) p ON p.isleaf
-GROUP BY t.parent
 """
 
 

@@ -15,22 +15,29 @@ The dataset (seeded first when absent; reused, and topped up to now, when presen
   idle = 100 - the others and available = total - used); counters are closed-form and strictly
   monotonic (a rate with a daily swing, never negative); each host has its own phase within the
   10 s grid, as real agents do.
-- Raw ``points``: the last ``--raw-hours`` (2.8 h: 1,008 points per series, 100.8M points by
-  default). Short on purpose: with the default sizes a raw day would be 864M points, and none of
-  the timed queries reads raw points older than 5 minutes, because the tier follows the step.
+- Raw points, in ``samples`` (schema 0009, fleetpulse/samples.py): the last ``--raw-hours`` (2.8 h:
+  1,008 points per series, 100.8M points in 2.016M samples rows by default). Each agent has one
+  series set holding all its series in series_id order (a set of at most ``MAX_SET_WIDTH``
+  series: past that, one set per ``MAX_SET_WIDTH`` of them, as the workers split a collection),
+  and each of its timestamps is one samples row, as a worker stores one collection. Short on
+  purpose: with the default sizes a raw day would be 864M points, and none of the timed queries
+  reads raw points older than 5 minutes, because the tier follows the step.
 - ``rollup_1m``: every closed minute of the last 24 h (from the hour boundary 24 h before the raw
   end), 144M rows by default; ``rollup_1h``: every closed hour of the last 7 days, 16.8M rows.
   Both are computed here in numpy exactly as the rollup job does (count, sum, min, max, last,
   last_ts): the minutes from the same 10 s values (so over the raw window they equal a rollup of
   the stored raw points), the hours of the last day from those minutes. Hours older than the
-  minute tier are synthesised from one value per minute (count 360, sum 6x the samples' sum), which
+  minute tier are synthesised from one value per minute (count 360, sum 6x those values' sum), which
   the 7-day chart cannot tell apart. The open minute and hour are left out of their tier, as the
   rollup job leaves them, so readers take them from the finer tier.
-- Everything is written with binary COPY in time order (raw points in 10-minute slices, every
-  series of a slice; rollup rows bucket by bucket), as the workers and the rollup job write them,
-  so the heap and index layout is the one production has: one series' rows are spread over many
-  pages, not clustered. Then ``VACUUM (ANALYZE)``, as autovacuum leaves older partitions, and the
-  closed days' rollup indexes packed, as the workers' compaction leaves them (ingest/compaction.py).
+- Everything is written with binary COPY in time order (samples rows in 10-minute slices, every
+  set of a slice; rollup rows bucket by bucket), as the workers and the rollup job write them, so
+  the heap and index layout is the one production has: one set's (or series') rows are spread over
+  many pages, not clustered. Then ``VACUUM (ANALYZE)``, as autovacuum leaves older partitions, and
+  the closed days' rollup indexes packed, as the workers' compaction leaves them
+  (ingest/compaction.py).
+- ``series_sets`` and ``set_members``: the agents' sets, created once (ingest/series.py
+  SetResolver) before the first samples row is written; a top-up finds the same sets again.
 - ``agents`` (a mix of OS, arch, versions; 98 % online with heartbeats refreshed before measuring),
   ``series``, ``agent_ingest``, and a ``bench_dataset`` row describing the dataset.
 
@@ -48,6 +55,11 @@ loopback, one keep-alive connection, sequential requests, ``--warmup`` rounds fi
 rounds of the five queries in turn (a different random agent per host chart request). Each query's
 latency is from sending the request to having read the whole body. The figures are reported, not
 judged (targets: p95 <= 50 ms, <= 100 ms for the top-N). The last stdout line is one JSON object.
+
+The seeding time, sizes and latencies in docs/performance.md ("Read latency at 100M+ points":
+50.9 GB seeded, points 12.8 GB of 43.4 GB) are from the layout before, one ``points`` row per
+point; they have not been measured again with ``samples`` (about 9.5 against 87.6 bytes per raw
+point, ``fleetpulse bench layouts``), whose raw tier is far smaller.
 """
 
 from __future__ import annotations
@@ -75,19 +87,21 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from fleetpulse import partitions
+from fleetpulse import partitions, samples
 from fleetpulse.bench import report
 from fleetpulse.bench.ports import free_port
-from fleetpulse.copybuf import points_copy_buffer, rollup_buffer
+from fleetpulse.copybuf import rollup_buffer, samples_copy_buffer
 from fleetpulse.embedded import EmbeddedPostgres
 from fleetpulse.ingest import compaction
+from fleetpulse.ingest.series import SetResolver
 from fleetpulse.migrate import migrate
 
 DB_NAME = "fleetpulse_bench_queries"
 # Bumped whenever the generator changes what it writes: a dataset of another version is reseeded.
-GENERATOR_VERSION = 1
+# 2: raw points in ``samples`` (one row per agent and timestamp), no longer in ``points``.
+GENERATOR_VERSION = 2
 STEP_S = 10
-SLICE_S = 600  # raw and minute rows are generated and written 10 minutes at a time
+SLICE_S = 600  # samples and minute rows are generated and written 10 minutes at a time
 MINUTE_TIER_S = 24 * 3600
 HOUR_TIER_S = 7 * 24 * 3600
 # The raw window may grow to this multiple of --raw-hours by top-ups before a reseed.
@@ -102,7 +116,6 @@ _OMEGA_DAY = 2 * math.pi / _DAY
 # Counters are linear from this origin (a fixed instant, so a top-up continues them exactly).
 _T0 = 1_700_000_000.0
 
-_COPY_POINTS = "COPY points (series_id, ts, value) FROM STDIN (FORMAT BINARY)"
 _COPY_1M = "COPY rollup_1m (series_id, bucket, count, sum, min, max, last, last_ts) FROM STDIN (FORMAT BINARY)"
 _COPY_1H = "COPY rollup_1h (series_id, bucket, count, sum, min, max, last, last_ts) FROM STDIN (FORMAT BINARY)"
 
@@ -432,6 +445,13 @@ class Fleet:
         self.d, self.e = d.ravel(), e.ravel()
         self.specs = specs
         self.series_ids = np.zeros(total, dtype=np.int32)  # set once the series rows exist
+        # The series sets (_load_sets, once the series ids are known): the series in set column
+        # order (indices into the arrays above: agent-major, series_id order within an agent),
+        # and per set its id, its agent and its width (its columns, consecutive in that order).
+        self.set_order = np.arange(total, dtype=np.int64)
+        self.set_ids = np.zeros(0, dtype=np.int32)
+        self.set_agent = np.zeros(0, dtype=np.int64)
+        self.set_width = np.zeros(0, dtype=np.int64)
         self.offset_series_us = self.offset_us[self.agent_of]
         self._noise = np.random.default_rng()
 
@@ -568,15 +588,12 @@ def _generate(
         slice_end = min(end, (slice_start // SLICE_S + 1) * SLICE_S)
         grid = np.arange(slice_start, slice_end, STEP_S, dtype=np.float64)
         values = fleet.values(grid)
-        raw_cols = grid >= raw_start
-        if raw_cols.any():
-            block = values[:, raw_cols]
-            ts_us = (grid[raw_cols].astype(np.int64) * 1_000_000)[:, None] + offsets[None, :]
+        raw_cols = np.flatnonzero(grid >= raw_start)
+        if len(raw_cols):
             writer.put(
-                _COPY_POINTS,
-                points_copy_buffer(np.tile(ids, block.shape[1]), ts_us.ravel(), block.T.ravel()),
+                samples.COPY_SAMPLES, _samples_buffer(fleet, grid[raw_cols], values, raw_cols)
             )
-            written.points += block.size
+            written.points += n * len(raw_cols)
         minutes = len(grid) // 6
         per_minute = values.reshape(n, minutes, 6)
         total = per_minute.sum(axis=2)
@@ -617,6 +634,21 @@ def _generate(
                 f"{written.rows:,} rows in {elapsed:.0f} s ({written.rows / elapsed:,.0f} rows/s)\n"
             )
     return written
+
+
+def _samples_buffer(fleet: Fleet, grid: np.ndarray, values: np.ndarray, cols: np.ndarray) -> bytes:
+    """The samples rows of the columns ``cols`` of ``values`` (series, times), at unix seconds
+    ``grid``: one row per set and time, in time order, each set's row at its agent's phase."""
+    block = values[np.ix_(fleet.set_order, cols)]  # (series in set column order, times)
+    times = len(cols)
+    widths = np.tile(fleet.set_width, times)
+    row_start = np.zeros(len(widths) + 1, dtype=np.int64)
+    np.cumsum(widths, out=row_start[1:])
+    phase_us = fleet.offset_us[fleet.set_agent]
+    row_ts_us = (grid.astype(np.int64) * 1_000_000)[:, None] + phase_us[None, :]
+    return samples_copy_buffer(
+        np.tile(fleet.set_ids, times), row_start, row_ts_us.ravel(), block.T.ravel()
+    )
 
 
 def _hour_buffer(ids: np.ndarray, hour: _HourAccumulator) -> bytes:
@@ -789,8 +821,38 @@ def _load_series_ids(conn: psycopg.Connection, fleet: Fleet) -> None:
         raise RuntimeError(f"{fleet.series} series generated, {found} found in the database")
 
 
+def _load_sets(conn: psycopg.Connection, fleet: Fleet) -> None:
+    """Resolve (create, or find again) every agent's series set: all its series in series_id
+    order, split every ``MAX_SET_WIDTH`` series as the workers split a wider collection
+    (fleetpulse/samples.py). Needs an autocommit connection (ingest/series.py)."""
+    n = fleet.series_per_agent
+    order = np.lexsort((fleet.series_ids, fleet.agent_of))
+    per_agent = [samples.MAX_SET_WIDTH] * (n // samples.MAX_SET_WIDTH)
+    if n % samples.MAX_SET_WIDTH:
+        per_agent.append(n % samples.MAX_SET_WIDTH)
+    width = np.tile(np.asarray(per_agent, dtype=np.int64), fleet.agents)
+    agent = np.repeat(np.arange(fleet.agents, dtype=np.int64), len(per_agent))
+    bounds = np.concatenate(([0], np.cumsum(width))).tolist()
+    blob = np.asarray(fleet.series_ids[order], dtype="<i4").tobytes()
+    members = [blob[4 * bounds[k] : 4 * bounds[k + 1]] for k in range(len(width))]
+    set_ids = SetResolver(conn).resolve([fleet.agent_ids[a] for a in agent.tolist()], members)
+    fleet.set_order = order
+    fleet.set_ids = np.asarray(set_ids, dtype=np.int32)
+    fleet.set_agent = agent
+    fleet.set_width = width
+
+
 def _vacuum(conn: psycopg.Connection) -> None:
-    for table in ("points", "rollup_1m", "rollup_1h", "series", "agents", "agent_ingest"):
+    for table in (
+        "samples",
+        "series_sets",
+        "set_members",
+        "rollup_1m",
+        "rollup_1h",
+        "series",
+        "agents",
+        "agent_ingest",
+    ):
         conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table)))
 
 
@@ -812,6 +874,7 @@ def _seed(database_url: str, args: argparse.Namespace) -> Dataset:
         partitions.ensure_days(conn, _days(hours_start, raw_end))
         _write_agents(conn, fleet, _ts(now_s))
         _load_series_ids(conn, fleet)
+        _load_sets(conn, fleet)
         writer = Writer(database_url)
         try:
             hours = _old_hours(fleet, writer, hours_start, minutes_start)
@@ -871,6 +934,7 @@ def _top_up(database_url: str, ds: Dataset) -> float:
     with psycopg.connect(database_url, autocommit=True) as conn:
         partitions.ensure_days(conn, _days(old_end, new_end))
         _load_series_ids(conn, fleet)
+        _load_sets(conn, fleet)
         writer = Writer(database_url)
         try:
             # Hours are not accumulated here (their first minutes are already stored): no hour
@@ -888,7 +952,7 @@ def _top_up(database_url: str, ds: Dataset) -> float:
             " last_commit_at = now()",
             (raw_per_series, raw_per_series * ds.series_per_agent, raw_per_series),
         )
-        for table in ("points", "rollup_1m", "rollup_1h"):
+        for table in ("samples", "rollup_1m", "rollup_1h"):
             conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
         ds.points += written.points
         ds.rollup_1m_rows += written.rollup_1m
@@ -948,7 +1012,15 @@ def _prepare(database_url: str, admin_url: str, args: argparse.Namespace) -> tup
 def _sizes(conn: psycopg.Connection) -> dict[str, float]:
     """Total size (heap, indexes, TOAST) of each table with its partitions, and of the database, GB."""
     sizes: dict[str, float] = {}
-    for table in ("points", "rollup_1m", "rollup_1h", "series", "agents"):
+    for table in (
+        "samples",
+        "rollup_1m",
+        "rollup_1h",
+        "series",
+        "series_sets",
+        "set_members",
+        "agents",
+    ):
         row = conn.execute(
             "SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::int8"
             " FROM pg_partition_tree(%s::regclass)",
