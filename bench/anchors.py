@@ -59,7 +59,7 @@ def fetch_run_rows(database_url: str, agent_prefix: str, max_rows: int) -> RunRo
         chunks = []
         with conn.cursor() as cur:
             query = (
-                "COPY (SELECT p.series_id, p.ts, p.value FROM points p"
+                "COPY (SELECT p.series_id, p.ts, p.value FROM all_points p"
                 " JOIN series s USING (series_id) WHERE s.agent_id LIKE {prefix} LIMIT {limit})"
                 " TO STDOUT (FORMAT BINARY)"
             )

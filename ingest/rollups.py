@@ -313,6 +313,14 @@ class RollupThread(threading.Thread):
                 if conn is not None:
                     conn.close()
                 conn = None
+            except Exception:
+                # Not the database: a bug. Logged loudly, and the thread lives on (the round's
+                # transaction rolled back, its marks wait for the next round), so rollups do not
+                # stop in silence.
+                log.exception("rollup round failed")
+                if conn is not None:
+                    conn.close()
+                conn = None
         if conn is not None:
             conn.close()
 
@@ -333,12 +341,22 @@ class Aggregates:
 def minute_aggregates(
     rows: list[tuple[int, int, bytes]],
     members: dict[int, np.ndarray],
-    legacy: list[tuple[int, int, float]] = (),  # type: ignore[assignment]
+    legacy: list[tuple[int, int, float]] | None = None,
 ) -> Aggregates:
     """Reduce samples rows ``(set_id, ts µs, array_send(vals))`` and single points ``(series_id, ts
     µs, value)`` per series, with PostgreSQL's float8 semantics: a NaN makes sum and max NaN, min
     skips it unless every value is NaN, and `last` breaks a tie of timestamps by the greater value,
     NaN greatest. Per set one (rows x series) matrix; per series one reduction."""
+    # +Inf and -Inf in one sum make NaN, as in PostgreSQL: expected, not worth a warning.
+    with np.errstate(invalid="ignore"):
+        return _reduce(rows, members, legacy or [])
+
+
+def _reduce(
+    rows: list[tuple[int, int, bytes]],
+    members: dict[int, np.ndarray],
+    legacy: list[tuple[int, int, float]],
+) -> Aggregates:
     parts: list[tuple[np.ndarray, ...]] = []
     by_set: dict[int, list[int]] = {}
     for i, (set_id, _, _) in enumerate(rows):

@@ -134,7 +134,7 @@ def stored(database_url: str, agent_id: str) -> dict[tuple[str, str], list[float
     with psycopg.connect(database_url) as conn:
         found = conn.execute(
             "SELECT s.name, s.labels::text, array_agg(p.value ORDER BY p.ts)"
-            " FROM series s JOIN points p USING (series_id) WHERE s.agent_id = %s"
+            " FROM series s JOIN all_points p USING (series_id) WHERE s.agent_id = %s"
             " GROUP BY 1, 2",
             (agent_id,),
         ).fetchall()
