@@ -1,8 +1,9 @@
 """Performance anchors measured in the same run, on the same rows.
 
-- The raw binary COPY ceiling: the run's own committed rows, read back with ``COPY … TO (FORMAT
-  BINARY)`` and written with one ``COPY … FROM (FORMAT BINARY)`` into an index-less
-  ``(series_id int4, ts timestamptz, value float8)`` table. What PostgreSQL alone can take here.
+- The raw binary COPY ceiling: the run's own committed samples rows (fleetpulse/samples.py), read
+  back with ``COPY … TO (FORMAT BINARY)`` and written with one ``COPY … FROM (FORMAT BINARY)`` into
+  an index-less table of the same shape, ``(set_id int4, ts timestamptz, vals float8[])``, stored
+  as ``samples`` is. What PostgreSQL alone can take here, in points per second, for this layout.
 - VictoriaMetrics single-node (when its binary is installed): the same samples, with their metric
   names and labels, imported through ``/api/v1/import/prometheus`` (Prometheus text format).
 """
@@ -77,16 +78,37 @@ def fetch_run_rows(database_url: str, agent_prefix: str, max_rows: int) -> RunRo
     return RunRows(b"".join(chunks), series)
 
 
-def copy_ceiling(database_url: str, rows: RunRows, table: str) -> dict[str, Any]:
-    """One binary COPY of the run's rows into an index-less table; rows per second."""
+def copy_ceiling(database_url: str, agent_prefix: str, table: str, max_rows: int) -> dict[str, Any]:
+    """One binary COPY of the run's samples rows into an index-less table; points per second."""
+    where = sql.SQL(
+        "FROM samples s JOIN series_sets ss USING (set_id) WHERE ss.agent_id LIKE {prefix}"
+    ).format(prefix=sql.Literal(agent_prefix + "%"))
     with psycopg.connect(database_url, autocommit=True) as conn:
+        chunks = []
+        statement = sql.SQL(
+            "COPY (SELECT s.set_id, s.ts, s.vals {where} LIMIT {limit}) TO STDOUT (FORMAT BINARY)"
+        ).format(where=where, limit=sql.Literal(max_rows))
+        with conn.cursor() as cur, cur.copy(statement) as copy:
+            for chunk in copy:
+                chunks.append(bytes(chunk))
+        row = conn.execute(
+            sql.SQL(
+                "SELECT count(*), coalesce(sum(n), 0)::int8 FROM"
+                " (SELECT cardinality(s.vals) AS n {where} LIMIT {limit}) r"
+            ).format(where=where, limit=sql.Literal(max_rows))
+        ).fetchone()
+        rows, points = (int(row[0]), int(row[1])) if row else (0, 0)
         name = sql.Identifier(table)
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(name))
         conn.execute(
-            sql.SQL("CREATE TABLE {} (series_id int4, ts timestamptz, value float8)").format(name)
+            sql.SQL(
+                "CREATE TABLE {} (set_id int4, ts timestamptz, vals float8[])"
+                " WITH (toast_tuple_target = 8160)"
+            ).format(name)
         )
+        conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN vals SET STORAGE EXTERNAL").format(name))
         try:
-            payload = memoryview(rows.copy_bytes)
+            payload = memoryview(b"".join(chunks))
             started = time.perf_counter()
             with conn.transaction(), conn.cursor() as cur:
                 statement = sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(name)
@@ -97,9 +119,10 @@ def copy_ceiling(database_url: str, rows: RunRows, table: str) -> dict[str, Any]
         finally:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(name))
     return {
-        "rows": rows.rows,
+        "rows": rows,
+        "points": points,
         "seconds": round(seconds, 3),
-        "points_per_s": round(rows.rows / seconds),
+        "points_per_s": round(points / seconds) if seconds else None,
     }
 
 

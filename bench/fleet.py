@@ -537,7 +537,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             rows = anchors.fetch_run_rows(platform.database_url, prefix, ANCHOR_MAX_ROWS)
             if rows.rows:
                 ceiling = anchors.copy_ceiling(
-                    platform.database_url, rows, f"bench_copy_ceiling_{run_id}"
+                    platform.database_url,
+                    prefix,
+                    f"bench_copy_ceiling_{run_id}",
+                    ANCHOR_MAX_ROWS // 100,
                 )
                 vm = anchors.victoriametrics(rows)
     finally:

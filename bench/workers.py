@@ -39,6 +39,8 @@ from fleetpulse.migrate import migrate
 from fleetpulse.proto import edge_pb2
 from fleetpulse.settings import load_settings
 
+# Samples rows COPYed again for the ceiling (about 20M points at 200 series).
+ANCHOR_MAX_ROWS = 100_000
 STREAM_SHARDS = 4
 LOAD_PIPELINE = 500
 
@@ -274,8 +276,9 @@ def run(args: argparse.Namespace) -> int:
                 "SELECT count(*), coalesce(sum(rows), 0), coalesce(sum(took_s), 0) FROM rollup_log"
             ).fetchone()
         committed_points, committed_batches = int(row[0]), int(row[1])
-        rows = anchors.fetch_run_rows(database_url, prefix, anchors_max_rows := 10_000_000)
-        ceiling = anchors.copy_ceiling(database_url, rows, f"bench_copy_ceiling_{run_id}")
+        ceiling = anchors.copy_ceiling(
+            database_url, prefix, f"bench_copy_ceiling_{run_id}", ANCHOR_MAX_ROWS
+        )
         stored = disk.bytes_per_point(database_url)
     finally:
         for w in workers:
@@ -300,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
         "series_created": args.agents * args.series,
         "series_created_per_s": round(args.agents * args.series / warm_s),
         "copy_ceiling_points_per_s": ceiling["points_per_s"],
-        "copy_ceiling_rows": min(ceiling["rows"], anchors_max_rows),
+        "copy_ceiling_rows": ceiling["rows"],  # samples rows, at most anchors_max_rows
         "ratio_to_copy_ceiling": round(timed_points / timed_s / ceiling["points_per_s"], 3),
         "stored_equals_queued": committed_points == expected_points,
         "rollups": args.rollups,
@@ -309,6 +312,12 @@ def run(args: argparse.Namespace) -> int:
         "rollup_points_equal_stored": None if rolled is None else rolled == expected_points,
         # disk: points and rollup tables with their indexes, per point stored (bench/disk.py)
         "bytes_per_point": stored["bytes_per_point"],
+        # CPU per timed point, from the drain's start until the rollups were current
+        **{
+            f"{name}_cpu_us_per_point": round(resources[name]["cpu_s"] / timed_points * 1e6, 3)
+            for name in ("postgres", "workers")
+            if name in resources
+        },
     }
     result = {
         "profile": _profile(stats, rollup_work, timed_points),

@@ -33,7 +33,7 @@ def copies_waiting(database_url: str) -> int:
 def test_worker_killed_in_the_middle_of_a_copy(harness: Harness) -> None:
     ingest, pool, agents = harness.start_platform(free_port())
 
-    # Hold every partition of `points` in SHARE mode. A COPY into the partitioned table starts
+    # Hold every partition of `samples` in SHARE mode. A COPY into the partitioned table starts
     # (ledger rows inserted, data streaming in, pg_stat_progress_copy reporting) and locks a
     # partition only when its first row is routed there: so each worker's next COPY stops in the
     # middle, and stays there until we let go.
@@ -42,7 +42,7 @@ def test_worker_killed_in_the_middle_of_a_copy(harness: Harness) -> None:
             name
             for (name,) in locker.execute(
                 "SELECT inhrelid::regclass::text FROM pg_inherits"
-                " WHERE inhparent = 'points'::regclass"
+                " WHERE inhparent = 'samples'::regclass"
             )
         ]
         locker.execute(f"LOCK TABLE {', '.join(partitions)} IN SHARE MODE")
