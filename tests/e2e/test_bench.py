@@ -75,8 +75,8 @@ def test_bench_fleet_runs_verifies_and_reports(mode: str, tmp_path: Path) -> Non
     assert summary["sent_points"] == summary["committed_points"] > 0
     assert summary["missing_batches"] == summary["duplicate_batches"] == 0
     assert summary["copy_ceiling_points_per_s"] > 0
-    # today's layout stores a 34-byte row and an index entry per point, and its rollups
-    assert summary["bytes_per_point"] > 34
+    # samples rows hold each value's 8 bytes uncompressed: less means a table went uncounted
+    assert summary["bytes_per_point"] >= 8
     (run_dir,) = tmp_path.iterdir()
     assert {"result.json", "summary.md", "throughput.png", "freshness.png"} <= {
         p.name for p in run_dir.iterdir()
