@@ -654,9 +654,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-# The two runs behind the targets of the project (README, "Performance").
+# The two runs behind the targets of the project (README, "Performance"). Saturate as issue 15
+# states it (500 agents, 30 s); realistic with a warm-up long enough for 10,000 agents to create
+# their 2,000,000 series before the window opens (the issue's command, with the default 20 s
+# warm-up, is run and reported apart in docs/performance.md).
 TARGET_RUNS = {
-    "saturate": ["--mode", "saturate", "--agents", "100", "--duration", "60"],
+    "saturate": ["--mode", "saturate", "--agents", "500", "--duration", "30"],
     "realistic": [
         "--mode",
         "realistic",

@@ -170,8 +170,9 @@ def targets_markdown(results: dict[str, dict[str, Any]]) -> str:
         f"({m['cpu_model']}), simulator on the same machine, `fleetpulse bench targets`.",
         "",
         "| run | sent pts/s | committed pts/s | freshness p50 / p99 | missing / duplicate batches "
-        "| COPY ceiling pts/s (ratio) | VictoriaMetrics pts/s (ratio) |",
-        "|---|---|---|---|---|---|---|",
+        "| COPY ceiling pts/s (ratio) | VictoriaMetrics pts/s (ratio) "
+        "| bytes per point (VictoriaMetrics) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, result in results.items():
         s = result["summary"]
@@ -189,7 +190,8 @@ def targets_markdown(results: dict[str, dict[str, Any]]) -> str:
             f"| {name}: {s['agents']:,} agents x {s['series_per_agent']} series "
             f"| {s['sent_points_per_s']:,} | {s['committed_points_per_s']:,} "
             f"| {_fmt(s['freshness_p50_s'])} s / {_fmt(s['freshness_p99_s'])} s "
-            f"| {s['missing_batches']} / {s['duplicate_batches']} | {ceiling} | {vm} |"
+            f"| {s['missing_batches']} / {s['duplicate_batches']} | {ceiling} | {vm} "
+            f"| {_fmt(s.get('bytes_per_point'))} ({_fmt(s.get('victoriametrics_bytes_per_point'))}) |"
         )
     names = sorted({c for r in results.values() for c in r["resources"]})
     lines += ["", "CPU in % of one core during the measured window:", ""]
