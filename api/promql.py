@@ -393,13 +393,13 @@ def choose_tier(node: Node, start: float, end: float, step: float) -> tuple[str,
 
 
 _RAW_POINTS = samples.points_sql("ids", "split_m", "end", hi_inclusive=True)
+_HOURS = samples.rollup_sql("1h", "ids", "start", "split_h")
+_MINUTES = samples.rollup_sql("1m", "ids", "split_h", "split_m")
 _FETCH = f"""
 COPY (
-    SELECT series_id, extract(epoch FROM last_ts)::float8, last FROM rollup_1h
-    WHERE series_id = ANY(%(ids)s) AND bucket >= %(start)s AND bucket < %(split_h)s
+    SELECT series_id, extract(epoch FROM last_ts)::float8, last FROM ({_HOURS}) hours
     UNION ALL
-    SELECT series_id, extract(epoch FROM last_ts)::float8, last FROM rollup_1m
-    WHERE series_id = ANY(%(ids)s) AND bucket >= %(split_h)s AND bucket < %(split_m)s
+    SELECT series_id, extract(epoch FROM last_ts)::float8, last FROM ({_MINUTES}) minutes
     UNION ALL
     SELECT series_id, extract(epoch FROM ts)::float8, value FROM ({_RAW_POINTS}) raw
     ORDER BY 1, 2

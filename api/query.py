@@ -163,16 +163,14 @@ async def select_series(conn: AsyncConnection[Any], matchers: list[Matcher]) -> 
 
 # Samples of three tiers, each for its own time range: the hour tier up to split_h, the minute
 # tier from split_h to split_m, raw points from split_m. A raw point is a bucket of one.
-_HOURS = """
-    SELECT series_id, bucket AS ts, count AS n, sum AS s, min AS lo, max AS hi, last, last_ts
-    FROM rollup_1h
-    WHERE series_id = ANY(%(ids)s) AND bucket >= %(start)s AND bucket < %(split_h)s
-"""
-_MINUTES = """
-    SELECT series_id, bucket AS ts, count AS n, sum AS s, min AS lo, max AS hi, last, last_ts
-    FROM rollup_1m
-    WHERE series_id = ANY(%(ids)s) AND bucket >= %(split_h)s AND bucket < %(split_m)s
-"""
+_HOURS = (
+    "SELECT series_id, bucket AS ts, count AS n, sum AS s, min AS lo, max AS hi, last, last_ts"  # noqa: S608  # constants only
+    " FROM (" + samples.rollup_sql("1h", "ids", "start", "split_h") + ") hours"
+)
+_MINUTES = (
+    "SELECT series_id, bucket AS ts, count AS n, sum AS s, min AS lo, max AS hi, last, last_ts"  # noqa: S608  # constants only
+    " FROM (" + samples.rollup_sql("1m", "ids", "split_h", "split_m") + ") minutes"
+)
 _RAW = (
     "SELECT series_id, ts, 1 AS n, value AS s, value AS lo, value AS hi, value AS last,"  # noqa: S608  # constants only
     " ts AS last_ts FROM (" + samples.points_sql("ids", "split_m", "end") + ") raw"
@@ -194,24 +192,14 @@ def _windows_sql(parts: list[str], step: bool, last: bool) -> str:
     )
 
 
-def _passed_through(part: str) -> str:
-    """A tier whose bucket is the step: each row is one whole window already (its range starts on
-    a window boundary and ends on its tier's boundary), so it is not aggregated again."""
-    return f"SELECT series_id, {_K} AS k, n::bigint, s, lo, hi, last FROM ({part}) samples"  # noqa: S608  # constants only
-
-
 _TIERS = {"1h": [_HOURS, _MINUTES, _RAW], "1m": [_MINUTES, _RAW], "raw": [_RAW]}
-_TIER_WIDTH_S = {"1h": 3600.0, "1m": 60.0}
-# Every query read_windows runs, built once from the constants above, by (tier, how the step
-# relates to the tier: None no step, "bucket" the tier's own bucket, "step" another, agg=last).
+# Every query read_windows runs, built once from the constants above, by (tier, with a step,
+# agg=last). Rollup rows are aggregated again like raw points, also when the step is the tier's
+# bucket: a series in two sets in one bucket has a row from each (fleetpulse/samples.py).
 _WINDOW_QUERIES = {
-    (tier, step, last): (
-        _passed_through(parts[0]) + " UNION ALL " + _windows_sql(parts[1:], True, last)
-        if step == "bucket" and len(parts) > 1
-        else _windows_sql(parts, step is not None, last)
-    ).encode()
+    (tier, step, last): _windows_sql(parts, step, last).encode()
     for tier, parts in _TIERS.items()
-    for step in (None, "bucket", "step")
+    for step in (False, True)
     for last in (False, True)
 }
 _SCHEMA = {
@@ -269,8 +257,7 @@ async def read_windows(
         "split_m": at(split_m),
         "step": step,
     }
-    kind = None if step is None else "bucket" if _TIER_WIDTH_S.get(tier) == step else "step"
-    cur = await conn.execute(_WINDOW_QUERIES[tier, kind, last], params, binary=True)
+    cur = await conn.execute(_WINDOW_QUERIES[tier, step is not None, last], params, binary=True)
     rows = await cur.fetchall()
     return pl.DataFrame(rows, schema=_SCHEMA, orient="row")
 

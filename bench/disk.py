@@ -13,7 +13,16 @@ import psycopg
 # The tables that hold points or their rollups (partitioned ones: every partition): samples and
 # the series sets that name their columns (fleetpulse/samples.py), the layout before them, and
 # the rollup tiers.
-POINT_TABLES = ("samples", "series_sets", "set_members", "points", "rollup_1m", "rollup_1h")
+POINT_TABLES = (
+    "samples",
+    "series_sets",
+    "set_members",
+    "set_rollup_1m",
+    "set_rollup_1h",
+    "points",
+    "rollup_1m",
+    "rollup_1h",
+)
 
 _SIZES = """
 SELECT t.parent, (CASE

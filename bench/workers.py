@@ -146,8 +146,8 @@ def _rollups_current(
 def _rolled_up(conn: psycopg.Connection, prefix: str) -> int:
     """Points counted by the 1-minute tier for this run's series (all in closed minutes)."""
     row = conn.execute(
-        "SELECT coalesce(sum(r.count), 0)::int8 FROM rollup_1m r"
-        " JOIN series s USING (series_id) WHERE s.agent_id LIKE %s",
+        "SELECT coalesce(sum(r.count * cardinality(ss.series_ids)), 0)::int8 FROM set_rollup_1m r"
+        " JOIN series_sets ss USING (set_id) WHERE ss.agent_id LIKE %s",
         (prefix + "%",),
     ).fetchone()
     return int(row[0]) if row else 0

@@ -158,3 +158,86 @@ def samples_copy_buffer(
         parts.append(body[bounds[r] : bounds[r + 1]])
     parts.append(TRAILER)
     return b"".join(parts)
+
+
+def _array_fields(matrix: np.ndarray) -> np.ndarray:
+    """Each row of ``matrix`` (rows, width) as a float8[] field: length, array header, elements;
+    one (rows, bytes) uint8 block."""
+    rows, width = matrix.shape
+    header = np.empty(rows, dtype=_ARRAY_FIELD_HEADER)
+    header["len"] = ARRAY_HEADER_BYTES + width * ARRAY_ELEMENT.itemsize
+    header["ndim"] = 1
+    header["has_null"] = 0
+    header["elem_oid"] = _FLOAT8_OID
+    header["dim"] = width
+    header["lbound"] = 1
+    elements = np.empty((rows, width), dtype=ARRAY_ELEMENT)
+    elements["len"] = 8
+    elements["value"] = matrix
+    return np.hstack(
+        (
+            header.view(np.uint8).reshape(rows, _ARRAY_FIELD_HEADER.itemsize),
+            elements.view(np.uint8).reshape(rows, width * ARRAY_ELEMENT.itemsize),
+        )
+    )
+
+
+_ARRAY_FIELD_HEADER = np.dtype(
+    [
+        ("len", ">i4"),
+        ("ndim", ">i4"),
+        ("has_null", ">i4"),
+        ("elem_oid", ">i4"),
+        ("dim", ">i4"),
+        ("lbound", ">i4"),
+    ]
+)
+_SET_ROLLUP_HEAD = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("set_id_len", ">i4"),
+        ("set_id", ">i4"),
+        ("bucket_len", ">i4"),
+        ("bucket", ">i8"),
+        ("count_len", ">i4"),
+        ("count", ">i4"),
+        ("last_ts_len", ">i4"),
+        ("last_ts", ">i8"),
+    ]
+)
+
+
+def set_rollup_buffer(
+    set_ids: np.ndarray,
+    bucket_us: np.ndarray,
+    count: np.ndarray,
+    last_ts_us: np.ndarray,
+    arrays: list[list[np.ndarray]],
+) -> bytes:
+    """The binary COPY payload for ``COPY set_rollup_1m|set_rollup_1h (set_id, bucket, count,
+    last_ts, sum, min, max, last)``: row r's four arrays are ``arrays[r]`` (each as wide as its
+    set). Rows of equal width are built together; one join per row."""
+    nrows = len(set_ids)
+    head = np.empty(nrows, dtype=_SET_ROLLUP_HEAD)
+    head["fields"] = 8
+    head["set_id_len"] = 4
+    head["set_id"] = set_ids
+    head["bucket_len"] = 8
+    head["bucket"] = bucket_us - PG_EPOCH_OFFSET_US
+    head["count_len"] = 4
+    head["count"] = count
+    head["last_ts_len"] = 8
+    head["last_ts"] = last_ts_us - PG_EPOCH_OFFSET_US
+    heads = head.view(np.uint8).reshape(nrows, _SET_ROLLUP_HEAD.itemsize)
+    bodies: list[bytes] = [b""] * nrows
+    by_width: dict[int, list[int]] = {}
+    for r, row in enumerate(arrays):
+        by_width.setdefault(len(row[0]), []).append(r)
+    for indexes in by_width.values():
+        block = np.hstack(
+            [heads[indexes]]
+            + [_array_fields(np.stack([arrays[r][a] for r in indexes])) for a in range(4)]
+        )
+        for r, row_bytes in zip(indexes, block, strict=True):
+            bodies[r] = row_bytes.tobytes()
+    return b"".join((SIGNATURE, *bodies, TRAILER))

@@ -4,10 +4,12 @@ Creating a partition locks the parent table, and that lock queues behind a runni
 later COPY queues behind the waiting DDL). So DDL runs with a short ``lock_timeout`` and is retried,
 on its own autocommit connection, never inside a COPY transaction.
 
-``samples``, ``rollup_1m`` and ``rollup_1h`` are all partitioned by day, and a day is always created
-for all three together (a rollup bucket lies in the day of the points it summarises); each table
-has its own retention, so the coarse tiers outlive the raw points. ``points``, the layout before
-``samples`` (schema 0009), gets no new partitions; retention drops the ones it has.
+``samples`` and the rollup tiers are all partitioned by day, and a day is always created for all
+of them together (a rollup bucket lies in the day of the points it summarises); each tier has its
+own retention, so the coarse tiers outlive the raw points. ``points``, the raw layout before
+``samples`` (schema 0009), gets no new partitions; retention drops the ones it has. The per-series
+rollup tables ``rollup_1m``/``rollup_1h`` still get theirs: the rollup job writes there what it
+computes from such points.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT_MS = 2000
 DDL_ATTEMPTS = 5
-TABLES = ("samples", "rollup_1m", "rollup_1h")
+TABLES = ("samples", "set_rollup_1m", "set_rollup_1h", "rollup_1m", "rollup_1h")
 # Rollup partitions are vacuumed after every 200,000 inserted rows, so that the visibility map
 # lets charts read them with index-only scans (schema/0007_rollup_covering.sql says why).
 _ROLLUP_STORAGE = sql.SQL(
@@ -32,7 +34,13 @@ _ROLLUP_STORAGE = sql.SQL(
 )
 # A samples row stays whole in its heap page up to a page's size (schema/0009_samples.sql).
 _SAMPLES_STORAGE = sql.SQL(" WITH (toast_tuple_target = 8160)")
-_STORAGE = {"samples": _SAMPLES_STORAGE, "rollup_1m": _ROLLUP_STORAGE, "rollup_1h": _ROLLUP_STORAGE}
+_STORAGE = {
+    "samples": _SAMPLES_STORAGE,
+    "set_rollup_1m": _SAMPLES_STORAGE,
+    "set_rollup_1h": _SAMPLES_STORAGE,
+    "rollup_1m": _ROLLUP_STORAGE,
+    "rollup_1h": _ROLLUP_STORAGE,
+}
 
 
 def partition_name(day: date, table: str = "samples") -> str:

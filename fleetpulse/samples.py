@@ -86,8 +86,10 @@ def shape(
     return order, np.cumsum(new_row) - 1
 
 
-def decode_arrays(blobs: list[bytes], width: int) -> np.ndarray:
-    """``array_send(vals)`` of rows of one set (all ``width`` wide) as an (rows, width) matrix."""
+def decode_arrays(blobs: list[bytes]) -> np.ndarray:
+    """``array_send()`` of equally wide float8 arrays (the rows of one set) as a (rows, width)
+    matrix; the width is the array header's."""
+    width = int.from_bytes(blobs[0][12:16], "big")  # header: ndim, has-nulls, oid, length, lbound
     body = b"".join(blob[ARRAY_HEADER_BYTES:] for blob in blobs)
     return np.frombuffer(body, dtype=ARRAY_ELEMENT)["value"].astype(np.float64).reshape(-1, width)
 
@@ -117,3 +119,33 @@ def points_sql(ids: str = "ids", lo: str = "lo", hi: str = "hi", hi_inclusive: b
     CROSS JOIN LATERAL unnest(w.sids, w.cols) AS u(series_id, col)
     WHERE s.ts >= %({lo})s AND s.ts {upper} %({hi})s
     """  # noqa: S608  # parameter names checked above; no value is formatted in
+
+
+ROLLUP_TABLES = {"1m": ("rollup_1m", "set_rollup_1m"), "1h": ("rollup_1h", "set_rollup_1h")}
+
+
+def rollup_sql(tier: str, ids: str = "ids", lo: str = "lo", hi: str = "hi") -> str:
+    """``SELECT series_id, bucket, count, sum, min, max, last, last_ts`` of tier ``1m`` or ``1h``
+    for the series ``%(ids)s`` with ``%(lo)s <= bucket < %(hi)s``, from both layouts: the set rows
+    (schema 0010) expanded to the wanted columns, and the per-series rows of the layout before.
+
+    A series may have several rows in one bucket (one per set it was in): readers aggregate per
+    series and window, as they do raw points."""
+    for name in (ids, lo, hi):
+        if not name.isidentifier():
+            raise ValueError(f"not a parameter name: {name!r}")
+    per_series, per_set = ROLLUP_TABLES[tier]
+    return f"""
+    SELECT series_id, bucket, count, sum, min, max, last, last_ts FROM {per_series}
+    WHERE series_id = ANY(%({ids})s) AND bucket >= %({lo})s AND bucket < %({hi})s
+    UNION ALL
+    SELECT u.series_id, r.bucket, r.count, r.sum[u.col], r.min[u.col], r.max[u.col],
+           r.last[u.col], r.last_ts
+    FROM (
+        SELECT set_id, array_agg(series_id) AS sids, array_agg(col) AS cols
+        FROM set_members WHERE series_id = ANY(%({ids})s) GROUP BY set_id
+    ) w
+    JOIN {per_set} r ON r.set_id = w.set_id
+    CROSS JOIN LATERAL unnest(w.sids, w.cols) AS u(series_id, col)
+    WHERE r.bucket >= %({lo})s AND r.bucket < %({hi})s
+    """  # noqa: S608  # table and parameter names are code constants; no value is formatted in

@@ -87,8 +87,10 @@ class Settings(BaseSettings):
     rollup_1h_retention_days: int = Field(default=400, ge=1)
     max_future_s: float = Field(default=3600.0, ge=0)
     # Test-only (ingest/failpoints.py): "after-commit:<marker file>" makes a worker SIGKILL itself
-    # once, between a chunk's COMMIT and its XACK. Unset in production.
-    failpoint: str | None = Field(default=None, pattern=r"^after-commit:.+$")
+    # once, between a chunk's COMMIT and its XACK; "mid-rollup:<marker file>" makes the process
+    # running the rollup job SIGKILL itself once, in a minute's recompute transaction after the
+    # COPY of its rows and before COMMIT. Unset in production.
+    failpoint: str | None = Field(default=None, pattern=r"^(after-commit|mid-rollup):.+$")
 
     api_max_points: int = Field(default=200_000, ge=1)
     # Writes through the API (PUT /agents/{id}/config) need `authorization: Bearer <this key>`;
@@ -107,6 +109,8 @@ class Settings(BaseSettings):
             "samples": self.retention_days,
             "rollup_1m": self.rollup_1m_retention_days,
             "rollup_1h": self.rollup_1h_retention_days,
+            "set_rollup_1m": self.rollup_1m_retention_days,
+            "set_rollup_1h": self.rollup_1h_retention_days,
         }
 
     def read_keys(self) -> list[str]:

@@ -1,12 +1,20 @@
 """Rollup tiers (1 minute, 1 hour): count, sum, min, max, last per series and bucket.
 
+Stored in the shape of the samples (schema 0010): one row per series set and bucket, with one
+count and one latest time for the set and an array per statistic in the set's column order
+(``set_rollup_1m``, ``set_rollup_1h``). A minute is computed from its samples rows, an hour from
+its minute rows, in numpy, one (rows x series) matrix per set and statistic (``_reduce``): no work
+per point or per series in SQL or Python, and one COPYed row per set. Points of the layout before
+samples are rolled up into that layout's per-series tables (``rollup_1m``, ``rollup_1h``) as
+before; readers combine both (fleetpulse/samples.py ``rollup_sql``).
+
 How they stay exact:
 
 - Workers append a *dirty mark* (tier 1, minute) for every minute a chunk wrote points into, in the
   chunk's own transaction (copier.py). A redelivered batch writes no points and marks nothing.
 - The rollup job (a thread in every worker process; one at a time runs, by advisory lock) takes the
   marks of *closed* minutes and, per minute and in one transaction, deletes them and recomputes
-  that minute for every series from the raw points (replace, never merge), then marks the hour.
+  that minute for every set from its raw samples (replace, never merge), then marks the hour.
   Closed hours are recomputed the same way from the minute tier.
 - The marks are deleted by the statement before the recompute reads the points, and under READ
   COMMITTED each statement sees everything committed before it started. A chunk that commits points
@@ -28,12 +36,14 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 
 import numpy as np
 import psycopg
 
 from fleetpulse import partitions, samples
-from fleetpulse.copybuf import rollup_buffer
+from fleetpulse.copybuf import set_rollup_buffer
+from fleetpulse.ingest import failpoints
 
 log = logging.getLogger(__name__)
 
@@ -66,28 +76,41 @@ VALUES (%(tier)s, %(bucket)s, %(rows)s,
 RETURNING lag_s
 """
 
-# A minute's raw data: its samples rows (reduced in numpy: minute_aggregates) and the points of
-# the layout before samples, while retention still keeps any.
-_MINUTE_SAMPLES = """
-SELECT set_id, (extract(epoch FROM ts) * 1000000)::int8, array_send(vals) FROM samples
+# A bucket's inputs, per set: the minute's samples rows (reduce_minute), or the hour's minute rows
+# (reduce_hour), each array as array_send() gives it.
+_INPUTS = {
+    TIER_MINUTE: """
+SELECT set_id, 1, (extract(epoch FROM ts) * 1000000)::int8, array_send(vals) FROM samples
 WHERE ts >= %(bucket)s AND ts < %(bucket)s + interval '1 minute'
-"""
-_MINUTE_POINTS = """
-SELECT series_id, (extract(epoch FROM ts) * 1000000)::int8, value FROM points
-WHERE ts >= %(bucket)s AND ts < %(bucket)s + interval '1 minute'
-"""
-_SET_SERIES = "SELECT set_id, series_ids FROM series_sets WHERE set_id = ANY(%s)"
-_COPY_MINUTES = (
-    "COPY rollup_1m (series_id, bucket, count, sum, min, max, last, last_ts)"
-    " FROM STDIN (FORMAT BINARY)"
-)
-# Bound on the job's cache of set members (sets); past it the cache starts over.
-_MAX_CACHED_SETS = 200_000
+""",
+    TIER_HOUR: """
+SELECT set_id, count, (extract(epoch FROM last_ts) * 1000000)::int8,
+       array_send(sum), array_send(min), array_send(max), array_send(last)
+FROM set_rollup_1m
+WHERE bucket >= %(bucket)s AND bucket < %(bucket)s + interval '1 hour'
+""",
+}
+_COPY = {
+    TIER_MINUTE: "COPY set_rollup_1m (set_id, bucket, count, last_ts, sum, min, max, last)"
+    " FROM STDIN (FORMAT BINARY)",
+    TIER_HOUR: "COPY set_rollup_1h (set_id, bucket, count, last_ts, sum, min, max, last)"
+    " FROM STDIN (FORMAT BINARY)",
+}
 
-# Tie-break of `last` (two points of one series with the same timestamp): the greater value, NaN
-# greatest (PostgreSQL's order of float8), in both tiers, so that the hour derived from minutes
-# equals the hour computed from raw points.
-_RECOMPUTE = {
+# The per-series tiers of the layout before samples, recomputed the way that layout did, from its
+# points: nothing while retention keeps none (an index probe of empty partitions). Tie-break of
+# `last` (two points of one series with the same timestamp): the greater value, NaN greatest
+# (PostgreSQL's order of float8), in every tier and both layouts, so that an hour derived from
+# minutes equals the hour computed from raw points.
+_LEGACY = {
+    TIER_MINUTE: """
+INSERT INTO rollup_1m (series_id, bucket, count, sum, min, max, last, last_ts)
+SELECT series_id, %(bucket)s, count(*), sum(value), min(value), max(value),
+       (array_agg(value ORDER BY ts DESC, value DESC))[1], max(ts)
+FROM points
+WHERE ts >= %(bucket)s AND ts < %(bucket)s + interval '1 minute'
+GROUP BY series_id
+""",
     TIER_HOUR: """
 INSERT INTO rollup_1h (series_id, bucket, count, sum, min, max, last, last_ts)
 SELECT series_id, %(bucket)s, sum(count)::int4, sum(sum), min(min), max(max),
@@ -102,8 +125,14 @@ GROUP BY series_id
 # upsert over existing rows, 1.2x when none exist; docs/performance.md). Readers see the old rows
 # until the transaction commits.
 _CLEAR = {
-    TIER_MINUTE: "DELETE FROM rollup_1m WHERE bucket = %(bucket)s",
-    TIER_HOUR: "DELETE FROM rollup_1h WHERE bucket = %(bucket)s",
+    TIER_MINUTE: (
+        "DELETE FROM set_rollup_1m WHERE bucket = %(bucket)s",
+        "DELETE FROM rollup_1m WHERE bucket = %(bucket)s",
+    ),
+    TIER_HOUR: (
+        "DELETE FROM set_rollup_1h WHERE bucket = %(bucket)s",
+        "DELETE FROM rollup_1h WHERE bucket = %(bucket)s",
+    ),
 }
 
 _WIDTH = {TIER_MINUTE: "1 minute", TIER_HOUR: "1 hour"}
@@ -127,15 +156,19 @@ class RollupJob:
     """Recomputes dirty buckets; ``run_round`` is safe to call from several processes at once."""
 
     def __init__(
-        self, conn: psycopg.Connection, settle_s: float = 0.0, max_delay_s: float = 0.0
+        self,
+        conn: psycopg.Connection,
+        settle_s: float = 0.0,
+        max_delay_s: float = 0.0,
+        failpoint: str | None = None,
     ) -> None:
         if not conn.autocommit:
             raise ValueError("the rollup job needs an autocommit connection")
         self._conn = conn
         self._settle_s = settle_s
         self._max_delay_s = max_delay_s
+        self._failpoint = failpoint  # test-only (failpoints.py): settings.failpoint
         self._known_days: dict[str, set[date]] = {}
-        self._members: dict[int, np.ndarray] = {}  # set id -> its series ids
 
     def run_round(self, limit: int = MAX_BUCKETS_PER_ROUND) -> RoundResult | None:
         """One round; None when another process holds the job (it is doing the same work)."""
@@ -186,11 +219,12 @@ class RollupJob:
             conn.execute("SET LOCAL enable_indexscan = off")
             conn.execute("SET LOCAL work_mem = '64MB'")  # the per-series sort stays in memory
             marks = [row[0] for row in conn.execute(_TAKE_MARKS, (tier, bucket))]
-            conn.execute(_CLEAR[tier], {"bucket": bucket})
+            for statement in _CLEAR[tier]:
+                conn.execute(statement, {"bucket": bucket})
+            rows = self._recompute_sets(tier, bucket)
+            rows += conn.execute(_LEGACY[tier], {"bucket": bucket}).rowcount
             if tier == TIER_MINUTE:
-                rows = self._recompute_minute(bucket)
-            else:
-                rows = conn.execute(_RECOMPUTE[tier], {"bucket": bucket}).rowcount
+                failpoints.mid_rollup(self._failpoint, bucket)
             if tier == TIER_MINUTE:
                 hour = bucket.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
                 conn.execute(
@@ -209,42 +243,29 @@ class RollupJob:
             ).fetchone()
         return rows, float(logged[0]) if logged else 0.0
 
-    def _recompute_minute(self, bucket: datetime) -> int:
-        """Read one minute's samples and points, reduce them per series, COPY the rows."""
-        conn = self._conn
-        params = {"bucket": bucket}
-        with conn.cursor(binary=True) as cur:
-            rows = cur.execute(_MINUTE_SAMPLES, params).fetchall()
-            legacy = cur.execute(_MINUTE_POINTS, params).fetchall()
-        unknown = {set_id for set_id, _, _ in rows} - self._members.keys()
-        if unknown:
-            if len(self._members) > _MAX_CACHED_SETS:
-                self._members.clear()
-                unknown = {set_id for set_id, _, _ in rows}
-            for set_id, series_ids in conn.execute(_SET_SERIES, (list(unknown),)):
-                self._members[set_id] = np.asarray(series_ids, dtype=np.int64)
-        result = minute_aggregates(rows, self._members, legacy)
-        if not len(result.series_ids):
+    def _recompute_sets(self, tier: int, bucket: datetime) -> int:
+        """Read the bucket's inputs, reduce them per set, COPY the set rows; return how many."""
+        with self._conn.cursor(binary=True) as cur:
+            inputs = cur.execute(_INPUTS[tier], {"bucket": bucket}).fetchall()
+        if not inputs:
             return 0
-        start_s = np.full(len(result.series_ids), int(bucket.timestamp()), dtype=np.int64)
-        buffer = rollup_buffer(
-            result.series_ids,
-            start_s,
-            result.count,
-            result.total,
-            result.low,
-            result.high,
-            result.last,
-            result.last_ts_us,
+        result = reduce_minute(inputs) if tier == TIER_MINUTE else reduce_hour(inputs)
+        bucket_us = int(bucket.timestamp()) * 1_000_000
+        buffer = set_rollup_buffer(
+            np.asarray(result.set_ids, dtype=np.int32),
+            np.full(len(result.set_ids), bucket_us, dtype=np.int64),
+            np.asarray(result.count, dtype=np.int64),
+            np.asarray(result.last_ts_us, dtype=np.int64),
+            result.arrays,
         )
-        with conn.cursor() as cur, cur.copy(_COPY_MINUTES) as copy:
+        with self._conn.cursor() as cur, cur.copy(_COPY[tier]) as copy:
             copy.write(buffer)
-        return len(result.series_ids)
+        return len(result.set_ids)
 
     def _ensure_partition(self, bucket: datetime) -> None:
         """Days older than the rollup tiers (a database from before them) get partitions here."""
         day = bucket.astimezone(UTC).date()
-        for table in ("rollup_1m", "rollup_1h"):
+        for table in ("set_rollup_1m", "set_rollup_1h", "rollup_1m", "rollup_1h"):
             known = self._known_days.get(table)
             if known is None or day not in known:
                 known = self._known_days[table] = partitions.existing_days(self._conn, table)
@@ -274,13 +295,19 @@ class RollupThread(threading.Thread):
     """The job inside a worker process: a round every ``interval_s`` on its own connection."""
 
     def __init__(
-        self, database_url: str, interval_s: float, settle_s: float, max_delay_s: float
+        self,
+        database_url: str,
+        interval_s: float,
+        settle_s: float,
+        max_delay_s: float,
+        failpoint: str | None = None,
     ) -> None:
         super().__init__(name="rollups", daemon=True)
         self._database_url = database_url
         self._interval_s = interval_s
         self._settle_s = settle_s
         self._max_delay_s = max_delay_s
+        self._failpoint = failpoint
         self._stop_event = threading.Event()
         self.rounds = 0
 
@@ -296,7 +323,7 @@ class RollupThread(threading.Thread):
                     # Safe for derived data: a commit lost in a crash takes its mark deletions
                     # with it, so the bucket is recomputed again; no fsync wait per bucket.
                     conn.execute("SET synchronous_commit = off")
-                    job = RollupJob(conn, self._settle_s, self._max_delay_s)
+                    job = RollupJob(conn, self._settle_s, self._max_delay_s, self._failpoint)
                 result = job.run_round()
                 self.rounds += 1
                 if result and (result.minutes or result.hours):
@@ -326,96 +353,61 @@ class RollupThread(threading.Thread):
 
 
 @dataclass
-class Aggregates:
-    """Per series (sorted by id): count, sum, min, max, and the last value and its time."""
+class SetAggregates:
+    """Per set of a bucket: the count and latest time of its rows (one for all its series, since
+    every row holds every series), and its sum, min, max and last value per series (arrays)."""
 
-    series_ids: np.ndarray
-    count: np.ndarray
-    total: np.ndarray
-    low: np.ndarray
-    high: np.ndarray
-    last: np.ndarray
-    last_ts_us: np.ndarray
+    set_ids: list[int]
+    count: list[int]
+    last_ts_us: list[int]
+    arrays: list[list[np.ndarray]]  # per set: [sum, min, max, last]
 
 
-def minute_aggregates(
-    rows: list[tuple[int, int, bytes]],
-    members: dict[int, np.ndarray],
-    legacy: list[tuple[int, int, float]] | None = None,
-) -> Aggregates:
-    """Reduce samples rows ``(set_id, ts µs, array_send(vals))`` and single points ``(series_id, ts
-    µs, value)`` per series, with PostgreSQL's float8 semantics: a NaN makes sum and max NaN, min
-    skips it unless every value is NaN, and `last` breaks a tie of timestamps by the greater value,
-    NaN greatest. Per set one (rows x series) matrix; per series one reduction."""
+def reduce_minute(rows: list[tuple[Any, ...]]) -> SetAggregates:
+    """A minute's samples rows ``(set_id, 1, ts µs, array_send(vals))`` reduced per set."""
+    return _reduce(rows, minute=True)
+
+
+def reduce_hour(rows: list[tuple[Any, ...]]) -> SetAggregates:
+    """An hour's set_rollup_1m rows ``(set_id, count, last_ts µs, sum, min, max, last)`` (arrays
+    as array_send() gives them) reduced per set."""
+    return _reduce(rows, minute=False)
+
+
+def _reduce(rows: list[tuple[Any, ...]], minute: bool) -> SetAggregates:
+    """With PostgreSQL's float8 semantics: a NaN makes sum and max NaN, min skips it unless every
+    value is NaN, and `last` breaks a tie of times by the greater value, NaN greatest. One matrix
+    (rows x series) per set and statistic; no work per point in Python."""
+    by_set: dict[int, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_set.setdefault(row[0], []).append(i)
+    out = SetAggregates([], [], [], [])
     # +Inf and -Inf in one sum make NaN, as in PostgreSQL: expected, not worth a warning.
     with np.errstate(invalid="ignore"):
-        return _reduce(rows, members, legacy or [])
-
-
-def _reduce(
-    rows: list[tuple[int, int, bytes]],
-    members: dict[int, np.ndarray],
-    legacy: list[tuple[int, int, float]],
-) -> Aggregates:
-    parts: list[tuple[np.ndarray, ...]] = []
-    by_set: dict[int, list[int]] = {}
-    for i, (set_id, _, _) in enumerate(rows):
-        by_set.setdefault(set_id, []).append(i)
-    for set_id, indexes in by_set.items():
-        ids = members[set_id]
-        matrix = samples.decode_arrays([rows[i][2] for i in indexes], len(ids))
-        ts = np.asarray([rows[i][1] for i in indexes], dtype=np.int64)
-        newest = ts.max()
-        parts.append(
-            (
-                ids,
-                np.full(len(ids), len(indexes), dtype=np.int64),
-                matrix.sum(axis=0),
-                np.fmin.reduce(matrix, axis=0),
-                matrix.max(axis=0),
-                matrix[ts == newest].max(axis=0),
-                np.full(len(ids), newest, dtype=np.int64),
+        for set_id, indexes in by_set.items():
+            count = np.asarray([rows[i][1] for i in indexes], dtype=np.int64)
+            ts = np.asarray([rows[i][2] for i in indexes], dtype=np.int64)
+            newest = int(ts.max())
+            at_newest = ts == newest
+            if minute:
+                values = samples.decode_arrays([rows[i][3] for i in indexes])
+                total, low, high, last = values, values, values, values
+            else:
+                total, low, high, last = (
+                    samples.decode_arrays([rows[i][3 + k] for i in indexes]) for k in range(4)
+                )
+            out.set_ids.append(set_id)
+            out.count.append(int(count.sum()))
+            out.last_ts_us.append(newest)
+            out.arrays.append(
+                [
+                    total.sum(axis=0),
+                    np.fmin.reduce(low, axis=0),
+                    high.max(axis=0),
+                    last[at_newest].max(axis=0),
+                ]
             )
-        )
-    if legacy:
-        sid = np.asarray([p[0] for p in legacy], dtype=np.int64)
-        ts = np.asarray([p[1] for p in legacy], dtype=np.int64)
-        value = np.asarray([p[2] for p in legacy], dtype=np.float64)
-        parts.append((sid, np.ones(len(sid), np.int64), value, value, value, value, ts))
-    if not parts:
-        empty_i, empty_f = np.zeros(0, np.int64), np.zeros(0, np.float64)
-        return Aggregates(empty_i, empty_i, empty_f, empty_f, empty_f, empty_f, empty_i)
-    sid, count, total, low, high, last, last_ts = (
-        np.concatenate(c) for c in zip(*parts, strict=True)
-    )
-    if len(parts) == 1 and not legacy:  # one set: its series are distinct already
-        order = np.argsort(sid, kind="stable")
-        return Aggregates(
-            sid[order],
-            count[order],
-            total[order],
-            low[order],
-            high[order],
-            last[order],
-            last_ts[order],
-        )
-    # A series in several sets (or rows of both layouts): sort by series, then by last_ts and
-    # last (NaN sorts last), so each group's final element is its `last`.
-    order = np.lexsort((last, last_ts, sid))
-    sid, count, total, low, high, last, last_ts = (
-        a[order] for a in (sid, count, total, low, high, last, last_ts)
-    )
-    starts = np.flatnonzero(np.concatenate(([True], sid[1:] != sid[:-1])))
-    ends = np.concatenate((starts[1:], [len(sid)])) - 1
-    return Aggregates(
-        sid[starts],
-        np.add.reduceat(count, starts),
-        np.add.reduceat(total, starts),
-        np.fmin.reduceat(low, starts),
-        np.maximum.reduceat(high, starts),
-        last[ends],
-        last_ts[ends],
-    )
+    return out
 
 
 def minute_starts(ts_unix_us: np.ndarray) -> list[datetime]:

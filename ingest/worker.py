@@ -282,6 +282,7 @@ class Worker:
                 self._settings.rollup_interval_s,
                 self._settings.rollup_settle_s,
                 self._settings.rollup_max_delay_s,
+                self._settings.failpoint,
             )
             rollup_thread.start()
             compaction_thread = CompactionThread(self._settings.database_url)

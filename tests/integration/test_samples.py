@@ -302,7 +302,7 @@ def rollup_rows(
     assert table in ("rollup_1m", "rollup_1h")
     rows = db.execute(
         f"SELECT series_id, {us('bucket')}, count, sum, min, max, last, {us('last_ts')}"
-        f" FROM {table} WHERE series_id = ANY(%s)",
+        f" FROM all_{table} WHERE series_id = ANY(%s)",  # both layouts, combined per series
         (series_ids,),
     ).fetchall()
     return {(row[0], row[1]): tuple(row[2:]) for row in rows}

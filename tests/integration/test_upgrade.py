@@ -501,10 +501,11 @@ def test_points_written_after_the_upgrade_are_read_with_the_old_ones(upgraded: O
         )
         assert per_series == {sid: len(ts) for sid, (ts, _) in both.items()}
 
-        # minute m: 2 old points and 4 new ones per series, recomputed from both layouts
+        # minute m: 2 old points and 4 new ones per series, recomputed from both layouts (each
+        # into its own tier: per series from points, per set from samples), combined per series
         rows = conn.execute(
             "SELECT series_id, count, sum, min, max, last, extract(epoch FROM last_ts)::float8"
-            " FROM rollup_1m WHERE bucket = to_timestamp(%s) ORDER BY 1",
+            " FROM all_rollup_1m WHERE bucket = to_timestamp(%s) ORDER BY 1",
             (m,),
         ).fetchall()
         assert [r[0] for r in rows] == sorted(both)
