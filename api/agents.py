@@ -12,6 +12,7 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from psycopg import AsyncConnection
@@ -130,6 +131,32 @@ _SELECT_POINTS = (
     + samples.points_sql("ids", "start", "end")
     + ") p ORDER BY series_id, ts LIMIT %(limit)s"
 )
+
+
+# Points of compressed hours (fleetpulse/samples.py), read in the same snapshot as _SELECT_POINTS.
+_CHUNKS = samples.chunks_sql("ids", "start", "end")
+
+
+def _with_chunks(
+    rows: list[tuple[int, datetime, float]],
+    chunked: list[tuple[Any, ...]],
+    start: datetime,
+    end: datetime,
+    limit: int,
+) -> list[tuple[int, datetime, float]]:
+    """The hot rows (the first ``limit`` by series and time) and the points of compressed hours,
+    in that order, the first ``limit``: a hot row past the hot limit cannot be among them."""
+    points = samples.chunk_points(chunked, samples.unix_us(start), samples.unix_us(end))
+    order = np.lexsort((points.ts_unix_us, points.series_id))[:limit]
+    extra = list(
+        zip(
+            points.series_id[order].tolist(),
+            [samples.at_us(t) for t in points.ts_unix_us[order].tolist()],
+            points.value[order].tolist(),
+            strict=True,
+        )
+    )
+    return sorted(rows + extra, key=lambda row: (row[0], row[1]))[:limit]
 
 
 async def _connection(request: Request) -> AsyncIterator[AsyncConnection[Any]]:
@@ -356,9 +383,9 @@ async def get_agent_points(
     labels_by_series: dict[int, dict[str, str]] = {}
     rows: list[tuple[int, datetime, float]] = []
     if not _has_nul(name):
-        # One snapshot for both reads, so every series the points reference has its labels.
-        async with conn.transaction():
-            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        # One snapshot for every read: every series the points reference has its labels, and a
+        # row compressed meanwhile is read once, as a hot row or from its chunk.
+        async with samples.snapshot_async(conn):
             cur = await conn.execute(_SERIES_LABELS, (agent_id, name))
             labels_by_series = dict(await cur.fetchall())
             cur = await conn.execute(
@@ -372,6 +399,14 @@ async def get_agent_points(
                 binary=True,
             )
             rows = await cur.fetchall()
+            cur = await conn.execute(
+                _CHUNKS,
+                {"ids": list(labels_by_series), "start": start_utc, "end": end_utc},
+                binary=True,
+            )
+            chunked = await cur.fetchall()
+        if chunked:
+            rows = _with_chunks(rows, chunked, start_utc, end_utc, max_points + 1)
     if len(rows) > max_points:
         raise HTTPException(
             HTTPStatus.UNPROCESSABLE_ENTITY,

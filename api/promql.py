@@ -418,6 +418,20 @@ _ROW = np.dtype(
     ]
 )
 _COPY_HEADER = 19  # signature, flags, header extension length
+# Raw points of compressed hours (fleetpulse/samples.py), read in the same snapshot as _FETCH.
+_CHUNKS = samples.chunks_sql("ids", "split_m", "end")
+
+
+def _with_chunks(rows: np.ndarray, points: samples.Points) -> np.ndarray:
+    """The fetched rows and the points of compressed hours, in _FETCH's order (series, time)."""
+    if not len(points):
+        return rows
+    extra = np.zeros(len(points), dtype=_ROW)
+    extra["sid"] = points.series_id
+    extra["ts"] = points.ts_unix_us / 1e6
+    extra["v"] = points.value
+    merged = np.concatenate([rows, extra])
+    return merged[np.lexsort((merged["ts"], merged["sid"]))]
 
 
 class Evaluator:
@@ -470,9 +484,14 @@ class Evaluator:
             "end": _at(self.end),
         }
         chunks: list[bytes] = []
-        async with self.conn.cursor().copy(_FETCH, params) as copy:
-            async for data in copy:
-                chunks.append(bytes(data))
+        chunked: list[tuple[Any, ...]] = []
+        async with samples.snapshot_async(self.conn):  # hot rows and chunks in one view
+            async with self.conn.cursor().copy(_FETCH, params) as copy:
+                async for data in copy:
+                    chunks.append(bytes(data))
+            if split_m <= self.end:
+                cur = await self.conn.execute(_CHUNKS, params, binary=True)
+                chunked = await cur.fetchall()
         raw = b"".join(chunks)
         rows = np.frombuffer(
             raw,
@@ -480,6 +499,13 @@ class Evaluator:
             offset=_COPY_HEADER,
             count=(len(raw) - _COPY_HEADER - 2) // _ROW.itemsize,
         )
+        if chunked:
+            rows = _with_chunks(
+                rows,
+                samples.chunk_points(
+                    chunked, int(split_m * 1e6), int(self.end * 1e6), hi_inclusive=True
+                ),
+            )
         self.fetched += len(rows)
         if self.fetched > MAX_POINTS_PER_QUERY:
             raise PromQLError(

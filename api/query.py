@@ -187,7 +187,8 @@ def _windows_sql(parts: list[str], step: bool, last: bool) -> str:
     k = _K if step else "0::bigint"
     return (
         f"SELECT series_id, {k} AS k, sum(n)::bigint AS n, sum(s) AS s, min(lo) AS lo,"  # noqa: S608  # constants only
-        f" max(hi) AS hi, {_LAST if last else _NO_LAST} AS last"
+        f" max(hi) AS hi, {_LAST if last else _NO_LAST} AS last,"
+        " (extract(epoch FROM max(last_ts)) * 1000000)::int8 AS t"
         f" FROM ({' UNION ALL '.join(parts)}) samples GROUP BY 1, 2"
     )
 
@@ -210,7 +211,12 @@ _SCHEMA = {
     "lo": pl.Float64,
     "hi": pl.Float64,
     "last": pl.Float64,
+    "t": pl.Int64,
 }
+# Raw points of compressed hours (fleetpulse/samples.py): read beside the query above, in the same
+# snapshot, and folded into its windows in polars, with PostgreSQL's float8 semantics (min skips
+# NaN, max and sum take it, `last` is the value at the latest time, the greater on a tie).
+_CHUNKS = samples.chunks_sql("ids", "split_m", "end").encode()
 
 
 def tier_for(step_s: float) -> str:
@@ -257,9 +263,58 @@ async def read_windows(
         "split_m": at(split_m),
         "step": step,
     }
-    cur = await conn.execute(_WINDOW_QUERIES[tier, step is not None, last], params, binary=True)
-    rows = await cur.fetchall()
-    return pl.DataFrame(rows, schema=_SCHEMA, orient="row")
+    async with samples.snapshot_async(conn):
+        cur = await conn.execute(_WINDOW_QUERIES[tier, step is not None, last], params, binary=True)
+        rows = await cur.fetchall()
+        chunked = []
+        if split_m < end:
+            cur = await conn.execute(_CHUNKS, params, binary=True)
+            chunked = await cur.fetchall()
+    windows = pl.DataFrame(rows, schema=_SCHEMA, orient="row")
+    if chunked:
+        points = samples.chunk_points(chunked, int(split_m * 1e6), int(end * 1e6))
+        windows = _fold(windows, points, step, last)
+    return windows.drop("t")
+
+
+def _fold(
+    windows: pl.DataFrame, points: samples.Points, step: float | None, last: bool
+) -> pl.DataFrame:
+    """Windows with the points of compressed hours added (each a window of one)."""
+    if not len(points):
+        return windows
+    k = (
+        np.floor(points.ts_unix_us / 1e6 / step).astype(np.int64)
+        if step is not None
+        else np.zeros(len(points), np.int64)
+    )
+    raw = pl.DataFrame(
+        {
+            "series_id": points.series_id,
+            "k": k,
+            "n": np.ones(len(points), np.int64),
+            "s": points.value,
+            "lo": points.value,
+            "hi": points.value,
+            "last": points.value if last else np.full(len(points), np.nan),
+            "t": points.ts_unix_us,
+        },
+        schema=_SCHEMA,
+    )
+    if not last:
+        raw = raw.with_columns(last=pl.lit(None, pl.Float64))
+    return (
+        pl.concat([windows, raw])
+        .group_by("series_id", "k")
+        .agg(
+            n=pl.col("n").sum(),
+            s=pl.col("s").sum(),
+            lo=pl.col("lo").min(),
+            hi=pl.col("hi").nan_max(),
+            last=pl.col("last").sort_by("t", "last").last(),
+            t=pl.col("t").max(),
+        )
+    )
 
 
 def reduce_windows(

@@ -2,19 +2,29 @@
 fleet`` (issue 15's measure of the storage layout).
 
 Every table that holds points or rollups, each partition with its indexes and TOAST, divided by
-the points committed (agent_ingest, all agents). Measured as the run leaves it: a partition
-packed later by the compaction job (ingest/compaction.py) would be smaller.
+the points committed (agent_ingest, all agents). ``compress_run`` first does what the workers'
+compression job (ingest/compress.py) does to an hour once it is old enough: the run's hours,
+compressed as soon as their last minute is rolled up, and their emptied partitions given back.
+A partition packed later by the index compaction job (ingest/compaction.py) would be smaller.
 """
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
 import psycopg
+
+from fleetpulse.ingest.compress import CompressJob
+from fleetpulse.ingest.rollups import RollupJob
 
 # The tables that hold points or their rollups (partitioned ones: every partition): samples and
 # the series sets that name their columns (fleetpulse/samples.py), the layout before them, and
 # the rollup tiers.
 POINT_TABLES = (
     "samples",
+    "sample_chunks",
     "series_sets",
     "set_members",
     "set_rollup_1m",
@@ -57,3 +67,33 @@ def bytes_per_point(database_url: str) -> dict[str, float | int | None]:
     for name, size in sizes.items():
         figures[f"{name}_bytes_per_point"] = round(size / points, 2)
     return figures
+
+
+def compress_run(database_url: str) -> dict[str, Any]:
+    """Compress every hour that holds samples rows, as the job would once they are old enough:
+    wait for the newest row's minute to close, roll everything closed up (the job compresses a
+    minute only after its rollup), compress, give the emptied partitions back. Returns how many
+    points were compressed and how fast (one process: the job's speed)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        newest = conn.execute("SELECT max(ts) FROM samples").fetchone()
+        if not newest or newest[0] is None:
+            return {"compressed_points": 0, "compress_s": 0.0, "compress_points_per_s": None}
+        closes = newest[0].replace(second=0, microsecond=0) + timedelta(minutes=1)
+        time.sleep(max(0.0, (closes - datetime.now(UTC)).total_seconds() + 0.5))
+        RollupJob(conn).catch_up()
+        hours = [
+            datetime.fromtimestamp(int(row[0]) * 3600, UTC)
+            for row in conn.execute(
+                "SELECT DISTINCT floor(extract(epoch FROM ts) / 3600)::int8 FROM samples ORDER BY 1"
+            )
+        ]
+        job = CompressJob(conn)
+        result = job.compress_hours(hours)
+        released = job.release_empty_days({hour.date() for hour in hours})
+    return {
+        "released_partitions": len(released),
+        "compressed_points": result.points,
+        "compress_s": round(result.seconds, 3),
+        "compress_points_per_s": round(result.points / result.seconds) if result.seconds else None,
+        "compress_deferred_hours": result.deferred,
+    }

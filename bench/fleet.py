@@ -38,6 +38,7 @@ import polars as pl
 import psycopg
 from pydantic import SecretStr
 
+from fleetpulse import samples
 from fleetpulse.bench import anchors, disk, report
 from fleetpulse.bench.ports import free_port
 from fleetpulse.bench.resources import ResourceSampler, processes_named
@@ -112,6 +113,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results-dir", type=Path, default=Path("bench/results"))
     parser.add_argument(
         "--no-anchors", action="store_true", help="skip the COPY and VictoriaMetrics anchors"
+    )
+    parser.add_argument(
+        "--no-compress",
+        action="store_true",
+        help="measure bytes per point as the run leaves them, without compressing its hours"
+        " (which waits for the run's last minute to close)",
     )
     parser.add_argument(
         "--data-dir", type=Path, help="embedded servers' data (default: a temporary dir)"
@@ -275,15 +282,23 @@ def verify(conn: psycopg.Connection, prefix: str, results: list[AgentResult]) ->
         (prefix + "%",),
     )
     # Rows actually stored, per agent and timestamp: every batch has its own timestamp per agent,
-    # so a count above the batch's points is a duplicate, below it a loss.
-    stored = _read_table(
-        conn,
-        # a samples row holds one point per series of its set (fleetpulse/samples.py)
-        "SELECT ss.agent_id, (extract(epoch FROM s.ts) * 1e6)::int8 AS ts_us,"
-        " sum(cardinality(ss.series_ids))::int8 AS stored_points"
-        " FROM samples s JOIN series_sets ss USING (set_id) WHERE ss.agent_id LIKE %s GROUP BY 1, 2",
-        (prefix + "%",),
-    )
+    # so a count above the batch's points is a duplicate, below it a loss. Hot rows and compressed
+    # hours (fleetpulse/samples.py) in one snapshot: a long run sees hours compressed under it.
+    with samples.snapshot(conn):
+        stored = _read_table(
+            conn,
+            # a samples row holds one point per series of its set (fleetpulse/samples.py)
+            "SELECT ss.agent_id, (extract(epoch FROM s.ts) * 1e6)::int8 AS ts_us,"
+            " sum(cardinality(ss.series_ids))::int8 AS stored_points"
+            " FROM samples s JOIN series_sets ss USING (set_id) WHERE ss.agent_id LIKE %s GROUP BY 1, 2",
+            (prefix + "%",),
+        )
+        chunked = conn.execute(
+            "SELECT ss.agent_id, c.rows, c.width, c.ts, c.vals FROM sample_chunks c"
+            " JOIN series_sets ss USING (set_id) WHERE ss.agent_id LIKE %s",
+            (prefix + "%",),
+            binary=True,
+        ).fetchall()
     if ledger.is_empty():
         ledger = pl.DataFrame(
             schema={
@@ -296,6 +311,26 @@ def verify(conn: psycopg.Connection, prefix: str, results: list[AgentResult]) ->
     if stored.is_empty():
         stored = pl.DataFrame(
             schema={"agent_id": pl.String, "ts_us": pl.Int64, "stored_points": pl.Int64}
+        )
+    if chunked:  # one point per series of the set at each of the chunk's timestamps
+        stamps = [samples.decode_chunk(n, width, ts, vals)[0] for _, n, width, ts, vals in chunked]
+        repeat = [len(t) for t in stamps]
+        stored = (
+            pl.concat(
+                [
+                    stored,
+                    pl.DataFrame(
+                        {
+                            "agent_id": np.repeat([row[0] for row in chunked], repeat),
+                            "ts_us": np.concatenate(stamps),
+                            "stored_points": np.repeat([row[2] for row in chunked], repeat),
+                        },
+                        schema=stored.schema,
+                    ),
+                ]
+            )
+            .group_by("agent_id", "ts_us")
+            .agg(pl.col("stored_points").sum())
         )
     sent = sent.with_columns((pl.col("send_ns") // 1000).alias("ts_us"))
     joined = (
@@ -527,7 +562,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         ).fetchall()
         rollup_lags = _rollup_lags(conn, started_at, platform)
         conn.close()
-        stored = disk.bytes_per_point(platform.database_url)
+        hot = disk.bytes_per_point(platform.database_url)
 
         ceiling = vm = None
         if not args.no_anchors:
@@ -543,6 +578,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     ANCHOR_MAX_ROWS // 100,
                 )
                 vm = anchors.victoriametrics(rows)
+        compressed: dict[str, Any] = {}
+        if not args.no_compress:
+            _progress("compressing the run's hours as the job does once they are old", final=True)
+            compressed = disk.compress_run(platform.database_url)
+        stored = disk.bytes_per_point(platform.database_url) if compressed else hot
     finally:
         if sampler is not None:
             sampler.stop()
@@ -606,8 +646,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "victoriametrics_points_per_s": vm["points_per_s"] if vm else None,
         # disk: points and rollup tables with their indexes, per point stored (bench/disk.py),
         # and VictoriaMetrics' for the same samples
+        # (after compressing the run's hours, ingest/compress.py; bytes_per_point_hot before)
         "bytes_per_point": stored["bytes_per_point"],
+        "bytes_per_point_hot": hot["bytes_per_point"],
+        "bytes_per_point_by_table": {
+            key.removesuffix("_bytes_per_point"): value
+            for key, value in stored.items()
+            if key.endswith("_bytes_per_point") and value
+        },
         "victoriametrics_bytes_per_point": vm["bytes_per_point"] if vm else None,
+        **compressed,
     }
     summary["ratio_to_copy_ceiling"] = (
         round(summary["committed_points_per_s"] / ceiling["points_per_s"], 3) if ceiling else None

@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url")
     parser.add_argument("--redis-url")
     parser.add_argument("--results-dir", type=Path, default=Path("bench/results"))
+    parser.add_argument(
+        "--no-compress",
+        action="store_true",
+        help="measure bytes per point as the run leaves them, without compressing its hours"
+        " (which waits for the run's last minute to close)",
+    )
 
 
 def _load(
@@ -279,7 +285,11 @@ def run(args: argparse.Namespace) -> int:
         ceiling = anchors.copy_ceiling(
             database_url, prefix, f"bench_copy_ceiling_{run_id}", ANCHOR_MAX_ROWS
         )
-        stored = disk.bytes_per_point(database_url)
+        hot = disk.bytes_per_point(database_url)
+        compressed: dict[str, Any] = {}
+        if not args.no_compress:
+            compressed = disk.compress_run(database_url)
+        stored = disk.bytes_per_point(database_url) if compressed else hot
     finally:
         for w in workers:
             w.terminate()
@@ -311,7 +321,15 @@ def run(args: argparse.Namespace) -> int:
         "rollups_current_after_s": None if rollup_s is None else round(rollup_s, 3),
         "rollup_points_equal_stored": None if rolled is None else rolled == expected_points,
         # disk: points and rollup tables with their indexes, per point stored (bench/disk.py)
+        # (after compressing the run's hours, ingest/compress.py; bytes_per_point_hot before)
         "bytes_per_point": stored["bytes_per_point"],
+        "bytes_per_point_hot": hot["bytes_per_point"],
+        "bytes_per_point_by_table": {
+            key.removesuffix("_bytes_per_point"): value
+            for key, value in stored.items()
+            if key.endswith("_bytes_per_point") and value
+        },
+        **compressed,
         # CPU per timed point, from the drain's start until the rollups were current
         **{
             f"{name}_cpu_us_per_point": round(resources[name]["cpu_s"] / timed_points * 1e6, 3)

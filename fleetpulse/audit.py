@@ -32,11 +32,15 @@ _LEDGER = """
 SELECT epoch, seq, points, rejected FROM batches WHERE agent_id = %s ORDER BY epoch, seq
 """
 # Points stored for the agent, in both layouts (all its series: batches of every epoch write the
-# same series): a samples row holds one point per series of its set.
+# same series): a samples row holds one point per series of its set, a chunk of compressed rows
+# (schema 0011) rows x width. One statement, so one snapshot: a row being compressed meanwhile is
+# counted once.
 _POINT_ROWS = """
 SELECT (SELECT count(*) FROM points JOIN series USING (series_id) WHERE series.agent_id = %(a)s)
      + (SELECT coalesce(sum(cardinality(ss.series_ids)), 0)
         FROM samples s JOIN series_sets ss USING (set_id) WHERE ss.agent_id = %(a)s)
+     + (SELECT coalesce(sum(c.rows::int8 * c.width), 0)
+        FROM sample_chunks c JOIN series_sets ss USING (set_id) WHERE ss.agent_id = %(a)s)
 """
 _OLDEST_COMMIT = "SELECT min(committed_at)::date FROM batches WHERE agent_id = %s"
 

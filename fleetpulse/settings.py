@@ -85,12 +85,24 @@ class Settings(BaseSettings):
     rollup_max_delay_s: float = Field(default=10.0, ge=0)
     rollup_1m_retention_days: int = Field(default=35, ge=1)
     rollup_1h_retention_days: int = Field(default=400, ge=1)
+    # Compression of closed hours (ingest/compress.py): an hour's samples rows become one
+    # compressed chunk per series set once the hour has been closed this long and its rollups are
+    # current; a round looks for such hours every `compress_interval_s`. At least 5 minutes: the
+    # fleet list reads its CPU and memory columns from the last 5 minutes, hot rows only
+    # (api/agents.py).
+    compress: bool = True
+    compress_after_s: float = Field(default=600.0, ge=300)
+    compress_interval_s: float = Field(default=30.0, gt=0)
     max_future_s: float = Field(default=3600.0, ge=0)
     # Test-only (ingest/failpoints.py): "after-commit:<marker file>" makes a worker SIGKILL itself
     # once, between a chunk's COMMIT and its XACK; "mid-rollup:<marker file>" makes the process
     # running the rollup job SIGKILL itself once, in a minute's recompute transaction after the
-    # COPY of its rows and before COMMIT. Unset in production.
-    failpoint: str | None = Field(default=None, pattern=r"^(after-commit|mid-rollup):.+$")
+    # COPY of its rows and before COMMIT; "mid-compress:<marker file>" makes the process
+    # compressing an hour SIGKILL itself once, after writing a batch of chunks and before COMMIT.
+    # Unset in production.
+    failpoint: str | None = Field(
+        default=None, pattern=r"^(after-commit|mid-rollup|mid-compress):.+$"
+    )
 
     api_max_points: int = Field(default=200_000, ge=1)
     # Writes through the API (PUT /agents/{id}/config) need `authorization: Bearer <this key>`;
@@ -107,6 +119,7 @@ class Settings(BaseSettings):
         """Days kept per partitioned table (fleetpulse/partitions.py)."""
         return {
             "samples": self.retention_days,
+            "sample_chunks": self.retention_days,
             "rollup_1m": self.rollup_1m_retention_days,
             "rollup_1h": self.rollup_1h_retention_days,
             "set_rollup_1m": self.rollup_1m_retention_days,

@@ -38,7 +38,7 @@ SETTLE_S = 3600.0
 # While a day is open, its index is packed again when its last packing is this old.
 OPEN_DAY_INTERVAL_S = 6 * 3600.0
 CHECK_INTERVAL_S = 600.0
-_LOCK_KEY = 0x666C656574_02
+_LOCK_KEY = 0x666C656574_03  # its own: the rollup job has _02 (issue 17)
 
 _PRIMARY_INDEX = (
     "SELECT i.indexrelid::regclass::text FROM pg_index i"

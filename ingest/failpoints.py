@@ -1,7 +1,7 @@
 """Test-only failpoints: crash a worker at an exact step, to test recovery from it.
 
 Never active unless ``FLEETPULSE_FAILPOINT`` is set (settings.failpoint); production leaves it
-unset. Two failpoints exist (docs/architecture.md, "Failpoints"), each of the form
+unset. Three failpoints exist (docs/architecture.md, "Failpoints"), each of the form
 ``<name>:<marker file>`` and each firing once: the first process to create the marker file (O_EXCL)
 fires, writes what it was doing into it and SIGKILLs itself; a restarted worker, or any other
 worker sharing the marker, finds the file and carries on. tests/faults uses them.
@@ -11,6 +11,9 @@ worker sharing the marker, finds the file and carries on. tests/faults uses them
 - ``mid-rollup:<marker file>``: the process running the rollup job dies in the middle of
   recomputing a minute, inside the minute's transaction after its rollup rows were written (COPY)
   and before COMMIT; the marker holds the minute (its start, ISO 8601 in UTC, one line).
+- ``mid-compress:<marker file>``: the process compressing an hour dies inside a batch's
+  transaction, after its chunks were written (COPY) and its rows deleted from ``samples``, before
+  COMMIT; the marker holds the hour (its start, ISO 8601 in UTC, one line).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
 # settings.failpoint checks the syntax at startup
 AFTER_COMMIT = "after-commit"
 MID_ROLLUP = "mid-rollup"
+MID_COMPRESS = "mid-compress"
 
 
 def after_commit(spec: str | None, entries: Sequence[Entry]) -> None:
@@ -41,6 +45,13 @@ def mid_rollup(spec: str | None, bucket: datetime) -> None:
     marker = _marker(spec, MID_ROLLUP)
     if marker is not None:
         _fire(marker, f"{bucket.astimezone(UTC).isoformat()}\n")
+
+
+def mid_compress(spec: str | None, hour: datetime) -> None:
+    """Called in a compression batch's transaction, between writing its chunks and COMMIT."""
+    marker = _marker(spec, MID_COMPRESS)
+    if marker is not None:
+        _fire(marker, f"{hour.astimezone(UTC).isoformat()}\n")
 
 
 def _marker(spec: str | None, name: str) -> str | None:

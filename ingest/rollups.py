@@ -3,7 +3,7 @@
 Stored in the shape of the samples (schema 0010): one row per series set and bucket, with one
 count and one latest time for the set and an array per statistic in the set's column order
 (``set_rollup_1m``, ``set_rollup_1h``). A minute is computed from its samples rows, an hour from
-its minute rows, in numpy, one (rows x series) matrix per set and statistic (``_reduce``): no work
+its minute rows, in numpy, one (rows x series) matrix per set and statistic (``_add``): no work
 per point or per series in SQL or Python, and one COPYed row per set. Points of the layout before
 samples are rolled up into that layout's per-series tables (``rollup_1m``, ``rollup_1h``) as
 before; readers combine both (fleetpulse/samples.py ``rollup_sql``).
@@ -48,7 +48,8 @@ from fleetpulse.ingest import failpoints
 log = logging.getLogger(__name__)
 
 ROLLUP_LOCK_KEY = 0x666C656574_02
-TIER_MINUTE, TIER_HOUR = 1, 2
+# Mark tiers in rollup_dirty: minutes and hours to recompute, hours to compress (ingest/compress.py).
+TIER_MINUTE, TIER_HOUR, TIER_COMPRESS = 1, 2, 3
 # Buckets recomputed per round, oldest first; the rest wait for the next round.
 MAX_BUCKETS_PER_ROUND = 120
 
@@ -77,11 +78,24 @@ RETURNING lag_s
 """
 
 # A bucket's inputs, per set: the minute's samples rows (reduce_minute), or the hour's minute rows
-# (reduce_hour), each array as array_send() gives it.
+# (reduce_hour), each array as array_send() gives it. A minute whose hour was compressed
+# (ingest/compress.py) has rows there only for sets that received late rows: those sets are
+# recomputed from their hot rows and their chunk of the hour (in the same statement, so in one
+# snapshot with the hot rows), the others keep their rollup rows, which were current when their
+# rows were compressed (compression waits for a minute's rollup).
 _INPUTS = {
     TIER_MINUTE: """
-SELECT set_id, 1, (extract(epoch FROM ts) * 1000000)::int8, array_send(vals) FROM samples
-WHERE ts >= %(bucket)s AND ts < %(bucket)s + interval '1 minute'
+WITH hot AS MATERIALIZED (
+    SELECT set_id, ts, vals FROM samples
+    WHERE ts >= %(bucket)s AND ts < %(bucket)s + interval '1 minute'
+)
+SELECT set_id, (extract(epoch FROM ts) * 1000000)::int8, array_send(vals),
+       NULL::int4, NULL::int2, NULL::bytea, NULL::bytea
+FROM hot
+UNION ALL
+SELECT c.set_id, NULL, NULL, c.rows, c.width, c.ts, c.vals FROM sample_chunks c
+WHERE c.hour = %(hour)s AND c.set_id IN (SELECT set_id FROM hot)
+    AND c.first_ts < %(bucket)s + interval '1 minute' AND c.last_ts >= %(bucket)s
 """,
     TIER_HOUR: """
 SELECT set_id, count, (extract(epoch FROM last_ts) * 1000000)::int8,
@@ -124,15 +138,13 @@ GROUP BY series_id
 # A recompute replaces the bucket: delete, then a plain INSERT (measured: 2.4x cheaper than an
 # upsert over existing rows, 1.2x when none exist; docs/performance.md). Readers see the old rows
 # until the transaction commits.
-_CLEAR = {
-    TIER_MINUTE: (
-        "DELETE FROM set_rollup_1m WHERE bucket = %(bucket)s",
-        "DELETE FROM rollup_1m WHERE bucket = %(bucket)s",
-    ),
-    TIER_HOUR: (
-        "DELETE FROM set_rollup_1h WHERE bucket = %(bucket)s",
-        "DELETE FROM rollup_1h WHERE bucket = %(bucket)s",
-    ),
+_CLEAR_SETS = {
+    TIER_MINUTE: "DELETE FROM set_rollup_1m WHERE bucket = %(bucket)s AND set_id = ANY(%(sets)s)",
+    TIER_HOUR: "DELETE FROM set_rollup_1h WHERE bucket = %(bucket)s",
+}
+_CLEAR_LEGACY = {
+    TIER_MINUTE: "DELETE FROM rollup_1m WHERE bucket = %(bucket)s",
+    TIER_HOUR: "DELETE FROM rollup_1h WHERE bucket = %(bucket)s",
 }
 
 _WIDTH = {TIER_MINUTE: "1 minute", TIER_HOUR: "1 hour"}
@@ -219,9 +231,8 @@ class RollupJob:
             conn.execute("SET LOCAL enable_indexscan = off")
             conn.execute("SET LOCAL work_mem = '64MB'")  # the per-series sort stays in memory
             marks = [row[0] for row in conn.execute(_TAKE_MARKS, (tier, bucket))]
-            for statement in _CLEAR[tier]:
-                conn.execute(statement, {"bucket": bucket})
             rows = self._recompute_sets(tier, bucket)
+            conn.execute(_CLEAR_LEGACY[tier], {"bucket": bucket})
             rows += conn.execute(_LEGACY[tier], {"bucket": bucket}).rowcount
             if tier == TIER_MINUTE:
                 failpoints.mid_rollup(self._failpoint, bucket)
@@ -229,6 +240,11 @@ class RollupJob:
                 hour = bucket.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
                 conn.execute(
                     "INSERT INTO rollup_dirty (tier, bucket) VALUES (%s, %s)", (TIER_HOUR, hour)
+                )
+            else:  # the hour's rows may be compressed now (ingest/compress.py)
+                conn.execute(
+                    "INSERT INTO rollup_dirty (tier, bucket) VALUES (%s, %s)",
+                    (TIER_COMPRESS, bucket),
                 )
             logged = conn.execute(
                 _LOG,
@@ -244,12 +260,19 @@ class RollupJob:
         return rows, float(logged[0]) if logged else 0.0
 
     def _recompute_sets(self, tier: int, bucket: datetime) -> int:
-        """Read the bucket's inputs, reduce them per set, COPY the set rows; return how many."""
+        """Read the bucket's inputs, reduce them per set, replace the sets' rollup rows (a minute:
+        the sets that have rows in it; an hour: all); return how many rows were written."""
+        hour = bucket.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
         with self._conn.cursor(binary=True) as cur:
-            inputs = cur.execute(_INPUTS[tier], {"bucket": bucket}).fetchall()
-        if not inputs:
+            inputs = cur.execute(_INPUTS[tier], {"bucket": bucket, "hour": hour}).fetchall()
+        if tier == TIER_MINUTE:
+            start_us = int(bucket.timestamp()) * 1_000_000
+            result = reduce_minute(inputs, start_us, start_us + 60_000_000)
+        else:
+            result = reduce_hour(inputs)
+        self._conn.execute(_CLEAR_SETS[tier], {"bucket": bucket, "sets": result.set_ids})
+        if not result.set_ids:
             return 0
-        result = reduce_minute(inputs) if tier == TIER_MINUTE else reduce_hour(inputs)
         bucket_us = int(bucket.timestamp()) * 1_000_000
         buffer = set_rollup_buffer(
             np.asarray(result.set_ids, dtype=np.int32),
@@ -363,51 +386,73 @@ class SetAggregates:
     arrays: list[list[np.ndarray]]  # per set: [sum, min, max, last]
 
 
-def reduce_minute(rows: list[tuple[Any, ...]]) -> SetAggregates:
-    """A minute's samples rows ``(set_id, 1, ts µs, array_send(vals))`` reduced per set."""
-    return _reduce(rows, minute=True)
+def reduce_minute(rows: list[tuple[Any, ...]], lo_us: int, hi_us: int) -> SetAggregates:
+    """A minute [lo, hi) reduced per set, from ``_INPUTS[TIER_MINUTE]`` rows: a hot row is
+    ``(set_id, ts µs, array_send(vals), None...)``, a chunk ``(set_id, None, None, rows, width,
+    ts, vals)`` (fleetpulse/samples.py), of which the minute's rows are taken."""
+    hot: dict[int, list[int]] = {}
+    chunks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for i, row in enumerate(rows):
+        if row[1] is not None:
+            hot.setdefault(row[0], []).append(i)
+        else:
+            ts, values = samples.decode_chunk(*row[3:7])
+            keep = (ts >= lo_us) & (ts < hi_us)
+            chunks[row[0]] = ts[keep], values[keep]
+    out = SetAggregates([], [], [], [])
+    for set_id, indexes in hot.items():
+        ts = np.asarray([rows[i][1] for i in indexes], dtype=np.int64)
+        values = samples.decode_arrays([rows[i][2] for i in indexes])
+        if set_id in chunks:
+            ts = np.concatenate([ts, chunks[set_id][0]])
+            values = np.concatenate([values, chunks[set_id][1]])
+        _add(out, set_id, np.ones(len(ts), np.int64), ts, (values, values, values, values))
+    return out
 
 
 def reduce_hour(rows: list[tuple[Any, ...]]) -> SetAggregates:
     """An hour's set_rollup_1m rows ``(set_id, count, last_ts µs, sum, min, max, last)`` (arrays
     as array_send() gives them) reduced per set."""
-    return _reduce(rows, minute=False)
-
-
-def _reduce(rows: list[tuple[Any, ...]], minute: bool) -> SetAggregates:
-    """With PostgreSQL's float8 semantics: a NaN makes sum and max NaN, min skips it unless every
-    value is NaN, and `last` breaks a tie of times by the greater value, NaN greatest. One matrix
-    (rows x series) per set and statistic; no work per point in Python."""
     by_set: dict[int, list[int]] = {}
     for i, row in enumerate(rows):
         by_set.setdefault(row[0], []).append(i)
     out = SetAggregates([], [], [], [])
+    for set_id, indexes in by_set.items():
+        count = np.asarray([rows[i][1] for i in indexes], dtype=np.int64)
+        ts = np.asarray([rows[i][2] for i in indexes], dtype=np.int64)
+        total, low, high, last = (
+            samples.decode_arrays([rows[i][3 + k] for i in indexes]) for k in range(4)
+        )
+        _add(out, set_id, count, ts, (total, low, high, last))
+    return out
+
+
+def _add(
+    out: SetAggregates,
+    set_id: int,
+    count: np.ndarray,
+    ts: np.ndarray,
+    stats: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    """One set's aggregates from (rows x series) matrices of sums, minima, maxima and last values,
+    with PostgreSQL's float8 semantics: a NaN makes sum and max NaN, min skips it unless every
+    value is NaN, and `last` breaks a tie of times by the greater value, NaN greatest. No work
+    per point in Python."""
+    total, low, high, last = stats
+    newest = int(ts.max())
     # +Inf and -Inf in one sum make NaN, as in PostgreSQL: expected, not worth a warning.
     with np.errstate(invalid="ignore"):
-        for set_id, indexes in by_set.items():
-            count = np.asarray([rows[i][1] for i in indexes], dtype=np.int64)
-            ts = np.asarray([rows[i][2] for i in indexes], dtype=np.int64)
-            newest = int(ts.max())
-            at_newest = ts == newest
-            if minute:
-                values = samples.decode_arrays([rows[i][3] for i in indexes])
-                total, low, high, last = values, values, values, values
-            else:
-                total, low, high, last = (
-                    samples.decode_arrays([rows[i][3 + k] for i in indexes]) for k in range(4)
-                )
-            out.set_ids.append(set_id)
-            out.count.append(int(count.sum()))
-            out.last_ts_us.append(newest)
-            out.arrays.append(
-                [
-                    total.sum(axis=0),
-                    np.fmin.reduce(low, axis=0),
-                    high.max(axis=0),
-                    last[at_newest].max(axis=0),
-                ]
-            )
-    return out
+        out.set_ids.append(set_id)
+        out.count.append(int(count.sum()))
+        out.last_ts_us.append(newest)
+        out.arrays.append(
+            [
+                total.sum(axis=0),
+                np.fmin.reduce(low, axis=0),
+                high.max(axis=0),
+                last[ts == newest].max(axis=0),
+            ]
+        )
 
 
 def minute_starts(ts_unix_us: np.ndarray) -> list[datetime]:

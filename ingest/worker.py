@@ -22,6 +22,7 @@ import redis
 from fleetpulse import partitions
 from fleetpulse.ingest import failpoints, keys, queue, watermark
 from fleetpulse.ingest.compaction import CompactionThread
+from fleetpulse.ingest.compress import CompressThread
 from fleetpulse.ingest.copier import ChunkResult, ChunkWriter
 from fleetpulse.ingest.decode import ChunkDecoder, Entry
 from fleetpulse.ingest.rollups import RollupThread
@@ -274,7 +275,7 @@ class Worker:
 
     def run(self) -> None:
         log.info("worker %s reading %d streams", self._consumer, len(self._streams))
-        rollup_thread = compaction_thread = None
+        rollup_thread = compaction_thread = compress_thread = None
         if self._settings.rollups:
             assert self._settings.database_url
             rollup_thread = RollupThread(
@@ -287,9 +288,19 @@ class Worker:
             rollup_thread.start()
             compaction_thread = CompactionThread(self._settings.database_url)
             compaction_thread.start()
+            if self._settings.compress:  # its marks come from the rollup job
+                compress_thread = CompressThread(
+                    self._settings.database_url,
+                    self._settings.compress_interval_s,
+                    self._settings.compress_after_s,
+                    self._settings.failpoint,
+                )
+                compress_thread.start()
         try:
             self._consume()
         finally:
+            if compress_thread is not None:
+                compress_thread.stop()  # not waited for: a batch cut short rolls back
             if compaction_thread is not None:
                 compaction_thread.stop()  # not waited for: a rebuild cut short is redone later
             if rollup_thread is not None:

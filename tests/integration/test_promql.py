@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from fleetpulse.api.app import create_app
 from fleetpulse.settings import Settings
 from tests.integration.test_api import READ_AUTH, READ_KEY, add_agent, add_series
-from tests.integration.test_query import roll_up, write
+from tests.integration.test_query import LAYOUTS, roll_up, write
 from tests.processes import free_port
 
 STEP_S = 10
@@ -41,8 +41,8 @@ def client(database_url: str) -> Iterator[TestClient]:
         yield test_client
 
 
-@pytest.fixture
-def data(db: psycopg.Connection) -> dict[str, Any]:
+@pytest.fixture(params=LAYOUTS)
+def data(db: psycopg.Connection, request: pytest.FixtureRequest) -> dict[str, Any]:
     """Two hours ending 3 hours ago (whole hours), every 10 s at :05, :15, ...: CPU gauges per
     mode and a byte counter with a reset, for two agents."""
     rng = np.random.default_rng(11)
@@ -62,7 +62,7 @@ def data(db: psycopg.Connection) -> dict[str, Any]:
         sid = add_series(db, agent, "net_bytes_total", '{"interface": "eth0", "direction": "rx"}')
         write(db, sid, ts, counter.tolist())
         out["series"][(agent, "net_bytes_total", "rx")] = counter
-    roll_up(db)
+    roll_up(db, compress=request.param == "compressed")
     return out
 
 

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from fleetpulse.api.app import create_app
 from fleetpulse.ingest import keys
+from fleetpulse.ingest.compress import CompressJob
 from fleetpulse.ingest.copier import write_points
 from fleetpulse.ingest.rollups import RollupJob
 from fleetpulse.settings import Settings
@@ -45,17 +46,27 @@ def write(db: psycopg.Connection, series_id: int, ts: list[float], values: list[
     write_points(db, np.full(len(ts_us), series_id), ts_us, np.asarray(values, dtype=np.float64))
 
 
-def roll_up(db: psycopg.Connection) -> None:
-    """Mark every minute that has points and let the real rollup job compute both tiers."""
+def roll_up(db: psycopg.Connection, compress: bool = False) -> None:
+    """Mark every minute that has points and let the real rollup job compute both tiers; with
+    ``compress``, then compress every closed hour as the compression job does, so that raw
+    points are read from chunks (the answers must not change)."""
     db.execute(
         "INSERT INTO rollup_dirty (tier, bucket) SELECT DISTINCT 1, date_trunc('minute', ts)"
         " FROM all_points"
     )
     RollupJob(db).catch_up()
+    if compress:
+        result = CompressJob(db).catch_up()
+        assert result.hours and not result.deferred
+        assert db.execute("SELECT count(*) FROM samples").fetchone() == (0,)
 
 
-@pytest.fixture
-def history(db: psycopg.Connection) -> dict[str, Any]:
+# Every test of stored history runs twice: on hot rows, and on the same rows compressed.
+LAYOUTS = ["hot", "compressed"]
+
+
+@pytest.fixture(params=LAYOUTS)
+def history(db: psycopg.Connection, request: pytest.FixtureRequest) -> dict[str, Any]:
     """Three closed hours, 3 to 6 hours ago, every 10 s (offset 5 s from the minute), for two
     agents: idle and user CPU (random gauges) and a byte counter."""
     rng = np.random.default_rng(3)
@@ -70,7 +81,7 @@ def history(db: psycopg.Connection) -> dict[str, Any]:
             values = np.round(rng.uniform(0, 100, len(ts)), 3).tolist()
             write(db, sid, ts, values)
             data["values"][(agent, mode)] = values
-    roll_up(db)
+    roll_up(db, compress=request.param == "compressed")
     return data
 
 

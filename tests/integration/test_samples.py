@@ -592,7 +592,7 @@ def test_late_points_for_a_rolled_up_minute_are_counted(
     hours = rollup_rows(db, "rollup_1h", list(ids.values()))
     assert hours[(ids[key(*x)], ns_of(hour) // US_NS)] == (5, 0.25, -4.0, 2.0, 0.75, end)
     assert_aggregates_equal(hours, python_aggregates(agent.sent, ids, HOUR_US))
-    assert db.execute("SELECT count(*) FROM rollup_dirty").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM rollup_dirty WHERE tier < 3").fetchone() == (0,)
 
 
 def test_rollups_equal_the_raw_aggregates_on_mixed_layouts_and_odd_values(
