@@ -294,7 +294,7 @@ def verify(conn: psycopg.Connection, prefix: str, results: list[AgentResult]) ->
             (prefix + "%",),
         )
         chunked = conn.execute(
-            "SELECT ss.agent_id, c.rows, c.width, c.ts, c.vals FROM sample_chunks c"
+            "SELECT ss.agent_id, c.rows, c.width, c.ts FROM sample_chunks c"
             " JOIN series_sets ss USING (set_id) WHERE ss.agent_id LIKE %s",
             (prefix + "%",),
             binary=True,
@@ -313,7 +313,7 @@ def verify(conn: psycopg.Connection, prefix: str, results: list[AgentResult]) ->
             schema={"agent_id": pl.String, "ts_us": pl.Int64, "stored_points": pl.Int64}
         )
     if chunked:  # one point per series of the set at each of the chunk's timestamps
-        stamps = [samples.decode_chunk(n, width, ts, vals)[0] for _, n, width, ts, vals in chunked]
+        stamps = [samples.decode_timestamps(n, ts) for _, n, _, ts in chunked]
         repeat = [len(t) for t in stamps]
         stored = (
             pl.concat(

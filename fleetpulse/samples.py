@@ -165,41 +165,61 @@ def rollup_sql(tier: str, ids: str = "ids", lo: str = "lo", hi: str = "hi") -> s
 
 # -- compressed hours (schema 0011) ------------------------------------------------------------
 
-# pcodec's default level. On the simulator's random walks (fleetpulse bench layouts): one call over
-# the whole column-major matrix, 6.24 bytes per value at 57 ns per value, against 6.35 bytes at
-# 415 ns with one call per column (the per-call cost of 360-value columns dominates).
-_CODEC = ChunkConfig()
+# pcodec, one call per column (series): on this host's agent data 0.74 bytes per value against
+# 1.30 for one call over the whole matrix (series of unlike scales, half of them constant:
+# docs/architecture.md "Storage v2"); on the simulator's random walks 6.35 against 6.24. Level 4:
+# the ratio of the default level 8 at half its encoding time (204 against 422 ns per value on
+# 360-value integer columns; a call costs 6.6 µs). One blob per column also lets a reader decode
+# only the series it wants.
+_CODEC = ChunkConfig(compression_level=4)
 
 
-def encode_chunk(ts_unix_us: np.ndarray, values: np.ndarray) -> tuple[bytes, bytes]:
-    """A set's rows, in time order, as (timestamps, values) blobs: ``values`` is (rows x width)."""
-    column_major = np.ascontiguousarray(values.T, dtype=np.float64).ravel()
+def encode_chunk(ts_unix_us: np.ndarray, values: np.ndarray) -> tuple[bytes, list[bytes]]:
+    """A set's rows, in time order, as (timestamps, one blob per column): ``values`` is
+    (rows x width)."""
+    columns = np.ascontiguousarray(values.T, dtype=np.float64)
     return (
         standalone.simple_compress(np.ascontiguousarray(ts_unix_us, dtype=np.int64), _CODEC),
-        standalone.simple_compress(column_major, _CODEC),
+        [standalone.simple_compress(column, _CODEC) for column in columns],
     )
 
 
-def decode_chunk(
-    rows: int, width: int, ts_blob: bytes, vals_blob: bytes
-) -> tuple[np.ndarray, np.ndarray]:
-    """``encode_chunk`` undone: (timestamps in µs, (rows x width) values)."""
-    ts = standalone.simple_decompress(ts_blob)
-    values = standalone.simple_decompress(vals_blob).reshape(width, rows).T
+def decode_timestamps(rows: int, ts_blob: bytes) -> np.ndarray:
+    """A chunk's timestamps (µs)."""
+    ts: np.ndarray = standalone.simple_decompress(ts_blob)
     if len(ts) != rows:
         raise ValueError(f"a chunk says {rows} rows and holds {len(ts)} timestamps")
-    return ts, values
+    return ts
+
+
+def decode_columns(rows: int, blobs: list[bytes]) -> np.ndarray:
+    """Columns of a chunk as a (rows x len(blobs)) matrix."""
+    out = np.empty((len(blobs), rows), dtype=np.float64)
+    for i, blob in enumerate(blobs):
+        out[i] = standalone.simple_decompress(blob)
+    return out.T
+
+
+def decode_chunk(
+    rows: int, width: int, ts_blob: bytes, vals: list[bytes]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``encode_chunk`` undone: (timestamps in µs, (rows x width) values)."""
+    if len(vals) != width:
+        raise ValueError(f"a chunk says {width} columns and holds {len(vals)}")
+    return decode_timestamps(rows, ts_blob), decode_columns(rows, vals)
 
 
 def chunks_sql(ids: str = "ids", lo: str = "lo", hi: str = "hi") -> str:
-    """``SELECT sids, cols, rows, width, ts, vals``: the chunks of the sets holding the series
-    ``%(ids)s`` that may hold points in [``%(lo)s``, ``%(hi)s``], with the wanted series and their
-    columns; ``chunk_points`` expands them."""
+    """``SELECT sids, rows, ts, vals``: the chunks of the sets holding the series ``%(ids)s`` that
+    may hold points in [``%(lo)s``, ``%(hi)s``], with the wanted series and their columns' blobs
+    (only those, in the same order); ``chunk_points`` expands them."""
     for name in (ids, lo, hi):
         if not name.isidentifier():
             raise ValueError(f"not a parameter name: {name!r}")
     return f"""
-    SELECT w.sids, w.cols, c.rows, c.width, c.ts, c.vals
+    SELECT w.sids, c.rows, c.ts,
+           (SELECT array_agg(c.vals[u.col] ORDER BY u.o)
+            FROM unnest(w.cols) WITH ORDINALITY AS u(col, o))
     FROM (
         SELECT set_id, array_agg(series_id) AS sids, array_agg(col) AS cols
         FROM set_members WHERE series_id = ANY(%({ids})s) GROUP BY set_id
@@ -226,15 +246,15 @@ def chunk_points(
     rows: list[tuple[Any, ...]], lo_us: int, hi_us: int, hi_inclusive: bool = False
 ) -> Points:
     """The wanted series' points in [lo, hi) (``]`` when ``hi_inclusive``) of ``chunks_sql`` rows:
-    one decode per chunk, one slice of its matrix per chunk; no work per point in Python."""
+    one decode per wanted column of a chunk, one slice per chunk; no work per point in Python."""
     sids, stamps, values = [], [], []
-    for wanted_ids, cols, n, width, ts_blob, vals_blob in rows:
-        ts, matrix = decode_chunk(n, width, ts_blob, vals_blob)
+    for wanted_ids, n, ts_blob, blobs in rows:
+        ts = decode_timestamps(n, ts_blob)
         keep = (ts >= lo_us) & ((ts <= hi_us) if hi_inclusive else (ts < hi_us))
         if not keep.any():
             continue
         at = ts[keep]
-        picked = matrix[keep][:, np.asarray(cols, dtype=np.int64) - 1]  # (points, wanted)
+        picked = decode_columns(n, blobs)[keep]  # (points, wanted)
         sids.append(np.repeat(np.asarray(wanted_ids, dtype=np.int64), len(at)))
         stamps.append(np.tile(at, len(wanted_ids)))
         values.append(picked.T.ravel())

@@ -88,7 +88,7 @@ _COPY_TYPES = [
     "timestamptz",
     "timestamptz",
     "bytea",
-    "bytea",
+    "bytea[]",
 ]
 _DONE = "DELETE FROM rollup_dirty WHERE tier = 3 AND bucket = %s AND marked_at <= %s"
 

@@ -90,7 +90,7 @@ WITH hot AS MATERIALIZED (
     WHERE ts >= %(bucket)s AND ts < %(bucket)s + interval '1 minute'
 )
 SELECT set_id, (extract(epoch FROM ts) * 1000000)::int8, array_send(vals),
-       NULL::int4, NULL::int2, NULL::bytea, NULL::bytea
+       NULL::int4, NULL::int2, NULL::bytea, NULL::bytea[]
 FROM hot
 UNION ALL
 SELECT c.set_id, NULL, NULL, c.rows, c.width, c.ts, c.vals FROM sample_chunks c

@@ -3,8 +3,9 @@
 -- fleetpulse/samples.py holds the codec, ingest/compress.py the job that writes these rows.
 --
 -- A chunk holds the samples rows of one set in one hour, in time order: their timestamps
--- (microseconds, int64) and their values as a (rows x width) matrix taken column by column, each
--- compressed with pcodec. A compressed row leaves `samples` in the same transaction that writes
+-- (microseconds, int64) and, per column (series) of the set, its values (`vals[col]`, as
+-- set_members numbers columns), each compressed with pcodec; a reader fetches only the columns it
+-- wants. A compressed row leaves `samples` in the same transaction that writes
 -- its chunk, so every stored point is in exactly one of the two tables; readers read both.
 CREATE TABLE sample_chunks (
     set_id   integer NOT NULL,
@@ -14,7 +15,7 @@ CREATE TABLE sample_chunks (
     first_ts timestamptz NOT NULL,
     last_ts  timestamptz NOT NULL,
     ts       bytea NOT NULL,
-    vals     bytea NOT NULL,
+    vals     bytea[] NOT NULL,
     PRIMARY KEY (set_id, hour)
 ) PARTITION BY RANGE (hour);
 -- Compressed already: PostgreSQL's own compression (pglz) would spend CPU for nothing.
