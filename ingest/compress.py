@@ -51,8 +51,9 @@ log = logging.getLogger(__name__)
 
 COMPRESS_LOCK_KEY = 0x666C656574_04
 TIER_COMPRESS = 3
-# Values per transaction (about 32 MB as a matrix): the set batch grows or shrinks to stay near it.
-BATCH_VALUES = 4_000_000
+# Values per transaction (16 MB as a matrix), estimated (compress_hour).
+BATCH_VALUES = 2_000_000
+FIRST_ROWS_ESTIMATE = 3600
 MAX_HOURS_PER_ROUND = 24
 # An empty samples partition (its heap, btree and BRIN) is smaller than this; only a partition
 # above it has pages to give back.
@@ -63,7 +64,7 @@ SELECT bucket, max(marked_at) FROM rollup_dirty
 WHERE tier = 3 AND bucket <= %(horizon)s - interval '1 hour'
 GROUP BY bucket ORDER BY bucket LIMIT %(limit)s
 """
-_SETS = "SELECT set_id FROM series_sets ORDER BY set_id"
+_SETS = "SELECT set_id, cardinality(series_ids) FROM series_sets ORDER BY set_id"
 _TAKE_ROWS = """
 DELETE FROM samples
 WHERE set_id = ANY(%(sets)s) AND ts >= %(lo)s AND ts < %(hi)s
@@ -116,7 +117,6 @@ class CompressJob:
             raise ValueError("the compression job needs an autocommit connection")
         self._conn = conn
         self._failpoint = failpoint  # test-only (failpoints.py)
-        self._batch_sets = 64
 
     def run_round(
         self, after_s: float, horizon: datetime | None = None, limit: int = MAX_HOURS_PER_ROUND
@@ -133,8 +133,14 @@ class CompressJob:
             until = (horizon or datetime.now(UTC)) - timedelta(seconds=after_s)
             pending = conn.execute(_PENDING, {"horizon": until, "limit": limit}).fetchall()
             for hour, marked in pending:
-                if self.compress_hour(hour, result):
-                    conn.execute(_DONE, (hour, marked))
+                try:
+                    if self.compress_hour(hour, result):
+                        conn.execute(_DONE, (hour, marked))
+                except psycopg.Error as exc:  # this hour waits; the next ones go on
+                    log.warning("compressing the hour %s failed: %s", hour.isoformat(), exc)
+                    result.deferred += 1
+                    if conn.closed or conn.broken:
+                        raise
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (COMPRESS_LOCK_KEY,))
         result.seconds = time.perf_counter() - started
@@ -157,33 +163,49 @@ class CompressJob:
 
     def compress_hour(self, hour: datetime, result: CompressResult) -> bool:
         """Compress every set's hot rows of ``hour`` (the caller holds the job's lock); False,
-        and the hour counted as deferred, if a minute of it waited for its rollup."""
-        set_ids = [row[0] for row in self._conn.execute(_SETS)]
+        and the hour counted as deferred, if a minute of it waited for its rollup.
+
+        Batches of sets hold about BATCH_VALUES values: a set is counted at its width times the
+        most rows a set of this hour has had so far (at first ``FIRST_ROWS_ESTIMATE``, an hour
+        at one collection per second), so a batch overshoots only by that ratio for a set with
+        more rows than any before it."""
+        partitions.ensure_days(self._conn, [hour.astimezone(UTC).date()])  # an old day's chunks
+        sets = self._conn.execute(_SETS).fetchall()
+        rows_per_set = FIRST_ROWS_ESTIMATE
+        seen_rows = 0
         at = 0
-        while at < len(set_ids):
-            batch = set_ids[at : at + self._batch_sets]
+        while at < len(sets):
+            budget = BATCH_VALUES
+            batch: list[int] = []
+            while at < len(sets) and (not batch or budget >= sets[at][1] * rows_per_set):
+                budget -= sets[at][1] * rows_per_set
+                batch.append(sets[at][0])
+                at += 1
             try:
-                values = self._compress_batch(hour, batch, result)
+                values, most_rows = self._compress_batch(hour, batch, result)
             except _Busy:
                 result.deferred += 1
                 return False
-            at += len(batch)
             result.points += values
-            per_set = max(1, values // max(1, len(batch)))
-            self._batch_sets = int(np.clip(BATCH_VALUES // per_set, 1, 4096))
+            if most_rows:
+                seen_rows = max(seen_rows, most_rows)
+                rows_per_set = seen_rows
         result.hours += 1
         result.days.add(hour.astimezone(UTC).date())
         return True
 
-    def _compress_batch(self, hour: datetime, set_ids: list[int], result: CompressResult) -> int:
-        """One transaction: the sets' hot rows of the hour, merged into their chunks."""
+    def _compress_batch(
+        self, hour: datetime, set_ids: list[int], result: CompressResult
+    ) -> tuple[int, int]:
+        """One transaction: the sets' hot rows of the hour, merged into their chunks; returns the
+        values compressed and the most rows a set had."""
         conn = self._conn
         bounds = {"lo": hour, "hi": hour + timedelta(hours=1), "sets": set_ids, "hour": hour}
         with conn.transaction():
             with conn.cursor(binary=True) as cur:
                 taken = cur.execute(_TAKE_ROWS, bounds).fetchall()
             if not taken:
-                return 0
+                return 0, 0
             pending = conn.execute(_MINUTES_PENDING, bounds).fetchone()
             if pending and pending[0]:
                 raise _Busy
@@ -222,7 +244,7 @@ class CompressJob:
                     result.chunks += 1
             failpoints.mid_compress(self._failpoint, hour)
         result.rows += len(taken)
-        return values_taken
+        return values_taken, max(len(indexes) for indexes in by_set.values())
 
     def release_empty_days(self, days: set[date]) -> list[str]:
         """Truncate the samples partitions of these days that compression has emptied, so that
