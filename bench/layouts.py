@@ -16,8 +16,10 @@ database with binary COPY, its payload built with numpy, then VACUUMed and measu
 - ``chunks_<codec>``: one row per series set and ``--chunk-collections`` collections
   ``(set_id int4, start timestamptz, n int4, ts bytea, vals bytea)``: the timestamp column and each
   series' values compressed, one series after another. What a compactor can make of closed periods.
-  Codecs: ``pcodec`` (pco, a numeric codec: delta and float-mode detection) and ``zstd`` (level 3
-  over the raw little-endian doubles, series-major, and the timestamps' deltas).
+  Codecs: ``pcodec`` (pco, a numeric codec: delta and float-mode detection), exactly as
+  ``sample_chunks`` stores it (fleetpulse/samples.py ``encode_chunk``: level 4, one blob per
+  series), and ``zstd`` (level 3 over the raw little-endian doubles, series-major, and the
+  timestamps' deltas).
 
 Figures: bytes on disk per point (heap, TOAST and indexes after VACUUM), COPY points/s (one
 connection, wall time of the COPY and its COMMIT), and each codec's encode and decode time per
@@ -41,6 +43,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from fleetpulse import samples as chunk_codec
 from fleetpulse.bench import report
 from fleetpulse.copybuf import (
     PG_EPOCH_OFFSET_US,
@@ -172,14 +175,10 @@ def _series_complete(samples: Samples) -> Samples:
 
 def encode(codec: str, ts_us: np.ndarray, values: np.ndarray) -> tuple[bytes, bytes]:
     """The timestamp column and the values (series-major), compressed."""
+    if codec == "pcodec":  # the codec of compressed hours as built (fleetpulse/samples.py)
+        ts, blobs = chunk_codec.encode_chunk(ts_us, values)
+        return ts, b"".join(_framed(blob) for blob in blobs)
     columns = np.ascontiguousarray(values.T)
-    if codec == "pcodec":
-        from pcodec import ChunkConfig, standalone
-
-        config = ChunkConfig()
-        ts = standalone.simple_compress(np.ascontiguousarray(ts_us), config)
-        vals = b"".join(_framed(standalone.simple_compress(column, config)) for column in columns)
-        return ts, vals
     import zstandard
 
     compressor = zstandard.ZstdCompressor(level=3)
@@ -194,8 +193,7 @@ def decode(codec: str, ts: bytes, vals: bytes, series: int) -> tuple[np.ndarray,
         from pcodec import standalone
 
         stamps = standalone.simple_decompress(ts)
-        columns = [standalone.simple_decompress(frame) for frame in _frames(vals)]
-        return stamps, np.stack(columns, axis=1)
+        return chunk_codec.decode_chunk(len(stamps), series, ts, _frames(vals))
     import zstandard
 
     decompressor = zstandard.ZstdDecompressor()
