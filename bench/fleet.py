@@ -579,7 +579,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 vm = anchors.victoriametrics(rows)
         compressed: dict[str, Any] = {}
-        if not args.no_compress:
+        # Only a platform the bench started is its own to compress: beside --target or as the
+        # load of another test (--until-stopped), its hours are someone else's data.
+        if not (args.no_compress or args.target or args.until_stopped):
             _progress("compressing the run's hours as the job does once they are old", final=True)
             compressed = disk.compress_run(platform.database_url)
         stored = disk.bytes_per_point(platform.database_url) if compressed else hot
