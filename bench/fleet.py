@@ -29,6 +29,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["columnar", "rows"],
         default="columnar",
         help="batch form: columnar (the project's agent) or rows (the original protocol)",
+    )
+    parser.add_argument(
+        "--values",
+        choices=["host", "walk"],
+        default="host",
+        help="the agents' values: host (shaped and rounded like a host's, bench/hostseries.py) or"
+        " walk (full-precision random walks: the worst case of every codec)",
     )
     parser.add_argument("--processes", type=int, default=2, help="simulator processes")
     parser.add_argument(
@@ -407,6 +415,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         + (" --until-stopped" if args.until_stopped else f" --duration {args.duration:g}")
         + (f" --warmup {args.warmup:g}" if args.warmup is not None else "")
         + f" --series {args.series} --interval {args.interval:g} --form {args.form}"
+        + f" --values {args.values}"
         + f" --processes {args.processes}"
         + f" --workers {args.workers}"
         + (f" --target {shlex.quote(args.target)}" if args.target else "")
@@ -446,6 +455,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             ramp_s=ramp_s,
             window=args.window,
             form=args.form,
+            values=args.values,
         )
         ctx = multiprocessing.get_context("spawn")
         stats = ctx.Array("q", processes * NFIELDS, lock=False)
@@ -635,6 +645,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         # and sent again; and streams that failed (each followed by a reconnect and a replay)
         "refusals": refused,
         "stream_failures": stream_errors,
+        "stream_failures_by_reason": dict(
+            sum((r.stream_failures for r in results), Counter()).most_common(10)
+        ),
         "freshness_p50_s": _percentile(freshness_s, 50),
         "freshness_p95_s": _percentile(freshness_s, 95),
         "freshness_p99_s": _percentile(freshness_s, 99),

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import random
 import secrets
 import signal
 import sys
@@ -113,7 +112,7 @@ class LoadAgent:
         self._stats = stats
         self._offset = offset
         self._result = result
-        encoder = ColumnarEncoder(self.agent_id, host_series(config.series, random.Random(index)))
+        encoder = ColumnarEncoder(self.agent_id, host_series(config.series))
         self.points_per_batch = encoder.points
         rng = np.random.default_rng(index)
         values = rng.uniform(0, 100, config.series)

@@ -3,18 +3,10 @@
 The dataset (seeded first when absent; reused, and topped up to now, when present):
 
 - ``--agents`` (2,000) hosts with ``--series-per-agent`` (50) series each, one point every 10 s.
-  The series are what the agent sends (agent/collectors.py), in this order, so that a smaller
-  ``--series-per-agent`` keeps the ones the dashboard reads: ``cpu_usage_percent{mode}`` (the
-  eight modes; they sum to 100), ``memory_bytes{state}``, ``load1/5/15``, ``swap_bytes{state}``,
-  ``cpu_core_usage_percent{cpu}``, ``disk_bytes{mountpoint,device,fstype,state}``, six
-  ``disk_*_total{device}`` counters, ``net_{bytes,packets,errors,drops}_total{interface,
-  direction}``, ``tcp_connections{state}``, ``processes``, ``uptime_seconds``, ``open_fds``,
-  ``context_switches_total``, ``interrupts_total``; past 50, more cores, ``cpu_seconds_total``
-  and ``app_requests_total``. Gauges follow a per-host daily cycle plus noise, within their
-  bounds (CPU modes from one busy signal per host, memory states from one utilisation signal, so
-  idle = 100 - the others and available = total - used); counters are closed-form and strictly
-  monotonic (a rate with a daily swing, never negative); each host has its own phase within the
-  10 s grid, as real agents do.
+  The series and their values are bench/hostseries.py's (what the agent sends, in the order a
+  smaller ``--series-per-agent`` keeps the dashboard's; gauges with a daily cycle and noise,
+  monotonic counters, the kernel's precision); each host has its own phase within the 10 s
+  grid, as real agents do.
 - Raw points, in ``samples`` (schema 0009, fleetpulse/samples.py): the last ``--raw-hours`` (2.8 h:
   1,008 points per series, 100.8M points in 2.016M samples rows by default). Each agent has one
   series set holding all its series in series_id order (a set of at most ``MAX_SET_WIDTH``
@@ -89,6 +81,7 @@ from psycopg.conninfo import make_conninfo
 
 from fleetpulse import partitions, samples
 from fleetpulse.bench import report
+from fleetpulse.bench.hostseries import HostModel
 from fleetpulse.bench.ports import free_port
 from fleetpulse.copybuf import rollup_buffer, samples_copy_buffer
 from fleetpulse.embedded import EmbeddedPostgres
@@ -99,7 +92,8 @@ from fleetpulse.migrate import migrate
 DB_NAME = "fleetpulse_bench_queries"
 # Bumped whenever the generator changes what it writes: a dataset of another version is reseeded.
 # 2: raw points in ``samples`` (one row per agent and timestamp), no longer in ``points``.
-GENERATOR_VERSION = 2
+# 3: values with the kernel's precision (bench/hostseries.py), host parameters drawn after STEP_S.
+GENERATOR_VERSION = 3
 STEP_S = 10
 SLICE_S = 600  # samples and minute rows are generated and written 10 minutes at a time
 MINUTE_TIER_S = 24 * 3600
@@ -111,10 +105,6 @@ MIN_SERIES_PER_AGENT = 13  # the eight CPU modes and five memory states the agen
 ONLINE_SHARE = 0.98
 SEED = 20240601
 
-_DAY = 86_400.0
-_OMEGA_DAY = 2 * math.pi / _DAY
-# Counters are linear from this origin (a fixed instant, so a top-up continues them exactly).
-_T0 = 1_700_000_000.0
 
 _COPY_1M = "COPY rollup_1m (series_id, bucket, count, sum, min, max, last, last_ts) FROM STDIN (FORMAT BINARY)"
 _COPY_1H = "COPY rollup_1h (series_id, bucket, count, sum, min, max, last, last_ts) FROM STDIN (FORMAT BINARY)"
@@ -183,182 +173,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results-dir", type=Path, default=Path("bench/results"))
 
 
-# -- the series catalog ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One series of a host: v = a + b*signal + c*(t - T0) + d*sin(w*t + phase) + e*noise.
-
-    Scale factors name what a parameter is multiplied by, per host: ``mem`` (total memory),
-    ``swap``, ``disk`` (root filesystem size), ``cores``, or 1.
-    """
-
-    name: str
-    labels: dict[str, str]
-    signal: int = 0  # 0 none, 1 the host's CPU busy % (0-100), 2 its memory utilisation (0-1)
-    a: float = 0.0
-    b: float = 0.0
-    c: float = 0.0  # per second; counters and growing filesystems
-    d: float = 0.0
-    e: float = 0.0
-    scale: str = "one"
-    lo: float = -math.inf
-    hi: float = math.inf
-    integer: bool = False
-    counter: bool = False  # rate c (randomised per host), d relative swing of the rate
-
-
-_CPU_SHARES = (
-    ("user", 0.55),
-    ("nice", 0.01),
-    ("system", 0.20),
-    ("idle", None),
-    ("iowait", 0.10),
-    ("irq", 0.01),
-    ("softirq", 0.08),
-    ("steal", 0.05),
-)
-
-
-def _catalog() -> list[Spec]:
-    """The first 50 series of every host, in the order a smaller set keeps them."""
-    specs: list[Spec] = []
-    for mode, share in _CPU_SHARES:
-        if share is None:
-            specs.append(Spec("cpu_usage_percent", {"mode": mode}, signal=1, a=100.0, b=-1.0))
-        else:
-            specs.append(Spec("cpu_usage_percent", {"mode": mode}, signal=1, b=share))
-    specs += [
-        Spec("memory_bytes", {"state": "total"}, a=1.0, scale="mem", integer=True),
-        Spec("memory_bytes", {"state": "used"}, signal=2, b=1.0, scale="mem", integer=True),
-        Spec(
-            "memory_bytes",
-            {"state": "available"},
-            signal=2,
-            a=1.0,
-            b=-1.0,
-            scale="mem",
-            integer=True,
-        ),
-        Spec(
-            "memory_bytes",
-            {"state": "cached"},
-            signal=2,
-            a=0.25,
-            b=-0.15,
-            scale="mem",
-            lo=0,
-            integer=True,
-        ),
-        Spec(
-            "memory_bytes", {"state": "buffers"}, a=0.02, e=0.001, scale="mem", lo=0, integer=True
-        ),
-        Spec("load1", {}, signal=1, b=0.010, e=0.30, scale="cores", lo=0),
-        Spec("load5", {}, signal=1, b=0.0095, e=0.12, scale="cores", lo=0),
-        Spec("load15", {}, signal=1, b=0.009, e=0.05, scale="cores", lo=0),
-        Spec("swap_bytes", {"state": "total"}, a=1.0, scale="swap", integer=True),
-        Spec(
-            "swap_bytes",
-            {"state": "used"},
-            a=0.05,
-            d=0.02,
-            e=0.001,
-            scale="swap",
-            lo=0,
-            integer=True,
-        ),
-    ]
-    specs += [
-        Spec("cpu_core_usage_percent", {"cpu": str(core)}, signal=1, b=1.0, e=8.0, lo=0, hi=100)
-        for core in range(4)
-    ]
-    root = {"mountpoint": "/", "device": "/dev/nvme0n1p2", "fstype": "ext4"}
-    specs += [
-        Spec("disk_bytes", {**root, "state": "total"}, a=1.0, scale="disk", integer=True),
-        Spec("disk_bytes", {**root, "state": "used"}, a=0.4, c=1e-8, scale="disk", integer=True),
-        Spec("disk_bytes", {**root, "state": "free"}, a=0.6, c=-1e-8, scale="disk", integer=True),
-    ]
-    specs += [
-        Spec(name, {"device": "nvme0n1"}, c=rate, d=0.6, counter=True, integer=integer)
-        for name, rate, integer in (
-            ("disk_read_bytes_total", 2e6, True),
-            ("disk_written_bytes_total", 5e6, True),
-            ("disk_reads_total", 60.0, True),
-            ("disk_writes_total", 150.0, True),
-            ("disk_io_time_seconds_total", 0.05, False),
-            ("disk_io_weighted_seconds_total", 0.2, False),
-        )
-    ]
-    for name, rate in (
-        ("net_bytes_total", 3e6),
-        ("net_packets_total", 3e3),
-        ("net_errors_total", 0.001),
-        ("net_drops_total", 0.02),
-    ):
-        specs += [
-            Spec(
-                name,
-                {"interface": "eth0", "direction": direction},
-                c=rate,
-                d=0.7,
-                counter=True,
-                integer=True,
-            )
-            for direction in ("rx", "tx")
-        ]
-    specs += [
-        Spec("tcp_connections", {"state": state}, a=a, d=d, e=e, lo=0, integer=True)
-        for state, a, d, e in (
-            ("established", 200.0, 80.0, 10.0),
-            ("time_wait", 60.0, 30.0, 8.0),
-            ("listen", 12.0, 0.0, 0.0),
-            ("close_wait", 2.0, 0.0, 1.0),
-            ("syn_recv", 1.0, 0.0, 1.0),
-            ("fin_wait2", 3.0, 1.0, 1.0),
-        )
-    ]
-    specs += [
-        Spec("processes", {}, a=300.0, d=20.0, e=5.0, lo=1, integer=True),
-        Spec("uptime_seconds", {}, c=1.0),  # a is the host's uptime at T0 (set per host)
-        Spec("open_fds", {"state": "allocated"}, a=3000.0, d=500.0, e=30.0, lo=0, integer=True),
-        Spec("context_switches_total", {}, c=5000.0, d=0.5, counter=True, integer=True),
-        Spec("interrupts_total", {}, c=3000.0, d=0.5, counter=True, integer=True),
-    ]
-    assert len(specs) == 50
-    return specs
-
-
-def _extra(index: int) -> Spec:
-    """Series 51 and beyond: more cores, per-core CPU time, then application counters."""
-    if index < 12:
-        return Spec(
-            "cpu_core_usage_percent", {"cpu": str(4 + index)}, signal=1, b=1.0, e=8.0, lo=0, hi=100
-        )
-    index -= 12
-    if index < 16 * len(_CPU_SHARES):
-        cpu, m = divmod(index, len(_CPU_SHARES))
-        mode, share = _CPU_SHARES[m]
-        rate = 0.5 if share is None else share
-        return Spec(
-            "cpu_seconds_total", {"cpu": str(cpu), "mode": mode}, c=rate, d=0.5, counter=True
-        )
-    index -= 16 * len(_CPU_SHARES)
-    return Spec(
-        "app_requests_total",
-        {"handler": f"/api/v{index % 3}/r{index}", "code": "200"},
-        c=20.0,
-        d=0.8,
-        counter=True,
-        integer=True,
-    )
-
-
-def host_specs(count: int) -> list[Spec]:
-    base = _catalog()
-    return base[:count] + [_extra(i) for i in range(max(0, count - len(base)))]
-
-
 # -- the generator -----------------------------------------------------------------------------
 
 
@@ -391,59 +205,12 @@ class Fleet:
         self.arm = rng.random(agents) < 0.15
         self.version_index = rng.choice(len(_VERSIONS), agents, p=(0.05, 0.15, 0.3, 0.5))
         self.online = rng.random(agents) < ONLINE_SHARE
-        self.cores = rng.choice((4, 8, 16, 32), agents, p=(0.2, 0.4, 0.3, 0.1)).astype(float)
-        mem = rng.choice((8, 16, 32, 64, 128), agents, p=(0.1, 0.3, 0.3, 0.2, 0.1)) * 2.0**30
-        swap = rng.choice((2, 4, 8), agents) * 2.0**30
-        disk = rng.choice((100, 250, 500, 1000), agents) * 1e9
-        boot = epoch0 - rng.uniform(1, 90, agents) * _DAY
         # Each host collects at its own phase within the 10 s grid, in whole microseconds.
         self.offset_us = rng.integers(0, STEP_S * 1_000_000, agents)
-        # The busy signal: level, daily swing and phase; memory utilisation likewise.
-        self.busy0 = rng.uniform(5, 70, agents)
-        self.busy1 = rng.uniform(2, 20, agents)
-        self.phase = rng.uniform(0, 2 * math.pi, agents)
-        self.mem0 = rng.uniform(0.3, 0.85, agents)
-
-        specs = host_specs(series_per_agent)
-        n = len(specs)
-        scales = {"one": np.ones(agents), "mem": mem, "swap": swap, "disk": disk, "cores": None}
-        total = agents * n
-        self.agent_of = np.repeat(np.arange(agents, dtype=np.int64), n)
-        self.signal = np.tile(np.array([s.signal for s in specs], dtype=np.int8), agents)
-        a = np.empty((agents, n))
-        b = np.empty((agents, n))
-        c = np.empty((agents, n))
-        d = np.empty((agents, n))
-        e = np.empty((agents, n))
-        self.lo = np.tile(np.array([s.lo for s in specs]), agents)
-        self.hi = np.tile(np.array([s.hi for s in specs]), agents)
-        self.integer = np.tile(np.array([s.integer for s in specs]), agents)
-        self.phase_series = rng.uniform(0, 2 * math.pi, total)
-        for j, spec in enumerate(specs):
-            factor = self.cores if spec.scale == "cores" else scales[spec.scale]
-            assert factor is not None
-            if spec.counter:
-                rate = spec.c * rng.lognormal(0.0, 0.8, agents)
-                swing = rate * spec.d / _OMEGA_DAY
-                # v = a + r (t - T0) + r k / w sin(w t + p): its rate r (1 + k cos) is never
-                # negative, and it is about 0 at the host's boot (>= 0 from then on).
-                a[:, j] = rate * (_T0 - boot) + swing
-                b[:, j] = 0
-                c[:, j] = rate
-                d[:, j] = swing
-                e[:, j] = 0
-            else:
-                jitter = rng.uniform(0.9, 1.1, agents) if spec.d or spec.e else 1.0
-                a[:, j] = spec.a * factor * jitter
-                b[:, j] = spec.b * factor
-                c[:, j] = spec.c * factor
-                d[:, j] = spec.d * factor
-                e[:, j] = spec.e * factor
-            if spec.name == "uptime_seconds":
-                a[:, j] = _T0 - boot
-        self.a, self.b, self.c = a.ravel(), b.ravel(), c.ravel()
-        self.d, self.e = d.ravel(), e.ravel()
-        self.specs = specs
+        self.model = HostModel(agents, series_per_agent, rng, epoch0)
+        self.specs = self.model.specs
+        self.agent_of = self.model.host_of
+        total = self.model.series
         self.series_ids = np.zeros(total, dtype=np.int32)  # set once the series rows exist
         # The series sets (_load_sets, once the series ids are known): the series in set column
         # order (indices into the arrays above: agent-major, series_id order within an agent),
@@ -453,41 +220,14 @@ class Fleet:
         self.set_agent = np.zeros(0, dtype=np.int64)
         self.set_width = np.zeros(0, dtype=np.int64)
         self.offset_series_us = self.offset_us[self.agent_of]
-        self._noise = np.random.default_rng()
 
     @property
     def series(self) -> int:
-        return len(self.a)
+        return self.model.series
 
     def values(self, times: np.ndarray) -> np.ndarray:
         """Every series at unix seconds ``times`` (the 10 s grid): shape (series, times)."""
-        noise = self._noise
-        t = times[None, :]
-        day = np.sin(_OMEGA_DAY * t + self.phase[:, None])  # (agents, times)
-        busy = np.clip(
-            self.busy0[:, None]
-            + self.busy1[:, None] * day
-            + 4.0 * noise.standard_normal((self.agents, len(times))),
-            0.5,
-            99.0,
-        )
-        mem = np.clip(
-            self.mem0[:, None]
-            + 0.04 * day
-            + 0.005 * noise.standard_normal((self.agents, len(times))),
-            0.05,
-            0.97,
-        )
-        signals = np.stack((np.zeros_like(busy), busy, mem))  # (3, agents, times)
-        signal = signals[self.signal, self.agent_of]  # (series, times)
-        v = self.a[:, None] + self.b[:, None] * signal
-        v += self.c[:, None] * (t - _T0)
-        v += self.d[:, None] * np.sin(_OMEGA_DAY * t + self.phase_series[:, None])
-        noisy = self.e != 0
-        v[noisy] += self.e[noisy, None] * noise.standard_normal((int(noisy.sum()), len(times)))
-        np.clip(v, self.lo[:, None], self.hi[:, None], out=v)
-        v[self.integer] = np.floor(v[self.integer])
-        return v
+        return self.model.values(times)
 
 
 class Writer:

@@ -24,7 +24,7 @@ import os
 import random
 import signal
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from multiprocessing.sharedctypes import SynchronizedArray
 from typing import Any
@@ -33,7 +33,7 @@ import grpc
 import numpy as np
 
 from fleetpulse.bench.encoder import BatchEncoder, ColumnarEncoder
-from fleetpulse.bench.hostseries import host_series
+from fleetpulse.bench.hostseries import HostModel, host_series
 from fleetpulse.proto import agent_pb2, common_pb2
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ CONNECT_METHOD = "/proto.AgentService/Connect"
 SENT_BATCHES, SENT_POINTS, ACKED_BATCHES, ACKED_POINTS, CONNECTED, STREAM_ERRORS, REFUSED = range(7)
 NFIELDS = 7
 DRAIN_TIMEOUT_S = 30.0
+VALUE_BLOCK = 32
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class SimConfig:
     ramp_s: float
     window: int = 1
     form: str = "columnar"  # "columnar" (the project's agent) | "rows" (the original protocol)
+    values: str = "host"  # "host" (bench/hostseries.py) | "walk" (full-precision random walks)
 
 
 @dataclass
@@ -69,6 +71,7 @@ class AgentResult:
     batches_acked: int
     last_seq: int
     send_ns: np.ndarray  # first-send time of batch seq, at index seq - 1
+    stream_failures: Counter[str]  # by reason: the status code and details of each
 
 
 def agent_id_for(run_id: str, index: int) -> str:
@@ -79,11 +82,13 @@ class SimAgent:
     def __init__(self, config: SimConfig, index: int, stats: Any, offset: int) -> None:
         self.config = config
         self.agent_id = agent_id_for(config.run_id, index)
-        series = host_series(config.series_per_agent, random.Random(index))
+        series = host_series(config.series_per_agent)
         encoder_type = ColumnarEncoder if config.form == "columnar" else BatchEncoder
         self.encoder = encoder_type(self.agent_id, series)
         self._rng = np.random.default_rng(index)
+        self._model = HostModel(1, len(series), self._rng, time.time(), noise=self._rng)
         self._values = self._rng.uniform(0, 100, size=len(series))
+        self._block = np.empty((len(series), 0))  # host values of the next batches, by column
         self._stats = stats
         self._offset = offset
         self._next_seq = 1
@@ -97,6 +102,7 @@ class SimAgent:
         self.send_ns: list[int] = []
         self.batches_acked = 0
         self.drain_deadline = float("inf")  # set when the run stops: give up replaying after it
+        self._failures: Counter[str] = Counter()
 
     def _count(self, field: int, amount: int = 1) -> None:
         self._stats[self._offset + field] += amount
@@ -104,17 +110,28 @@ class SimAgent:
     def _new_batch(self) -> tuple[int, bytes]:
         seq = self._next_seq
         self._next_seq += 1
-        self._values += self._rng.normal(0, 1, size=len(self._values))
+        values = self._next_values()
         # Strictly increasing per agent at microsecond resolution (what PostgreSQL stores), so that
         # (series, ts) identifies a point and duplicates are detectable.
         now_ns = max(time.time_ns(), self._last_ts_ns + 1000)
         self._last_ts_ns = now_ns
-        payload = self.encoder.encode(self.config.epoch, seq, now_ns, self._values)
+        payload = self.encoder.encode(self.config.epoch, seq, now_ns, values)
         self._unacked[seq] = payload
         self.send_ns.append(now_ns)
         self._count(SENT_BATCHES)
         self._count(SENT_POINTS, self.encoder.points)
         return seq, payload
+
+    def _next_values(self) -> np.ndarray:
+        if self.config.values == "walk":
+            self._values += self._rng.normal(0, 1, size=len(self._values))
+            return self._values
+        if not self._block.shape[1]:
+            # VALUE_BLOCK batches' values at once (numpy's cost is per call), one interval apart.
+            times = time.time() + self.config.interval_s * np.arange(VALUE_BLOCK)
+            self._block = self._model.values(times)
+        values, self._block = self._block[:, 0], self._block[:, 1:]
+        return values
 
     def _register(self) -> bytes:
         return agent_pb2.AgentMessage(
@@ -144,6 +161,7 @@ class SimAgent:
                 # writing; write() says so instead of raising the call's status. Either way the
                 # stream is gone: reconnect and replay what was not acknowledged.
                 self._count(STREAM_ERRORS)
+                self._failures[_failure_reason(exc)] += 1
                 log.debug("%s: stream failed: %s", self.agent_id, exc)
                 await asyncio.sleep(random.uniform(0.1, 1.0))
             if stopping.is_set() and time.monotonic() > self.drain_deadline:
@@ -270,7 +288,14 @@ class SimAgent:
             batches_acked=self.batches_acked,
             last_seq=self._next_seq - 1,
             send_ns=np.asarray(self.send_ns, dtype=np.int64),
+            stream_failures=self._failures,
         )
+
+
+def _failure_reason(exc: Exception) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"[:120]
+    return f"{type(exc).__name__}: {exc}"[:120]
 
 
 async def _simulate(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import secrets
 import shutil
 import signal
@@ -30,7 +29,7 @@ import redis
 
 from fleetpulse.bench import anchors, disk, report
 from fleetpulse.bench.encoder import BatchEncoder, ColumnarEncoder
-from fleetpulse.bench.hostseries import host_series
+from fleetpulse.bench.hostseries import HostModel, host_series
 from fleetpulse.bench.resources import ResourceSampler, processes_named
 from fleetpulse.bench.simulator import agent_id_for
 from fleetpulse.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -81,18 +80,20 @@ def _load(
     """XADD ``count`` batches per agent, as the front-end would; return the points queued."""
     encoder_type = ColumnarEncoder if args.form == "columnar" else BatchEncoder
     form = keys.FORM_COLUMNS if args.form == "columnar" else keys.FORM_ROWS
-    rng = np.random.default_rng(1)
     points = 0
     pipe = client.pipeline(transaction=False)
     pending = 0
     base_ns = time.time_ns() - 3_600_000_000_000  # an hour ago: inside today's partitions
+    seqs = np.arange(first_seq, first_seq + count)
+    times_ns = base_ns + seqs * 10_000_000_000
+    series = host_series(args.series)
     for index in range(1, args.agents + 1):
         agent_id = agent_id_for(run_id, index)
-        encoder = encoder_type(agent_id, host_series(args.series, random.Random(index)))
-        for seq in range(first_seq, first_seq + count):
-            raw = encoder.encode(
-                epoch, seq, base_ns + seq * 10_000_000_000, rng.normal(50, 10, args.series)
-            )
+        encoder = encoder_type(agent_id, series)
+        rng = np.random.default_rng(index)
+        values = HostModel(1, args.series, rng, time.time(), noise=rng).values(times_ns / 1e9)
+        for column, seq in enumerate(seqs.tolist()):
+            raw = encoder.encode(epoch, seq, int(times_ns[column]), values[:, column])
             envelope = edge_pb2.AgentEnvelope.FromString(raw)
             payload = envelope.metric_columns if args.form == "columnar" else envelope.metrics
             fields = queue.entry_fields(

@@ -32,14 +32,12 @@ BATCHES_PER_CHUNK = 200  # one worker read: 200 entries x 200 points = 40,000 po
 
 def _samples() -> list[tuple[str, float, dict[str, str]]]:
     rng = random.Random(1)
-    return [
-        (name, rng.random() * 100, labels) for name, labels in host_series(SERIES_PER_AGENT, rng)
-    ]
+    return [(name, rng.random() * 100, labels) for name, labels in host_series(SERIES_PER_AGENT)]
 
 
 def _chunk_entries(form: str) -> list[tuple[str, str, dict[bytes, bytes]]]:
     """One worker read: 200 entries of 200 points, each from its own agent."""
-    series = host_series(SERIES_PER_AGENT, random.Random(2))
+    series = host_series(SERIES_PER_AGENT)
     entries = []
     for i in range(BATCHES_PER_CHUNK):
         agent = f"agent-{i:04d}"
@@ -87,7 +85,7 @@ def test_agent_batch_encode(benchmark) -> None:  # type: ignore[no-untyped-def]
 
 def test_simulator_batch_encode(benchmark) -> None:  # type: ignore[no-untyped-def]
     """The fleet simulator: the same batch from a numpy template."""
-    encoder = BatchEncoder("host-1", host_series(SERIES_PER_AGENT, random.Random(1)))
+    encoder = BatchEncoder("host-1", host_series(SERIES_PER_AGENT))
     values = np.random.default_rng(1).normal(size=SERIES_PER_AGENT)
     payload = benchmark(encoder.encode, 1, 1, time.time_ns(), values)
     assert len(payload) > SERIES_PER_AGENT * 20
