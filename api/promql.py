@@ -422,15 +422,24 @@ _COPY_HEADER = 19  # signature, flags, header extension length
 _CHUNKS = samples.chunks_sql("ids", "split_m", "end")
 
 
-def _with_chunks(rows: np.ndarray, points: samples.Points) -> np.ndarray:
-    """The fetched rows and the points of compressed hours, in _FETCH's order (series, time)."""
-    if not len(points):
+# Minutes of compressed hours, likewise: their ``last`` at ``last_ts``, as the minute tier reads.
+_MINUTE_CHUNKS = samples.minute_chunks_sql("ids", "split_h", "split_m")
+
+
+def _with_chunks(
+    rows: np.ndarray, extra: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """The fetched rows and the samples of compressed hours ``(series ids, times in µs,
+    values)``, in _FETCH's order (series, time)."""
+    more = np.zeros(sum(len(sids) for sids, _, _ in extra), dtype=_ROW)
+    at = 0
+    for sids, ts_us, values in extra:
+        part = more[at : at + len(sids)]
+        part["sid"], part["ts"], part["v"] = sids, ts_us / 1e6, values
+        at += len(sids)
+    if not len(more):
         return rows
-    extra = np.zeros(len(points), dtype=_ROW)
-    extra["sid"] = points.series_id
-    extra["ts"] = points.ts_unix_us / 1e6
-    extra["v"] = points.value
-    merged = np.concatenate([rows, extra])
+    merged = np.concatenate([rows, more])
     return merged[np.lexsort((merged["ts"], merged["sid"]))]
 
 
@@ -485,6 +494,7 @@ class Evaluator:
         }
         chunks: list[bytes] = []
         chunked: list[tuple[Any, ...]] = []
+        minutes: list[tuple[Any, ...]] = []
         async with samples.snapshot_async(self.conn):  # hot rows and chunks in one view
             async with self.conn.cursor().copy(_FETCH, params) as copy:
                 async for data in copy:
@@ -492,6 +502,9 @@ class Evaluator:
             if split_m <= self.end:
                 cur = await self.conn.execute(_CHUNKS, params, binary=True)
                 chunked = await cur.fetchall()
+            if split_h < split_m:
+                cur = await self.conn.execute(_MINUTE_CHUNKS, params, binary=True)
+                minutes = await cur.fetchall()
         raw = b"".join(chunks)
         rows = np.frombuffer(
             raw,
@@ -499,13 +512,17 @@ class Evaluator:
             offset=_COPY_HEADER,
             count=(len(raw) - _COPY_HEADER - 2) // _ROW.itemsize,
         )
+        extra = []
         if chunked:
-            rows = _with_chunks(
-                rows,
-                samples.chunk_points(
-                    chunked, int(split_m * 1e6), int(self.end * 1e6), hi_inclusive=True
-                ),
+            points = samples.chunk_points(
+                chunked, int(split_m * 1e6), int(self.end * 1e6), hi_inclusive=True
             )
+            extra.append((points.series_id, points.ts_unix_us, points.value))
+        if minutes:
+            m = samples.chunk_minutes(minutes, int(split_h * 1e6), int(split_m * 1e6))
+            extra.append((m.series_id, m.minutes.last_ts_us, m.minutes.last[:, 0]))
+        if extra:
+            rows = _with_chunks(rows, extra)
         self.fetched += len(rows)
         if self.fetched > MAX_POINTS_PER_QUERY:
             raise PromQLError(

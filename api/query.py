@@ -217,6 +217,8 @@ _SCHEMA = {
 # snapshot, and folded into its windows in polars, with PostgreSQL's float8 semantics (min skips
 # NaN, max and sum take it, `last` is the value at the latest time, the greater on a tie).
 _CHUNKS = samples.chunks_sql("ids", "split_m", "end").encode()
+# Minutes of compressed hours, likewise: each a sample of the minute tier.
+_MINUTE_CHUNKS = samples.minute_chunks_sql("ids", "split_h", "split_m").encode()
 
 
 def tier_for(step_s: float) -> str:
@@ -266,45 +268,72 @@ async def read_windows(
     async with samples.snapshot_async(conn):
         cur = await conn.execute(_WINDOW_QUERIES[tier, step is not None, last], params, binary=True)
         rows = await cur.fetchall()
-        chunked = []
+        chunked, minutes = [], []
         if split_m < end:
             cur = await conn.execute(_CHUNKS, params, binary=True)
             chunked = await cur.fetchall()
+        if split_h < split_m:
+            cur = await conn.execute(_MINUTE_CHUNKS, params, binary=True)
+            minutes = await cur.fetchall()
     windows = pl.DataFrame(rows, schema=_SCHEMA, orient="row")
+    extra = []
     if chunked:
         points = samples.chunk_points(chunked, int(split_m * 1e6), int(end * 1e6))
-        windows = _fold(windows, points, step, last)
+        extra.append(_points_frame(points, step, last))
+    if minutes:
+        m = samples.chunk_minutes(minutes, int(split_h * 1e6), int(split_m * 1e6))
+        extra.append(_minutes_frame(m, step, last))
+    if extra:
+        windows = _fold(windows, extra)
     return windows.drop("t")
 
 
-def _fold(
-    windows: pl.DataFrame, points: samples.Points, step: float | None, last: bool
-) -> pl.DataFrame:
-    """Windows with the points of compressed hours added (each a window of one)."""
-    if not len(points):
-        return windows
-    k = (
-        np.floor(points.ts_unix_us / 1e6 / step).astype(np.int64)
-        if step is not None
-        else np.zeros(len(points), np.int64)
-    )
-    raw = pl.DataFrame(
+def _window_of(ts_unix_us: np.ndarray, step: float | None) -> np.ndarray:
+    if step is None:
+        return np.zeros(len(ts_unix_us), np.int64)
+    return np.floor(ts_unix_us / 1e6 / step).astype(np.int64)
+
+
+def _points_frame(points: samples.Points, step: float | None, last: bool) -> pl.DataFrame:
+    """Points of compressed hours as window rows of one sample each."""
+    return pl.DataFrame(
         {
             "series_id": points.series_id,
-            "k": k,
+            "k": _window_of(points.ts_unix_us, step),
             "n": np.ones(len(points), np.int64),
             "s": points.value,
             "lo": points.value,
             "hi": points.value,
-            "last": points.value if last else np.full(len(points), np.nan),
+            "last": points.value,
             "t": points.ts_unix_us,
         },
         schema=_SCHEMA,
-    )
-    if not last:
-        raw = raw.with_columns(last=pl.lit(None, pl.Float64))
+    ).with_columns(last=pl.col("last") if last else pl.lit(None, pl.Float64))
+
+
+def _minutes_frame(m: samples.SeriesMinutes, step: float | None, last: bool) -> pl.DataFrame:
+    """Minutes of compressed hours as window rows (a minute's window is its bucket's)."""
+    rows = m.minutes
+    return pl.DataFrame(
+        {
+            "series_id": m.series_id,
+            "k": _window_of(rows.bucket_us, step),
+            "n": rows.count,
+            "s": rows.sum[:, 0],
+            "lo": rows.min[:, 0],
+            "hi": rows.max[:, 0],
+            "last": rows.last[:, 0],
+            "t": rows.last_ts_us,
+        },
+        schema=_SCHEMA,
+    ).with_columns(last=pl.col("last") if last else pl.lit(None, pl.Float64))
+
+
+def _fold(windows: pl.DataFrame, extra: list[pl.DataFrame]) -> pl.DataFrame:
+    """Windows with rows of compressed hours added, with PostgreSQL's float8 semantics (min skips
+    NaN, max and sum take it, `last` is the value at the latest time, the greater on a tie)."""
     return (
-        pl.concat([windows, raw])
+        pl.concat([windows, *extra])
         .group_by("series_id", "k")
         .agg(
             n=pl.col("n").sum(),

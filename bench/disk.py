@@ -28,6 +28,7 @@ POINT_TABLES = (
     "series_sets",
     "set_members",
     "set_rollup_1m",
+    "minute_chunks",
     "set_rollup_1h",
     "points",
     "rollup_1m",

@@ -27,6 +27,7 @@ import numpy as np
 import psycopg
 import redis
 
+from fleetpulse import samples
 from fleetpulse.bench import anchors, disk, report
 from fleetpulse.bench.encoder import BatchEncoder, ColumnarEncoder
 from fleetpulse.bench.hostseries import HostModel, host_series
@@ -151,13 +152,24 @@ def _rollups_current(
 
 
 def _rolled_up(conn: psycopg.Connection, prefix: str) -> int:
-    """Points counted by the 1-minute tier for this run's series (all in closed minutes)."""
-    row = conn.execute(
-        "SELECT coalesce(sum(r.count * cardinality(ss.series_ids)), 0)::int8 FROM set_rollup_1m r"
-        " JOIN series_sets ss USING (set_id) WHERE ss.agent_id LIKE %s",
-        (prefix + "%",),
-    ).fetchone()
-    return int(row[0]) if row else 0
+    """Points counted by the 1-minute tier for this run's series (all in closed minutes), in
+    set_rollup_1m and in the minute chunks the workers' compression may have written."""
+    with samples.snapshot(conn), conn.cursor(binary=True) as cur:
+        row = cur.execute(
+            "SELECT coalesce(sum(r.count * cardinality(ss.series_ids)), 0)::int8"
+            " FROM set_rollup_1m r JOIN series_sets ss USING (set_id) WHERE ss.agent_id LIKE %s",
+            (prefix + "%",),
+        ).fetchone()
+        chunks = cur.execute(
+            "SELECT c.minutes, c.counts, c.width FROM minute_chunks c"
+            " JOIN series_sets ss USING (set_id) WHERE ss.agent_id LIKE %s",
+            (prefix + "%",),
+        ).fetchall()
+    compressed = sum(
+        int(samples.decode_int64(minutes, counts).sum()) * width
+        for minutes, counts, width in chunks
+    )
+    return (int(row[0]) if row else 0) + compressed
 
 
 def _profile(stats: dict[str, float], rollup_work: Any, points: int) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Creating a partition locks the parent table, and that lock queues behind a runni
 later COPY queues behind the waiting DDL). So DDL runs with a short ``lock_timeout`` and is retried,
 on its own autocommit connection, never inside a COPY transaction.
 
-``samples``, its compressed hours (``sample_chunks``) and the rollup tiers are all partitioned by day, and a day is always created for all
+``samples``, its compressed hours (``sample_chunks``), the rollup tiers and the minute tier's
+compressed hours (``minute_chunks``) are all partitioned by day, and a day is always created for all
 of them together (a rollup bucket lies in the day of the points it summarises); each tier has its
 own retention, so the coarse tiers outlive the raw points. ``points``, the raw layout before
 ``samples`` (schema 0009), gets no new partitions; retention drops the ones it has. The per-series
@@ -26,7 +27,15 @@ log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT_MS = 2000
 DDL_ATTEMPTS = 5
-TABLES = ("samples", "sample_chunks", "set_rollup_1m", "set_rollup_1h", "rollup_1m", "rollup_1h")
+TABLES = (
+    "samples",
+    "sample_chunks",
+    "set_rollup_1m",
+    "minute_chunks",
+    "set_rollup_1h",
+    "rollup_1m",
+    "rollup_1h",
+)
 # Rollup partitions are vacuumed after every 200,000 inserted rows, so that the visibility map
 # lets charts read them with index-only scans (schema/0007_rollup_covering.sql says why).
 _ROLLUP_STORAGE = sql.SQL(

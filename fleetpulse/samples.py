@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -184,12 +184,18 @@ def encode_chunk(ts_unix_us: np.ndarray, values: np.ndarray) -> tuple[bytes, lis
     )
 
 
+def decode_int64(n: int, blob: bytes) -> np.ndarray:
+    """An int64 blob of ``n`` values (a chunk's timestamps, a minute chunk's buckets, counts or
+    latest times)."""
+    ints: np.ndarray = standalone.simple_decompress(blob)
+    if len(ints) != n:
+        raise ValueError(f"a chunk says {n} rows and holds {len(ints)} values")
+    return ints
+
+
 def decode_timestamps(rows: int, ts_blob: bytes) -> np.ndarray:
     """A chunk's timestamps (µs)."""
-    ts: np.ndarray = standalone.simple_decompress(ts_blob)
-    if len(ts) != rows:
-        raise ValueError(f"a chunk says {rows} rows and holds {len(ts)} timestamps")
-    return ts
+    return decode_int64(rows, ts_blob)
 
 
 def decode_columns(rows: int, blobs: list[bytes]) -> np.ndarray:
@@ -264,6 +270,152 @@ def chunk_points(
     return Points(np.concatenate(sids), np.concatenate(stamps), np.concatenate(values))
 
 
+# -- compressed minutes (schema 0012) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Minutes:
+    """Minute-tier rows (one per set or series and minute), as arrays: ``count`` and ``last_ts``
+    per row, and per row and column the sum, min, max and last value ((rows x columns) each)."""
+
+    bucket_us: np.ndarray  # int64
+    count: np.ndarray  # int64
+    last_ts_us: np.ndarray  # int64
+    sum: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    last: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.bucket_us)
+
+    def take(self, index: np.ndarray) -> Minutes:
+        """These rows (a boolean mask or indices)."""
+        return Minutes(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    @staticmethod
+    def concat(parts: list[Minutes]) -> Minutes:
+        """Rows of several, in order (an empty list: no rows of one column)."""
+        if not parts:
+            no_ints, no_values = np.zeros(0, np.int64), np.zeros((0, 1), np.float64)
+            return Minutes(no_ints, no_ints, no_ints, no_values, no_values, no_values, no_values)
+        return Minutes(
+            *(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Minutes))
+        )
+
+
+def encode_minutes(m: Minutes) -> tuple[bytes, bytes, bytes, list[bytes], list[bytes]]:
+    """A set's minute rows, in time order, as (buckets, counts, latest times, one sum blob per
+    column, one min|max|last blob per column): the three statistics of one scale share a blob."""
+    ints = [
+        standalone.simple_compress(np.ascontiguousarray(a, dtype=np.int64), _CODEC)
+        for a in (m.bucket_us, m.count, m.last_ts_us)
+    ]
+    sums = np.ascontiguousarray(m.sum.T, dtype=np.float64)
+    extremes = np.ascontiguousarray(np.concatenate([m.min, m.max, m.last]).T, dtype=np.float64)
+    return (
+        ints[0],
+        ints[1],
+        ints[2],
+        [standalone.simple_compress(column, _CODEC) for column in sums],
+        [standalone.simple_compress(column, _CODEC) for column in extremes],
+    )
+
+
+def decode_minutes(
+    minutes: int,
+    buckets: bytes,
+    counts: bytes,
+    last_ts: bytes,
+    sums: list[bytes],
+    extremes: list[bytes],
+) -> Minutes:
+    """``encode_minutes`` undone, for the columns whose blobs are given (all, or the wanted)."""
+    if len(sums) != len(extremes):
+        raise ValueError(f"a minute chunk with {len(sums)} sums and {len(extremes)} extremes")
+    ints = [decode_int64(minutes, blob) for blob in (buckets, counts, last_ts)]
+    total = decode_columns(minutes, sums)
+    low_high_last = decode_columns(3 * minutes, extremes)
+    return Minutes(
+        ints[0],
+        ints[1],
+        ints[2],
+        total,
+        low_high_last[:minutes],
+        low_high_last[minutes : 2 * minutes],
+        low_high_last[2 * minutes :],
+    )
+
+
+def minute_rows(rows: list[tuple[Any, ...]]) -> Minutes:
+    """set_rollup_1m rows ``(set_id, bucket µs, count, last_ts µs, sum, min, max, last)`` of one
+    set (the arrays as array_send() gives them) as ``Minutes``."""
+    return Minutes(
+        np.asarray([r[1] for r in rows], dtype=np.int64),
+        np.asarray([r[2] for r in rows], dtype=np.int64),
+        np.asarray([r[3] for r in rows], dtype=np.int64),
+        *(decode_arrays([r[4 + k] for r in rows]) for k in range(4)),
+    )
+
+
+def minute_chunks_sql(ids: str = "ids", lo: str = "lo", hi: str = "hi") -> str:
+    """``SELECT sids, minutes, buckets, counts, last_ts, sum, min_max_last``: the minute chunks of
+    the sets holding the series ``%(ids)s`` whose hour overlaps [``%(lo)s``, ``%(hi)s``), with
+    the wanted series and only their columns' blobs; ``chunk_minutes`` expands them."""
+    for name in (ids, lo, hi):
+        if not name.isidentifier():
+            raise ValueError(f"not a parameter name: {name!r}")
+    return f"""
+    SELECT w.sids, c.minutes, c.buckets, c.counts, c.last_ts,
+           (SELECT array_agg(c.sum[u.col] ORDER BY u.o)
+            FROM unnest(w.cols) WITH ORDINALITY AS u(col, o)),
+           (SELECT array_agg(c.min_max_last[u.col] ORDER BY u.o)
+            FROM unnest(w.cols) WITH ORDINALITY AS u(col, o))
+    FROM (
+        SELECT set_id, array_agg(series_id) AS sids, array_agg(col) AS cols
+        FROM set_members WHERE series_id = ANY(%({ids})s) GROUP BY set_id
+    ) w
+    JOIN minute_chunks c ON c.set_id = w.set_id
+    WHERE c.hour > %({lo})s - interval '1 hour' AND c.hour < %({hi})s
+    """  # noqa: S608  # parameter names checked above; no value is formatted in
+
+
+@dataclass(frozen=True)
+class SeriesMinutes:
+    """Minute-tier rows per series, as arrays (the shape ``rollup_sql`` reads)."""
+
+    series_id: np.ndarray  # int64
+    minutes: Minutes  # one column each
+
+
+def chunk_minutes(rows: list[tuple[Any, ...]], lo_us: int, hi_us: int) -> SeriesMinutes:
+    """The wanted series' minutes with ``lo <= bucket < hi`` of ``minute_chunks_sql`` rows: one
+    decode per wanted column of a chunk; no work per minute in Python."""
+    parts: list[tuple[np.ndarray, Minutes]] = []
+    for wanted_ids, n, *blobs in rows:
+        m = decode_minutes(n, *blobs)
+        keep = (m.bucket_us >= lo_us) & (m.bucket_us < hi_us)
+        if not keep.any():
+            continue
+        k = len(wanted_ids)
+        rep = int(keep.sum())
+        parts.append(
+            (
+                np.repeat(np.asarray(wanted_ids, dtype=np.int64), rep),
+                Minutes(
+                    np.tile(m.bucket_us[keep], k),
+                    np.tile(m.count[keep], k),
+                    np.tile(m.last_ts_us[keep], k),
+                    *(a[keep].T.reshape(-1, 1) for a in (m.sum, m.min, m.max, m.last)),
+                ),
+            )
+        )
+    return SeriesMinutes(
+        np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64),
+        Minutes.concat([p[1] for p in parts]),
+    )
+
+
 # Hot rows and chunks are read by two statements; a compression committing between them would
 # show a row twice or not at all. One REPEATABLE READ transaction gives both statements one view.
 _SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
@@ -305,6 +457,39 @@ def read_points(conn: psycopg.Connection, ids: list[int], lo: datetime, hi: date
         np.concatenate([np.asarray([r[0] for r in hot], np.int64), packed.series_id]),
         np.concatenate([np.asarray([r[1] for r in hot], np.int64), packed.ts_unix_us]),
         np.concatenate([np.asarray([r[2] for r in hot], np.float64), packed.value]),
+    )
+
+
+def read_minutes(
+    conn: psycopg.Connection, ids: list[int], lo: datetime, hi: datetime
+) -> SeriesMinutes:
+    """Every stored minute-tier row of the series ``ids`` with lo <= bucket < hi, of both layouts
+    and both forms (hot rows and minute chunks), in one snapshot, unaggregated (a series in two
+    sets has a row from each): for tools, tests and checks. Needs a connection outside a
+    transaction."""
+    params = {"ids": ids, "lo": lo, "hi": hi}
+    with snapshot(conn), conn.cursor(binary=True) as cur:
+        hot = cur.execute(
+            "SELECT series_id, (extract(epoch FROM bucket) * 1000000)::int8, count::int8,"  # noqa: S608  # constants only
+            " (extract(epoch FROM last_ts) * 1000000)::int8, sum, min, max, last"
+            f" FROM ({rollup_sql('1m')}) r",
+            params,
+        ).fetchall()
+        chunked = cur.execute(minute_chunks_sql(), params).fetchall()
+    packed = chunk_minutes(chunked, unix_us(lo), unix_us(hi))
+
+    def column(i: int, dtype: type) -> np.ndarray:
+        return np.asarray([r[i] for r in hot], dtype=dtype)
+
+    hot_minutes = Minutes(
+        column(1, np.int64),
+        column(2, np.int64),
+        column(3, np.int64),
+        *(column(i, np.float64).reshape(-1, 1) for i in (4, 5, 6, 7)),
+    )
+    return SeriesMinutes(
+        np.concatenate([column(0, np.int64), packed.series_id]),
+        Minutes.concat([hot_minutes, packed.minutes]),
     )
 
 

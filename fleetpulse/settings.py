@@ -123,6 +123,7 @@ class Settings(BaseSettings):
             "rollup_1m": self.rollup_1m_retention_days,
             "rollup_1h": self.rollup_1h_retention_days,
             "set_rollup_1m": self.rollup_1m_retention_days,
+            "minute_chunks": self.rollup_1m_retention_days,
             "set_rollup_1h": self.rollup_1h_retention_days,
         }
 

@@ -70,8 +70,12 @@ DELETE FROM samples
 WHERE set_id = ANY(%(sets)s) AND ts >= %(lo)s AND ts < %(hi)s
 RETURNING set_id, (extract(epoch FROM ts) * 1000000)::int8, array_send(vals)
 """
-_MINUTES_PENDING = """
-SELECT EXISTS (SELECT 1 FROM rollup_dirty WHERE tier = 1 AND bucket >= %(lo)s AND bucket < %(hi)s)
+# A minute of the hour (tier 1) or the hour itself (tier 2, which reads the minute tier) waits for
+# its rollup.
+_ROLLUP_PENDING = """
+SELECT EXISTS (
+    SELECT 1 FROM rollup_dirty WHERE tier IN (1, 2) AND bucket >= %(lo)s AND bucket < %(hi)s
+)
 """
 _TAKE_CHUNKS = """
 DELETE FROM sample_chunks WHERE hour = %(hour)s AND set_id = ANY(%(sets)s)
@@ -91,6 +95,32 @@ _COPY_TYPES = [
     "bytea",
     "bytea[]",
 ]
+_TAKE_MINUTES = """
+DELETE FROM set_rollup_1m
+WHERE set_id = ANY(%(sets)s) AND bucket >= %(lo)s AND bucket < %(hi)s
+RETURNING set_id, (extract(epoch FROM bucket) * 1000000)::int8, count::int8,
+    (extract(epoch FROM last_ts) * 1000000)::int8,
+    array_send(sum), array_send(min), array_send(max), array_send(last)
+"""
+_TAKE_MINUTE_CHUNKS = """
+DELETE FROM minute_chunks WHERE hour = %(hour)s AND set_id = ANY(%(sets)s)
+RETURNING set_id, minutes, buckets, counts, last_ts, sum, min_max_last
+"""
+_COPY_MINUTES = (
+    "COPY minute_chunks (set_id, hour, minutes, width, buckets, counts, last_ts, sum,"
+    " min_max_last) FROM STDIN (FORMAT BINARY)"
+)
+_COPY_MINUTES_TYPES = [
+    "int4",
+    "timestamptz",
+    "int2",
+    "int2",
+    "bytea",
+    "bytea",
+    "bytea",
+    "bytea[]",
+    "bytea[]",
+]
 _DONE = "DELETE FROM rollup_dirty WHERE tier = 3 AND bucket = %s AND marked_at <= %s"
 
 
@@ -104,6 +134,8 @@ class CompressResult:
     rows: int = 0  # samples rows compressed
     points: int = 0  # the points they held
     chunks: int = 0  # chunks written
+    minute_rows: int = 0  # set_rollup_1m rows compressed
+    minute_chunks: int = 0  # minute chunks written
     deferred: int = 0  # hours left for a later round (a minute's rollup was pending)
     days: set[date] = field(default_factory=set)  # days of the hours compressed
     seconds: float = 0.0
@@ -197,54 +229,93 @@ class CompressJob:
     def _compress_batch(
         self, hour: datetime, set_ids: list[int], result: CompressResult
     ) -> tuple[int, int]:
-        """One transaction: the sets' hot rows of the hour, merged into their chunks; returns the
-        values compressed and the most rows a set had."""
+        """One transaction: the sets' hot rows and minute rows of the hour, merged into their
+        chunks; returns the values compressed and the most rows a set had."""
         conn = self._conn
         bounds = {"lo": hour, "hi": hour + timedelta(hours=1), "sets": set_ids, "hour": hour}
         with conn.transaction():
             with conn.cursor(binary=True) as cur:
                 taken = cur.execute(_TAKE_ROWS, bounds).fetchall()
-            if not taken:
+                minutes = cur.execute(_TAKE_MINUTES, bounds).fetchall()
+            if not taken and not minutes:
                 return 0, 0
-            pending = conn.execute(_MINUTES_PENDING, bounds).fetchone()
+            pending = conn.execute(_ROLLUP_PENDING, bounds).fetchone()
             if pending and pending[0]:
                 raise _Busy
-            by_set: dict[int, list[int]] = {}
-            for i, row in enumerate(taken):
-                by_set.setdefault(row[0], []).append(i)
-            with conn.cursor(binary=True) as cur:
-                before = {
-                    row[0]: row[1:]
-                    for row in cur.execute(_TAKE_CHUNKS, {**bounds, "sets": list(by_set)})
-                }
-            values_taken = 0
-            with conn.cursor() as cur, cur.copy(_COPY) as copy:
-                copy.set_types(_COPY_TYPES)
-                for set_id, indexes in by_set.items():
-                    ts = np.asarray([taken[i][1] for i in indexes], dtype=np.int64)
-                    values = samples.decode_arrays([taken[i][2] for i in indexes])
-                    values_taken += values.size
-                    if set_id in before:
-                        ts, values = _merge(ts, values, before[set_id])
-                    order = np.argsort(ts, kind="stable")
-                    ts, values = ts[order], values[order]
-                    ts_blob, vals_blob = samples.encode_chunk(ts, values)
-                    copy.write_row(
-                        (
-                            set_id,
-                            hour,
-                            len(ts),
-                            values.shape[1],
-                            samples.at_us(int(ts[0])),
-                            samples.at_us(int(ts[-1])),
-                            ts_blob,
-                            vals_blob,
-                        )
-                    )
-                    result.chunks += 1
+            values_taken, most_rows = self._write_samples(hour, taken, result)
+            self._write_minutes(hour, minutes, result)
             failpoints.mid_compress(self._failpoint, hour)
         result.rows += len(taken)
+        result.minute_rows += len(minutes)
+        return values_taken, most_rows
+
+    def _write_samples(
+        self, hour: datetime, taken: list[tuple[Any, ...]], result: CompressResult
+    ) -> tuple[int, int]:
+        """The sets' chunks of the hour from their taken rows and the chunk they had."""
+        if not taken:
+            return 0, 0
+        by_set = _by_set(taken)
+        with self._conn.cursor(binary=True) as cur:
+            before = {
+                row[0]: row[1:]
+                for row in cur.execute(_TAKE_CHUNKS, {"hour": hour, "sets": list(by_set)})
+            }
+        values_taken = 0
+        with self._conn.cursor() as cur, cur.copy(_COPY) as copy:
+            copy.set_types(_COPY_TYPES)
+            for set_id, indexes in by_set.items():
+                ts = np.asarray([taken[i][1] for i in indexes], dtype=np.int64)
+                values = samples.decode_arrays([taken[i][2] for i in indexes])
+                values_taken += values.size
+                if set_id in before:
+                    ts, values = _merge(ts, values, before[set_id])
+                order = np.argsort(ts, kind="stable")
+                ts, values = ts[order], values[order]
+                ts_blob, vals_blob = samples.encode_chunk(ts, values)
+                copy.write_row(
+                    (
+                        set_id,
+                        hour,
+                        len(ts),
+                        values.shape[1],
+                        samples.at_us(int(ts[0])),
+                        samples.at_us(int(ts[-1])),
+                        ts_blob,
+                        vals_blob,
+                    )
+                )
+                result.chunks += 1
         return values_taken, max(len(indexes) for indexes in by_set.values())
+
+    def _write_minutes(
+        self, hour: datetime, taken: list[tuple[Any, ...]], result: CompressResult
+    ) -> None:
+        """The sets' minute chunks of the hour from their taken minute rows and the chunk they
+        had (a minute in both: the row, recomputed after the chunk was written)."""
+        if not taken:
+            return
+        by_set = _by_set(taken)
+        with self._conn.cursor(binary=True) as cur:
+            before = {
+                row[0]: row[1:]
+                for row in cur.execute(_TAKE_MINUTE_CHUNKS, {"hour": hour, "sets": list(by_set)})
+            }
+        with self._conn.cursor() as cur, cur.copy(_COPY_MINUTES) as copy:
+            copy.set_types(_COPY_MINUTES_TYPES)
+            for set_id, indexes in by_set.items():
+                rows = [taken[i] for i in indexes]
+                m = samples.minute_rows(rows)
+                if set_id in before:
+                    old = samples.decode_minutes(*before[set_id])
+                    if old.sum.shape[1] != m.sum.shape[1]:
+                        raise ValueError(
+                            f"a minute chunk {old.sum.shape[1]} wide for rows {m.sum.shape[1]} wide"
+                        )
+                    m = samples.Minutes.concat([old.take(~np.isin(old.bucket_us, m.bucket_us)), m])
+                m = m.take(np.argsort(m.bucket_us, kind="stable"))
+                copy.write_row((set_id, hour, len(m), m.sum.shape[1], *samples.encode_minutes(m)))
+                result.minute_chunks += 1
 
     def release_empty_days(self, days: set[date]) -> list[str]:
         """Truncate the samples partitions of these days that compression has emptied, so that
@@ -293,11 +364,21 @@ class CompressJob:
             total.rows += result.rows
             total.points += result.points
             total.chunks += result.chunks
+            total.minute_rows += result.minute_rows
+            total.minute_chunks += result.minute_chunks
             total.seconds += result.seconds
             total.days |= result.days
             if not result.hours:
                 total.deferred = result.deferred
                 return total
+
+
+def _by_set(rows: list[tuple[Any, ...]]) -> dict[int, list[int]]:
+    """The indexes of the rows of each set (a row's first field)."""
+    by_set: dict[int, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_set.setdefault(row[0], []).append(i)
+    return by_set
 
 
 def _merge(

@@ -98,12 +98,27 @@ WHERE c.hour = %(hour)s AND c.set_id IN (SELECT set_id FROM hot)
     AND c.first_ts < %(bucket)s + interval '1 minute' AND c.last_ts >= %(bucket)s
 """,
     TIER_HOUR: """
-SELECT set_id, count, (extract(epoch FROM last_ts) * 1000000)::int8,
+SELECT set_id, (extract(epoch FROM bucket) * 1000000)::int8, count::int8,
+       (extract(epoch FROM last_ts) * 1000000)::int8,
        array_send(sum), array_send(min), array_send(max), array_send(last)
 FROM set_rollup_1m
 WHERE bucket >= %(bucket)s AND bucket < %(bucket)s + interval '1 hour'
 """,
 }
+# An hour's minutes that are compressed (ingest/compress.py), read by a second statement: safe,
+# because compression leaves an hour alone while the hour's mark (tier 2) exists, and this
+# recompute runs for that mark, which it deletes only at its commit.
+_HOUR_CHUNKS = """
+SELECT set_id, minutes, buckets, counts, last_ts, sum, min_max_last FROM minute_chunks
+WHERE hour = %(bucket)s
+"""
+# A minute recomputed for sets whose minutes of its hour are compressed: their minute chunk goes
+# back to set_rollup_1m (all its other minutes, in this transaction), and compression, which the
+# hour's recompute marks again, merges them with the hour's chunk once more.
+_THAW = """
+DELETE FROM minute_chunks WHERE hour = %(hour)s AND set_id = ANY(%(sets)s)
+RETURNING set_id, minutes, buckets, counts, last_ts, sum, min_max_last
+"""
 _COPY = {
     TIER_MINUTE: "COPY set_rollup_1m (set_id, bucket, count, last_ts, sum, min, max, last)"
     " FROM STDIN (FORMAT BINARY)",
@@ -263,20 +278,33 @@ class RollupJob:
         """Read the bucket's inputs, reduce them per set, replace the sets' rollup rows (a minute:
         the sets that have rows in it; an hour: all); return how many rows were written."""
         hour = bucket.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-        with self._conn.cursor(binary=True) as cur:
-            inputs = cur.execute(_INPUTS[tier], {"bucket": bucket, "hour": hour}).fetchall()
-        if tier == TIER_MINUTE:
-            start_us = int(bucket.timestamp()) * 1_000_000
-            result = reduce_minute(inputs, start_us, start_us + 60_000_000)
-        else:
-            result = reduce_hour(inputs)
-        self._conn.execute(_CLEAR_SETS[tier], {"bucket": bucket, "sets": result.set_ids})
-        if not result.set_ids:
-            return 0
+        params = {"bucket": bucket, "hour": hour}
         bucket_us = int(bucket.timestamp()) * 1_000_000
+        with self._conn.cursor(binary=True) as cur:
+            inputs = cur.execute(_INPUTS[tier], params).fetchall()
+            if tier == TIER_MINUTE:
+                result = reduce_minute(inputs, bucket_us, bucket_us + 60_000_000)
+            else:
+                result = reduce_hour(inputs, cur.execute(_HOUR_CHUNKS, params).fetchall())
+            self._conn.execute(_CLEAR_SETS[tier], {**params, "sets": result.set_ids})
+            if not result.set_ids:
+                return 0
+            buckets = [bucket_us] * len(result.set_ids)
+            if tier == TIER_MINUTE:
+                thawed = cur.execute(_THAW, {**params, "sets": result.set_ids}).fetchall()
+                for set_id, *blobs in thawed:
+                    m = samples.decode_minutes(*blobs)
+                    m = m.take(m.bucket_us != bucket_us)
+                    result.set_ids += [set_id] * len(m)
+                    buckets += m.bucket_us.tolist()
+                    result.count += m.count.tolist()
+                    result.last_ts_us += m.last_ts_us.tolist()
+                    result.arrays += [
+                        [m.sum[i], m.min[i], m.max[i], m.last[i]] for i in range(len(m))
+                    ]
         buffer = set_rollup_buffer(
             np.asarray(result.set_ids, dtype=np.int32),
-            np.full(len(result.set_ids), bucket_us, dtype=np.int64),
+            np.asarray(buckets, dtype=np.int64),
             np.asarray(result.count, dtype=np.int64),
             np.asarray(result.last_ts_us, dtype=np.int64),
             result.arrays,
@@ -410,20 +438,22 @@ def reduce_minute(rows: list[tuple[Any, ...]], lo_us: int, hi_us: int) -> SetAgg
     return out
 
 
-def reduce_hour(rows: list[tuple[Any, ...]]) -> SetAggregates:
-    """An hour's set_rollup_1m rows ``(set_id, count, last_ts µs, sum, min, max, last)`` (arrays
-    as array_send() gives them) reduced per set."""
-    by_set: dict[int, list[int]] = {}
-    for i, row in enumerate(rows):
-        by_set.setdefault(row[0], []).append(i)
+def reduce_hour(rows: list[tuple[Any, ...]], chunks: list[tuple[Any, ...]]) -> SetAggregates:
+    """An hour's set_rollup_1m rows ``(set_id, bucket µs, count, last_ts µs, sum, min, max,
+    last)`` (arrays as array_send() gives them) and its minute chunks ``(set_id, minutes, blobs
+    ...)`` (fleetpulse/samples.py) reduced per set."""
+    by_set: dict[int, list[tuple[Any, ...]]] = {}
+    for row in rows:
+        by_set.setdefault(row[0], []).append(row)
+    parts: dict[int, list[samples.Minutes]] = {
+        set_id: [samples.minute_rows(set_rows)] for set_id, set_rows in by_set.items()
+    }
+    for set_id, *blobs in chunks:
+        parts.setdefault(set_id, []).append(samples.decode_minutes(*blobs))
     out = SetAggregates([], [], [], [])
-    for set_id, indexes in by_set.items():
-        count = np.asarray([rows[i][1] for i in indexes], dtype=np.int64)
-        ts = np.asarray([rows[i][2] for i in indexes], dtype=np.int64)
-        total, low, high, last = (
-            samples.decode_arrays([rows[i][3 + k] for i in indexes]) for k in range(4)
-        )
-        _add(out, set_id, count, ts, (total, low, high, last))
+    for set_id, minutes in parts.items():
+        m = samples.Minutes.concat(minutes)
+        _add(out, set_id, m.count, m.last_ts_us, (m.sum, m.min, m.max, m.last))
     return out
 
 

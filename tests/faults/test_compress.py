@@ -1,6 +1,6 @@
 """Compression faults: the process compressing an hour SIGKILLed in the middle of a batch
-(failpoint ``mid-compress``: inside the batch's transaction, after its rows were deleted from
-``samples`` and its chunks written, before COMMIT). Under load from real agents and the bench's
+(failpoint ``mid-compress``: inside the batch's transaction, after its rows and minute rows were
+deleted from ``samples`` and ``set_rollup_1m`` and their chunks written, before COMMIT). Under load from real agents and the bench's
 simulated fleet, ending with `fleetpulse audit` and the fleet's own verification; the hours
 compressed are seeded by the test: every point read back exactly once (hot rows and chunks), none
 left hot, the minute tier equal to the raw points."""
@@ -28,8 +28,10 @@ from tests.integration.test_compress import (
     aggregates,
     at,
     chunk_rows,
+    hot_minutes,
     hot_rows,
     hour_start_us,
+    minute_chunk_sets,
     multiset,
     read_back,
 )
@@ -140,6 +142,9 @@ def test_compression_killed_in_the_middle_of_a_batch(harness: Harness, tmp_path:
         assert len(chunks) == len({(s, h) for s, h, _ in chunks})  # one per set and hour
         assert len({s for s, _, _ in chunks}) >= SEED_SETS
         assert sum(n for _, _, n in chunks) == rows
+        # the minute tier compressed with them: a minute chunk per chunk, no minute row left
+        assert hot_minutes(db, first, end) == 0
+        assert minute_chunk_sets(db, first, end) == {(s, h) for s, h, _ in chunks}
         # every seeded point exactly once, bit for bit
         assert read_back(db, ids) == want
         assert read_back(db, ids, at(first), at(end)) == want

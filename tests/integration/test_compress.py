@@ -165,6 +165,24 @@ def hot_shape(db: psycopg.Connection, lo_us: int, hi_us: int) -> tuple[int, int]
     ).fetchone()
 
 
+def hot_minutes(db: psycopg.Connection, lo_us: int, hi_us: int) -> int:
+    row = db.execute(
+        "SELECT count(*) FROM set_rollup_1m WHERE bucket >= %s AND bucket < %s",
+        (at(lo_us), at(hi_us)),
+    ).fetchone()
+    return row[0]
+
+
+def minute_chunk_sets(db: psycopg.Connection, lo_us: int, hi_us: int) -> set[tuple[int, int]]:
+    """(set, hour µs) of the minute chunks of hours in [lo, hi)."""
+    return set(
+        db.execute(
+            f"SELECT set_id, {us('hour')} FROM minute_chunks WHERE hour >= %s AND hour < %s",
+            (at(lo_us), at(hi_us)),
+        ).fetchall()
+    )
+
+
 def chunk_rows(db: psycopg.Connection, lo_us: int, hi_us: int) -> list[tuple[int, int, int]]:
     """(set, hour µs, rows) of the chunks of hours in [lo, hi)."""
     return db.execute(
@@ -175,17 +193,44 @@ def chunk_rows(db: psycopg.Connection, lo_us: int, hi_us: int) -> list[tuple[int
 
 
 def set_rollups(db: psycopg.Connection) -> set[tuple]:
-    """Every per-set rollup row, arrays as their bytes (so NaN and -0.0 compare exactly)."""
+    """Every per-set rollup row, hot or in a minute chunk, its arrays as their values' bits (so NaN
+    and -0.0 compare exactly)."""
+
+    def bits(values: np.ndarray) -> tuple[int, ...]:
+        return tuple(np.ascontiguousarray(values, dtype=np.float64).view(np.int64).tolist())
+
     found = set()
     for table in ("set_rollup_1m", "set_rollup_1h"):
-        found |= {
-            (table, *row)
-            for row in db.execute(
-                f"SELECT set_id, {us('bucket')}, count, {us('last_ts')}, array_send(sum),"
+        with db.cursor(binary=True) as cur:
+            rows = cur.execute(
+                f"SELECT set_id, {us('bucket')}, count::int8, {us('last_ts')}, array_send(sum),"
                 f" array_send(min), array_send(max), array_send(last) FROM {table}"
+            ).fetchall()
+        for row in rows:
+            m = samples.minute_rows([row])
+            found.add((table[-2:], row[0], row[1], row[2], row[3], *(bits(a[0]) for a in stats(m))))
+    with db.cursor(binary=True) as cur:
+        chunks = cur.execute(
+            "SELECT set_id, minutes, buckets, counts, last_ts, sum, min_max_last FROM minute_chunks"
+        ).fetchall()
+    for set_id, *blobs in chunks:
+        m = samples.decode_minutes(*blobs)
+        for i in range(len(m)):
+            found.add(
+                (
+                    "1m",
+                    set_id,
+                    int(m.bucket_us[i]),
+                    int(m.count[i]),
+                    int(m.last_ts_us[i]),
+                    *(bits(a[i]) for a in stats(m)),
+                )
             )
-        }
     return found
+
+
+def stats(m: samples.Minutes) -> tuple[np.ndarray, ...]:
+    return m.sum, m.min, m.max, m.last
 
 
 def tier_marks(db: psycopg.Connection, tier: int) -> list[int]:
@@ -268,6 +313,8 @@ def test_closed_hours_are_compressed_and_read_back_exactly(
     minutes, hours = rollup_rows(db, "rollup_1m", ids), rollup_rows(db, "rollup_1h", ids)
     rows, set_hours = hot_shape(db, lo, hi)
     assert set_hours >= 12  # several sets in each hour
+    minute_rows = hot_minutes(db, lo, hi)
+    assert minute_rows > set_hours
 
     # Small transactions: an hour takes several batches of sets.
     job = CompressJob(db)
@@ -275,6 +322,10 @@ def test_closed_hours_are_compressed_and_read_back_exactly(
     result = job.catch_up()
 
     assert (result.hours, result.deferred, result.rows, result.chunks) == (2, 0, rows, set_hours)
+    # The minute tier went with them: one minute chunk per set and hour, no minute row left.
+    assert (result.minute_rows, result.minute_chunks) == (minute_rows, set_hours)
+    assert hot_minutes(db, lo, hi) == 0
+    assert minute_chunk_sets(db, lo, hi) == {(s, h) for s, h, _ in chunk_rows(db, lo, hi)}
     assert result.days == {at(h0).date(), at(h1).date()}
     assert hot_rows(db, lo, hi) == 0
     chunks = chunk_rows(db, lo, hi)
@@ -323,12 +374,19 @@ def test_late_rows_into_a_compressed_hour_are_rolled_up_and_merged(
     writer.collections("late", a, every20, np.arange(len(every20) * 4) % 97 - 40.5)
     first10 = hour + np.arange(0, 10 * MINUTE_US, 30 * SECOND_US)
     writer.collections("late", b, first10, np.arange(len(first10) * 2) * 0.25)
+    # Set c gets no late rows: its minutes stay compressed, and the hour's recompute reads them
+    # from its minute chunk.
+    c = writer.series("late", 2, "c")
+    writer.collections("late", c, every20, np.arange(len(every20) * 2) * -1.5)
     RollupJob(db).catch_up()
     assert CompressJob(db).catch_up().hours == 1
     assert hot_rows(db, hour, end) == 0
     before = {s: n for s, _, n in chunk_rows(db, hour, end)}
-    assert len(before) == 2
-    ids = a + b + new
+    assert len(before) == 3
+    (c_set,) = {
+        s for (s,) in db.execute("SELECT set_id FROM set_members WHERE series_id = %s", (c[0],))
+    }
+    ids = a + b + new + c
 
     # Late batches: set a again (a timestamp of the chunk again, tying the minute's last; a new
     # last of a minute; a new last of the hour, with a NaN), set b in a minute it had no rows in,
@@ -364,19 +422,25 @@ def test_late_rows_into_a_compressed_hour_are_rolled_up_and_merged(
     assert minute3[5] == hour + 3 * MINUTE_US + 40 * SECOND_US
     assert tier_marks(db, 1) == [] and tier_marks(db, 2) == []
     assert tier_marks(db, compress.TIER_COMPRESS) == [hour]
+    # Both sets got late rows: their minute chunks went back to set_rollup_1m, whole (the
+    # minutes without late rows too), and the new set's minutes are rows of their own.
+    assert minute_chunk_sets(db, hour, end) == {(c_set, hour)}
+    assert hot_minutes(db, hour, end) == 60 + 11 + 2
     tiers = set_rollups(db)
 
     result = CompressJob(db).catch_up()
     assert (result.hours, result.rows, result.deferred) == (1, 6, 0)
     assert hot_rows(db, hour, end) == 0
     after = chunk_rows(db, hour, end)
-    assert len(after) == len({s for s, _, _ in after}) == 3  # one chunk per set and hour
+    assert len(after) == len({s for s, _, _ in after}) == 4  # one chunk per set and hour
     merged = {s: n for s, _, n in after}
     assert {s: merged[s] for s in before} == {
-        s: n + (3 if n == len(every20) else 1) for s, n in before.items()
+        s: n + (0 if s == c_set else 3 if n == len(every20) else 1) for s, n in before.items()
     }
     assert read_back(db, ids) == writer.expected()
     assert set_rollups(db) == tiers
+    assert hot_minutes(db, hour, end) == 0
+    assert minute_chunk_sets(db, hour, end) == {(s, hour) for s in merged}
     assert_aggregates_equal(
         rollup_rows(db, "rollup_1m", ids), aggregates(db, ids, MINUTE_US, lo, hi)
     )

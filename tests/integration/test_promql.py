@@ -20,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fleetpulse.api.app import create_app
+from fleetpulse.api.promql import choose_tier, parse
 from fleetpulse.settings import Settings
 from tests.integration.test_api import READ_AUTH, READ_KEY, add_agent, add_series
 from tests.integration.test_query import LAYOUTS, roll_up, write
@@ -141,6 +142,25 @@ def test_over_time_functions(
     for t, value in series["values"]:
         window = v[(ts > t - 95) & (ts <= t)]
         assert float(value) == pytest.approx(float(reduce(window)), rel=1e-9)
+
+
+def test_a_long_range_reads_the_minute_tier_of_hot_and_compressed_hours(
+    client: TestClient, data: dict[str, Any]
+) -> None:
+    # Seven hours at a one-minute step: the minute tier's last samples (from minute chunks in the
+    # compressed layout), which at every minute give what the raw points give.
+    start, end = data["end"] - 7 * 3600, data["end"]
+    selector = 'cpu_usage_percent{mode="user"}'
+    assert choose_tier(parse(selector), start, end, 60)[0] == "1m"
+    result = query_range(client, selector, start, end, 60)
+    ts = data["ts"]
+    assert {r["metric"]["agent_id"] for r in result} == {"p1", "p2"}
+    for series in result:
+        values = data["series"][(series["metric"]["agent_id"], "cpu_usage_percent", "user")]
+        grid = np.arange(start, end + 1, 60.0)
+        grid = grid[grid >= ts[0]]
+        want = {float(t): float(values[np.searchsorted(ts, t, side="right") - 1]) for t in grid}
+        assert {float(t): float(v) for t, v in series["values"]} == want
 
 
 def test_aggregations_topk_and_arithmetic(client: TestClient, data: dict[str, Any]) -> None:

@@ -59,6 +59,9 @@ def roll_up(db: psycopg.Connection, compress: bool = False) -> None:
         result = CompressJob(db).catch_up()
         assert result.hours and not result.deferred
         assert db.execute("SELECT count(*) FROM samples").fetchone() == (0,)
+        # the minute tier went into minute chunks with them: read from there
+        assert result.minute_chunks
+        assert db.execute("SELECT count(*) FROM set_rollup_1m").fetchone() == (0,)
 
 
 # Every test of stored history runs twice: on hot rows, and on the same rows compressed.

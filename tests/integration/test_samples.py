@@ -296,15 +296,50 @@ def sql_aggregates(
     return {(row[0], row[1]): tuple(row[2:]) for row in rows}
 
 
+_COMBINE = """
+SELECT series_id, bucket, sum(count)::int8, sum(sum), min(min), max(max),
+       (array_agg(last ORDER BY last_ts DESC, last DESC))[1], max(last_ts)
+FROM read_minutes GROUP BY series_id, bucket
+"""
+
+
 def rollup_rows(
     db: psycopg.Connection, table: str, series_ids: list[int]
 ) -> dict[tuple[int, int], Aggregate]:
+    """Per (series, bucket µs) of a tier, its rows of both layouts combined per series as
+    readers combine them (the views all_rollup_1m/1h do it in SQL); the minute tier's compressed
+    hours included (read by samples.read_minutes, combined by the same SQL over a temp table)."""
     assert table in ("rollup_1m", "rollup_1h")
-    rows = db.execute(
-        f"SELECT series_id, {us('bucket')}, count, sum, min, max, last, {us('last_ts')}"
-        f" FROM all_{table} WHERE series_id = ANY(%s)",  # both layouts, combined per series
-        (series_ids,),
-    ).fetchall()
+    if table == "rollup_1h":
+        rows = db.execute(
+            f"SELECT series_id, {us('bucket')}, count, sum, min, max, last, {us('last_ts')}"
+            f" FROM all_{table} WHERE series_id = ANY(%s)",  # both layouts, combined per series
+            (series_ids,),
+        ).fetchall()
+        return {(row[0], row[1]): tuple(row[2:]) for row in rows}
+    got = samples.read_minutes(
+        db, series_ids, datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+    )
+    m = got.minutes
+    with db.transaction():
+        db.execute(
+            "CREATE TEMP TABLE read_minutes (series_id int8, bucket int8, count int8, sum float8,"
+            " min float8, max float8, last float8, last_ts int8) ON COMMIT DROP"
+        )
+        with db.cursor().copy("COPY read_minutes FROM STDIN") as copy:
+            for row in zip(
+                got.series_id.tolist(),
+                m.bucket_us.tolist(),
+                m.count.tolist(),
+                m.sum[:, 0].tolist(),
+                m.min[:, 0].tolist(),
+                m.max[:, 0].tolist(),
+                m.last[:, 0].tolist(),
+                m.last_ts_us.tolist(),
+                strict=True,
+            ):
+                copy.write_row(row)
+        rows = db.execute(_COMBINE).fetchall()
     return {(row[0], row[1]): tuple(row[2:]) for row in rows}
 
 
