@@ -94,6 +94,7 @@ def compress_run(database_url: str) -> dict[str, Any]:
     return {
         "released_partitions": len(released),
         "compressed_points": result.points,
+        "compressed_minute_rows": result.minute_rows,
         "compress_s": round(result.seconds, 3),
         "compress_points_per_s": round(result.points / result.seconds) if result.seconds else None,
         "compress_deferred_hours": result.deferred,

@@ -154,6 +154,7 @@ def _rollups_current(
 def _rolled_up(conn: psycopg.Connection, prefix: str) -> int:
     """Points counted by the 1-minute tier for this run's series (all in closed minutes), in
     set_rollup_1m and in the minute chunks the workers' compression may have written."""
+    conn.commit()  # the snapshot is a transaction of its own
     with samples.snapshot(conn), conn.cursor(binary=True) as cur:
         row = cur.execute(
             "SELECT coalesce(sum(r.count * cardinality(ss.series_ids)), 0)::int8"

@@ -70,12 +70,8 @@ DELETE FROM samples
 WHERE set_id = ANY(%(sets)s) AND ts >= %(lo)s AND ts < %(hi)s
 RETURNING set_id, (extract(epoch FROM ts) * 1000000)::int8, array_send(vals)
 """
-# A minute of the hour (tier 1) or the hour itself (tier 2, which reads the minute tier) waits for
-# its rollup.
-_ROLLUP_PENDING = """
-SELECT EXISTS (
-    SELECT 1 FROM rollup_dirty WHERE tier IN (1, 2) AND bucket >= %(lo)s AND bucket < %(hi)s
-)
+_MINUTES_PENDING = """
+SELECT EXISTS (SELECT 1 FROM rollup_dirty WHERE tier = 1 AND bucket >= %(lo)s AND bucket < %(hi)s)
 """
 _TAKE_CHUNKS = """
 DELETE FROM sample_chunks WHERE hour = %(hour)s AND set_id = ANY(%(sets)s)
@@ -239,7 +235,7 @@ class CompressJob:
                 minutes = cur.execute(_TAKE_MINUTES, bounds).fetchall()
             if not taken and not minutes:
                 return 0, 0
-            pending = conn.execute(_ROLLUP_PENDING, bounds).fetchone()
+            pending = conn.execute(_MINUTES_PENDING, bounds).fetchone()
             if pending and pending[0]:
                 raise _Busy
             values_taken, most_rows = self._write_samples(hour, taken, result)

@@ -78,7 +78,9 @@ RETURNING lag_s
 """
 
 # A bucket's inputs, per set: the minute's samples rows (reduce_minute), or the hour's minute rows
-# (reduce_hour), each array as array_send() gives it. A minute whose hour was compressed
+# and minute chunks (reduce_hour: minutes compressed with the hour's rows, ingest/compress.py, in
+# the same statement, so in one snapshot with the hot minutes), each array as array_send() gives
+# it. A minute whose hour was compressed
 # (ingest/compress.py) has rows there only for sets that received late rows: those sets are
 # recomputed from their hot rows and their chunk of the hour (in the same statement, so in one
 # snapshot with the hot rows), the others keep their rollup rows, which were current when their
@@ -100,18 +102,16 @@ WHERE c.hour = %(hour)s AND c.set_id IN (SELECT set_id FROM hot)
     TIER_HOUR: """
 SELECT set_id, (extract(epoch FROM bucket) * 1000000)::int8, count::int8,
        (extract(epoch FROM last_ts) * 1000000)::int8,
-       array_send(sum), array_send(min), array_send(max), array_send(last)
+       array_send(sum), array_send(min), array_send(max), array_send(last),
+       NULL::int2, NULL::bytea, NULL::bytea, NULL::bytea, NULL::bytea[], NULL::bytea[]
 FROM set_rollup_1m
 WHERE bucket >= %(bucket)s AND bucket < %(bucket)s + interval '1 hour'
+UNION ALL
+SELECT set_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       minutes, buckets, counts, last_ts, sum, min_max_last
+FROM minute_chunks WHERE hour = %(bucket)s
 """,
 }
-# An hour's minutes that are compressed (ingest/compress.py), read by a second statement: safe,
-# because compression leaves an hour alone while the hour's mark (tier 2) exists, and this
-# recompute runs for that mark, which it deletes only at its commit.
-_HOUR_CHUNKS = """
-SELECT set_id, minutes, buckets, counts, last_ts, sum, min_max_last FROM minute_chunks
-WHERE hour = %(bucket)s
-"""
 # A minute recomputed for sets whose minutes of its hour are compressed: their minute chunk goes
 # back to set_rollup_1m (all its other minutes, in this transaction), and compression, which the
 # hour's recompute marks again, merges them with the hour's chunk once more.
@@ -285,7 +285,7 @@ class RollupJob:
             if tier == TIER_MINUTE:
                 result = reduce_minute(inputs, bucket_us, bucket_us + 60_000_000)
             else:
-                result = reduce_hour(inputs, cur.execute(_HOUR_CHUNKS, params).fetchall())
+                result = reduce_hour(inputs)
             self._conn.execute(_CLEAR_SETS[tier], {**params, "sets": result.set_ids})
             if not result.set_ids:
                 return 0
@@ -438,18 +438,20 @@ def reduce_minute(rows: list[tuple[Any, ...]], lo_us: int, hi_us: int) -> SetAgg
     return out
 
 
-def reduce_hour(rows: list[tuple[Any, ...]], chunks: list[tuple[Any, ...]]) -> SetAggregates:
-    """An hour's set_rollup_1m rows ``(set_id, bucket µs, count, last_ts µs, sum, min, max,
-    last)`` (arrays as array_send() gives them) and its minute chunks ``(set_id, minutes, blobs
-    ...)`` (fleetpulse/samples.py) reduced per set."""
+def reduce_hour(rows: list[tuple[Any, ...]]) -> SetAggregates:
+    """An hour reduced per set from ``_INPUTS[TIER_HOUR]`` rows: a set_rollup_1m row is
+    ``(set_id, bucket µs, count, last_ts µs, sum, min, max, last, None...)`` (arrays as
+    array_send() gives them), a minute chunk ``(set_id, None..., minutes, blobs...)``
+    (fleetpulse/samples.py)."""
     by_set: dict[int, list[tuple[Any, ...]]] = {}
+    parts: dict[int, list[samples.Minutes]] = {}
     for row in rows:
-        by_set.setdefault(row[0], []).append(row)
-    parts: dict[int, list[samples.Minutes]] = {
-        set_id: [samples.minute_rows(set_rows)] for set_id, set_rows in by_set.items()
-    }
-    for set_id, *blobs in chunks:
-        parts.setdefault(set_id, []).append(samples.decode_minutes(*blobs))
+        if row[1] is not None:
+            by_set.setdefault(row[0], []).append(row[:8])
+        else:
+            parts.setdefault(row[0], []).append(samples.decode_minutes(*row[8:]))
+    for set_id, set_rows in by_set.items():
+        parts.setdefault(set_id, []).append(samples.minute_rows(set_rows))
     out = SetAggregates([], [], [], [])
     for set_id, minutes in parts.items():
         m = samples.Minutes.concat(minutes)

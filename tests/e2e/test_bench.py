@@ -86,6 +86,9 @@ def test_bench_fleet_runs_verifies_and_reports(mode: str, tmp_path: Path) -> Non
         # what is left of samples: its empty partitions (today's emptied and given back)
         assert summary["bytes_per_point_by_table"].get("samples", 0) < 1
         assert summary["bytes_per_point_by_table"]["sample_chunks"] > 0
+        # and the minute tier with them, into minute chunks
+        assert summary["compressed_minute_rows"] > 0
+        assert summary["bytes_per_point_by_table"]["minute_chunks"] > 0
     else:
         assert summary["bytes_per_point"] == summary["bytes_per_point_hot"]
     (run_dir,) = tmp_path.iterdir()
