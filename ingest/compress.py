@@ -58,6 +58,8 @@ MAX_HOURS_PER_ROUND = 24
 # An empty samples partition (its heap, btree and BRIN) is smaller than this; only a partition
 # above it has pages to give back.
 _EMPTY_BYTES = 65_536
+# The tables whose rows compression moves out (into sample_chunks and minute_chunks).
+_EMPTIED_BY_COMPRESSION = ("samples", "set_rollup_1m")
 
 _PENDING = """
 SELECT bucket, max(marked_at) FROM rollup_dirty
@@ -314,39 +316,44 @@ class CompressJob:
                 result.minute_chunks += 1
 
     def release_empty_days(self, days: set[date]) -> list[str]:
-        """Truncate the samples partitions of these days that compression has emptied, so that
-        their dead heap and index pages go back to the file system; returns those truncated.
+        """Truncate the partitions of these days that compression has emptied (``samples`` and
+        ``set_rollup_1m``), so that their dead heap and index pages go back to the file system;
+        returns those truncated.
 
-        VACUUM first (it gives back the heap of an all-dead partition without blocking anyone),
-        then, under an exclusive lock taken before the check so that no row can arrive between
-        the two, TRUNCATE if nothing is left (the indexes keep their pages otherwise). For a day
-        still written to (today, while agents send), the lock is not free or rows are left: it
-        is skipped."""
+        VACUUM first (it gives back the heap of an all-dead partition without blocking anyone,
+        and makes the dead space of one still in use reusable), then, under an exclusive lock
+        taken before the check so that no row can arrive between the two, TRUNCATE if nothing
+        is left (the indexes keep their pages otherwise). For a day still written to (today,
+        while agents send), the lock is not free or rows are left: it is skipped."""
         conn = self._conn
         released = []
-        known = partitions.existing_days(conn, "samples")
-        for day in sorted(days & known):
-            table = partitions.partition_name(day, "samples")
-            name = sql.Identifier(table)
-            conn.execute(sql.SQL("VACUUM {}").format(name))
-            try:
-                with conn.transaction():
-                    conn.execute(
-                        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE NOWAIT").format(name)
-                    )
-                    row = conn.execute(
-                        sql.SQL(
-                            "SELECT NOT EXISTS (SELECT 1 FROM {}) AND pg_total_relation_size(%s)"
-                            " > %s"
-                        ).format(name),
-                        (table, _EMPTY_BYTES),
-                    ).fetchone()
-                    if row and row[0]:
-                        conn.execute(sql.SQL("TRUNCATE {}").format(name))
-                        released.append(table)
-            except psycopg.errors.LockNotAvailable:
-                continue  # in use: a later round tries again
+        for parent in _EMPTIED_BY_COMPRESSION:
+            known = partitions.existing_days(conn, parent)
+            for day in sorted(days & known):
+                table = partitions.partition_name(day, parent)
+                if self._release(table):
+                    released.append(table)
         return released
+
+    def _release(self, table: str) -> bool:
+        conn = self._conn
+        name = sql.Identifier(table)
+        conn.execute(sql.SQL("VACUUM {}").format(name))
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE NOWAIT").format(name))
+                row = conn.execute(
+                    sql.SQL(
+                        "SELECT NOT EXISTS (SELECT 1 FROM {}) AND pg_total_relation_size(%s) > %s"
+                    ).format(name),
+                    (table, _EMPTY_BYTES),
+                ).fetchone()
+                if row and row[0]:
+                    conn.execute(sql.SQL("TRUNCATE {}").format(name))
+                    return True
+        except psycopg.errors.LockNotAvailable:
+            pass  # in use: a later round tries again
+        return False
 
     def catch_up(self, horizon: datetime | None = None) -> CompressResult:
         """Rounds until no marked hour before ``horizon`` is left (tests and the benchmarks)."""

@@ -489,9 +489,9 @@ def test_an_hour_whose_minutes_wait_for_their_rollup_is_not_compressed(
     assert_aggregates_equal(rollup_rows(db, "rollup_1m", series), aggregates(db, series, MINUTE_US))
 
 
-def partition_size(db: psycopg.Connection, day: date) -> int:
+def partition_size(db: psycopg.Connection, day: date, table: str = "samples") -> int:
     row = db.execute(
-        "SELECT pg_total_relation_size(%s)", (partitions.partition_name(day, "samples"),)
+        "SELECT pg_total_relation_size(%s)", (partitions.partition_name(day, table),)
     ).fetchone()
     return row[0]
 
@@ -499,17 +499,17 @@ def partition_size(db: psycopg.Connection, day: date) -> int:
 def test_emptied_day_partitions_are_released(db: psycopg.Connection, writer: Writer) -> None:
     today = datetime.now(UTC).date()
     emptied, kept = today - timedelta(days=4), today - timedelta(days=3)
-    series = writer.series("days", 2)
+    series = writer.series("days", 300)  # wide: the minute rows fill pages too
     # Day `emptied`: one hour of rows (an index of many pages); day `kept`: two hours, of which
     # only the first is compressed (the horizon below leaves the other open).
     h_emptied = day_start_us(emptied) + 2 * HOUR_US
     h_kept, h_open = day_start_us(kept) + HOUR_US, day_start_us(kept) + 5 * HOUR_US
     dense = h_emptied + np.arange(0, HOUR_US, 600_000)
     for part in np.array_split(np.arange(len(dense)), 3):
-        writer.collections("days", series, dense[part], np.ones((len(part), 2)))
+        writer.collections("days", series, dense[part], np.ones((len(part), 300)))
     sparse = np.arange(0, HOUR_US, 10 * SECOND_US)
-    writer.collections("days", series, h_kept + sparse, np.zeros((len(sparse), 2)))
-    writer.collections("days", series, h_open + sparse, np.full((len(sparse), 2), 2.0))
+    writer.collections("days", series, h_kept + sparse, np.zeros((len(sparse), 300)))
+    writer.collections("days", series, h_open + sparse, np.full((len(sparse), 300), 2.0))
     RollupJob(db).catch_up()
 
     job = CompressJob(db)
@@ -517,18 +517,22 @@ def test_emptied_day_partitions_are_released(db: psycopg.Connection, writer: Wri
     assert result.hours == 2 and result.days == {emptied, kept}
     assert hot_rows(db, h_emptied, h_emptied + HOUR_US) == 0
     assert hot_rows(db, h_open, h_open + HOUR_US) == len(sparse)
-    full = partition_size(db, emptied)
-    assert full > 65_536  # its dead rows' heap and index pages
+    assert hot_minutes(db, h_emptied, h_emptied + HOUR_US) == 0
+    full = {table: partition_size(db, emptied, table) for table in ("samples", "set_rollup_1m")}
+    assert min(full.values()) > 65_536  # their dead rows' heap and index pages
 
     released = job.release_empty_days(result.days)
 
-    assert released == [partitions.partition_name(emptied, "samples")]
-    assert partition_size(db, emptied) < full
-    assert partition_size(db, emptied) <= 65_536
-    assert emptied in partitions.existing_days(db, "samples")  # emptied, not dropped
+    assert sorted(released) == sorted(partitions.partition_name(emptied, t) for t in full)
+    for table, size in full.items():
+        assert partition_size(db, emptied, table) < size
+        assert partition_size(db, emptied, table) <= 65_536
+        assert emptied in partitions.existing_days(db, table)  # emptied, not dropped
     assert partition_size(db, kept) > 0  # (its VACUUM may add a free space map: no upper bound)
     assert hot_rows(db, h_open, h_open + HOUR_US) == len(sparse)
+    assert hot_minutes(db, h_open, h_open + HOUR_US) == 60  # left hot by the horizon, like its rows
     assert read_back(db, series) == writer.expected()
+    assert_aggregates_equal(rollup_rows(db, "rollup_1m", series), aggregates(db, series, MINUTE_US))
     # nothing more to give back
     assert job.release_empty_days({emptied, kept}) == []
 
