@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=10,
         help="timed batches per agent (after one warm-up batch), 10 s apart from the start of the"
-        " previous clock hour: 360 fill it",
+        " previous clock hour: 359 fill it",
     )
     parser.add_argument("--series", type=int, default=200)
     parser.add_argument("--processes", type=int, default=2, help="worker processes")
@@ -88,11 +88,11 @@ def _load(
     points = 0
     pipe = client.pipeline(transaction=False)
     pending = 0
-    # The timed batches (seq 2 on) fill the clock hour before the run's from its start, 10 s
-    # apart, at :05, :15, ... (an hour at the default interval: 361 batches): what the hour's
-    # chunks cost is measured on whole hours, as the workers' job compresses them. The run's
-    # epoch (ms) fixes the hour for both loads.
-    base_ns = ((epoch // 3_600_000 - 1) * 3600 - 15) * 1_000_000_000
+    # The batches fill the clock hour before the run's from its start, 10 s apart, at :05, :15,
+    # ... (the warm-up batch first; 359 timed ones fill the hour), so that what chunks cost is
+    # measured on whole hours, as the workers' job compresses them. The run's epoch (ms) fixes
+    # the hour for both loads.
+    base_ns = ((epoch // 3_600_000 - 1) * 3600 - 5) * 1_000_000_000
     seqs = np.arange(first_seq, first_seq + count)
     times_ns = base_ns + seqs * 10_000_000_000
     series = host_series(args.series)
