@@ -106,6 +106,29 @@ def decode_arrays(blobs: list[bytes]) -> np.ndarray:
     return np.frombuffer(body, dtype=ARRAY_ELEMENT)["value"].astype(np.float64).reshape(-1, width)
 
 
+def _check_names(*names: str) -> None:
+    for name in names:
+        if not name.isidentifier():
+            raise ValueError(f"not a parameter name: {name!r}")
+
+
+def _wanted_sets(ids: str) -> str:
+    """The sets holding the series ``%(ids)s``: per set, the wanted series and their columns."""
+    return (
+        "SELECT set_id, array_agg(series_id) AS sids, array_agg(col) AS cols"  # noqa: S608  # a checked parameter name
+        f" FROM set_members WHERE series_id = ANY(%({ids})s) GROUP BY set_id"
+    )
+
+
+def _wanted_blobs(column: str) -> str:
+    """A chunk's blobs (``column``, a bytea[] of one per column) of the wanted columns, in the
+    order of ``w.cols`` (``_wanted_sets``)."""
+    return (
+        f"(SELECT array_agg({column}[u.col] ORDER BY u.o)"  # noqa: S608  # a code constant
+        " FROM unnest(w.cols) WITH ORDINALITY AS u(col, o))"
+    )
+
+
 def points_sql(ids: str = "ids", lo: str = "lo", hi: str = "hi", hi_inclusive: bool = False) -> str:
     """``SELECT series_id, ts, value`` of the series ``%(ids)s`` with ``%(lo)s <= ts < %(hi)s``
     (``<=`` when ``hi_inclusive``), from both layouts. The arguments are parameter names (code
@@ -114,19 +137,14 @@ def points_sql(ids: str = "ids", lo: str = "lo", hi: str = "hi", hi_inclusive: b
     The sets that hold the series are found first (set_members), and each of their rows in the
     range is read once, however many of its series are wanted; only the wanted columns become
     points."""
-    for name in (ids, lo, hi):
-        if not name.isidentifier():
-            raise ValueError(f"not a parameter name: {name!r}")
+    _check_names(ids, lo, hi)
     upper = "<=" if hi_inclusive else "<"
     return f"""
     SELECT series_id, ts, value FROM points
     WHERE series_id = ANY(%({ids})s) AND ts >= %({lo})s AND ts {upper} %({hi})s
     UNION ALL
     SELECT u.series_id, s.ts, s.vals[u.col]
-    FROM (
-        SELECT set_id, array_agg(series_id) AS sids, array_agg(col) AS cols
-        FROM set_members WHERE series_id = ANY(%({ids})s) GROUP BY set_id
-    ) w
+    FROM ({_wanted_sets(ids)}) w
     JOIN samples s ON s.set_id = w.set_id
     CROSS JOIN LATERAL unnest(w.sids, w.cols) AS u(series_id, col)
     WHERE s.ts >= %({lo})s AND s.ts {upper} %({hi})s
@@ -143,9 +161,7 @@ def rollup_sql(tier: str, ids: str = "ids", lo: str = "lo", hi: str = "hi") -> s
 
     A series may have several rows in one bucket (one per set it was in): readers aggregate per
     series and window, as they do raw points."""
-    for name in (ids, lo, hi):
-        if not name.isidentifier():
-            raise ValueError(f"not a parameter name: {name!r}")
+    _check_names(ids, lo, hi)
     per_series, per_set = ROLLUP_TABLES[tier]
     return f"""
     SELECT series_id, bucket, count, sum, min, max, last, last_ts FROM {per_series}
@@ -153,10 +169,7 @@ def rollup_sql(tier: str, ids: str = "ids", lo: str = "lo", hi: str = "hi") -> s
     UNION ALL
     SELECT u.series_id, r.bucket, r.count, r.sum[u.col], r.min[u.col], r.max[u.col],
            r.last[u.col], r.last_ts
-    FROM (
-        SELECT set_id, array_agg(series_id) AS sids, array_agg(col) AS cols
-        FROM set_members WHERE series_id = ANY(%({ids})s) GROUP BY set_id
-    ) w
+    FROM ({_wanted_sets(ids)}) w
     JOIN {per_set} r ON r.set_id = w.set_id
     CROSS JOIN LATERAL unnest(w.sids, w.cols) AS u(series_id, col)
     WHERE r.bucket >= %({lo})s AND r.bucket < %({hi})s
@@ -219,17 +232,11 @@ def chunks_sql(ids: str = "ids", lo: str = "lo", hi: str = "hi") -> str:
     """``SELECT sids, rows, ts, vals``: the chunks of the sets holding the series ``%(ids)s`` that
     may hold points in [``%(lo)s``, ``%(hi)s``], with the wanted series and their columns' blobs
     (only those, in the same order); ``chunk_points`` expands them."""
-    for name in (ids, lo, hi):
-        if not name.isidentifier():
-            raise ValueError(f"not a parameter name: {name!r}")
+    _check_names(ids, lo, hi)
     return f"""
     SELECT w.sids, c.rows, c.ts,
-           (SELECT array_agg(c.vals[u.col] ORDER BY u.o)
-            FROM unnest(w.cols) WITH ORDINALITY AS u(col, o))
-    FROM (
-        SELECT set_id, array_agg(series_id) AS sids, array_agg(col) AS cols
-        FROM set_members WHERE series_id = ANY(%({ids})s) GROUP BY set_id
-    ) w
+           {_wanted_blobs("c.vals")}
+    FROM ({_wanted_sets(ids)}) w
     JOIN sample_chunks c ON c.set_id = w.set_id
     WHERE c.hour > %({lo})s - interval '1 hour' AND c.hour <= %({hi})s
         AND c.last_ts >= %({lo})s AND c.first_ts <= %({hi})s
@@ -362,19 +369,11 @@ def minute_chunks_sql(ids: str = "ids", lo: str = "lo", hi: str = "hi") -> str:
     """``SELECT sids, minutes, buckets, counts, last_ts, sum, min_max_last``: the minute chunks of
     the sets holding the series ``%(ids)s`` whose hour overlaps [``%(lo)s``, ``%(hi)s``), with
     the wanted series and only their columns' blobs; ``chunk_minutes`` expands them."""
-    for name in (ids, lo, hi):
-        if not name.isidentifier():
-            raise ValueError(f"not a parameter name: {name!r}")
+    _check_names(ids, lo, hi)
     return f"""
     SELECT w.sids, c.minutes, c.buckets, c.counts, c.last_ts,
-           (SELECT array_agg(c.sum[u.col] ORDER BY u.o)
-            FROM unnest(w.cols) WITH ORDINALITY AS u(col, o)),
-           (SELECT array_agg(c.min_max_last[u.col] ORDER BY u.o)
-            FROM unnest(w.cols) WITH ORDINALITY AS u(col, o))
-    FROM (
-        SELECT set_id, array_agg(series_id) AS sids, array_agg(col) AS cols
-        FROM set_members WHERE series_id = ANY(%({ids})s) GROUP BY set_id
-    ) w
+           {_wanted_blobs("c.sum")}, {_wanted_blobs("c.min_max_last")}
+    FROM ({_wanted_sets(ids)}) w
     JOIN minute_chunks c ON c.set_id = w.set_id
     WHERE c.hour > %({lo})s - interval '1 hour' AND c.hour < %({hi})s
     """  # noqa: S608  # parameter names checked above; no value is formatted in
