@@ -79,11 +79,11 @@ _TAKE_CHUNKS = """
 DELETE FROM sample_chunks WHERE hour = %(hour)s AND set_id = ANY(%(sets)s)
 RETURNING set_id, rows, width, ts, vals
 """
-_COPY = (
+COPY_CHUNKS = (
     "COPY sample_chunks (set_id, hour, rows, width, first_ts, last_ts, ts, vals)"
     " FROM STDIN (FORMAT BINARY)"
 )
-_COPY_TYPES = [
+CHUNK_TYPES = [
     "int4",
     "timestamptz",
     "int4",
@@ -104,11 +104,11 @@ _TAKE_MINUTE_CHUNKS = """
 DELETE FROM minute_chunks WHERE hour = %(hour)s AND set_id = ANY(%(sets)s)
 RETURNING set_id, minutes, buckets, counts, last_ts, sum, min_max_last
 """
-_COPY_MINUTES = (
+COPY_MINUTE_CHUNKS = (
     "COPY minute_chunks (set_id, hour, minutes, width, buckets, counts, last_ts, sum,"
     " min_max_last) FROM STDIN (FORMAT BINARY)"
 )
-_COPY_MINUTES_TYPES = [
+MINUTE_CHUNK_TYPES = [
     "int4",
     "timestamptz",
     "int2",
@@ -260,8 +260,8 @@ class CompressJob:
                 for row in cur.execute(_TAKE_CHUNKS, {"hour": hour, "sets": list(by_set)})
             }
         values_taken = 0
-        with self._conn.cursor() as cur, cur.copy(_COPY) as copy:
-            copy.set_types(_COPY_TYPES)
+        with self._conn.cursor() as cur, cur.copy(COPY_CHUNKS) as copy:
+            copy.set_types(CHUNK_TYPES)
             for set_id, indexes in by_set.items():
                 ts = np.asarray([taken[i][1] for i in indexes], dtype=np.int64)
                 values = samples.decode_arrays([taken[i][2] for i in indexes])
@@ -299,8 +299,8 @@ class CompressJob:
                 row[0]: row[1:]
                 for row in cur.execute(_TAKE_MINUTE_CHUNKS, {"hour": hour, "sets": list(by_set)})
             }
-        with self._conn.cursor() as cur, cur.copy(_COPY_MINUTES) as copy:
-            copy.set_types(_COPY_MINUTES_TYPES)
+        with self._conn.cursor() as cur, cur.copy(COPY_MINUTE_CHUNKS) as copy:
+            copy.set_types(MINUTE_CHUNK_TYPES)
             for set_id, indexes in by_set.items():
                 rows = [taken[i] for i in indexes]
                 m = samples.minute_rows(rows)

@@ -119,7 +119,7 @@ _THAW = """
 DELETE FROM minute_chunks WHERE hour = %(hour)s AND set_id = ANY(%(sets)s)
 RETURNING set_id, minutes, buckets, counts, last_ts, sum, min_max_last
 """
-_COPY = {
+COPY_SET_ROLLUPS = {
     TIER_MINUTE: "COPY set_rollup_1m (set_id, bucket, count, last_ts, sum, min, max, last)"
     " FROM STDIN (FORMAT BINARY)",
     TIER_HOUR: "COPY set_rollup_1h (set_id, bucket, count, last_ts, sum, min, max, last)"
@@ -309,7 +309,7 @@ class RollupJob:
             np.asarray(result.last_ts_us, dtype=np.int64),
             result.arrays,
         )
-        with self._conn.cursor() as cur, cur.copy(_COPY[tier]) as copy:
+        with self._conn.cursor() as cur, cur.copy(COPY_SET_ROLLUPS[tier]) as copy:
             copy.write(buffer)
         return len(result.set_ids)
 

@@ -10,13 +10,19 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from fleetpulse import samples
+from fleetpulse.bench.queries import Fleet
 from fleetpulse.embedded import EmbeddedPostgres
+from fleetpulse.ingest.rollups import RollupJob
 
 pytestmark = pytest.mark.e2e
 
@@ -258,17 +264,25 @@ QUERY_NAMES = ("fleet_summary", "agents_page", "host_24h", "host_7d", "top10_cpu
 
 def test_bench_queries_seeds_measures_and_reuses_the_dataset(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    sizes = ["--agents", "20", "--series-per-agent", "20", "--raw-hours", "0.5"]
+    agents, per_agent = 20, 20
+    sizes = ["--agents", str(agents), "--series-per-agent", str(per_agent), "--raw-hours", "3"]
     args = ["queries", *sizes, "--runs", "5", "--warmup", "1", "--data-dir", str(data_dir)]
-    first = _bench(args, tmp_path / "first")
-    assert {"points", "rollup_1m_rows", "rollup_1h_rows", "database_gb", "errors"} <= first.keys()
+    # Seeded up to 65 minutes ago, then topped up to now in the same run: the hour that was open
+    # at the seed's end has closed since, and the top-up has the platform's jobs finish it.
+    first = _bench([*args, "--seed-behind", "65"], tmp_path / "first")
+    assert {"points", "set_minutes", "set_hours", "database_gb", "errors"} <= first.keys()
     assert {f"{name}_{stat}" for name in QUERY_NAMES for stat in ("p50_ms", "p95_ms")} <= (
         first.keys()
     )
     assert all(isinstance(first[f"{name}_p95_ms"], float) for name in QUERY_NAMES)
     assert first["errors"] == 0 and first["runs"] == 5
-    # 20 agents x 20 series x 30 minutes x 6 points, seeded in this run
-    assert first["seeded_now"] is True and first["points"] == 20 * 20 * 30 * 6
+    # 20 agents x 20 series x 6 points a minute, over 3 h and the 65 minutes topped up
+    raw_minutes = (
+        datetime.fromisoformat(str(first["raw_end"]))
+        - datetime.fromisoformat(str(first["raw_start"]))
+    ) // timedelta(minutes=1)
+    assert raw_minutes >= 3 * 60 + 65
+    assert first["seeded_now"] is True and first["points"] == agents * per_agent * raw_minutes * 6
     # Run again: the dataset is reused (topped up to the current minute, if it moved on).
     second = _bench(args, tmp_path / "second")
     assert second["seeded_now"] is False and second["errors"] == 0
@@ -277,55 +291,156 @@ def test_bench_queries_seeds_measures_and_reuses_the_dataset(tmp_path: Path) -> 
     pg = EmbeddedPostgres(data_dir)
     try:
         url = make_conninfo(pg.start(), dbname="fleetpulse_bench_queries")
-        with psycopg.connect(url) as conn:
-
-            def one(query: str) -> object:
-                row = conn.execute(query).fetchone()
-                assert row is not None
-                return row[0]
-
-            assert one("SELECT points FROM bench_dataset") == second["points"]
-            assert one("SELECT count(*) FROM all_points") == second["points"]
-            assert one("SELECT count(*) FROM series") == 20 * 20
-            # The minute tier over the raw window counts exactly the raw points, and equals a
-            # rollup of them (count, sum, min, max, last, last_ts), as the rollup job computes it.
-            assert (
-                one(
-                    "SELECT sum(count) FROM rollup_1m r, bench_dataset d WHERE r.bucket >= d.raw_start"
-                )
-                == second["points"]
-            )
-            assert (
-                one("""
-                SELECT count(*) FROM (
-                    SELECT series_id, date_trunc('minute', ts) AS bucket, count(*) AS n,
-                        sum(value) AS s, min(value) AS lo, max(value) AS hi,
-                        (array_agg(value ORDER BY ts DESC))[1] AS last, max(ts) AS last_ts
-                    FROM all_points GROUP BY 1, 2
-                ) m JOIN rollup_1m r USING (series_id, bucket)
-                WHERE r.count <> m.n OR abs(r.sum - m.s) > 1e-9 * abs(m.s) + 1e-9
-                    OR r.min <> m.lo OR r.max <> m.hi OR r.last <> m.last OR r.last_ts <> m.last_ts
-            """)
-                == 0
-            )
-            # Every hour of the minute tier's window equals its minutes; seven days of hours.
-            assert (
-                one("""
-                SELECT count(*) FROM (
-                    SELECT series_id, date_trunc('hour', bucket) AS bucket, sum(count) AS n,
-                        sum(sum) AS s, min(min) AS lo, max(max) AS hi, max(last_ts) AS last_ts
-                    FROM rollup_1m GROUP BY 1, 2
-                ) m JOIN rollup_1h r USING (series_id, bucket)
-                WHERE r.count <> m.n OR abs(r.sum - m.s) > 1e-9 * abs(m.s) + 1e-9
-                    OR r.min <> m.lo OR r.max <> m.hi OR r.last_ts <> m.last_ts
-            """)
-                == 0
-            )
-            assert one("SELECT count(*) FROM rollup_1m") == second["rollup_1m_rows"]
-            assert one("SELECT count(*) FROM rollup_1h") == second["rollup_1h_rows"]
-            assert one("SELECT count(DISTINCT bucket) FROM rollup_1h") >= 7 * 24  # type: ignore[operator]
+        with psycopg.connect(url, autocommit=True) as conn:
+            _check_queries_dataset(conn, agents, per_agent, second)
     finally:
         pg.stop()
+
+
+def _check_queries_dataset(
+    conn: psycopg.Connection, agents: int, per_agent: int, summary: dict[str, object]
+) -> None:
+    """The layout the platform's jobs leave, every point and minute once, and the values the
+    generator gives."""
+
+    def one(query: str, *params: object) -> Any:
+        row = conn.execute(query, params).fetchone()
+        assert row is not None
+        return row[0]
+
+    row = conn.execute(
+        "SELECT points, set_minutes, set_hours, raw_start, raw_end, rollup_1m_start,"
+        " rollup_1h_start, epoch0 FROM bench_dataset"
+    ).fetchone()
+    assert row is not None
+    points, set_minutes, set_hours, raw_start, raw_end, minutes_start, hours_start, epoch0 = row
+    assert points == summary["points"] and set_minutes == summary["set_minutes"]
+    sets = one("SELECT count(*) FROM series_sets")
+    assert sets == agents  # one set per agent (20 series)
+    open_hour = raw_end.replace(minute=0)
+    hour = timedelta(hours=1)
+
+    # Closed hours: compressed, one chunk per set and hour (the first raw hour from the raw start
+    # on); nothing hot before the open hour.
+    assert one("SELECT count(*) FROM samples WHERE ts < %s", open_hour) == 0
+    assert one("SELECT count(*) FROM set_rollup_1m WHERE bucket < %s", open_hour) == 0
+    chunks = conn.execute(
+        "SELECT hour, count(*), count(DISTINCT set_id), min(rows), max(rows), min(width)"
+        " FROM sample_chunks GROUP BY hour ORDER BY hour"
+    ).fetchall()
+    raw_hours = []
+    at = raw_start.replace(minute=0)
+    while at < open_hour:
+        raw_hours.append(at)
+        at += hour
+    assert [c[0] for c in chunks] == raw_hours
+    for h, n, distinct, low, high, width in chunks:
+        rows = (h + hour - max(h, raw_start)) // timedelta(seconds=10)
+        assert (n, distinct, low, high, width) == (sets, sets, rows, rows, per_agent)
+    minute_chunks = conn.execute(
+        "SELECT hour, count(*), count(DISTINCT set_id), min(minutes), max(minutes)"
+        " FROM minute_chunks GROUP BY hour ORDER BY hour"
+    ).fetchall()
+    assert [c[0] for c in minute_chunks] == [
+        minutes_start + k * hour for k in range((open_hour - minutes_start) // hour)
+    ]
+    assert all(c[1:] == (sets, sets, 60, 60) for c in minute_chunks)
+    # The open hour is hot: a samples row per set and 10 s, a minute row per set and closed minute.
+    assert one("SELECT count(*) FROM sample_chunks WHERE hour >= %s", open_hour) == 0
+    assert one("SELECT count(*) FROM minute_chunks WHERE hour >= %s", open_hour) == 0
+    assert one("SELECT count(*) FROM samples") == sets * ((raw_end - open_hour).seconds // 10)
+    assert one("SELECT count(*) FROM set_rollup_1m") == sets * ((raw_end - open_hour).seconds // 60)
+    # Every point and minute once; an hour row per set and closed hour of the last 7 days on.
+    assert (
+        one("SELECT sum(rows * width) FROM sample_chunks")
+        + one("SELECT coalesce(sum(cardinality(vals)), 0) FROM samples")
+        == points
+    )
+    assert (
+        one("SELECT sum(minutes) FROM minute_chunks") + one("SELECT count(*) FROM set_rollup_1m")
+        == set_minutes
+    )
+    assert (
+        one("SELECT count(*) FROM set_rollup_1h")
+        == set_hours
+        == sets * ((open_hour - hours_start) // hour)
+    )
+    assert one("SELECT count(DISTINCT (set_id, bucket)) FROM set_rollup_1h") == set_hours
+    assert one("SELECT min(bucket) FROM set_rollup_1h") == hours_start
+    # Nothing in the per-series tables of the layout before; no job's work left undone (the
+    # hour open at the seed's end was rolled up and compressed by the jobs, their marks gone).
+    for table in ("points", "rollup_1m", "rollup_1h", "rollup_dirty"):
+        assert one(f"SELECT count(*) FROM {table}") == 0, table
+    seed_end = epoch0.timestamp()
+    if seed_end % 3600:
+        finished = datetime.fromtimestamp(seed_end // 3600 * 3600, UTC)
+        assert one("SELECT count(*) FROM rollup_log WHERE tier = 2 AND bucket = %s", finished) == 1
+
+    # One series read back: the generator's values, at its agent's phase, every 10 s.
+    fleet = Fleet(agents, per_agent, seed_end)
+    agent, spec = 7, 3  # cpu_usage_percent{mode="idle"} of agent-00008
+    assert fleet.specs[spec].labels == {"mode": "idle"}
+    series_id = one(
+        "SELECT series_id FROM series WHERE agent_id = %s AND name = %s AND labels = %s::jsonb",
+        fleet.agent_ids[agent],
+        fleet.specs[spec].name,
+        json.dumps(fleet.specs[spec].labels),
+    )
+    got = samples.read_points(conn, [series_id], raw_start, raw_end)
+    order = np.argsort(got.ts_unix_us)
+    ts, values = got.ts_unix_us[order], got.value[order]
+    grid = np.arange(raw_start.timestamp(), raw_end.timestamp(), 10.0)
+    assert len(ts) == len(grid) == points // (agents * per_agent)
+    assert np.array_equal(ts, grid.astype(np.int64) * 1_000_000 + fleet.offset_us[agent])
+    assert np.array_equal(values, fleet.values(grid)[agent * per_agent + spec])
+    # Its minutes (compressed and hot) are the aggregate of those points, bit for bit: count,
+    # sum (in time order), min, max, last (the latest point's) and the latest time.
+    read = samples.read_minutes(conn, [series_id], raw_start, raw_end)
+    m = read.minutes.take(np.argsort(read.minutes.bucket_us))
+    per_minute, stamps = values.reshape(-1, 6), ts.reshape(-1, 6)
+    total = per_minute[:, 0].copy()
+    for k in range(1, 6):
+        total += per_minute[:, k]
+    assert np.array_equal(m.bucket_us, grid[::6].astype(np.int64) * 1_000_000)
+    assert (m.count == 6).all()
+    assert np.array_equal(m.sum[:, 0], total)
+    assert np.array_equal(m.min[:, 0], per_minute.min(axis=1))
+    assert np.array_equal(m.max[:, 0], per_minute.max(axis=1))
+    assert np.array_equal(m.last[:, 0], per_minute[:, -1])
+    assert np.array_equal(m.last_ts_us, stamps[:, -1])
+
+    # The rollup job computes the same tiers: every set's minutes of the open hour from its hot
+    # rows, and its hours of the minute tier from their minutes (sums equal up to the order of
+    # addition, the rest bit for bit).
+    tiers = {
+        "set_rollup_1m": (open_hour, raw_end),
+        "set_rollup_1h": (minutes_start, open_hour),
+    }
+
+    def tier_rows(table: str) -> list[tuple[Any, ...]]:
+        lo, hi = tiers[table]
+        return conn.execute(
+            f"SELECT set_id, bucket, count, last_ts, sum, min, max, last FROM {table}"
+            " WHERE bucket >= %s AND bucket < %s ORDER BY set_id, bucket",
+            (lo, hi),
+        ).fetchall()
+
+    before = {table: tier_rows(table) for table in tiers}
+    conn.execute(
+        "INSERT INTO rollup_dirty (tier, bucket)"
+        " SELECT 1, generate_series(%s::timestamptz, %s::timestamptz - interval '1 minute',"
+        " interval '1 minute')"
+        " UNION ALL SELECT 2, generate_series(%s::timestamptz, %s::timestamptz - interval '1 hour',"
+        " interval '1 hour')",
+        (open_hour, raw_end, minutes_start, open_hour),
+    )
+    RollupJob(conn).catch_up()
+    for table, rows in before.items():
+        after = tier_rows(table)
+        assert len(after) == len(rows) == len(set(r[:2] for r in rows)), table
+        for mine, job in zip(rows, after, strict=True):
+            assert mine[:4] == job[:4] and mine[5:] == job[5:], (table, mine[:2])
+            assert np.allclose(mine[4], job[4], rtol=1e-12, atol=0), (table, mine[:2])
 
 
 def test_bench_layouts_measures_every_layout_on_real_samples(tmp_path: Path) -> None:
