@@ -35,6 +35,12 @@ async def _configure_connection(conn: AsyncConnection[Any]) -> None:
     # so that timestamps leave the API in one zone whatever the server's TimeZone setting is.
     await conn.set_autocommit(True)
     await conn.execute("SET TimeZone = 'UTC'")
+    # psycopg prepares a statement run five times, and PostgreSQL may then use a generic plan,
+    # made without the parameters' values: for a range over daily partitions it cannot prune at
+    # plan time. Measured on the 1B-point dataset (docs/performance.md): the 7-day chart's SQL took
+    # 11-13 ms for its first five runs and 155-468 ms once generic; a custom plan each time keeps
+    # the parse saved and plans with the values.
+    await conn.execute("SET plan_cache_mode = force_custom_plan")
 
 
 def _one_line(exc: BaseException) -> str:
