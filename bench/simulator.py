@@ -25,7 +25,7 @@ import random
 import signal
 import time
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.sharedctypes import SynchronizedArray
 from typing import Any
 
@@ -71,7 +71,8 @@ class AgentResult:
     batches_acked: int
     last_seq: int
     send_ns: np.ndarray  # first-send time of batch seq, at index seq - 1
-    stream_failures: Counter[str]  # by reason: the status code and details of each
+    # by reason: the status code and details of each
+    stream_failures: Counter[str] = field(default_factory=Counter)
 
 
 def agent_id_for(run_id: str, index: int) -> str:
