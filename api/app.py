@@ -13,9 +13,13 @@ from typing import Any
 import psycopg
 import uvicorn
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import PlainTextResponse
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleetpulse.api import agents, auth, config, fleet, prom, query, ui
 from fleetpulse.api.schemas import HealthPublic
@@ -93,6 +97,30 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="fleetpulse", lifespan=lifespan, dependencies=[Depends(authorize)])
     app.state.settings = settings
+
+    # The errors FastAPI answers by itself (no route, a method the route does not take, no key, a
+    # parameter it refuses, a bug): under /api/v1 in Prometheus' format, so that a client of that
+    # API gets one format whatever went wrong; everywhere else FastAPI's own.
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if prom.owns(request.url.path):
+            return prom.http_error(request, exc.status_code, str(exc.detail), exc.headers)
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        if prom.owns(request.url.path):
+            reasons = [f'invalid parameter "{e["loc"][-1]}": {e["msg"]}' for e in exc.errors()]
+            return prom.http_error(request, HTTPStatus.BAD_REQUEST, "; ".join(reasons))
+        return await request_validation_exception_handler(request, exc)
+
+    @app.exception_handler(Exception)
+    async def on_server_error(request: Request, exc: Exception) -> Response:
+        # Only the answer: uvicorn still logs the traceback (Starlette raises the error again).
+        if prom.owns(request.url.path):
+            return prom.http_error(request, HTTPStatus.INTERNAL_SERVER_ERROR, _one_line(exc))
+        return PlainTextResponse("Internal Server Error", HTTPStatus.INTERNAL_SERVER_ERROR)
+
     origins = [o.strip() for o in settings.api_cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(

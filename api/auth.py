@@ -65,7 +65,8 @@ def require_read(request: Request, settings: Settings) -> None:
     if not matches(presented_key(request), settings):
         raise HTTPException(
             HTTPStatus.UNAUTHORIZED,
-            "missing or wrong API key: send 'Authorization: Bearer <key>'",
+            "missing or wrong API key: send 'Authorization: Bearer <key>', or the key as the "
+            "password of HTTP basic auth",
             headers={"WWW-Authenticate": "Bearer"},
         )
 

@@ -1,46 +1,101 @@
-"""Prometheus' HTTP API (the read half), so Grafana's Prometheus data source, promtool and other
-Prometheus clients work unchanged: /api/v1/query, /api/v1/query_range, /api/v1/labels,
-/api/v1/label/{name}/values, /api/v1/series. GET with query parameters or POST with a form body.
+"""Prometheus' HTTP API (the read half), so that Grafana's Prometheus data source, promtool and
+other Prometheus clients work unchanged: queries (/api/v1/query, /api/v1/query_range), what is
+stored (/api/v1/series, /api/v1/labels, /api/v1/label/{name}/values, /api/v1/metadata), and what
+Grafana asks besides (/api/v1/status/buildinfo, /api/v1/query_exemplars, /api/v1/format_query,
+/api/v1/rules, /api/v1/alerts). GET with query parameters, and POST with a form body wherever
+Prometheus takes one.
 
 Answers use Prometheus' envelope (``{"status": "success", "data": ...}``) and its error format
-(``{"status": "error", "errorType": "bad_data", "error": "..."}``, HTTP 400). Sample values are
-strings, NaN and ±Inf spelled as Prometheus spells them. Series carry ``__name__``, ``agent_id``
-and their own labels. The query language is the subset in api/promql.py.
+(``{"status": "error", "errorType": "bad_data", "error": "..."}``), with Prometheus' statuses and,
+where fleetpulse makes the same check, its texts. The errors FastAPI answers by itself under
+/api/v1 (no such endpoint, a method it does not take, no key) take that format too, through
+`http_error` (installed by app.py): Prometheus' clients parse it. Sample values are strings, NaN
+and ±Inf spelled as Prometheus spells them. Series carry ``__name__``, ``agent_id`` and their own
+labels. PromQL itself is api/promql/; docs/api.md lists what differs from Prometheus on purpose.
 """
 
 from __future__ import annotations
 
-import math
+import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from http import HTTPStatus
+from http.client import responses
 from typing import Any
 from urllib.parse import parse_qsl
 
 import numpy as np
 import orjson
+import promql_parser
 from fastapi import APIRouter, HTTPException, Request, Response
 from psycopg import errors
+from starlette.routing import Match
 
+from fleetpulse import __version__
 from fleetpulse.api.agents import ConnDep
-from fleetpulse.api.promql import Matrix, PromQLError, Selector, evaluate, labels_of, parse
-from fleetpulse.api.query import MAX_STEPS, parse_duration, parse_time, select_series
+from fleetpulse.api.promql import (
+    PromQLError,
+    Range,
+    Result,
+    Scalar,
+    String,
+    evaluate,
+    format_value,
+    labels_of,
+    parse,
+)
+from fleetpulse.api.promql.parser import parse_selector
+from fleetpulse.api.query import (
+    MAX_STEPS,
+    Matcher,
+    Series,
+    _condition,
+    parse_duration,
+    parse_time,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["prometheus"])
 
+# The Prometheus release whose HTTP API and PromQL this API answers as (/status/buildinfo).
+PROMETHEUS_VERSION = "2.42.0"
 MAX_SERIES_LISTED = 10_000
 MAX_VALUES_LISTED = 10_000
 
-_NAMES = "SELECT DISTINCT name FROM series ORDER BY 1 LIMIT %s"
-_AGENTS = "SELECT DISTINCT agent_id FROM series ORDER BY 1 LIMIT %s"
-_LABEL_VALUES = """
-SELECT DISTINCT labels->>%s FROM series WHERE labels ? %s ORDER BY 1 LIMIT %s
-"""
-_LABEL_NAMES = "SELECT DISTINCT jsonb_object_keys(labels) FROM series ORDER BY 1 LIMIT %s"
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")  # Prometheus' (and ingest's) label names
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # what Go's strconv.Atoi takes
+# The suffixes of cumulative series in Prometheus' naming: counters, and the parts of histograms
+# and summaries that only grow.
+_COUNTER_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
+# What the parser says of a selector every matcher of which matches the empty string.
+_EMPTY_SELECTOR = "vector selector must contain at least one non-empty matcher"
+
+# {where} is built by _where() from constant fragments; every value is a bind parameter.
+_SERIES = (
+    "SELECT series_id, name, agent_id, labels FROM series WHERE {where}"
+    " ORDER BY name, agent_id LIMIT %s"
+)
+# __name__ and agent_id are columns: merged into the labels as keys, so that they are listed
+# exactly when a series matched.
+_LABEL_NAMES = (
+    "SELECT DISTINCT jsonb_object_keys(labels || jsonb_build_object('__name__', '', 'agent_id', ''))"
+    " FROM series WHERE {where} ORDER BY 1 LIMIT %s"
+)
+_COLUMNS = {"__name__": "name", "agent_id": "agent_id"}
+_COLUMN_VALUES = "SELECT DISTINCT {column} FROM series WHERE {where} ORDER BY 1 LIMIT %s"
+_LABEL_VALUES = (
+    "SELECT DISTINCT labels->>%s FROM series WHERE labels->>%s <> '' AND ({where})"
+    " ORDER BY 1 LIMIT %s"
+)
+_METRIC_NAMES = (
+    "SELECT DISTINCT name FROM series WHERE (%s::text IS NULL OR name = %s) ORDER BY 1 LIMIT %s"
+)
 
 
-def _answer(data: Any) -> Response:
-    return Response(
-        orjson.dumps({"status": "success", "data": data}), media_type="application/json"
-    )
+def _answer(data: Any, warnings: list[str] | None = None) -> Response:
+    body = {"status": "success", "data": data}
+    if warnings:
+        body["warnings"] = warnings
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 def _error(status: int, kind: str, message: str) -> Response:
@@ -73,30 +128,74 @@ def _time(text: str, what: str) -> float:
         raise PromQLError(str(exc.detail)) from None
 
 
-def _format(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if value != int(value) or abs(value) >= 1e15 else str(int(value))
+def _stamp(t_us: int) -> float | int:
+    """A time as Prometheus writes it: Unix seconds, milliseconds as decimals."""
+    ms = round(t_us / 1000)
+    return ms // 1000 if ms % 1000 == 0 else ms / 1000
 
 
-def _stamp(t: float) -> float | int:
-    return int(t) if t == int(t) else round(t, 3)
+_ERROR_STATUS = {"bad_data": 400, "execution": 422, "timeout": 503}
 
 
-def _matrix(result: Matrix, times: np.ndarray) -> list[dict[str, Any]]:
+def _series(
+    labels: list[dict[str, str]], values: np.ndarray, present: np.ndarray, times_us: np.ndarray
+) -> list[dict[str, Any]]:
+    """Series x steps as Prometheus' matrix: each series with its present samples."""
     out = []
-    stamps = [_stamp(t) for t in times.tolist()]
-    for labels, row, present in zip(result.labels, result.values, result.present, strict=True):
-        if not present.any():
+    stamps = [_stamp(t) for t in times_us.tolist()]
+    for lab, row, mask in zip(labels, values, present, strict=True):
+        if not mask.any():
             continue
-        values = [
-            [stamps[i], _format(v)]
-            for i, v in zip(np.flatnonzero(present).tolist(), row[present].tolist(), strict=True)
+        points = [
+            [stamps[i], format_value(v)]
+            for i, v in zip(np.flatnonzero(mask).tolist(), row[mask].tolist(), strict=True)
         ]
-        out.append({"metric": labels, "values": values})
+        out.append({"metric": lab, "values": points})
     return out
+
+
+def _range_samples(found: Range) -> list[dict[str, Any]]:
+    """An instant query's range vector: each series' samples in its window."""
+    samples = found.samples
+    lo, hi = samples.windows(found.ref_us - found.range_us, found.ref_us)
+    out = []
+    for i, lab in enumerate(samples.labels):
+        at = slice(int(lo[i, 0]), int(hi[i, 0]))
+        if at.stop > at.start:
+            points = [
+                [_stamp(t), format_value(v)]
+                for t, v in zip(
+                    samples.ts_us[at].tolist(), samples.values[at].tolist(), strict=True
+                )
+            ]
+            out.append({"metric": lab, "values": points})
+    return out
+
+
+def _answer_result(result: Result, instant: bool) -> Response:
+    value, times = result.value, result.times_us
+    if isinstance(value, Range):
+        return _answer({"resultType": "matrix", "result": _range_samples(value)})
+    if isinstance(value, String):
+        return _answer({"resultType": "string", "result": [_stamp(int(times[0])), value.value]})
+    if isinstance(value, Scalar):
+        if instant:
+            point = [_stamp(int(times[0])), format_value(float(value.values[0]))]
+            return _answer({"resultType": "scalar", "result": point})
+        ones = np.ones((1, len(times)), bool)
+        matrix = _series([{}], value.values[None, :], ones, times)
+        return _answer({"resultType": "matrix", "result": matrix})
+    if instant:
+        stamp = _stamp(int(times[0]))
+        vector = [
+            {"metric": lab, "value": [stamp, format_value(float(row[0]))]}
+            for lab, row, mask in zip(value.labels, value.values, value.present, strict=True)
+            if mask[0]
+        ]
+        return _answer({"resultType": "vector", "result": vector})
+    matrix = _series(value.labels, value.values, value.present, times)
+    matrix.sort(key=lambda s: sorted(s["metric"].items()))
+    return _answer({"resultType": "matrix", "result": matrix})
 
 
 async def _run(request: Request, conn: ConnDep, instant: bool) -> Response:
@@ -121,46 +220,14 @@ async def _run(request: Request, conn: ConnDep, instant: bool) -> Response:
                     f"exceeded maximum resolution of {MAX_STEPS} points per timeseries. "
                     "Try decreasing the query resolution (?step=XX)"
                 )
-        node = parse(query)
-        if instant and isinstance(node, Selector) and node.range_s is not None:
-            return await _raw_range(conn, node, end)
-        _, result, times, _tier = await evaluate(conn, query, start, end, step)
+        result = await evaluate(conn, query, start, end, step, instant)
     except PromQLError as exc:
-        return _error(400, "bad_data", str(exc))
+        return _error(_ERROR_STATUS[exc.kind], exc.kind, str(exc))
     except HTTPException as exc:  # a matcher the series lookup refused (a bad regex, too many)
         return _error(400, "bad_data", str(exc.detail))
     except errors.QueryCanceled as exc:
         return _error(503, "timeout", str(exc).splitlines()[0])
-    if not isinstance(result, Matrix):
-        value = [_stamp(float(times[0] if instant else start)), _format(result)]
-        return _answer({"resultType": "scalar", "result": value})
-    if instant:
-        vector = []
-        stamp = _stamp(float(times[0]))
-        for labels, row, present in zip(result.labels, result.values, result.present, strict=True):
-            if present[0]:
-                vector.append({"metric": labels, "value": [stamp, _format(float(row[0]))]})
-        return _answer({"resultType": "vector", "result": vector})
-    return _answer({"resultType": "matrix", "result": _matrix(result, times)})
-
-
-async def _raw_range(conn: ConnDep, node: Selector, at: float) -> Response:
-    """An instant query of a range selector: the raw samples of each series in (at - r, at]."""
-    from fleetpulse.api.promql import Evaluator
-
-    assert node.range_s is not None
-    evaluator = Evaluator(conn, at, at, 1.0, "raw")
-    samples = await evaluator.fetch(node, node.range_s)
-    result = []
-    for index, series in enumerate(samples.series):
-        mine = (samples.index == index) & (samples.ts <= at)
-        values = [
-            [_stamp(t), _format(v)]
-            for t, v in zip(samples.ts[mine].tolist(), samples.values[mine].tolist(), strict=True)
-        ]
-        if values:
-            result.append({"metric": labels_of(series), "values": values})
-    return _answer({"resultType": "matrix", "result": result})
+    return _answer_result(result, instant)
 
 
 # GET and POST of one endpoint are registered apart, each with its own operation id: one
@@ -179,19 +246,84 @@ async def range_query(request: Request, conn: ConnDep) -> Response:
     return await _run(request, conn, instant=False)
 
 
-async def _matched_series(conn: ConnDep, pairs: list[tuple[str, str]]) -> list[Any] | None:
-    """The series of every ``match[]`` selector, or None when no match[] was given."""
-    selectors = [value for key, value in pairs if key == "match[]"]
-    if not selectors:
+# -- what Grafana and promtool ask besides queries -------------------------------------------
+
+
+def _quoted(text: str) -> str:
+    """``text`` in double quotes, escaped, as Go's ``%q`` shows it in Prometheus' messages."""
+    return orjson.dumps(text).decode()
+
+
+def _refused(exc: PromQLError) -> Response:
+    return _error(_ERROR_STATUS[exc.kind], exc.kind, str(exc))
+
+
+def _time_param(pairs: list[tuple[str, str]], name: str) -> float | None:
+    """An optional time parameter (None when absent or empty), refused in Prometheus' words."""
+    text = _one(pairs, name, "")
+    if not text:
         return None
-    found: dict[int, Any] = {}
-    for text in selectors:
-        node = parse(text)
-        if not isinstance(node, Selector) or node.range_s is not None:
-            raise PromQLError(f"match[] must be a series selector, got {text!r}")
-        for series in await select_series(conn, list(node.matchers)):
-            found[series.series_id] = series
-    return list(found.values())
+    try:
+        return parse_time(text, name)
+    except HTTPException:
+        raise PromQLError(
+            f"invalid parameter {_quoted(name)}: Invalid time value for '{name}': "
+            f"cannot parse {_quoted(text)} to a valid timestamp"
+        ) from None
+
+
+def _matcher_sets(pairs: list[tuple[str, str]], prefix: str = "") -> list[list[Matcher]] | None:
+    """The matchers of each ``match[]`` selector (None when there is none), any series selector,
+    with or without a metric name. ``prefix`` starts the reason of a refusal (Prometheus' /series
+    names the parameter, /labels and label values do not)."""
+    texts = [value for key, value in pairs if key == "match[]"]
+    if not texts:
+        return None
+    sets = []
+    for text in texts:
+        try:
+            sets.append(parse_selector(text))
+        except PromQLError as exc:
+            reason = str(exc)
+            if reason.endswith(_EMPTY_SELECTOR):  # the parser's words; the API has its own
+                reason = "match[] must contain at least one non-empty matcher"
+            raise PromQLError(prefix + reason) from None
+    return sets
+
+
+def _where(sets: list[list[Matcher]] | None) -> tuple[str, list[Any]]:
+    """SQL for "matches any of the selectors", each selector all of its matchers (as query.py
+    writes a matcher: regular expressions anchored), and its parameters."""
+    if sets is None:
+        return "true", []
+    clauses, params = [], []
+    for matchers in sets:
+        if any("\x00" in m.key or "\x00" in m.value for m in matchers):
+            continue  # PostgreSQL text holds no NUL: nothing stored can match (as select_series)
+        clause = "true"
+        for matcher in matchers:
+            fragment, values = _condition(matcher)
+            clause += fragment
+            params += values
+        clauses.append(f"({clause})")
+    return " OR ".join(clauses) or "false", params
+
+
+async def _rows(conn: ConnDep, query: str, params: list[Any]) -> list[Any]:
+    try:
+        cur = await conn.execute(query, params)
+    except errors.InvalidRegularExpression as exc:
+        raise PromQLError(f"invalid regular expression: {str(exc).splitlines()[0]}") from None
+    except errors.QueryCanceled as exc:
+        raise PromQLError(str(exc).splitlines()[0], "timeout") from None
+    return await cur.fetchall()
+
+
+def _listed(rows: list[Any], limit: int) -> tuple[list[Any], list[str]]:
+    """At most ``limit`` rows (read ``limit + 1`` to tell), and the warning when there were more."""
+    if len(rows) <= limit:
+        return rows, []
+    return rows[:limit], [f"only the first {limit} results are listed: narrow match[]"]
 
 
 @router.get("/series", operation_id="series_get")
@@ -199,48 +331,181 @@ async def _matched_series(conn: ConnDep, pairs: list[tuple[str, str]]) -> list[A
 async def series(request: Request, conn: ConnDep) -> Response:
     """Label sets of the series that match any ``match[]`` selector."""
     try:
-        matched = await _matched_series(conn, await _params(request))
+        pairs = await _params(request)
+        if not any(key == "match[]" for key, _ in pairs):
+            raise PromQLError("no match[] parameter provided")
+        _time_param(pairs, "start")
+        _time_param(pairs, "end")
+        where, params = _where(_matcher_sets(pairs, 'invalid parameter "match[]": '))
+        query = _SERIES.format(where=where)
+        rows, warnings = _listed(
+            await _rows(conn, query, [*params, MAX_SERIES_LISTED + 1]), MAX_SERIES_LISTED
+        )
     except PromQLError as exc:
-        return _error(400, "bad_data", str(exc))
-    except HTTPException as exc:
-        return _error(400, "bad_data", str(exc.detail))
-    if matched is None:
-        return _error(400, "bad_data", "no match[] parameter provided")
-    return _answer([labels_of(s) for s in matched[:MAX_SERIES_LISTED]])
+        return _refused(exc)
+    found = sorted((labels_of(Series(*row)) for row in rows), key=lambda s: sorted(s.items()))
+    return _answer(found, warnings)
 
 
 @router.get("/labels", operation_id="label_names_get")
 @router.post("/labels", operation_id="label_names_post")
 async def label_names(request: Request, conn: ConnDep) -> Response:
-    """Label names (of the series matching ``match[]``, if given)."""
+    """Label names (of the series matching any ``match[]`` selector, if given)."""
     try:
-        matched = await _matched_series(conn, await _params(request))
-    except (PromQLError, HTTPException) as exc:
-        return _error(400, "bad_data", str(getattr(exc, "detail", exc)))
-    if matched is not None:
-        names = {name for s in matched for name in labels_of(s)}
-    else:
-        cur = await conn.execute(_LABEL_NAMES, (MAX_VALUES_LISTED,))
-        names = {"__name__", "agent_id", *(row[0] for row in await cur.fetchall())}
-    return _answer(sorted(names))
+        pairs = await _params(request)
+        _time_param(pairs, "start")
+        _time_param(pairs, "end")
+        where, params = _where(_matcher_sets(pairs))
+        rows, warnings = _listed(
+            await _rows(conn, _LABEL_NAMES.format(where=where), [*params, MAX_VALUES_LISTED + 1]),
+            MAX_VALUES_LISTED,
+        )
+    except PromQLError as exc:
+        return _refused(exc)
+    return _answer([row[0] for row in rows], warnings)
 
 
 @router.get("/label/{name}/values")
 async def label_values(name: str, request: Request, conn: ConnDep) -> Response:
-    """Values of one label (of the series matching ``match[]``, if given)."""
+    """Values of one label (of the series matching any ``match[]`` selector, if given)."""
     try:
-        matched = await _matched_series(conn, await _params(request))
-    except (PromQLError, HTTPException) as exc:
-        return _error(400, "bad_data", str(getattr(exc, "detail", exc)))
-    if matched is not None:
-        values = {labels_of(s).get(name) for s in matched} - {None}
-        return _answer(sorted(values))
-    if "\x00" in name:
-        return _answer([])
-    if name == "__name__":
-        cur = await conn.execute(_NAMES, (MAX_VALUES_LISTED,))
-    elif name == "agent_id":
-        cur = await conn.execute(_AGENTS, (MAX_VALUES_LISTED,))
-    else:
-        cur = await conn.execute(_LABEL_VALUES, (name, name, MAX_VALUES_LISTED))
-    return _answer([row[0] for row in await cur.fetchall()])
+        if not _LABEL_NAME.fullmatch(name):
+            raise PromQLError(f"invalid label name: {_quoted(name)}")
+        pairs = list(request.query_params.multi_items())
+        _time_param(pairs, "start")
+        _time_param(pairs, "end")
+        where, params = _where(_matcher_sets(pairs))
+        if name in _COLUMNS:
+            query = _COLUMN_VALUES.format(column=_COLUMNS[name], where=where)
+        else:
+            query, params = _LABEL_VALUES.format(where=where), [name, name, *params]
+        rows, warnings = _listed(
+            await _rows(conn, query, [*params, MAX_VALUES_LISTED + 1]), MAX_VALUES_LISTED
+        )
+    except PromQLError as exc:
+        return _refused(exc)
+    return _answer([row[0] for row in rows], warnings)
+
+
+def _metric_type(name: str) -> str:
+    """What a series' name tells of its type: nothing that reaches fleetpulse carries one
+    (docs/api.md), and cumulative values end as Prometheus' naming asks."""
+    return "counter" if name.endswith(_COUNTER_SUFFIXES) else "gauge"
+
+
+@router.get("/metadata")
+async def metadata(request: Request, conn: ConnDep) -> Response:
+    """``{metric: [{type, help, unit}]}`` for every metric stored (``metric``: only that one;
+    ``limit``: at most that many metrics, all when negative)."""
+    pairs = list(request.query_params.multi_items())
+    text = _one(pairs, "limit", "")
+    limit = MAX_VALUES_LISTED
+    if text:
+        if not _INTEGER.fullmatch(text) or not -(2**63) <= int(text) < 2**63:
+            return _error(400, "bad_data", "limit must be a number")
+        if int(text) >= 0:
+            limit = min(int(text), MAX_VALUES_LISTED)
+    metric = _one(pairs, "metric", "") or None
+    if metric is not None and "\x00" in metric:
+        return _answer({})  # PostgreSQL text holds no NUL: no metric is named so
+    try:
+        rows, warnings = _listed(
+            await _rows(conn, _METRIC_NAMES, [metric, metric, limit + 1]), limit
+        )
+    except PromQLError as exc:
+        return _refused(exc)
+    found = {name: [{"type": _metric_type(name), "help": "", "unit": ""}] for (name,) in rows}
+    return _answer(found, [] if limit < MAX_VALUES_LISTED else warnings)
+
+
+@router.get("/query_exemplars", operation_id="query_exemplars_get")
+@router.post("/query_exemplars", operation_id="query_exemplars_post")
+async def query_exemplars(request: Request) -> Response:
+    """Exemplars of the query's series: none, since agents send none; the parameters are checked
+    as Prometheus checks them, and a query without a selector is answered 204 as there."""
+    try:
+        pairs = await _params(request)
+        start = _time_param(pairs, "start")
+        end = _time_param(pairs, "end")
+        if start is not None and end is not None and end < start:
+            raise PromQLError("end timestamp must not be before start timestamp")
+        tree = parse(_one(pairs, "query", ""))
+    except PromQLError as exc:
+        return _refused(exc)
+    has_selector = not promql_parser.walk(
+        tree, pre_visit=lambda node: not isinstance(node, promql_parser.VectorSelector)
+    )
+    return _answer([]) if has_selector else Response(status_code=204)
+
+
+@router.get("/format_query", operation_id="format_query_get")
+@router.post("/format_query", operation_id="format_query_post")
+async def format_query(request: Request) -> Response:
+    """The query as Prometheus' formatter writes it (promql-parser's port of it)."""
+    try:
+        query = _one(await _params(request), "query", "")
+        return _answer(parse(query).prettify())
+    except PromQLError as exc:
+        return _refused(PromQLError(f'invalid parameter "query": {exc}'))
+
+
+@router.get("/rules")
+async def rules(request: Request) -> Response:
+    """Recording and alerting rules: none, fleetpulse evaluates none (yet)."""
+    kind = _one(list(request.query_params.multi_items()), "type", "").lower()
+    if kind not in ("", "alert", "record"):
+        reason = f'invalid parameter "type": not supported value {_quoted(kind)}'
+        return _error(400, "bad_data", reason)
+    return _answer({"groups": []})
+
+
+@router.get("/alerts")
+async def alerts() -> Response:
+    """Active alerts: none, as there are no alerting rules."""
+    return _answer({"alerts": []})
+
+
+@router.get("/status/buildinfo")
+async def build_info() -> Response:
+    """Which Prometheus this API answers as (docs/api.md says why 2.42.0), and fleetpulse's own
+    version as the revision."""
+    return _answer(
+        {
+            "version": PROMETHEUS_VERSION,
+            "revision": f"fleetpulse {__version__}",
+            "branch": "",
+            "buildUser": "",
+            "buildDate": "",
+            "goVersion": "",
+        }
+    )
+
+
+# -- errors FastAPI answers itself -------------------------------------------------------------
+
+# The error types Prometheus answers with these statuses; any other status is named by its phrase.
+_KIND_OF_STATUS = {400: "bad_data", 404: "not_found", 422: "execution", 500: "internal"}
+
+
+def owns(path: str) -> bool:
+    """Whether the answer to ``path`` is Prometheus' to shape: everything under /api/v1."""
+    return path == router.prefix or path.startswith(router.prefix + "/")
+
+
+def http_error(
+    request: Request, status: int, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    """An error FastAPI answers by itself (no such endpoint, a method it does not take, no or a
+    wrong key, a parameter it refuses, a bug) in Prometheus' format, with its status."""
+    kind = _KIND_OF_STATUS.get(status) or responses.get(status, "error").lower().replace(" ", "_")
+    response = _error(status, kind, " ".join(message.split()))
+    response.headers.update(headers or {})
+    if status == HTTPStatus.METHOD_NOT_ALLOWED:
+        # Starlette names the methods of the first route of the path, and the GET and POST of an
+        # endpoint are routes of their own here: every route of the path counts.
+        methods: set[str] = set()
+        for route in router.routes:
+            if route.matches(request.scope)[0] != Match.NONE:
+                methods |= getattr(route, "methods", set())
+        response.headers["allow"] = ", ".join(sorted(methods))
+    return response

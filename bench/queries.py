@@ -73,8 +73,9 @@ from stored points. 200 series and 7 hours would get there too, closer to the ag
 collections (about 200 series), but for the same raw points with four times the minute and hour
 tiers (set rows 200 wide): about 10 GB in all (4.7 GB of minute chunks, 2.8 GB of hour rows,
 1.2 GB of hot samples rows at the end of the open hour) and four times their generation. None of
-the five timed queries reads raw points older than 5 minutes (the tier follows the step), so the
-longer raw window costs them nothing; wider sets would make every set row they read (the open
+the native queries reads raw points older than 5 minutes (the tier follows the step), so the
+longer raw window costs them nothing (the PromQL 24-hour chart, whose one-minute windows are
+too short for the minute tier, reads a day of raw points, compressed hours included); wider sets would make every set row they read (the open
 hour's for the top-N and the agents page, the hour tier's for the 7-day chart) four times
 larger: ``--series-per-agent 200 --raw-hours 7`` measures that case.
 
@@ -84,7 +85,9 @@ It lives in its own database, ``fleetpulse_bench_queries``, on the server of ``-
 
 Measured: the real API process (``python -m fleetpulse api`` with a random read key) over HTTP on
 loopback, one keep-alive connection, sequential requests, ``--warmup`` rounds first, then ``--runs``
-rounds of the five queries in turn (a different random agent per host chart request). Each query's
+rounds of the queries in turn: the five native ones, then the charts and the top-N again through
+``/api/v1/query_range`` and ``/api/v1/query`` as Grafana asks them (a different random agent per
+host chart request). Each query's
 latency is from sending the request to having read the whole body. The figures are reported, not
 judged (targets: p95 <= 50 ms, <= 100 ms for the top-N). The last stdout line is one JSON object.
 
@@ -183,7 +186,17 @@ CREATE TABLE IF NOT EXISTS bench_dataset (
 )
 """
 
-_QUERY_NAMES = ("fleet_summary", "agents_page", "host_24h", "host_7d", "top10_cpu")
+_QUERY_NAMES = (
+    "fleet_summary",
+    "agents_page",
+    "host_24h",
+    "host_7d",
+    "top10_cpu",
+    # the same charts and top-N as Grafana asks them of the Prometheus API
+    "host_24h_promql",
+    "host_7d_promql",
+    "top10_cpu_promql",
+)
 
 
 def _default_data_dir() -> Path:
@@ -1141,12 +1154,28 @@ def _paths(agent_ids: list[str], rng: np.random.Generator) -> dict[str, str]:
         "by": "agent_id",
         "order": "asc",
     }
+
+    def promql_range(step: int, seconds: int) -> str:
+        """A host's CPU chart as a Grafana panel asks it: the average of each step's window."""
+        agent = agent_ids[int(rng.integers(len(agent_ids)))]
+        query = f'avg by (mode) (avg_over_time(cpu_usage_percent{{agent_id="{agent}"}}[{step}s]))'
+        params = {"query": query, "start": now - seconds, "end": now, "step": step}
+        return "/api/v1/query_range?" + urllib.parse.urlencode(params)
+
+    top_promql = {
+        "query": 'bottomk(10, avg by (agent_id) (avg_over_time(cpu_usage_percent{mode="idle"}'
+        "[5m])))",
+        "time": now,
+    }
     return {
         "fleet_summary": "/fleet/summary",
         "agents_page": "/agents?limit=50&sort=agent_id",
         "host_24h": range_query(60, 24 * 3600),
         "host_7d": range_query(3600, 7 * 24 * 3600),
         "top10_cpu": "/query/top?" + urllib.parse.urlencode(top),
+        "host_24h_promql": promql_range(60, 24 * 3600),
+        "host_7d_promql": promql_range(3600, 7 * 24 * 3600),
+        "top10_cpu_promql": "/api/v1/query?" + urllib.parse.urlencode(top_promql),
     }
 
 
@@ -1162,6 +1191,12 @@ def _shape(name: str, body: bytes) -> dict[str, Any]:
             "tier": doc.get("tier"),
             "series": len(series),
             "points": sum(len(s.get("points") or []) for s in series),
+        }
+    if name.endswith("_promql") and isinstance(doc, dict):
+        result = (doc.get("data") or {}).get("result") or []
+        return {
+            "series": len(result),
+            "points": sum(len(r.get("values") or [r.get("value")]) for r in result),
         }
     if name == "top10_cpu" and isinstance(doc, dict):
         return {"groups": len(doc.get("groups") or [])}

@@ -1,0 +1,24 @@
+"""PromQL as Prometheus 2.42 answers it: parser.py (text to tree), engine.py (evaluation over
+every step at once), functions.py (PromQL's functions), storage.py (reading samples), model.py
+(the values), errors.py (the one error type, with Prometheus' error kinds)."""
+
+from fleetpulse.api.promql.engine import Range, Result, choose_tier, evaluate
+from fleetpulse.api.promql.errors import PromQLError
+from fleetpulse.api.promql.model import Scalar, String, Vector, format_value
+from fleetpulse.api.promql.parser import parse, parse_selector
+from fleetpulse.api.promql.storage import labels_of
+
+__all__ = [
+    "PromQLError",
+    "Range",
+    "Result",
+    "Scalar",
+    "String",
+    "Vector",
+    "choose_tier",
+    "evaluate",
+    "format_value",
+    "labels_of",
+    "parse",
+    "parse_selector",
+]

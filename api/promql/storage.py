@@ -1,0 +1,147 @@
+"""Samples of a selector's series over a time range, from every layout and tier, as numpy arrays.
+
+One binary ``COPY`` reads hot rows (raw points of open hours, and the rollup tiers' ``last``
+sample per series and minute or hour where the query reads a tier); compressed hours come as
+chunks, read in the same snapshot and decoded with one pcodec call per wanted column
+(fleetpulse/samples.py). The result is sorted by (series, time), what `RangeSamples` needs.
+
+Tiers: long ranges at coarse steps read the rollup tiers' ``last`` samples (one per series and
+minute or hour, at its real timestamp) instead of raw points, when every range in the query spans
+at least four of them: ``1m`` for steps of at least 1 minute over more than 6 hours, ``1h`` for
+steps of at least 1 hour over more than 7 days. Counters keep their ``rate`` exact on those samples
+(but for resets inside a bucket); ``*_over_time`` of a gauge then works on one sample per bucket,
+a downsampling (the native ``/query/range`` reads exact averages from the rollups).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from psycopg import AsyncConnection
+
+from fleetpulse import samples
+from fleetpulse.api.promql.errors import PromQLError
+from fleetpulse.api.query import Matcher, Series, _splits, select_series
+
+MAX_SAMPLES_PER_QUERY = 20_000_000
+TIER_SPACING_S = {"raw": 0.0, "1m": 60.0, "1h": 3600.0}
+
+_EPOCH_US = "(extract(epoch FROM {col}) * 1000000)::int8"
+_RAW_POINTS = samples.points_sql("ids", "split_m", "end", hi_inclusive=True)
+_HOURS = samples.rollup_sql("1h", "ids", "start", "split_h")
+_MINUTES = samples.rollup_sql("1m", "ids", "split_h", "split_m")
+_FETCH = f"""
+COPY (
+    SELECT series_id, {_EPOCH_US.format(col="last_ts")}, last FROM ({_HOURS}) hours
+    UNION ALL
+    SELECT series_id, {_EPOCH_US.format(col="last_ts")}, last FROM ({_MINUTES}) minutes
+    UNION ALL
+    SELECT series_id, {_EPOCH_US.format(col="ts")}, value FROM ({_RAW_POINTS}) raw
+) TO STDOUT (FORMAT BINARY)
+"""  # noqa: S608  # constants only
+# One row of the binary COPY above: field count, then (length, value) per field.
+_ROW = np.dtype(
+    [
+        ("n", ">i2"),
+        ("l1", ">i4"),
+        ("sid", ">i4"),
+        ("l2", ">i4"),
+        ("ts", ">i8"),
+        ("l3", ">i4"),
+        ("v", ">f8"),
+    ]
+)
+_COPY_HEADER = 19  # signature, flags, header extension length
+# Raw points and minutes of compressed hours, read in the same snapshot as _FETCH.
+_CHUNKS = samples.chunks_sql("ids", "split_m", "end")
+_MINUTE_CHUNKS = samples.minute_chunks_sql("ids", "split_h", "split_m")
+
+
+def labels_of(series: Series) -> dict[str, str]:
+    return {"__name__": series.name, "agent_id": series.agent_id, **series.labels}
+
+
+def _at(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1e6, UTC)
+
+
+class Reader:
+    """Fetches for one query: it counts what the query read against the limit."""
+
+    def __init__(self, conn: AsyncConnection[Any], tier: str) -> None:
+        self.conn = conn
+        self.tier = tier
+        self.fetched = 0
+
+    async def fetch(
+        self, matchers: list[Matcher], lo_us: int, hi_us: int
+    ) -> tuple[list[Series], np.ndarray, np.ndarray, np.ndarray]:
+        """The matching series (by id) and their samples in [lo_us, hi_us]: per sample its series'
+        index in that list, its time (µs) and value, sorted by (series, time)."""
+        series = await select_series(self.conn, matchers)
+        series.sort(key=lambda s: s.series_id)
+        if not series:
+            return series, np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+        now = datetime.now(UTC).timestamp()
+        split_h, split_m = _splits(self.tier, lo_us / 1e6, hi_us / 1e6, now)
+        split_h_us, split_m_us = round(split_h * 1e6), round(split_m * 1e6)
+        params = {
+            "ids": [s.series_id for s in series],
+            "start": _at(lo_us),
+            "split_h": _at(split_h_us),
+            "split_m": _at(split_m_us),
+            "end": _at(hi_us),
+        }
+        copied: list[bytes] = []
+        chunked: list[tuple[Any, ...]] = []
+        minutes: list[tuple[Any, ...]] = []
+        async with samples.snapshot_async(self.conn):  # hot rows and chunks in one view
+            async with self.conn.cursor().copy(_FETCH, params) as copy:
+                async for data in copy:
+                    copied.append(bytes(data))
+            if split_m_us <= hi_us:
+                cur = await self.conn.execute(_CHUNKS, params, binary=True)
+                chunked = await cur.fetchall()
+            if split_h_us < split_m_us:
+                cur = await self.conn.execute(_MINUTE_CHUNKS, params, binary=True)
+                minutes = await cur.fetchall()
+        raw = b"".join(copied)
+        rows = np.frombuffer(
+            raw,
+            dtype=_ROW,
+            offset=_COPY_HEADER,
+            count=max(0, (len(raw) - _COPY_HEADER - 2) // _ROW.itemsize),
+        )
+        sids = [rows["sid"].astype(np.int64)]
+        stamps = [rows["ts"].astype(np.int64)]
+        values = [rows["v"].astype(np.float64)]
+        if chunked:
+            points = samples.chunk_points(chunked, split_m_us, hi_us, hi_inclusive=True)
+            sids.append(points.series_id.astype(np.int64))
+            stamps.append(points.ts_unix_us.astype(np.int64))
+            values.append(points.value.astype(np.float64))
+        if minutes:
+            m = samples.chunk_minutes(minutes, split_h_us, split_m_us)
+            sids.append(m.series_id.astype(np.int64))
+            stamps.append(m.minutes.last_ts_us.astype(np.int64))
+            values.append(m.minutes.last[:, 0].astype(np.float64))
+        sid, ts, value = np.concatenate(sids), np.concatenate(stamps), np.concatenate(values)
+        # the tiers' buckets hold their last sample's real time, which may precede lo
+        keep = (ts >= lo_us) & (ts <= hi_us)
+        sid, ts, value = sid[keep], ts[keep], value[keep]
+        order = np.lexsort((ts, sid))
+        sid, ts, value = sid[order], ts[order], value[order]
+        self.fetched += len(ts)
+        if self.fetched > MAX_SAMPLES_PER_QUERY:
+            raise PromQLError(
+                "query processing would load too many samples into memory in query execution "
+                f"(more than {MAX_SAMPLES_PER_QUERY}); narrow it",
+                "execution",
+            )
+        ids = np.array([s.series_id for s in series], dtype=np.int64)
+        return series, np.searchsorted(ids, sid), ts, value
+
+
+__all__ = ["MAX_SAMPLES_PER_QUERY", "TIER_SPACING_S", "Reader", "labels_of"]
