@@ -222,7 +222,10 @@ async def _run(request: Request, conn: ConnDep, instant: bool) -> Response:
                 )
         result = await evaluate(conn, query, start, end, step, instant)
     except PromQLError as exc:
-        return _error(_ERROR_STATUS[exc.kind], exc.kind, str(exc))
+        message = str(exc)
+        if instant and message.startswith("parse error"):  # as Prometheus words it
+            message = f'invalid parameter "query": {message}'
+        return _error(_ERROR_STATUS[exc.kind], exc.kind, message)
     except HTTPException as exc:  # a matcher the series lookup refused (a bad regex, too many)
         return _error(400, "bad_data", str(exc.detail))
     except errors.QueryCanceled as exc:

@@ -14,6 +14,7 @@ and ``or`` inside a selector's braces are refused as 2.42 refuses them, and ``ho
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -136,13 +137,29 @@ def parse(text: str) -> Any:
     try:
         tree = pp.parse(text)
     except ValueError as exc:
-        raise PromQLError(f"parse error: {exc}") from None
+        raise PromQLError(f"parse error: {_prometheus_words(str(exc))}") from None
     except BaseException as exc:  # a panic of the Rust parser surfaces as PanicException
         raise PromQLError(
             f"parse error: {str(exc).splitlines()[0] if str(exc) else 'invalid'}"
         ) from None
     _check(tree, 0)
     return tree
+
+
+_TYPE_WORDS = {"matrix": "range vector", "vector": "instant vector"}
+
+
+def _prometheus_words(message: str) -> str:
+    """The parser's message in Prometheus' words where they differ only in naming: types are
+    "instant vector" and "range vector", function names are double-quoted."""
+    message = re.sub(
+        r"\b(type|got:?) (matrix|vector)\b",
+        lambda m: f"{m.group(1)} {_TYPE_WORDS[m.group(2)]}",
+        message,
+    )
+    message = message.replace("scalar or vector", "scalar or instant vector")
+    message = message.replace("got: range vector", 'got "range vector"')
+    return re.sub(r"call to (function )?'([^']*)'", r'call to \1"\2"', message)
 
 
 def _check(node: Any, depth: int) -> None:
