@@ -30,30 +30,29 @@ TIER_SPACING_S = {"raw": 0.0, "1m": 60.0, "1h": 3600.0}
 
 _EPOCH_US = "(extract(epoch FROM {col}) * 1000000)::int8"
 _RAW_POINTS = samples.points_sql("ids", "split_m", "end", hi_inclusive=True)
-_HOURS = samples.rollup_sql("1h", "ids", "start", "split_h")
+# The hour tier up to hours_end: split_h, or for the minute tier split_m too, where it stands in
+# for hours whose minutes are gone (the minute tier is kept for less time than the hour tier).
+_HOURS = samples.rollup_sql("1h", "ids", "start", "hours_end")
 _MINUTES = samples.rollup_sql("1m", "ids", "split_h", "split_m")
+# One row of four byte strings (series ids, times, values, tiers), each big-endian binary: a
+# COPY sends one message per row, which psycopg reads one Python iteration at a time (39,600
+# iterations and 110 ms of a 2,000-series top-N query); one row of aggregated bytes is read as
+# four numpy buffers.
 _FETCH = f"""
-COPY (
-    SELECT series_id, {_EPOCH_US.format(col="last_ts")}, last FROM ({_HOURS}) hours
+SELECT string_agg(int4send(series_id::int4), ''), string_agg(int8send(ts), ''),
+       string_agg(float8send(value), ''), string_agg(int2send(tier), '')
+FROM (
+    SELECT series_id, {_EPOCH_US.format(col="last_ts")} AS ts, last AS value, 2::int2 AS tier
+    FROM ({_HOURS}) hours
     UNION ALL
-    SELECT series_id, {_EPOCH_US.format(col="last_ts")}, last FROM ({_MINUTES}) minutes
+    SELECT series_id, {_EPOCH_US.format(col="last_ts")}, last, 1::int2 FROM ({_MINUTES}) minutes
     UNION ALL
-    SELECT series_id, {_EPOCH_US.format(col="ts")}, value FROM ({_RAW_POINTS}) raw
-) TO STDOUT (FORMAT BINARY)
+    SELECT series_id, {_EPOCH_US.format(col="ts")}, value, 0::int2 FROM ({_RAW_POINTS}) raw
+) fetched
 """  # noqa: S608  # constants only
-# One row of the binary COPY above: field count, then (length, value) per field.
-_ROW = np.dtype(
-    [
-        ("n", ">i2"),
-        ("l1", ">i4"),
-        ("sid", ">i4"),
-        ("l2", ">i4"),
-        ("ts", ">i8"),
-        ("l3", ">i4"),
-        ("v", ">f8"),
-    ]
-)
-_COPY_HEADER = 19  # signature, flags, header extension length
+_FIELDS = ("sid", "ts", "v", "tier")  # tier: 0 raw, 1 minute, 2 hour
+_ROW = np.dtype(list(zip(_FIELDS, (np.int64, np.int64, np.float64, np.int16), strict=True)))
+_HOUR_US = 3_600_000_000
 # Raw points and minutes of compressed hours, read in the same snapshot as _FETCH.
 _CHUNKS = samples.chunks_sql("ids", "split_m", "end")
 _MINUTE_CHUNKS = samples.minute_chunks_sql("ids", "split_h", "split_m")
@@ -61,6 +60,28 @@ _MINUTE_CHUNKS = samples.minute_chunks_sql("ids", "split_h", "split_m")
 
 def labels_of(series: Series) -> dict[str, str]:
     return {"__name__": series.name, "agent_id": series.agent_id, **series.labels}
+
+
+def _hours_without_minutes(
+    rows: np.ndarray, minute_rows: np.ndarray, chunked: samples.SeriesMinutes | None
+) -> np.ndarray:
+    """Which COPY rows to keep when the minute tier is read: all but the hour-tier rows of a
+    series and hour that has minute samples (hot or compressed)."""
+    sid = np.concatenate(
+        [minute_rows["sid"].astype(np.int64)]
+        + ([chunked.series_id.astype(np.int64)] if chunked is not None else [])
+    )
+    ts = np.concatenate(
+        [minute_rows["ts"].astype(np.int64)]
+        + ([chunked.minutes.last_ts_us.astype(np.int64)] if chunked is not None else [])
+    )
+    hour = (ts // _HOUR_US).astype(np.int64)
+    covered = np.unique(sid * (1 << 32) + hour)
+    is_hour = rows["tier"] == 2
+    h_key = rows["sid"].astype(np.int64) * (1 << 32) + rows["ts"].astype(np.int64) // _HOUR_US
+    position = np.clip(np.searchsorted(covered, h_key), 0, max(len(covered) - 1, 0))
+    hit = (covered[position] == h_key) if len(covered) else np.zeros(len(rows), bool)
+    return ~(is_hour & hit)
 
 
 def _at(us: int) -> datetime:
@@ -92,31 +113,40 @@ class Reader:
             "start": _at(lo_us),
             "split_h": _at(split_h_us),
             "split_m": _at(split_m_us),
+            "hours_end": _at(split_m_us if self.tier == "1m" else split_h_us),
             "end": _at(hi_us),
         }
-        copied: list[bytes] = []
         chunked: list[tuple[Any, ...]] = []
         minutes: list[tuple[Any, ...]] = []
         async with samples.snapshot_async(self.conn):  # hot rows and chunks in one view
-            async with self.conn.cursor().copy(_FETCH, params) as copy:
-                async for data in copy:
-                    copied.append(bytes(data))
+            cur = await self.conn.execute(_FETCH, params, binary=True)
+            fetched = await cur.fetchone()
             if split_m_us <= hi_us:
                 cur = await self.conn.execute(_CHUNKS, params, binary=True)
                 chunked = await cur.fetchall()
             if split_h_us < split_m_us:
                 cur = await self.conn.execute(_MINUTE_CHUNKS, params, binary=True)
                 minutes = await cur.fetchall()
-        raw = b"".join(copied)
-        rows = np.frombuffer(
-            raw,
-            dtype=_ROW,
-            offset=_COPY_HEADER,
-            count=max(0, (len(raw) - _COPY_HEADER - 2) // _ROW.itemsize),
-        )
+        rows = np.zeros(0 if fetched is None or fetched[0] is None else len(fetched[0]) // 4, _ROW)
+        if len(rows):
+            assert fetched is not None
+            for name, blob, kind in zip(
+                _FIELDS, fetched, (">i4", ">i8", ">f8", ">i2"), strict=True
+            ):
+                rows[name] = np.frombuffer(blob, dtype=kind)
         sids = [rows["sid"].astype(np.int64)]
         stamps = [rows["ts"].astype(np.int64)]
         values = [rows["v"].astype(np.float64)]
+        if self.tier == "1m":
+            minute_rows = rows[rows["tier"] == 1]
+            extra = samples.chunk_minutes(minutes, split_h_us, split_m_us) if minutes else None
+            minutes = []  # taken here
+            if extra is not None:
+                sids.append(extra.series_id.astype(np.int64))
+                stamps.append(extra.minutes.last_ts_us.astype(np.int64))
+                values.append(extra.minutes.last[:, 0].astype(np.float64))
+            keep = _hours_without_minutes(rows, minute_rows, extra)
+            sids[0], stamps[0], values[0] = sids[0][keep], stamps[0][keep], values[0][keep]
         if chunked:
             points = samples.chunk_points(chunked, split_m_us, hi_us, hi_inclusive=True)
             sids.append(points.series_id.astype(np.int64))

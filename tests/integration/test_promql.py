@@ -163,6 +163,25 @@ def test_a_long_range_reads_the_minute_tier_of_hot_and_compressed_hours(
         assert {float(t): float(v) for t, v in series["values"]} == want
 
 
+def test_the_minute_tier_falls_back_to_the_hour_tier_where_its_minutes_are_gone(
+    client: TestClient, db: psycopg.Connection, data: dict[str, Any]
+) -> None:
+    """The minute tier is kept for less time than the hour tier: a long query reading minutes
+    takes the hour tier's sample (the hour's last, at its time) for hours without minutes."""
+    first_hour = data["start"]
+    db.execute("DELETE FROM set_rollup_1m WHERE bucket < to_timestamp(%s)", (first_hour + 3600,))
+    db.execute("DELETE FROM minute_chunks WHERE hour < to_timestamp(%s)", (first_hour + 3600,))
+    start, end = data["end"] - 7 * 3600, data["end"]
+    selector = 'cpu_usage_percent{mode="user",agent_id="p1"}'
+    (series,) = query_range(client, selector, start, end, 60)
+    got = {float(t): float(v) for t, v in series["values"]}
+    ts, values = data["ts"], data["series"][("p1", "cpu_usage_percent", "user")]
+    last_of_first_hour = float(values[ts < first_hour + 3600][-1])
+    # the hour tier's one sample of the first hour, seen through the lookback at its end
+    assert got[float(first_hour + 3600)] == last_of_first_hour
+    assert not [t for t in got if t < first_hour + 3600 - 60]  # no minutes inside that hour
+
+
 def test_aggregations_topk_and_arithmetic(client: TestClient, data: dict[str, Any]) -> None:
     t0 = data["start"] + 900
     ts, series = data["ts"], data["series"]
