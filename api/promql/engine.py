@@ -224,9 +224,7 @@ class Evaluator:
             r = await self.range_of(args[0])
             lo, hi = r.samples.windows(r.ref_us - r.range_us, r.ref_us)
             return self.absent(~(hi > lo).any(axis=0), r.selector)
-        if (node.func.arg_types and node.func.arg_types[0] == pp.ValueType.Matrix) or any(
-            isinstance(a, pp.MatrixSelector | pp.SubqueryExpr) for a in args
-        ):
+        if any(_is_range(a) for a in args):
             return await self.range_call(name, args)
         values = [await self.eval(a) for a in args]
         return functions.instant_function(name, values, self.times_us)
@@ -666,31 +664,20 @@ def _quantile(
     shape: tuple[int, int],
     q: np.ndarray,
 ) -> np.ndarray:
+    """Per group and step, Prometheus' quantile of the present values (functions.quantile_sorted:
+    NaN sorts first, as Go's comparison puts it)."""
     out = np.full(shape, np.nan)
-    if not len(group):
-        return out
     rows, cols = np.nonzero(present)
+    if not len(rows):
+        return out
     g = group[rows]
     vals = values[rows, cols]
-    order = np.lexsort((vals, g, cols))  # by step, group, value
-    rows, cols, g, vals = rows[order], cols[order], g[order], vals[order]
-    cell = cols * shape[0] + g
-    starts = np.searchsorted(cell, cell, side="left")
-    ends = np.searchsorted(cell, cell, side="right")
-    first = starts == np.arange(len(cell))
-    n = (ends - starts)[first]
-    base = starts[first]
-    c_cols, c_g = cols[first], g[first]
-    phi = q[c_cols]
-    rank = phi * (n - 1)
-    lower = np.clip(np.floor(np.nan_to_num(rank)), 0, None).astype(np.int64)
-    upper = np.minimum(n - 1, lower + 1)
-    lower = np.minimum(lower, n - 1)
-    weight = rank - np.floor(rank)
-    result = vals[base + lower] * (1 - weight) + vals[base + upper] * weight
-    result = np.where(phi < 0, -np.inf, np.where(phi > 1, np.inf, result))
-    result = np.where(np.isnan(phi), np.nan, result)
-    out[c_g, c_cols] = result
+    order = np.lexsort((vals, ~np.isnan(vals), g, cols))  # by step, group, NaN first, value
+    cell = (cols * shape[0] + g)[order]
+    first = np.flatnonzero(np.concatenate(([True], cell[1:] != cell[:-1])))
+    counts = np.diff(np.append(first, len(cell)))
+    c_cols, c_g = cols[order][first], g[order][first]
+    out[c_g, c_cols] = functions.quantile_sorted(vals[order], first, counts, q[c_cols])
     return out
 
 
@@ -700,11 +687,11 @@ def _count_values(v: Vector, group: np.ndarray, group_labels: list[Labels], name
     if not len(rows):
         return Vector.empty(steps)
     vals = v.values[rows, cols]
-    texts = [format_value(x) for x in vals.tolist()]
-    cells: dict[tuple[int, str], int] = {}
-    out_idx = np.empty(len(rows), np.int64)
-    for i, (g, text) in enumerate(zip(group[rows].tolist(), texts, strict=True)):
-        out_idx[i] = cells.setdefault((g, text), len(cells))
+    # one label per (group, distinct value): each value formatted once, not once per sample
+    bits = np.where(np.isnan(vals), np.nan, vals).view(np.int64)  # one NaN, -0 apart from 0
+    pairs, out_idx = np.unique(np.stack([group[rows], bits], axis=1), axis=0, return_inverse=True)
+    out_idx = out_idx.ravel()
+    cells = [(g, format_value(float(np.int64(b).view(np.float64)))) for g, b in pairs.tolist()]
     counts = np.zeros((len(cells), steps))
     np.add.at(counts, (out_idx, cols), 1.0)
     labels = [{**group_labels[g], name: text} for g, text in cells]

@@ -134,29 +134,21 @@ class Reader:
                 _FIELDS, fetched, (">i4", ">i8", ">f8", ">i2"), strict=True
             ):
                 rows[name] = np.frombuffer(blob, dtype=kind)
+        decoded = samples.chunk_minutes(minutes, split_h_us, split_m_us) if minutes else None
+        if self.tier == "1m":  # hour rows only where a series' hour has no minute
+            rows = rows[_hours_without_minutes(rows, rows[rows["tier"] == 1], decoded)]
         sids = [rows["sid"].astype(np.int64)]
         stamps = [rows["ts"].astype(np.int64)]
         values = [rows["v"].astype(np.float64)]
-        if self.tier == "1m":
-            minute_rows = rows[rows["tier"] == 1]
-            extra = samples.chunk_minutes(minutes, split_h_us, split_m_us) if minutes else None
-            minutes = []  # taken here
-            if extra is not None:
-                sids.append(extra.series_id.astype(np.int64))
-                stamps.append(extra.minutes.last_ts_us.astype(np.int64))
-                values.append(extra.minutes.last[:, 0].astype(np.float64))
-            keep = _hours_without_minutes(rows, minute_rows, extra)
-            sids[0], stamps[0], values[0] = sids[0][keep], stamps[0][keep], values[0][keep]
         if chunked:
             points = samples.chunk_points(chunked, split_m_us, hi_us, hi_inclusive=True)
             sids.append(points.series_id.astype(np.int64))
             stamps.append(points.ts_unix_us.astype(np.int64))
             values.append(points.value.astype(np.float64))
-        if minutes:
-            m = samples.chunk_minutes(minutes, split_h_us, split_m_us)
-            sids.append(m.series_id.astype(np.int64))
-            stamps.append(m.minutes.last_ts_us.astype(np.int64))
-            values.append(m.minutes.last[:, 0].astype(np.float64))
+        if decoded is not None:
+            sids.append(decoded.series_id.astype(np.int64))
+            stamps.append(decoded.minutes.last_ts_us.astype(np.int64))
+            values.append(decoded.minutes.last[:, 0].astype(np.float64))
         sid, ts, value = np.concatenate(sids), np.concatenate(stamps), np.concatenate(values)
         # the tiers' buckets hold their last sample's real time, which may precede lo
         keep = (ts >= lo_us) & (ts <= hi_us)

@@ -796,6 +796,8 @@ AGGREGATIONS = [
     "quantile by (mode) (0.9, cpu_usage_percent)",
     "quantile without (agent_id) (0.25, cpu_usage_percent)",
     "quantile(0, memory_used_bytes)",
+    "quantile(0.25, temperature_celsius)",  # NaN samples: Go sorts them first
+    'count_values("celsius", temperature_celsius)',  # NaN as a label value
     "quantile(2, memory_used_bytes)",
     "quantile(-1, memory_used_bytes)",
     "sum(nonexistent_metric)",
