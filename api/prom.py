@@ -41,6 +41,7 @@ from fleetpulse.api.promql import (
     String,
     evaluate,
     format_value,
+    format_values,
     labels_of,
     parse,
 )
@@ -137,20 +138,30 @@ def _stamp(t_us: int) -> float | int:
 _ERROR_STATUS = {"bad_data": 400, "execution": 422, "timeout": 503}
 
 
+def _points(stamps: np.ndarray, values: np.ndarray) -> orjson.Fragment:
+    """``[[t, "v"], ...]`` as JSON text, built by numpy's string functions from the stamps' and
+    values' texts (one Python list per point cost 4 ms of a 24-hour chart's 11,520)."""
+    pairs = np.strings.add(np.strings.add(b"[", stamps), b',"')
+    pairs = np.strings.add(np.strings.add(pairs, format_values(values)), b'"]')
+    return orjson.Fragment(b"[" + b",".join(pairs.tolist()) + b"]")
+
+
+def _stamp_texts(times_us: np.ndarray) -> np.ndarray:
+    """Each time's JSON text as `_stamp` writes it."""
+    if not len(times_us):
+        return np.zeros(0, dtype="S1")
+    return np.array(orjson.dumps([_stamp(t) for t in times_us.tolist()])[1:-1].split(b","))
+
+
 def _series(
     labels: list[dict[str, str]], values: np.ndarray, present: np.ndarray, times_us: np.ndarray
 ) -> list[dict[str, Any]]:
     """Series x steps as Prometheus' matrix: each series with its present samples."""
     out = []
-    stamps = [_stamp(t) for t in times_us.tolist()]
+    stamps = _stamp_texts(times_us)
     for lab, row, mask in zip(labels, values, present, strict=True):
-        if not mask.any():
-            continue
-        points = [
-            [stamps[i], format_value(v)]
-            for i, v in zip(np.flatnonzero(mask).tolist(), row[mask].tolist(), strict=True)
-        ]
-        out.append({"metric": lab, "values": points})
+        if mask.any():
+            out.append({"metric": lab, "values": _points(stamps[mask], row[mask])})
     return out
 
 
@@ -162,13 +173,8 @@ def _range_samples(found: Range) -> list[dict[str, Any]]:
     for i, lab in enumerate(samples.labels):
         at = slice(int(lo[i, 0]), int(hi[i, 0]))
         if at.stop > at.start:
-            points = [
-                [_stamp(t), format_value(v)]
-                for t, v in zip(
-                    samples.ts_us[at].tolist(), samples.values[at].tolist(), strict=True
-                )
-            ]
-            out.append({"metric": lab, "values": points})
+            stamps = _stamp_texts(samples.ts_us[at])
+            out.append({"metric": lab, "values": _points(stamps, samples.values[at])})
     return out
 
 
@@ -198,6 +204,22 @@ def _answer_result(result: Result, instant: bool) -> Response:
     return _answer({"resultType": "matrix", "result": matrix})
 
 
+def _resolution(text: str, step: float, instant: bool) -> float:
+    """Thanos' ``max_source_resolution``: the coarsest tier a query may read instead of raw
+    points (seconds; 0, the default, is raw points only: Prometheus' answers). ``auto`` is a
+    fifth of the step, as in Thanos; an instant query reads raw points."""
+    if text == "auto":
+        return 0.0 if instant else step / 5
+    if text == "raw":
+        return 0.0
+    try:
+        return parse_duration(text) if text not in ("0", "0s") else 0.0
+    except HTTPException:
+        raise PromQLError(
+            f'invalid parameter "max_source_resolution": {text!r} is not a duration, raw or auto'
+        ) from None
+
+
 async def _run(request: Request, conn: ConnDep, instant: bool) -> Response:
     try:
         pairs = await _params(request)
@@ -220,7 +242,8 @@ async def _run(request: Request, conn: ConnDep, instant: bool) -> Response:
                     f"exceeded maximum resolution of {MAX_STEPS} points per timeseries. "
                     "Try decreasing the query resolution (?step=XX)"
                 )
-        result = await evaluate(conn, query, start, end, step, instant)
+        resolution = _resolution(_one(pairs, "max_source_resolution", "0s"), step, instant)
+        result = await evaluate(conn, query, start, end, step, instant, resolution)
     except PromQLError as exc:
         message = str(exc)
         if instant and message.startswith("parse error"):  # as Prometheus words it

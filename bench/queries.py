@@ -87,7 +87,8 @@ Measured: the real API process (``python -m fleetpulse api`` with a random read 
 loopback, one keep-alive connection, sequential requests, ``--warmup`` rounds first, then ``--runs``
 rounds of the queries in turn: the five native ones, then the charts and the top-N again through
 ``/api/v1/query_range`` and ``/api/v1/query`` as Grafana asks them (a different random agent per
-host chart request). Each query's
+host chart request; raw points, as Prometheus reads them), and the 7-day chart once more allowed
+to read the hour tier (``max_source_resolution=1h``, the downsampled fast path). Each query's
 latency is from sending the request to having read the whole body. The figures are reported, not
 judged (targets: p95 <= 50 ms, <= 100 ms for the top-N). The last stdout line is one JSON object.
 
@@ -196,6 +197,8 @@ _QUERY_NAMES = (
     "host_24h_promql",
     "host_7d_promql",
     "top10_cpu_promql",
+    # the 7-day chart allowed to read the hour tier (Thanos' max_source_resolution=1h)
+    "host_7d_1h_promql",
 )
 
 
@@ -1155,11 +1158,13 @@ def _paths(agent_ids: list[str], rng: np.random.Generator) -> dict[str, str]:
         "order": "asc",
     }
 
-    def promql_range(step: int, seconds: int) -> str:
+    def promql_range(step: int, seconds: int, resolution: str = "0s") -> str:
         """A host's CPU chart as a Grafana panel asks it: the average of each step's window."""
         agent = agent_ids[int(rng.integers(len(agent_ids)))]
         query = f'avg by (mode) (avg_over_time(cpu_usage_percent{{agent_id="{agent}"}}[{step}s]))'
         params = {"query": query, "start": now - seconds, "end": now, "step": step}
+        if resolution != "0s":
+            params["max_source_resolution"] = resolution
         return "/api/v1/query_range?" + urllib.parse.urlencode(params)
 
     top_promql = {
@@ -1176,6 +1181,7 @@ def _paths(agent_ids: list[str], rng: np.random.Generator) -> dict[str, str]:
         "host_24h_promql": promql_range(60, 24 * 3600),
         "host_7d_promql": promql_range(3600, 7 * 24 * 3600),
         "top10_cpu_promql": "/api/v1/query?" + urllib.parse.urlencode(top_promql),
+        "host_7d_1h_promql": promql_range(3600, 7 * 24 * 3600, "1h"),
     }
 
 

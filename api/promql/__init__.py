@@ -4,7 +4,7 @@ every step at once), functions.py (PromQL's functions), storage.py (reading samp
 
 from fleetpulse.api.promql.engine import Range, Result, choose_tier, evaluate
 from fleetpulse.api.promql.errors import PromQLError
-from fleetpulse.api.promql.model import Scalar, String, Vector, format_value
+from fleetpulse.api.promql.model import Scalar, String, Vector, format_value, format_values
 from fleetpulse.api.promql.parser import parse, parse_selector
 from fleetpulse.api.promql.storage import labels_of
 
@@ -18,6 +18,7 @@ __all__ = [
     "choose_tier",
     "evaluate",
     "format_value",
+    "format_values",
     "labels_of",
     "parse",
     "parse_selector",

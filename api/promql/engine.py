@@ -145,15 +145,22 @@ class Evaluator:
             [labels_of(s) for s in series], index, ts, values, lo_us, hi_us - lo_us + 1
         )
 
-    def lookback_us(self) -> int:
-        spacing = TIER_SPACING_S[self.query.reader.tier]
-        return LOOKBACK_US + round(2 * spacing * US)
+    async def lookback_los(self, ref: np.ndarray) -> np.ndarray:
+        """Each step's lookback start: 5 minutes back, widened by two of the stand-in tier's
+        buckets where the lookback reaches before the raw horizon (storage.py: one sample per
+        bucket there)."""
+        reader = self.query.reader
+        base = ref - LOOKBACK_US
+        if int(base.min()) >= await reader.horizon_us():
+            return base
+        widened = ref - LOOKBACK_US - round(2 * TIER_SPACING_S[reader.tier] * US)
+        return np.where(base < await reader.horizon_us(), widened, base)
 
     async def instant_selector(self, node: Any) -> Vector:
         ref = self.refs(node.offset, node.at)
-        lookback = self.lookback_us()
-        samples = await self.samples(node, int(ref.min()) - lookback, int(ref.max()))
-        return select_instant(samples, ref - lookback, ref)
+        lo = await self.lookback_los(ref)
+        samples = await self.samples(node, int(lo.min()), int(ref.max()))
+        return select_instant(samples, lo, ref)
 
     async def range_of(self, node: Any) -> Range:
         if isinstance(node, pp.ParenExpr):
@@ -724,36 +731,46 @@ def _ranges_and_steps(node: Any) -> tuple[list[float], list[float]]:
     return ranges, steps
 
 
-def choose_tier(node: Any, start: float, end: float, step: float) -> str:
-    """The tier this query may read (storage.py's docstring)."""
+def choose_tier(node: Any, step: float | None, resolution: float = 0.0) -> tuple[str, bool]:
+    """The tier that stands in for raw points (storage.py's docstring), and whether it also
+    does so within the raw retention (``resolution``: the coarsest tier the client allows,
+    ``max_source_resolution``). Hours at steps of an hour when every range spans four of
+    them, else minutes; the tiers replace raw points only where the step is at least their
+    bucket and every range spans four buckets. ``step`` None: an instant query."""
     ranges, steps = _ranges_and_steps(node)
     shortest = min(ranges) if ranges else math.inf
-    step = min([step, *steps])
-    if step >= 3600 and end - start > 7 * 86400 and shortest >= 4 * 3600:
-        return "1h"
-    if step >= 60 and end - start > 6 * 3600 and shortest >= 4 * 60:
-        return "1m"
-    return "raw"
+    step = min([step if step is not None else 0.0, *steps])
+    tier = "1h" if step >= 3600 and shortest >= 4 * 3600 else "1m"
+    if tier == "1h" and resolution < 3600:
+        tier = "1m"
+    downsample = resolution >= TIER_SPACING_S[tier] and step >= TIER_SPACING_S[tier]
+    return tier, downsample and shortest >= 4 * TIER_SPACING_S[tier]
 
 
 @dataclass
 class Result:
     value: Value | Range
     times_us: np.ndarray
-    tier: str
 
 
 async def evaluate(
-    conn: AsyncConnection[Any], text: str, start: float, end: float, step: float, instant: bool
+    conn: AsyncConnection[Any],
+    text: str,
+    start: float,
+    end: float,
+    step: float,
+    instant: bool,
+    resolution: float = 0.0,
 ) -> Result:
     """Evaluate ``text`` at ``start``, ``start + step``, ... ``end``. An instant query may answer
-    a range vector (a matrix of raw samples); a range query may not."""
+    a range vector (a matrix of raw samples); a range query may not. ``resolution``: the
+    coarsest rollup tier the query may read instead of raw points (0: none, as Prometheus)."""
     tree = parse(text)
     start_us, end_us = round(start * US), round(end * US)
     step_us = max(1, round(step * US))
     times = np.arange(start_us, end_us + 1, step_us, dtype=np.int64)
-    tier = choose_tier(tree, start, end, step) if not instant else "raw"
-    query = Query(start_us, end_us, Reader(conn, tier))
+    tier, downsample = choose_tier(tree, None if instant else step, resolution)
+    query = Query(start_us, end_us, Reader(conn, tier, downsample))
     evaluator = Evaluator(query, times)
     if _is_range(tree):
         if not instant:
@@ -761,13 +778,13 @@ async def evaluate(
                 'invalid expression type "range vector" for range query, must be Scalar or '
                 "instant Vector"
             )
-        return Result(await evaluator.range_of(tree), times, tier)
+        return Result(await evaluator.range_of(tree), times)
     value = await evaluator.eval(tree)
     if isinstance(value, String) and not instant:
         raise PromQLError(
             'invalid expression type "string" for range query, must be Scalar or instant Vector'
         )
-    return Result(value, times, tier)
+    return Result(value, times)
 
 
 __all__ = ["Range", "Result", "choose_tier", "evaluate", "without_name"]

