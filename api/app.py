@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
 
+import orjson
 import psycopg
 import uvicorn
 from fastapi import Depends, FastAPI, Request, Response
@@ -18,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import PlainTextResponse
 from psycopg import AsyncConnection
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -45,6 +47,9 @@ async def _configure_connection(conn: AsyncConnection[Any]) -> None:
     # 11-13 ms for its first five runs and 155-468 ms once generic; a custom plan each time keeps
     # the parse saved and plans with the values.
     await conn.execute("SET plan_cache_mode = force_custom_plan")
+    # Series labels are jsonb: orjson reads them, not the standard library (2,000 series of a
+    # top-N: about 8 of select_series' 22 ms were json.loads).
+    set_json_loads(orjson.loads, conn)
 
 
 def _one_line(exc: BaseException) -> str:

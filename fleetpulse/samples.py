@@ -134,20 +134,19 @@ def points_sql(ids: str = "ids", lo: str = "lo", hi: str = "hi", hi_inclusive: b
     (``<=`` when ``hi_inclusive``), from both layouts. The arguments are parameter names (code
     constants); values are always bound.
 
-    The sets that hold the series are found first (set_members), and each of their rows in the
-    range is read once, however many of its series are wanted; only the wanted columns become
-    points."""
+    Each wanted series' membership (set_members) joins its set's rows in the range, and takes
+    its column: one output row per (row, wanted series), no per-row function call (the top-N's
+    5 minutes of 2,000 sets: 51 against 79 ms with the sets' wanted columns unnested per row)."""
     _check_names(ids, lo, hi)
     upper = "<=" if hi_inclusive else "<"
     return f"""
     SELECT series_id, ts, value FROM points
     WHERE series_id = ANY(%({ids})s) AND ts >= %({lo})s AND ts {upper} %({hi})s
     UNION ALL
-    SELECT u.series_id, s.ts, s.vals[u.col]
-    FROM ({_wanted_sets(ids)}) w
-    JOIN samples s ON s.set_id = w.set_id
-    CROSS JOIN LATERAL unnest(w.sids, w.cols) AS u(series_id, col)
-    WHERE s.ts >= %({lo})s AND s.ts {upper} %({hi})s
+    SELECT m.series_id, s.ts, s.vals[m.col]
+    FROM set_members m
+    JOIN samples s ON s.set_id = m.set_id
+    WHERE m.series_id = ANY(%({ids})s) AND s.ts >= %({lo})s AND s.ts {upper} %({hi})s
     """  # noqa: S608  # parameter names checked above; no value is formatted in
 
 
