@@ -1159,10 +1159,12 @@ def _paths(agent_ids: list[str], rng: np.random.Generator) -> dict[str, str]:
     }
 
     def promql_range(step: int, seconds: int, resolution: str = "0s") -> str:
-        """A host's CPU chart as a Grafana panel asks it: the average of each step's window."""
+        """A host's CPU chart as a Grafana panel asks it: the average of each step's window, from
+        and to multiples of the step (Grafana aligns a range query's start and end so)."""
         agent = agent_ids[int(rng.integers(len(agent_ids)))]
         query = f'avg by (mode) (avg_over_time(cpu_usage_percent{{agent_id="{agent}"}}[{step}s]))'
-        params = {"query": query, "start": now - seconds, "end": now, "step": step}
+        start, end = (now - seconds) // step * step, now // step * step
+        params = {"query": query, "start": start, "end": end, "step": step}
         if resolution != "0s":
             params["max_source_resolution"] = resolution
         return "/api/v1/query_range?" + urllib.parse.urlencode(params)

@@ -150,6 +150,21 @@ def points_sql(ids: str = "ids", lo: str = "lo", hi: str = "hi", hi_inclusive: b
     """  # noqa: S608  # parameter names checked above; no value is formatted in
 
 
+def points_at_sql(ids: str = "ids", times: str = "times") -> str:
+    """``points_sql`` for the points at exactly the times ``%(times)s`` (a timestamptz array):
+    hot rows only (chunks: ``chunks_at_sql``)."""
+    _check_names(ids, times)
+    return f"""
+    SELECT series_id, ts, value FROM points
+    WHERE series_id = ANY(%({ids})s) AND ts = ANY(%({times})s)
+    UNION ALL
+    SELECT m.series_id, s.ts, s.vals[m.col]
+    FROM set_members m
+    JOIN samples s ON s.set_id = m.set_id
+    WHERE m.series_id = ANY(%({ids})s) AND s.ts = ANY(%({times})s)
+    """  # noqa: S608  # parameter names checked above; no value is formatted in
+
+
 ROLLUP_TABLES = {"1m": ("rollup_1m", "set_rollup_1m"), "1h": ("rollup_1h", "set_rollup_1h")}
 
 
@@ -242,6 +257,18 @@ def chunks_sql(ids: str = "ids", lo: str = "lo", hi: str = "hi") -> str:
     """  # noqa: S608  # parameter names checked above; no value is formatted in
 
 
+def chunks_at_sql(ids: str = "ids", hours: str = "hours") -> str:
+    """``chunks_sql`` for the chunks of the hours ``%(hours)s`` (a timestamptz array)."""
+    _check_names(ids, hours)
+    return f"""
+    SELECT w.sids, c.rows, c.ts,
+           {_wanted_blobs("c.vals")}
+    FROM ({_wanted_sets(ids)}) w
+    JOIN sample_chunks c ON c.set_id = w.set_id
+    WHERE c.hour = ANY(%({hours})s)
+    """  # noqa: S608  # parameter names checked above; no value is formatted in
+
+
 @dataclass(frozen=True)
 class Points:
     """Points as arrays, in no particular order."""
@@ -255,14 +282,21 @@ class Points:
 
 
 def chunk_points(
-    rows: list[tuple[Any, ...]], lo_us: int, hi_us: int, hi_inclusive: bool = False
+    rows: list[tuple[Any, ...]],
+    lo_us: int,
+    hi_us: int,
+    hi_inclusive: bool = False,
+    at_us: np.ndarray | None = None,
 ) -> Points:
-    """The wanted series' points in [lo, hi) (``]`` when ``hi_inclusive``) of ``chunks_sql`` rows:
-    one decode per wanted column of a chunk, one slice per chunk; no work per point in Python."""
+    """The wanted series' points in [lo, hi) (``]`` when ``hi_inclusive``) of ``chunks_sql`` rows,
+    and only those at the times ``at_us`` when given: one decode per wanted column of a chunk
+    with points kept (its timestamps decide), one slice per chunk; no work per point in Python."""
     sids, stamps, values = [], [], []
     for wanted_ids, n, ts_blob, blobs in rows:
         ts = decode_timestamps(n, ts_blob)
         keep = (ts >= lo_us) & ((ts <= hi_us) if hi_inclusive else (ts < hi_us))
+        if at_us is not None:
+            keep &= np.isin(ts, at_us)
         if not keep.any():
             continue
         at = ts[keep]

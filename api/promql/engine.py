@@ -33,7 +33,7 @@ import numpy as np
 import promql_parser as pp
 from psycopg import AsyncConnection
 
-from fleetpulse.api.promql import functions
+from fleetpulse.api.promql import buckets, functions
 from fleetpulse.api.promql.errors import PromQLError
 from fleetpulse.api.promql.model import (
     Labels,
@@ -237,6 +237,10 @@ class Evaluator:
         return functions.instant_function(name, values, self.times_us)
 
     async def range_call(self, name: str, args: list[Any]) -> Vector:
+        if name in buckets.BUCKETED:
+            exact = await self.bucketed(name, args[0])
+            if exact is not None:
+                return exact
         params: list[np.ndarray] = []
         found: Range | None = None
         for arg in args:
@@ -254,6 +258,33 @@ class Evaluator:
         result = Vector(list(found.samples.labels), values, present)
         # 2.42 keeps the metric name for last_over_time only (it acts like an offset)
         return result if name == "last_over_time" else result.drop_name()
+
+    async def bucketed(self, name: str, arg: Any) -> Vector | None:
+        """``name`` over a matrix selector from the tiers' buckets where that is exact
+        (api/promql/buckets.py), else None."""
+        while isinstance(arg, pp.ParenExpr):
+            arg = arg.expr
+        if not isinstance(arg, pp.MatrixSelector):
+            return None
+        selector = arg.vector_selector
+        ref = self.refs(selector.offset, selector.at)
+        range_us = round(seconds(arg.range) * US)
+        reader = self.query.reader
+        tier = buckets.tier_for(ref, range_us, await reader.horizon_us())
+        if tier is None:
+            return None
+        series = await reader.series(matchers(selector))
+        if not series:
+            return None
+        found = await reader.buckets(series, tier, int(ref.min()) - range_us, int(ref.max()))
+        if found is None:
+            return None
+        edge = await reader.samples_at(series, ref)
+        answer = buckets.over_time(name, found, ref, range_us, edge)
+        if answer is None:
+            return None
+        values, present = answer
+        return Vector([labels_of(s) for s in series], values, present).drop_name()
 
     def absent(self, missing: np.ndarray, selector: Any) -> Vector:
         labels: Labels = {}

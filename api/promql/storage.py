@@ -16,6 +16,10 @@ of the oldest non-empty raw partition), found in the catalog and the oldest part
 minute per database (`raw_horizon_us`): the tiers are computed from raw points, so before
 retention drops a day there is nothing older in them either.
 
+Where a query's windows line up with a tier's buckets, ``sum``/``count``/``avg``/``min``/
+``max_over_time`` read the buckets' exact aggregates instead (api/promql/buckets.py:
+`Reader.buckets`, `Reader.samples_at`).
+
 One query reads hot rows (raw points of hours not yet compressed, and the tiers' samples where
 they stand in); compressed hours come as chunks, read in the same snapshot and decoded with one
 pcodec call per wanted column (fleetpulse/samples.py). The result is sorted by (series, time),
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,7 +39,7 @@ from psycopg import AsyncConnection, sql
 
 from fleetpulse import samples
 from fleetpulse.api.promql.errors import PromQLError
-from fleetpulse.api.query import Matcher, Series, _splits, select_series
+from fleetpulse.api.query import Matcher, Series, _splits, read_windows, select_series
 
 MAX_SAMPLES_PER_QUERY = 20_000_000
 TIER_SPACING_S = {"raw": 0.0, "1m": 60.0, "1h": 3600.0}
@@ -80,9 +85,37 @@ _FETCH = {(h, m): _fetch_sql(h, m) for h in (False, True) for m in (False, True)
 _FIELDS = ("sid", "ts", "v", "tier")  # tier: 0 raw, 1 minute, 2 hour
 _ROW = np.dtype(list(zip(_FIELDS, (np.int64, np.int64, np.float64, np.int16), strict=True)))
 _HOUR_US = 3_600_000_000
+US = 1_000_000
 # Raw points and minutes of compressed hours, read in the same snapshot as _FETCH.
 _CHUNKS = samples.chunks_sql("ids", "split_m", "end")
 _MINUTE_CHUNKS = samples.minute_chunks_sql("ids", "split_h", "split_m")
+
+
+# Exact windows from the tiers (api/promql/buckets.py): the raw points at the windows' closed
+# ends, and whether a bucket of the range still waits for the rollup job.
+_AT_POINTS = f"""
+SELECT string_agg(int4send(series_id::int4), ''), string_agg(int8send(ts), ''),
+       string_agg(float8send(value), '')
+FROM (SELECT series_id, {_EPOCH_US.format(col="ts")} AS ts, value
+      FROM ({samples.points_at_sql("ids", "times")}) p) fetched
+"""  # noqa: S608  # constants only
+_AT_CHUNKS = samples.chunks_at_sql("ids", "hours")
+_DIRTY = """
+SELECT EXISTS (SELECT FROM rollup_dirty WHERE tier IN (1, 2) AND bucket >= %s AND bucket < %s)
+"""
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """Per series (rows) and bucket (columns, the first at ``first_us``, ``width_us`` apart):
+    sample count, sum, min and max (NaN where empty), exact aggregates of the raw points."""
+
+    first_us: int
+    width_us: int
+    count: np.ndarray
+    sum: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
 
 
 def labels_of(series: Series) -> dict[str, str]:
@@ -192,13 +225,96 @@ class Reader:
             self._horizon_us = horizon
         return self._horizon_us
 
+    async def series(self, matchers: list[Matcher]) -> list[Series]:
+        """The matching series, by id."""
+        series = await select_series(self.conn, matchers)
+        series.sort(key=lambda s: s.series_id)
+        return series
+
+    async def buckets(
+        self, series: list[Series], tier: str, lo_us: int, hi_us: int
+    ) -> Buckets | None:
+        """The tier's buckets in [lo_us, hi_us) (multiples of its width), as exact as the native
+        endpoints read them (tier rows where final, raw points after); None while a bucket of
+        the range waits for the rollup job (a late batch: the tier is not exact there yet)."""
+        width_us = round(TIER_SPACING_S[tier] * US)
+        final_m = _splits("1m", 0.0, math.inf, self.now)[1]
+        cur = await self.conn.execute(
+            _DIRTY, (_at(lo_us // _HOUR_US * _HOUR_US), _at(min(hi_us, round(final_m * US))))
+        )
+        if (await cur.fetchone() or (True,))[0]:
+            return None
+        ids = [s.series_id for s in series]
+        windows = await read_windows(
+            self.conn, ids, lo_us / US, hi_us / US, width_us / US, tier, last=False
+        )
+        columns = (hi_us - lo_us) // width_us
+        row = np.searchsorted(np.array(ids, dtype=np.int64), windows["series_id"].to_numpy())
+        col = windows["k"].to_numpy() - lo_us // width_us
+        shape = (len(series), columns)
+        count = np.zeros(shape, np.int64)
+        total = np.zeros(shape)
+        low, high = np.full(shape, np.nan), np.full(shape, np.nan)
+        inside = (col >= 0) & (col < columns)
+        at = (row[inside], col[inside])
+        count[at] = windows["n"].to_numpy()[inside]
+        total[at] = windows["s"].to_numpy()[inside]
+        low[at] = windows["lo"].to_numpy()[inside]
+        high[at] = windows["hi"].to_numpy()[inside]
+        self._count(int(inside.sum()))
+        return Buckets(lo_us, width_us, count, total, low, high)
+
+    async def samples_at(
+        self, series: list[Series], times_us: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The raw points at exactly the times ``times_us``: per point its series' index in
+        ``series``, its time and value."""
+        ids = [s.series_id for s in series]
+        times = np.unique(np.asarray(times_us, dtype=np.int64))
+        hours = np.unique(times // _HOUR_US * _HOUR_US)
+        params = {
+            "ids": ids,
+            "times": [_at(int(t)) for t in times],
+            "hours": [_at(int(h)) for h in hours],
+        }
+        async with samples.snapshot_async(self.conn):
+            cur = await self.conn.execute(_AT_POINTS, params, binary=True)
+            hot = await cur.fetchone()
+            cur = await self.conn.execute(_AT_CHUNKS, params, binary=True)
+            chunked = await cur.fetchall()
+        sids, stamps, values = [], [], []
+        if hot is not None and hot[0] is not None:
+            sids.append(np.frombuffer(hot[0], ">i4").astype(np.int64))
+            stamps.append(np.frombuffer(hot[1], ">i8").astype(np.int64))
+            values.append(np.frombuffer(hot[2], ">f8").astype(np.float64))
+        if chunked:
+            points = samples.chunk_points(
+                chunked, int(times[0]), int(times[-1]), hi_inclusive=True, at_us=times
+            )
+            sids.append(points.series_id.astype(np.int64))
+            stamps.append(points.ts_unix_us.astype(np.int64))
+            values.append(points.value.astype(np.float64))
+        if not sids:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+        sid, ts, value = np.concatenate(sids), np.concatenate(stamps), np.concatenate(values)
+        self._count(len(ts))
+        return np.searchsorted(np.array(ids, dtype=np.int64), sid), ts, value
+
+    def _count(self, read: int) -> None:
+        self.fetched += read
+        if self.fetched > MAX_SAMPLES_PER_QUERY:
+            raise PromQLError(
+                "query processing would load too many samples into memory in query execution "
+                f"(more than {MAX_SAMPLES_PER_QUERY}); narrow it",
+                "execution",
+            )
+
     async def fetch(
         self, matchers: list[Matcher], lo_us: int, hi_us: int
     ) -> tuple[list[Series], np.ndarray, np.ndarray, np.ndarray]:
         """The matching series (by id) and their samples in [lo_us, hi_us]: per sample its series'
         index in that list, its time (µs) and value, sorted by (series, time)."""
-        series = await select_series(self.conn, matchers)
-        series.sort(key=lambda s: s.series_id)
+        series = await self.series(matchers)
         if not series:
             return series, np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
         # raw points from split_m; before it, minutes from split_h and hours up to hours_end
@@ -258,13 +374,7 @@ class Reader:
         sid, ts, value = sid[keep], ts[keep], value[keep]
         order = np.lexsort((ts, sid))
         sid, ts, value = sid[order], ts[order], value[order]
-        self.fetched += len(ts)
-        if self.fetched > MAX_SAMPLES_PER_QUERY:
-            raise PromQLError(
-                "query processing would load too many samples into memory in query execution "
-                f"(more than {MAX_SAMPLES_PER_QUERY}); narrow it",
-                "execution",
-            )
+        self._count(len(ts))
         ids = np.array([s.series_id for s in series], dtype=np.int64)
         return series, np.searchsorted(ids, sid), ts, value
 
@@ -273,6 +383,7 @@ __all__ = [
     "MAX_SAMPLES_PER_QUERY",
     "NO_RAW_US",
     "TIER_SPACING_S",
+    "Buckets",
     "Reader",
     "forget_horizons",
     "labels_of",

@@ -642,6 +642,17 @@ RANGE_FUNCTIONS = [
     'absent_over_time(memory_used_bytes{agent_id="a3", job=~"x"}[5m])',
     "count_over_time(memory_used_bytes[1h])",
     "avg_over_time(net_bytes_total[30s])",
+    # windows that line up with the tiers' buckets (whole hours or minutes at aligned steps):
+    # read from the tiers plus the raw point on each window's closed end (api/promql/buckets.py)
+    "avg_over_time(cpu_usage_percent[1h])",
+    "sum_over_time(aligned_gauge[1h])",
+    "count_over_time(aligned_gauge[10m])",
+    "max_over_time(temperature_celsius[1h])",
+    "min_over_time(temperature_celsius[30m])",
+    "avg_over_time(aligned_gauge[10m] offset 1h)",
+    "max_over_time(memory_used_bytes[2h])",
+    "sum_over_time(net_bytes_total[10m])",
+    "count_over_time(http_requests_total[1h] @ $at)",
 ]
 
 FUNCTIONS = [

@@ -144,11 +144,13 @@ def test_over_time_functions(
         assert float(value) == pytest.approx(float(reduce(window)), rel=1e-9)
 
 
-def test_a_long_coarse_range_answers_from_raw_points_as_prometheus(
+def test_a_long_coarse_range_answers_as_prometheus(
     client: TestClient, data: dict[str, Any]
 ) -> None:
-    """Seven days at an hour's step and seven hours at a minute's: every window's average of the
-    raw points (both edges included), not of the tiers' one sample per bucket."""
+    """Seven days at an hour's step (windows on the hour tier's buckets: read from them and the
+    points on the windows' ends) and seven hours at a minute's (too short for buckets: raw
+    points): every window's average of the raw points, both edges included, not of the tiers'
+    one sample per bucket."""
     ts = data["ts"]
     values = data["series"][("p1", "cpu_usage_percent", "user")]
     selector = 'cpu_usage_percent{mode="user",agent_id="p1"}'
