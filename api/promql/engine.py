@@ -47,7 +47,7 @@ from fleetpulse.api.promql.model import (
     without_name,
 )
 from fleetpulse.api.promql.parser import matchers, parse, seconds
-from fleetpulse.api.promql.storage import TIER_SPACING_S, Reader, labels_of
+from fleetpulse.api.promql.storage import TIER_SPACING_S, Reader, labels_of, raw_horizon_us
 
 LOOKBACK_US = 300_000_000
 DEFAULT_SUBQUERY_STEP_US = 60_000_000
@@ -270,7 +270,7 @@ class Evaluator:
         ref = self.refs(selector.offset, selector.at)
         range_us = round(seconds(arg.range) * US)
         reader = self.query.reader
-        tier = buckets.tier_for(ref, range_us, await reader.horizon_us())
+        tier = buckets.tier_for(ref, range_us, await raw_horizon_us(reader.conn))
         if tier is None:
             return None
         series = await reader.series(matchers(selector))
