@@ -7,12 +7,9 @@ from importlib import resources
 
 import psycopg
 
-from fleetpulse import partitions
+from fleetpulse import locks, partitions
 
 log = logging.getLogger(__name__)
-
-# Any 64-bit constant works; it only has to be the same for every process that migrates.
-_MIGRATION_LOCK_KEY = 0x666C656574_01
 
 
 def _migration_files() -> list[tuple[int, str, str]]:
@@ -29,7 +26,7 @@ def migrate(database_url: str) -> list[str]:
     """Apply pending migrations and create the partitions needed now; return what was applied."""
     applied: list[str] = []
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        conn.execute("SELECT pg_advisory_lock(%s)", (locks.MIGRATION,))
         try:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -49,6 +46,6 @@ def migrate(database_url: str) -> list[str]:
                 log.info("applied migration %s", name)
                 applied.append(name)
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK_KEY,))
+            conn.execute("SELECT pg_advisory_unlock(%s)", (locks.MIGRATION,))
         partitions.ensure_around_now(conn)
     return applied

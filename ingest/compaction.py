@@ -28,7 +28,7 @@ from datetime import UTC, date, datetime, timedelta
 import psycopg
 from psycopg import sql
 
-from fleetpulse import partitions
+from fleetpulse import locks, partitions
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ SETTLE_S = 3600.0
 # While a day is open, its index is packed again when its last packing is this old.
 OPEN_DAY_INTERVAL_S = 6 * 3600.0
 CHECK_INTERVAL_S = 600.0
-_LOCK_KEY = 0x666C656574_03  # its own: the rollup job has _02 (issue 17)
 
 _PRIMARY_INDEX = (
     "SELECT i.indexrelid::regclass::text FROM pg_index i"
@@ -119,7 +118,7 @@ def compact(
 def compact_due(conn: psycopg.Connection, now: datetime | None = None) -> list[str]:
     """Pack every due index, unless another process is at it; return the indexes packed.
     ``conn`` must be in autocommit mode (REINDEX CONCURRENTLY runs outside a transaction)."""
-    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK_KEY,)).fetchone()
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (locks.COMPACTION,)).fetchone()
     if not row or not row[0]:
         return []
     try:
@@ -130,7 +129,7 @@ def compact_due(conn: psycopg.Connection, now: datetime | None = None) -> list[s
             packed.append(index)
         return packed
     finally:
-        conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+        conn.execute("SELECT pg_advisory_unlock(%s)", (locks.COMPACTION,))
 
 
 class CompactionThread(threading.Thread):

@@ -44,12 +44,11 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from fleetpulse import partitions, samples
+from fleetpulse import locks, partitions, samples
 from fleetpulse.ingest import failpoints
 
 log = logging.getLogger(__name__)
 
-COMPRESS_LOCK_KEY = 0x666C656574_04
 TIER_COMPRESS = 3
 # Values per transaction (16 MB as a matrix), estimated (compress_hour).
 BATCH_VALUES = 2_000_000
@@ -154,7 +153,7 @@ class CompressJob:
         """Compress the hours marked for it that closed ``after_s`` before ``horizon`` (now); None
         when another process holds the job."""
         conn = self._conn
-        locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (COMPRESS_LOCK_KEY,)).fetchone()
+        locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (locks.COMPRESS,)).fetchone()
         if not locked or not locked[0]:
             return None
         started = time.perf_counter()
@@ -172,7 +171,7 @@ class CompressJob:
                     if conn.closed or conn.broken:
                         raise
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (COMPRESS_LOCK_KEY,))
+            conn.execute("SELECT pg_advisory_unlock(%s)", (locks.COMPRESS,))
         result.seconds = time.perf_counter() - started
         return result
 
@@ -182,12 +181,12 @@ class CompressJob:
         conn = self._conn
         started = time.perf_counter()
         result = CompressResult()
-        conn.execute("SELECT pg_advisory_lock(%s)", (COMPRESS_LOCK_KEY,))
+        conn.execute("SELECT pg_advisory_lock(%s)", (locks.COMPRESS,))
         try:
             for hour in hours:
                 self.compress_hour(hour, result)
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (COMPRESS_LOCK_KEY,))
+            conn.execute("SELECT pg_advisory_unlock(%s)", (locks.COMPRESS,))
         result.seconds = time.perf_counter() - started
         return result
 

@@ -41,13 +41,12 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from fleetpulse import partitions, samples
+from fleetpulse import locks, partitions, samples
 from fleetpulse.copybuf import set_rollup_buffer
 from fleetpulse.ingest import failpoints
 
 log = logging.getLogger(__name__)
 
-ROLLUP_LOCK_KEY = 0x666C656574_02
 # Mark tiers in rollup_dirty: minutes and hours to recompute, hours to compress (ingest/compress.py).
 TIER_MINUTE, TIER_HOUR, TIER_COMPRESS = 1, 2, 3
 # Buckets recomputed per round, oldest first; the rest wait for the next round.
@@ -200,7 +199,7 @@ class RollupJob:
     def run_round(self, limit: int = MAX_BUCKETS_PER_ROUND) -> RoundResult | None:
         """One round; None when another process holds the job (it is doing the same work)."""
         conn = self._conn
-        locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (ROLLUP_LOCK_KEY,)).fetchone()
+        locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (locks.ROLLUP,)).fetchone()
         if not locked or not locked[0]:
             return None
         started = time.perf_counter()
@@ -230,7 +229,7 @@ class RollupJob:
                     result.hours = len(buckets)
             conn.execute("DELETE FROM rollup_log WHERE done_at < now() - interval '1 day'")
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (ROLLUP_LOCK_KEY,))
+            conn.execute("SELECT pg_advisory_unlock(%s)", (locks.ROLLUP,))
         result.seconds = time.perf_counter() - started
         return result
 

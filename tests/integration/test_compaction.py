@@ -5,8 +5,9 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from fleetpulse import partitions
+from fleetpulse import locks, partitions
 from fleetpulse.ingest import compaction
+from fleetpulse.ingest.rollups import RollupJob
 
 DAY = datetime(2030, 7, 1, tzinfo=UTC).date()
 
@@ -92,7 +93,25 @@ def test_a_rebuild_cut_short_is_cleaned_up_and_redone(conn: psycopg.Connection) 
 
 def test_one_process_packs_at_a_time(conn: psycopg.Connection, database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as other:
-        other.execute("SELECT pg_advisory_lock(%s)", (compaction._LOCK_KEY,))
+        other.execute("SELECT pg_advisory_lock(%s)", (locks.COMPACTION,))
         assert compaction.compact_due(conn, partitions.day_start(DAY) + timedelta(days=2)) == []
-        other.execute("SELECT pg_advisory_unlock(%s)", (compaction._LOCK_KEY,))
+        other.execute("SELECT pg_advisory_unlock(%s)", (locks.COMPACTION,))
     assert compaction.due(conn, partitions.day_start(DAY) + timedelta(days=2))
+
+
+def test_a_packing_does_not_stop_the_rollups(conn: psycopg.Connection, database_url: str) -> None:
+    """While one process packs (holding its lock for a REINDEX of about 100 s), the rollup job
+    still runs its rounds: the two jobs have their own keys (issue 17: they once shared one)."""
+    minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)  # closed
+    conn.execute("INSERT INTO rollup_dirty (tier, bucket) VALUES (1, %s)", (minute,))
+    with psycopg.connect(database_url, autocommit=True) as packer:
+        packer.execute("SELECT pg_advisory_lock(%s)", (locks.COMPACTION,))
+        # the rollup job's own lock held elsewhere: the round is skipped (what a shared key did)
+        packer.execute("SELECT pg_advisory_lock(%s)", (locks.ROLLUP,))
+        assert RollupJob(conn).run_round() is None
+        packer.execute("SELECT pg_advisory_unlock(%s)", (locks.ROLLUP,))
+        result = RollupJob(conn).run_round()
+        assert result is not None and result.minutes == 1
+        packer.execute("SELECT pg_advisory_unlock(%s)", (locks.COMPACTION,))
+    pending = conn.execute("SELECT count(*) FROM rollup_dirty WHERE tier = 1").fetchone()
+    assert pending == (0,)

@@ -18,9 +18,9 @@ import numpy as np
 import psycopg
 import pytest
 
-from fleetpulse import partitions, samples
+from fleetpulse import locks, partitions, samples
 from fleetpulse.ingest import compress
-from fleetpulse.ingest.compress import COMPRESS_LOCK_KEY, CompressJob
+from fleetpulse.ingest.compress import CompressJob
 from fleetpulse.ingest.copier import ChunkWriter
 from fleetpulse.ingest.decode import BatchRef, Decoded
 from fleetpulse.ingest.rollups import RollupJob
@@ -549,11 +549,11 @@ def test_one_process_compresses_at_a_time(
     RollupJob(db).catch_up()
 
     with psycopg.connect(database_url, autocommit=True) as other:
-        other.execute("SELECT pg_advisory_lock(%s)", (COMPRESS_LOCK_KEY,))
+        other.execute("SELECT pg_advisory_lock(%s)", (locks.COMPRESS,))
         assert CompressJob(db).run_round(0.0) is None
         assert hot_rows(db, hour, hour + HOUR_US) == len(stamps)
         assert tier_marks(db, compress.TIER_COMPRESS) == [hour]
-        other.execute("SELECT pg_advisory_unlock(%s)", (COMPRESS_LOCK_KEY,))
+        other.execute("SELECT pg_advisory_unlock(%s)", (locks.COMPRESS,))
     result = CompressJob(db).run_round(0.0)
     assert result is not None and result.hours == 1
     assert hot_rows(db, hour, hour + HOUR_US) == 0
