@@ -151,9 +151,7 @@ class Evaluator:
         bucket there)."""
         reader = self.query.reader
         base = ref - LOOKBACK_US
-        if int(base.min()) >= await reader.horizon_us():
-            return base
-        widened = ref - LOOKBACK_US - round(2 * TIER_SPACING_S[reader.tier] * US)
+        widened = base - round(2 * TIER_SPACING_S[reader.tier] * US)
         return np.where(base < await reader.horizon_us(), widened, base)
 
     async def instant_selector(self, node: Any) -> Vector:

@@ -42,7 +42,7 @@ from fleetpulse.api.promql.errors import PromQLError
 from fleetpulse.api.query import Matcher, Series, _splits, read_windows, select_series
 
 MAX_SAMPLES_PER_QUERY = 20_000_000
-TIER_SPACING_S = {"raw": 0.0, "1m": 60.0, "1h": 3600.0}
+TIER_SPACING_S = {"1m": 60.0, "1h": 3600.0}
 
 _EPOCH_US = "(extract(epoch FROM {col}) * 1000000)::int8"
 _RAW_POINTS = samples.points_sql("ids", "split_m", "end", hi_inclusive=True)
