@@ -30,7 +30,8 @@ from typing import Any
 
 import yaml
 
-from fleetpulse.agent.collectors import COLLECTORS, DEFAULT_INTERVALS_S
+from fleetpulse.agent.collectors.names import COLLECTORS
+from fleetpulse.agent.collectors.scheduler import DEFAULT_INTERVALS_S
 from fleetpulse.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,8 @@ class AgentConfig:
     # None enables every collector, including ones added in later versions.
     collectors: frozenset[str] | None = None
     # Collectors that run at most once per so many seconds (0: every collection); the file's
-    # mapping is laid over DEFAULT_INTERVALS_S (tcp every 60 s: its kernel cost, collectors.py).
+    # mapping is laid over DEFAULT_INTERVALS_S (tcp every 60 s: its kernel cost,
+    # collectors/scheduler.py).
     collector_intervals_s: Mapping[str, float] = field(
         default_factory=lambda: dict(DEFAULT_INTERVALS_S)
     )

@@ -1,10 +1,17 @@
-"""The agent daemon: one gRPC stream to the platform, held open for as long as the agent runs.
+"""The agent daemon: collects on a schedule and holds one gRPC stream to the platform open.
 
-Per stream: register, replay every unacknowledged batch in sequence order, then heartbeat every
-heartbeat_interval_s and send each new batch as it is collected. A batch leaves memory only when
-the platform acked it (it is then durably queued). When the stream breaks, the agent reconnects
-with full-jitter backoff and replays. First version: the unacknowledged batches live in a bounded
-in-memory buffer (oldest dropped and counted when full); the on-disk spool replaces it later.
+Every collection (the daemon's `Scheduler`, agent/collectors/scheduler.py) becomes a batch that is
+appended to the on-disk spool (agent/spool.py) and fsynced before it is sent, so that it survives
+a broken stream, a restart or a kill -9. Per stream: register, replay every spooled batch in
+sequence order (the platform's ledger makes one it already has a no-op), then heartbeat every
+heartbeat_interval_s and send each new batch as it is collected. An ack means the platform queued
+the batch durably: it is not sent again on that stream. A batch leaves the spool only when the
+platform reports it committed in PostgreSQL (ServerMessage.committed) or refuses it for good; one
+refused for now (retry_after_ms) is sent again after that delay. The spool is bounded
+(agent.spool_max_mb): when full, its oldest batches are dropped and counted (sent.json,
+agent_dropped_batches_total). When the stream breaks, the agent reconnects with full-jitter
+backoff and replays the spool. The platform's settings (intervals, collectors) apply without a
+restart (agent/remote.py).
 """
 
 from __future__ import annotations
@@ -18,8 +25,6 @@ import os
 import platform
 import signal
 import socket
-import ssl
-import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,23 +33,23 @@ import grpc
 import psutil
 
 from fleetpulse import __version__
+from fleetpulse.agent import channel
 from fleetpulse.agent.backoff import Backoff
-from fleetpulse.agent.collectors import COLLECTORS, Sample, close_files, collect
+from fleetpulse.agent.batch import CollectionEncoder
+from fleetpulse.agent.collectors.names import COLLECTORS
+from fleetpulse.agent.collectors.sample import Sample
+from fleetpulse.agent.collectors.scheduler import Scheduler
 from fleetpulse.agent.config import ENROLLMENT_TOKEN_ENV, AgentConfig
 from fleetpulse.agent.remote import check
 from fleetpulse.agent.report import SentReport
 from fleetpulse.agent.spool import Spool
-from fleetpulse.proto import agent_pb2, common_pb2, metric_pb2, wire
+from fleetpulse.proto import agent_pb2, common_pb2, wire
 
 log = logging.getLogger(__name__)
 
-CONNECT_METHOD = "/proto.AgentService/Connect"
 SHUTDOWN_FLUSH_S = 3.0
 # A session that stayed up this long resets the backoff.
 STABLE_SESSION_S = 10.0
-# AgentRegister.protocol: this agent understands ServerMessage.credential, .committed and
-# .settings (and answers the last with SettingsStatus).
-PROTOCOL = 2
 CREDENTIAL_FILE = "credential"
 # The platform's settings last applied, so that a restart keeps them until the next register.
 SETTINGS_FILE = "settings.json"
@@ -62,40 +67,6 @@ def machine_id() -> str:
     return ""
 
 
-def _retry_after_s(exc: grpc.aio.AioRpcError) -> float:
-    """A delay the server asked for when it ended the stream (trailing metadata retry-after-ms)."""
-    for key, value in exc.trailing_metadata() or ():
-        if key == "retry-after-ms":
-            try:
-                return max(0.0, int(value) / 1000)
-            except (TypeError, ValueError):
-                return 0.0
-    return 0.0
-
-
-def system_ca_bundle() -> bytes | None:
-    """The host's CA certificates, as OpenSSL finds them (SSL_CERT_FILE, then the distribution's
-    bundle); None leaves gRPC with the roots it ships."""
-    paths = ssl.get_default_verify_paths()
-    for candidate in (paths.cafile, paths.openssl_cafile):
-        if candidate and os.path.isfile(candidate):
-            return Path(candidate).read_bytes()
-    return None
-
-
-def channel_credentials(config: AgentConfig) -> grpc.ChannelCredentials:
-    """TLS to the platform: the configured CA file or the system's CAs, and a client certificate
-    when one is configured (read at every connect, so a renewed certificate needs no restart)."""
-    roots = Path(config.tls_ca_file).read_bytes() if config.tls_ca_file else system_ca_bundle()
-    key = cert = None
-    if config.tls_cert_file and config.tls_key_file:
-        key = Path(config.tls_key_file).read_bytes()
-        cert = Path(config.tls_cert_file).read_bytes()
-    return grpc.ssl_channel_credentials(
-        root_certificates=roots, private_key=key, certificate_chain=cert
-    )
-
-
 def write_private(path: Path, text: str) -> None:
     """Write a file only this user can read, atomically (the credential)."""
     tmp = path.with_suffix(".tmp")
@@ -105,55 +76,6 @@ def write_private(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-
-
-# encode_batch's cache: the series of the last batch (names and labels, in column order) and
-# their encoded SeriesSet. An agent's series rarely change between collections, so a batch is
-# normally the cached SeriesSet bytes plus its packed values: no protobuf object per series.
-_series_key: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] | None = None
-_series_bytes = b""
-
-
-def encode_batch(agent_id: str, epoch: int, seq: int, samples: list[Sample], ts_ns: int) -> bytes:
-    """One collection as a serialized AgentMessage carrying a ColumnarBatch.
-
-    The columnar form lets the platform skip decoding points one by one (docs/architecture.md);
-    the row form (MetricBatch) stays accepted from agents that only know the original protocol.
-
-    Written by hand in the layout protobuf itself writes (fields in number order, proto3 zero
-    values left out, packed values): AgentMessage.metric_columns (4) holding agent_id (1),
-    epoch (2), sequence (3), series (4, the SeriesSet, cached while the series stay the same),
-    values (5, packed doubles) and timestamps_ns (6, packed sfixed64). The cached SeriesSet also
-    keeps its bytes identical from batch to batch, which is what the platform's cache keys on.
-    """
-    global _series_key, _series_bytes
-    key = tuple((name, tuple(labels.items())) for name, _, labels in samples)
-    if key != _series_key:
-        _series_bytes = metric_pb2.SeriesSet(
-            entries=[metric_pb2.SeriesDef(name=name, labels=labels) for name, _, labels in samples]
-        ).SerializeToString()
-        _series_key = key
-    parts = []
-    if agent_id:
-        parts.append(wire.field_bytes(1, agent_id.encode()))
-    if epoch:
-        parts.append(wire.field_varint(2, epoch))
-    if seq:
-        parts.append(wire.field_varint(3, seq))
-    parts.append(wire.field_bytes(4, _series_bytes))  # a sub-message is written even when empty
-    if samples:
-        values = struct.pack(f"<{len(samples)}d", *[v for _, v, _ in samples])
-        parts.append(wire.field_bytes(5, values))
-    parts.append(wire.field_bytes(6, struct.pack("<q", ts_ns)))
-    return wire.field_bytes(4, b"".join(parts))
-
-
-# One stream carrying a batch every collect interval needs neither of these: HTTP/2 BDP probing
-# (a ping round trip whenever data arrives, to grow the flow-control window for bulk transfers)
-# and gRPC's own retries (which buffer every message sent; the spool already replays). Without
-# the BDP pings the agent spends about 1.3 ms less CPU per batch round trip on the 2-core
-# development VM (docs/performance.md).
-CHANNEL_OPTIONS = (("grpc.http2.bdp_probe", 0), ("grpc.enable_retries", 0))
 
 
 class StreamClosed(Exception):
@@ -183,6 +105,9 @@ class AgentDaemon:
         self._accepted: set[tuple[int, int]] = set()
         # Accepted at least once (counted in the report once), until committed.
         self._acked_once: set[tuple[int, int]] = set()
+        # The collectors, and what they keep between collections (kernel files, CPU baseline).
+        self.scheduler = Scheduler()
+        self._encoder = CollectionEncoder()
         self.collector_errors: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop
         self.credential_path: Path = config.state_dir / CREDENTIAL_FILE
@@ -227,7 +152,7 @@ class AgentDaemon:
     # -- collection -------------------------------------------------------------------------
     def collect_batch(self) -> None:
         """Collect once and queue the result as the next batch of this epoch."""
-        samples, self.collector_errors = collect(  # collect() logs failures
+        samples, self.collector_errors = self.scheduler.collect(  # it logs failures
             self.collectors, self.config.collector_intervals_s
         )
         if not samples:
@@ -235,7 +160,9 @@ class AgentDaemon:
         samples.extend(self._health())
         seq = self._next_seq
         self._next_seq += 1
-        message = encode_batch(self.config.agent_id, self.epoch, seq, samples, time.time_ns())
+        message = self._encoder.encode(
+            self.config.agent_id, self.epoch, seq, samples, time.time_ns()
+        )
         self.report.sent(self.epoch, seq, len(samples))
         self.spool.append(self.epoch, seq, len(samples), message)  # fsynced before it is sent
         self.report.write(self.report_path)  # what it sent, readable at any time (audit, bench)
@@ -366,10 +293,10 @@ class AgentDaemon:
         if self.config.server_tls:
             return grpc.aio.secure_channel(
                 self.config.server_address,
-                channel_credentials(self.config),
-                options=CHANNEL_OPTIONS,
+                channel.credentials(self.config),
+                options=channel.OPTIONS,
             )
-        return grpc.aio.insecure_channel(self.config.server_address, options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(self.config.server_address, options=channel.OPTIONS)
 
     def _register_message(self) -> bytes:
         return agent_pb2.AgentMessage(
@@ -380,7 +307,7 @@ class AgentDaemon:
                 arch=platform.machine(),
                 version=__version__,
                 machine_id=self._machine_id,
-                protocol=PROTOCOL,
+                protocol=wire.PROTOCOL,
             )
         ).SerializeToString()
 
@@ -394,15 +321,12 @@ class AgentDaemon:
     async def _session(self, channel: grpc.aio.Channel) -> None:
         # Requests go out as bytes: batches are serialized once, when collected, and resent as is.
         connect = channel.stream_stream(
-            CONNECT_METHOD,
+            wire.CONNECT_METHOD,
             request_serializer=None,
             response_deserializer=agent_pb2.ServerMessage.FromString,
         )
-        metadata = []
         bearer = self._bearer()
-        if bearer:
-            metadata.append(("authorization", f"Bearer {bearer}"))
-        call = connect(metadata=tuple(metadata))
+        call = connect(metadata=wire.bearer_metadata(bearer) if bearer else ())
         try:
             await call.write(self._register_message())
             first = await call.read()
@@ -544,7 +468,7 @@ class AgentDaemon:
                     if self._stopping.is_set():
                         return
                 except grpc.aio.AioRpcError as exc:
-                    floor_s = _retry_after_s(exc)
+                    floor_s = wire.retry_after_s(exc.trailing_metadata())
                     refused = self._auth_failure(exc)
                     if refused is None:
                         log.warning(
@@ -660,7 +584,7 @@ class AgentDaemon:
             )
         self.report.write(self.report_path)
         self.spool.close()
-        close_files()
+        self.scheduler.close()
 
 
 def main(config: AgentConfig) -> str | None:

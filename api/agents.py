@@ -5,23 +5,28 @@ Every query is a constant with bind parameters; nothing a client sends is ever f
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from http import HTTPStatus
 from itertools import groupby
 from operator import itemgetter
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from psycopg import AsyncConnection
 from psycopg.rows import class_row
-from psycopg_pool import AsyncConnectionPool
 
 from fleetpulse import samples
+from fleetpulse.api.deps import (
+    ConnDep,
+    KnownAgentIdDep,
+    SettingsDep,
+    agent_not_found,
+    has_nul,
+    liveness,
+)
 from fleetpulse.api.schemas import AgentDetailPublic, AgentPublic, SeriesPointsPublic, SeriesPublic
-from fleetpulse.settings import Settings
+from fleetpulse.errors import BadInput
 
 DEFAULT_WINDOW = timedelta(hours=1)
 
@@ -113,8 +118,6 @@ WHERE a.agent_id = %(agent_id)s
 """
 )
 
-_AGENT_EXISTS = "SELECT 1 FROM agents WHERE agent_id = %s"
-
 _LIST_SERIES = """
 SELECT series_id, name, labels FROM series WHERE agent_id = %s ORDER BY name, series_id
 """
@@ -159,50 +162,9 @@ def _with_chunks(
     return sorted(rows + extra, key=lambda row: (row[0], row[1]))[:limit]
 
 
-async def _connection(request: Request) -> AsyncIterator[AsyncConnection[Any]]:
-    pool: AsyncConnectionPool[AsyncConnection[Any]] = request.app.state.pool
-    async with pool.connection() as conn:
-        yield conn
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-# scope="function": the connection goes back to the pool when the handler returns, not after the
-# response (possibly megabytes of points) has been sent to a slow client.
-ConnDep = Annotated[AsyncConnection[Any], Depends(_connection, scope="function")]
-SettingsDep = Annotated[Settings, Depends(_settings)]
-
-
-def _has_nul(text: str) -> bool:
-    # PostgreSQL text cannot hold NUL, so no stored agent id or metric name contains one, and
-    # psycopg refuses to send such a parameter at all (DataError, which would be a 500).
-    return "\x00" in text
-
-
-def _agent_not_found(agent_id: str) -> HTTPException:
-    return HTTPException(HTTPStatus.NOT_FOUND, f"agent '{agent_id}' not found")
-
-
-async def _known_agent_id(agent_id: str, conn: ConnDep) -> str:
-    if _has_nul(agent_id):
-        raise _agent_not_found(agent_id)
-    cur = await conn.execute(_AGENT_EXISTS, (agent_id,))
-    if await cur.fetchone() is None:
-        raise _agent_not_found(agent_id)
-    return agent_id
-
-
-KnownAgentIdDep = Annotated[str, Depends(_known_agent_id)]
-
-
-def _liveness(settings: Settings) -> dict[str, float]:
-    return {
-        "offline_after_heartbeats": settings.offline_after_heartbeats,
-        "heartbeat_interval_s": settings.heartbeat_interval_s,
-    }
+class BadWindow(BadInput):
+    """``start``/``end`` that make no window: answered 400, as ``/agents/{id}/points`` always
+    has (other bad input, here and in the native queries, is 422)."""
 
 
 router = APIRouter(tags=["agents"])
@@ -269,14 +231,14 @@ async def list_agents(
     """One page of agents, filtered and sorted, each with its CPU and memory now; the number of
     matching agents is in the X-Total-Count header."""
     params: dict[str, Any] = {
-        **_liveness(settings),
+        **liveness(settings),
         "status": status,
         "os": os,
         "arch": arch,
         "version": version,
         "q": _like(q) if q else None,
     }
-    if any(value is not None and _has_nul(str(value)) for value in params.values()):
+    if any(value is not None and has_nul(str(value)) for value in params.values()):
         response.headers["X-Total-Count"] = "0"
         return []
     computed = sort.lstrip("-") in _COMPUTED_SORTS
@@ -313,13 +275,13 @@ async def _count(conn: AsyncConnection[Any], params: dict[str, Any], offset: int
 @router.get("/agents/{agent_id}", responses={404: {"description": "Unknown agent"}})
 async def get_agent(agent_id: str, conn: ConnDep, settings: SettingsDep) -> AgentDetailPublic:
     """One agent with its ingest accounting and its rejected points by reason."""
-    if _has_nul(agent_id):
-        raise _agent_not_found(agent_id)
+    if has_nul(agent_id):
+        raise agent_not_found(agent_id)
     cur = conn.cursor(row_factory=class_row(AgentDetailPublic))
-    await cur.execute(_GET_AGENT, {"agent_id": agent_id, **_liveness(settings)})
+    await cur.execute(_GET_AGENT, {"agent_id": agent_id, **liveness(settings)})
     agent = await cur.fetchone()
     if agent is None:
-        raise _agent_not_found(agent_id)
+        raise agent_not_found(agent_id)
     await now_values(conn, [agent])
     return agent
 
@@ -332,7 +294,7 @@ async def list_agent_series(
     cur = conn.cursor(row_factory=class_row(SeriesPublic))
     if name is None:
         await cur.execute(_LIST_SERIES, (agent_id,))
-    elif _has_nul(name):
+    elif has_nul(name):
         return []
     else:
         await cur.execute(_LIST_SERIES_BY_NAME, (agent_id, name))
@@ -351,11 +313,10 @@ def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, dat
         end_utc = _as_utc(end) if end is not None else datetime.now(UTC)
         start_utc = _as_utc(start) if start is not None else end_utc - DEFAULT_WINDOW
     except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+01:00 has no UTC datetime
-        raise HTTPException(HTTPStatus.BAD_REQUEST, "start/end out of range") from exc
+        raise BadWindow("start/end out of range") from exc
     if start_utc >= end_utc:
-        raise HTTPException(
-            HTTPStatus.BAD_REQUEST,
-            f"start ({start_utc.isoformat()}) must be before end ({end_utc.isoformat()})",
+        raise BadWindow(
+            f"start ({start_utc.isoformat()}) must be before end ({end_utc.isoformat()})"
         )
     return start_utc, end_utc
 
@@ -382,7 +343,7 @@ async def get_agent_points(
     max_points = settings.api_max_points
     labels_by_series: dict[int, dict[str, str]] = {}
     rows: list[tuple[int, datetime, float]] = []
-    if not _has_nul(name):
+    if not has_nul(name):
         # One snapshot for every read: every series the points reference has its labels, and a
         # row compressed meanwhile is read once, as a hot row or from its chunk.
         async with samples.snapshot_async(conn):
@@ -408,10 +369,7 @@ async def get_agent_points(
         if chunked:
             rows = _with_chunks(rows, chunked, start_utc, end_utc, max_points + 1)
     if len(rows) > max_points:
-        raise HTTPException(
-            HTTPStatus.UNPROCESSABLE_ENTITY,
-            f"more than {max_points} points in range; narrow start/end",
-        )
+        raise BadInput(f"more than {max_points} points in range; narrow start/end")
     body = {
         "agent_id": agent_id,
         "name": name,

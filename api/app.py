@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -17,15 +18,27 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from psycopg import AsyncConnection
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fleetpulse.api import agents, auth, config, fleet, prom, query, ui
+from fleetpulse import connections
+from fleetpulse.api import agents, config, deps, fleet, prom, query, ui
 from fleetpulse.api.schemas import HealthPublic
-from fleetpulse.errors import ConfigError
+from fleetpulse.errors import (
+    BadInput,
+    ConfigError,
+    Conflict,
+    FleetpulseError,
+    Forbidden,
+    NotFound,
+    Overloaded,
+    PermanentError,
+    RetryableError,
+    Unauthenticated,
+)
 from fleetpulse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,6 +47,23 @@ POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 8
 # Load balancers probe often and give up quickly; answer before they do.
 HEALTH_TIMEOUT_S = 2.0
+
+# The HTTP status of each class of fleetpulse/errors.py: the first class of the error's MRO found
+# here. Bad input is 422, as FastAPI answers a parameter it refuses; one endpoint answers 400 for
+# its window (agents.BadWindow), as it always has. Under /api/v1, prom.py answers instead.
+_STATUS_OF_CLASS: dict[type[FleetpulseError], HTTPStatus] = {
+    agents.BadWindow: HTTPStatus.BAD_REQUEST,
+    BadInput: HTTPStatus.UNPROCESSABLE_ENTITY,
+    NotFound: HTTPStatus.NOT_FOUND,
+    Unauthenticated: HTTPStatus.UNAUTHORIZED,
+    Forbidden: HTTPStatus.FORBIDDEN,
+    Conflict: HTTPStatus.CONFLICT,
+    ConfigError: HTTPStatus.INTERNAL_SERVER_ERROR,
+    PermanentError: HTTPStatus.BAD_REQUEST,
+    Overloaded: HTTPStatus.TOO_MANY_REQUESTS,
+    RetryableError: HTTPStatus.SERVICE_UNAVAILABLE,  # Unavailable, Superseded, Timeout
+    FleetpulseError: HTTPStatus.INTERNAL_SERVER_ERROR,
+}
 
 
 async def _configure_connection(conn: AsyncConnection[Any]) -> None:
@@ -50,6 +80,20 @@ async def _configure_connection(conn: AsyncConnection[Any]) -> None:
     # Series labels are jsonb: orjson reads them, not the standard library (2,000 series of a
     # top-N: about 8 of select_series' 22 ms were json.loads).
     set_json_loads(orjson.loads, conn)
+
+
+def _status(exc: FleetpulseError) -> HTTPStatus:
+    return next(_STATUS_OF_CLASS[c] for c in type(exc).__mro__ if c in _STATUS_OF_CLASS)
+
+
+def _headers(exc: FleetpulseError) -> dict[str, str]:
+    """What HTTP adds to an error's answer: the scheme to authenticate with, or how long to wait
+    before retrying."""
+    if isinstance(exc, Unauthenticated):
+        return {"WWW-Authenticate": "Bearer"}
+    if isinstance(exc, RetryableError) and exc.retry_after_s > 0:
+        return {"Retry-After": str(math.ceil(exc.retry_after_s))}
+    return {}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -70,16 +114,15 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+        pool = connections.pg_pool_async(
             conninfo,
             min_size=POOL_MIN_SIZE,
             max_size=POOL_MAX_SIZE,
-            open=False,
-            configure=_configure_connection,
-            # One round trip per checkout, so that the first request after a database restart gets a
-            # fresh connection instead of a 500.
-            check=AsyncConnectionPool.check_connection,
             name="api",
+            configure=_configure_connection,
+            # One round trip per checkout, so that the first request after a database restart gets
+            # a fresh connection instead of a 500.
+            check=True,
         )
         await pool.open(wait=True)
         app.state.pool = pool
@@ -96,14 +139,23 @@ def create_app(settings: Settings) -> FastAPI:
             await pool.close()
             log.info("api pool closed")
 
-    async def authorize(request: Request) -> None:
-        if request.url.path not in auth.OPEN_PATHS and request.url.path not in ui.UI_PATHS:
-            auth.require_read(request, settings)
-
-    app = FastAPI(title="fleetpulse", lifespan=lifespan, dependencies=[Depends(authorize)])
+    app = FastAPI(
+        title="fleetpulse", lifespan=lifespan, dependencies=[Depends(deps.require_read_key)]
+    )
     app.state.settings = settings
 
-    # The errors FastAPI answers by itself (no route, a method the route does not take, no key, a
+    # Every error raised on purpose, below the routes or in them: its class decides the status
+    # (the body is FastAPI's {"detail": message}); under /api/v1, Prometheus' status and format.
+    @app.exception_handler(FleetpulseError)
+    async def on_error(request: Request, exc: FleetpulseError) -> Response:
+        if prom.owns(request.url.path):
+            response = prom.error_response(exc)
+        else:
+            response = JSONResponse({"detail": exc.message}, _status(exc))
+        response.headers.update(_headers(exc))
+        return response
+
+    # The errors FastAPI answers by itself (no route, a method the route does not take, a
     # parameter it refuses, a bug): under /api/v1 in Prometheus' format, so that a client of that
     # API gets one format whatever went wrong; everywhere else FastAPI's own.
     @app.exception_handler(StarletteHTTPException)

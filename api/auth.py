@@ -13,15 +13,18 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from http import HTTPStatus
 
-from fastapi import HTTPException, Request
+from fastapi import Request
 
+from fleetpulse.errors import Forbidden, Unauthenticated
 from fleetpulse.settings import Settings
 
 COOKIE = "fleetpulse_key"
 # Paths anyone may reach: the load balancer's probe and the dashboard's login form.
 OPEN_PATHS = frozenset({"/healthz", "/login"})
+# The dashboard's pages (api/ui.py): they check the key themselves, so that a person without one
+# gets a redirect to the login form instead of a 401.
+PAGE_PATHS = frozenset({"/", "/ui", "/ui/", "/ui/host"})
 
 
 def _keys(settings: Settings, admin: bool) -> list[bytes]:
@@ -59,28 +62,24 @@ def presented_key(request: Request) -> str | None:
 
 
 def require_read(request: Request, settings: Settings) -> None:
-    """401 unless the request carries a read (or admin) key; open when the API is open."""
+    """`Unauthenticated` unless the request carries a read (or admin) key; open when the API is
+    open."""
     if settings.api_open and not settings.read_keys() and settings.api_admin_key is None:
         return
     if not matches(presented_key(request), settings):
-        raise HTTPException(
-            HTTPStatus.UNAUTHORIZED,
+        raise Unauthenticated(
             "missing or wrong API key: send 'Authorization: Bearer <key>', or the key as the "
-            "password of HTTP basic auth",
-            headers={"WWW-Authenticate": "Bearer"},
+            "password of HTTP basic auth"
         )
 
 
 def require_admin(request: Request, settings: Settings) -> None:
+    """`Forbidden` when no admin key is configured (the API is read only), `Unauthenticated`
+    unless the request carries it."""
     if settings.api_admin_key is None:
-        raise HTTPException(
-            HTTPStatus.FORBIDDEN,
+        raise Forbidden(
             "the API is read only: set FLEETPULSE_API_ADMIN_KEY to allow writes, "
-            "or use `fleetpulse agents config`",
+            "or use `fleetpulse agents config`"
         )
     if not matches(presented_key(request), settings, admin=True):
-        raise HTTPException(
-            HTTPStatus.UNAUTHORIZED,
-            "send the admin key as 'Authorization: Bearer <key>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise Unauthenticated("send the admin key as 'Authorization: Bearer <key>'")

@@ -3,23 +3,23 @@
 Writes need ``authorization: Bearer <api_admin_key>`` (compared in constant time); without a
 configured key the API is read only and every write is 403. A change is stored as a new version and
 announced on the control channel, so the front-end holding the agent's stream pushes it at once
-(ingest/agentsettings.py); an agent that is away gets it when it registers.
+(ingest/control.py); an agent that is away gets it when it registers.
 """
 
 from __future__ import annotations
 
 import logging
-from http import HTTPStatus
 from typing import Any
 
-import redis.asyncio
-from fastapi import APIRouter, HTTPException, Request
+import redis
+from fastapi import APIRouter, Request
 
 from fleetpulse.api import auth
-from fleetpulse.api.agents import ConnDep, KnownAgentIdDep, SettingsDep
+from fleetpulse.api.deps import ConnDep, KnownAgentIdDep, SettingsDep
 from fleetpulse.api.schemas import AgentConfigIn, AgentConfigPublic
-from fleetpulse.ingest import agentsettings, keys
-from fleetpulse.ingest.queue import SOCKET_TIMEOUT_S
+from fleetpulse.connections import redis_async
+from fleetpulse.errors import BadInput
+from fleetpulse.ingest import agentsettings, control
 from fleetpulse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ async def put_agent_config(
 ) -> AgentConfigPublic:
     """Replace the agent's platform-side settings (fields left out: the agent's own file decides);
     pushed to the agent at once when it is connected."""
+    # Here, not as a dependency: an unknown agent (404) or an invalid body (422) is answered as
+    # such whatever the key.
     auth.require_admin(request, settings)
     changes: dict[str, Any] = {
         "collect_interval_ms": _ms(body.collect_interval_s),
@@ -89,7 +91,7 @@ async def put_agent_config(
     try:
         await agentsettings.update_async(conn, agent_id, changes)
     except ValueError as exc:
-        raise HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None
+        raise BadInput(str(exc)) from None
     await _announce(settings, agent_id)
     return await _config(conn, agent_id)
 
@@ -97,9 +99,9 @@ async def put_agent_config(
 async def _announce(settings: Settings, agent_id: str) -> None:
     if settings.redis_url is None:
         return  # pushed at the agent's next register
-    client = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=SOCKET_TIMEOUT_S)
+    client = redis_async(settings.redis_url)
     try:
-        await client.publish(keys.control_channel(client), agentsettings.announcement(agent_id))
+        await control.publish_async(client, control.SettingsChanged(agent_id))
     except redis.RedisError as exc:
         log.warning(
             "settings of %s stored but not announced (%s): pushed at its next register",

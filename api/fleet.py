@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import redis.asyncio
 from fastapi import APIRouter, Query
 
-from fleetpulse.api.agents import ConnDep, SettingsDep, _has_nul, _liveness
+from fleetpulse import connections
+from fleetpulse.api.deps import ConnDep, SettingsDep, has_nul, liveness
 from fleetpulse.ingest import keys
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ FROM batches WHERE committed_at > now() - interval '60 seconds'
 @router.get("/fleet/summary")
 async def fleet_summary(conn: ConnDep, settings: SettingsDep) -> dict[str, Any]:
     """Agents in all, and by status, OS, architecture and version."""
-    cur = await conn.execute(_SUMMARY, _liveness(settings))
+    cur = await conn.execute(_SUMMARY, liveness(settings))
     summary: dict[str, Any] = {
         "agents": 0,
         "by_status": {"online": 0, "offline": 0},
@@ -87,7 +88,7 @@ async def catalog_metrics(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[dict[str, Any]]:
     """Metric names with their number of series (of one agent, or of the fleet)."""
-    if agent_id is not None and _has_nul(agent_id):
+    if agent_id is not None and has_nul(agent_id):
         return []
     if agent_id is None:
         cur = await conn.execute(_METRICS, (limit,))
@@ -103,7 +104,7 @@ async def catalog_labels(
     """Label keys of a metric and their values, at most ``limit`` values per key."""
     labels: dict[str, list[str]] = {}
     truncated = False
-    if not _has_nul(metric):
+    if not has_nul(metric):
         cur = await conn.execute(_LABELS, {"metric": metric, "limit": limit})
         for key, value in await cur.fetchall():
             values = labels.setdefault(key, [])
@@ -131,7 +132,7 @@ async def pipeline(conn: ConnDep, settings: SettingsDep) -> dict[str, Any]:
     if settings.redis_url is None:
         health["queue_error"] = "no redis_url configured for the API"
         return health
-    client = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=2)
+    client = connections.redis_async(settings.redis_url)
     try:
         health["queue"] = await _queue(client)
     except redis.RedisError as exc:

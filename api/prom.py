@@ -7,9 +7,11 @@ Prometheus takes one.
 
 Answers use Prometheus' envelope (``{"status": "success", "data": ...}``) and its error format
 (``{"status": "error", "errorType": "bad_data", "error": "..."}``), with Prometheus' statuses and,
-where fleetpulse makes the same check, its texts. The errors FastAPI answers by itself under
-/api/v1 (no such endpoint, a method it does not take, no key) take that format too, through
-`http_error` (installed by app.py): Prometheus' clients parse it. Sample values are strings, NaN
+where fleetpulse makes the same check, its texts. Handlers raise fleetpulse's errors
+(fleetpulse/errors.py); `error_response` turns each into Prometheus' error type and status, and
+`http_error` the errors FastAPI answers by itself under /api/v1 (no such endpoint, a method it does
+not take, a parameter it refuses): app.py's handlers call them for every path under /api/v1, so
+Prometheus' clients get the one format they parse. Sample values are strings, NaN
 and ±Inf spelled as Prometheus spells them. Series carry ``__name__``, ``agent_id`` and their own
 labels. PromQL itself is api/promql/; docs/api.md lists what differs from Prometheus on purpose.
 """
@@ -27,12 +29,12 @@ from urllib.parse import parse_qsl
 import numpy as np
 import orjson
 import promql_parser
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 from psycopg import errors
 from starlette.routing import Match
 
 from fleetpulse import __version__
-from fleetpulse.api.agents import ConnDep
+from fleetpulse.api.deps import ConnDep
 from fleetpulse.api.promql import (
     PromQLError,
     Range,
@@ -42,17 +44,21 @@ from fleetpulse.api.promql import (
     evaluate,
     format_value,
     format_values,
-    labels_of,
     parse,
+    parse_selector,
 )
-from fleetpulse.api.promql.parser import parse_selector
-from fleetpulse.api.query import (
-    MAX_STEPS,
-    Matcher,
-    Series,
-    _condition,
-    parse_duration,
-    parse_time,
+from fleetpulse.api.selectors import LABEL_NAME, Matcher, Series, any_of, labels_of
+from fleetpulse.api.times import MAX_STEPS, parse_duration, parse_time
+from fleetpulse.errors import (
+    BadInput,
+    ConfigError,
+    FleetpulseError,
+    Forbidden,
+    NotFound,
+    PermanentError,
+    RetryableError,
+    Timeout,
+    Unauthenticated,
 )
 
 router = APIRouter(prefix="/api/v1", tags=["prometheus"])
@@ -62,7 +68,6 @@ PROMETHEUS_VERSION = "2.42.0"
 MAX_SERIES_LISTED = 10_000
 MAX_VALUES_LISTED = 10_000
 
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")  # Prometheus' (and ingest's) label names
 _INTEGER = re.compile(r"[+-]?[0-9]+")  # what Go's strconv.Atoi takes
 # The suffixes of cumulative series in Prometheus' naming: counters, and the parts of histograms
 # and summaries that only grow.
@@ -70,7 +75,7 @@ _COUNTER_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
 # What the parser says of a selector every matcher of which matches the empty string.
 _EMPTY_SELECTOR = "vector selector must contain at least one non-empty matcher"
 
-# {where} is built by _where() from constant fragments; every value is a bind parameter.
+# {where} is built by selectors.any_of() from constant fragments; every value is a bind parameter.
 _SERIES = (
     "SELECT series_id, name, agent_id, labels FROM series WHERE {where}"
     " ORDER BY name, agent_id LIMIT %s"
@@ -118,24 +123,14 @@ def _one(pairs: list[tuple[str, str]], name: str, default: str | None = None) ->
         if key == name:
             return value
     if default is None:
-        raise PromQLError(f"missing parameter {name!r}")
+        raise BadInput(f"missing parameter {name!r}")
     return default
-
-
-def _time(text: str, what: str) -> float:
-    try:
-        return parse_time(text, what)
-    except HTTPException as exc:
-        raise PromQLError(str(exc.detail)) from None
 
 
 def _stamp(t_us: int) -> float | int:
     """A time as Prometheus writes it: Unix seconds, milliseconds as decimals."""
     ms = round(t_us / 1000)
     return ms // 1000 if ms % 1000 == 0 else ms / 1000
-
-
-_ERROR_STATUS = {"bad_data": 400, "execution": 422, "timeout": 503}
 
 
 def _points(stamps: np.ndarray, values: np.ndarray) -> orjson.Fragment:
@@ -213,45 +208,39 @@ def _resolution(text: str, step: float, instant: bool) -> float:
         return 0.0
     try:
         return parse_duration(text) if text not in ("0", "0s") else 0.0
-    except HTTPException:
-        raise PromQLError(
+    except BadInput:
+        raise BadInput(
             f'invalid parameter "max_source_resolution": {text!r} is not a duration, raw or auto'
         ) from None
 
 
 async def _run(request: Request, conn: ConnDep, instant: bool) -> Response:
+    pairs = await _params(request)
+    query = _one(pairs, "query")
+    if instant:
+        at = parse_time(_one(pairs, "time", str(datetime.now(UTC).timestamp())), "time")
+        start = end = at
+        step = 1.0
+    else:
+        start = parse_time(_one(pairs, "start"), "start")
+        end = parse_time(_one(pairs, "end"), "end")
+        step = parse_duration(_one(pairs, "step"))
+        if end < start:
+            raise BadInput("end timestamp must not be before start time")
+        if (end - start) / step > MAX_STEPS:
+            raise BadInput(
+                f"exceeded maximum resolution of {MAX_STEPS} points per timeseries. "
+                "Try decreasing the query resolution (?step=XX)"
+            )
+    resolution = _resolution(_one(pairs, "max_source_resolution", "0s"), step, instant)
     try:
-        pairs = await _params(request)
-        query = _one(pairs, "query")
-        if instant:
-            at = _time(_one(pairs, "time", str(datetime.now(UTC).timestamp())), "time")
-            start = end = at
-            step = 1.0
-        else:
-            start = _time(_one(pairs, "start"), "start")
-            end = _time(_one(pairs, "end"), "end")
-            try:
-                step = parse_duration(_one(pairs, "step"))
-            except HTTPException as exc:
-                raise PromQLError(str(exc.detail)) from None
-            if end < start:
-                raise PromQLError("end timestamp must not be before start time")
-            if (end - start) / step > MAX_STEPS:
-                raise PromQLError(
-                    f"exceeded maximum resolution of {MAX_STEPS} points per timeseries. "
-                    "Try decreasing the query resolution (?step=XX)"
-                )
-        resolution = _resolution(_one(pairs, "max_source_resolution", "0s"), step, instant)
         result = await evaluate(conn, query, start, end, step, instant, resolution)
     except PromQLError as exc:
-        message = str(exc)
-        if instant and message.startswith("parse error"):  # as Prometheus words it
-            message = f'invalid parameter "query": {message}'
-        return _error(_ERROR_STATUS[exc.kind], exc.kind, message)
-    except HTTPException as exc:  # a matcher the series lookup refused (a bad regex, too many)
-        return _error(400, "bad_data", str(exc.detail))
+        if instant and exc.message.startswith("parse error"):  # as Prometheus words it
+            raise PromQLError(f'invalid parameter "query": {exc.message}') from None
+        raise
     except errors.QueryCanceled as exc:
-        return _error(503, "timeout", str(exc).splitlines()[0])
+        raise Timeout(str(exc).splitlines()[0]) from None
     return _answer_result(result, instant)
 
 
@@ -279,10 +268,6 @@ def _quoted(text: str) -> str:
     return orjson.dumps(text).decode()
 
 
-def _refused(exc: PromQLError) -> Response:
-    return _error(_ERROR_STATUS[exc.kind], exc.kind, str(exc))
-
-
 def _time_param(pairs: list[tuple[str, str]], name: str) -> float | None:
     """An optional time parameter (None when absent or empty), refused in Prometheus' words."""
     text = _one(pairs, name, "")
@@ -290,8 +275,8 @@ def _time_param(pairs: list[tuple[str, str]], name: str) -> float | None:
         return None
     try:
         return parse_time(text, name)
-    except HTTPException:
-        raise PromQLError(
+    except BadInput:
+        raise BadInput(
             f"invalid parameter {_quoted(name)}: Invalid time value for '{name}': "
             f"cannot parse {_quoted(text)} to a valid timestamp"
         ) from None
@@ -312,35 +297,17 @@ def _matcher_sets(pairs: list[tuple[str, str]], prefix: str = "") -> list[list[M
             reason = str(exc)
             if reason.endswith(_EMPTY_SELECTOR):  # the parser's words; the API has its own
                 reason = "match[] must contain at least one non-empty matcher"
-            raise PromQLError(prefix + reason) from None
+            raise BadInput(prefix + reason) from None
     return sets
-
-
-def _where(sets: list[list[Matcher]] | None) -> tuple[str, list[Any]]:
-    """SQL for "matches any of the selectors", each selector all of its matchers (as query.py
-    writes a matcher: regular expressions anchored), and its parameters."""
-    if sets is None:
-        return "true", []
-    clauses, params = [], []
-    for matchers in sets:
-        if any("\x00" in m.key or "\x00" in m.value for m in matchers):
-            continue  # PostgreSQL text holds no NUL: nothing stored can match (as select_series)
-        clause = "true"
-        for matcher in matchers:
-            fragment, values = _condition(matcher)
-            clause += fragment
-            params += values
-        clauses.append(f"({clause})")
-    return " OR ".join(clauses) or "false", params
 
 
 async def _rows(conn: ConnDep, query: str, params: list[Any]) -> list[Any]:
     try:
         cur = await conn.execute(query, params)
     except errors.InvalidRegularExpression as exc:
-        raise PromQLError(f"invalid regular expression: {str(exc).splitlines()[0]}") from None
+        raise BadInput(f"invalid regular expression: {str(exc).splitlines()[0]}") from None
     except errors.QueryCanceled as exc:
-        raise PromQLError(str(exc).splitlines()[0], "timeout") from None
+        raise Timeout(str(exc).splitlines()[0]) from None
     return await cur.fetchall()
 
 
@@ -355,19 +322,16 @@ def _listed(rows: list[Any], limit: int) -> tuple[list[Any], list[str]]:
 @router.post("/series", operation_id="series_post")
 async def series(request: Request, conn: ConnDep) -> Response:
     """Label sets of the series that match any ``match[]`` selector."""
-    try:
-        pairs = await _params(request)
-        if not any(key == "match[]" for key, _ in pairs):
-            raise PromQLError("no match[] parameter provided")
-        _time_param(pairs, "start")
-        _time_param(pairs, "end")
-        where, params = _where(_matcher_sets(pairs, 'invalid parameter "match[]": '))
-        query = _SERIES.format(where=where)
-        rows, warnings = _listed(
-            await _rows(conn, query, [*params, MAX_SERIES_LISTED + 1]), MAX_SERIES_LISTED
-        )
-    except PromQLError as exc:
-        return _refused(exc)
+    pairs = await _params(request)
+    if not any(key == "match[]" for key, _ in pairs):
+        raise BadInput("no match[] parameter provided")
+    _time_param(pairs, "start")
+    _time_param(pairs, "end")
+    where, params = any_of(_matcher_sets(pairs, 'invalid parameter "match[]": '))
+    query = _SERIES.format(where=where)
+    rows, warnings = _listed(
+        await _rows(conn, query, [*params, MAX_SERIES_LISTED + 1]), MAX_SERIES_LISTED
+    )
     found = sorted((labels_of(Series(*row)) for row in rows), key=lambda s: sorted(s.items()))
     return _answer(found, warnings)
 
@@ -376,39 +340,33 @@ async def series(request: Request, conn: ConnDep) -> Response:
 @router.post("/labels", operation_id="label_names_post")
 async def label_names(request: Request, conn: ConnDep) -> Response:
     """Label names (of the series matching any ``match[]`` selector, if given)."""
-    try:
-        pairs = await _params(request)
-        _time_param(pairs, "start")
-        _time_param(pairs, "end")
-        where, params = _where(_matcher_sets(pairs))
-        rows, warnings = _listed(
-            await _rows(conn, _LABEL_NAMES.format(where=where), [*params, MAX_VALUES_LISTED + 1]),
-            MAX_VALUES_LISTED,
-        )
-    except PromQLError as exc:
-        return _refused(exc)
+    pairs = await _params(request)
+    _time_param(pairs, "start")
+    _time_param(pairs, "end")
+    where, params = any_of(_matcher_sets(pairs))
+    rows, warnings = _listed(
+        await _rows(conn, _LABEL_NAMES.format(where=where), [*params, MAX_VALUES_LISTED + 1]),
+        MAX_VALUES_LISTED,
+    )
     return _answer([row[0] for row in rows], warnings)
 
 
 @router.get("/label/{name}/values")
 async def label_values(name: str, request: Request, conn: ConnDep) -> Response:
     """Values of one label (of the series matching any ``match[]`` selector, if given)."""
-    try:
-        if not _LABEL_NAME.fullmatch(name):
-            raise PromQLError(f"invalid label name: {_quoted(name)}")
-        pairs = list(request.query_params.multi_items())
-        _time_param(pairs, "start")
-        _time_param(pairs, "end")
-        where, params = _where(_matcher_sets(pairs))
-        if name in _COLUMNS:
-            query = _COLUMN_VALUES.format(column=_COLUMNS[name], where=where)
-        else:
-            query, params = _LABEL_VALUES.format(where=where), [name, name, *params]
-        rows, warnings = _listed(
-            await _rows(conn, query, [*params, MAX_VALUES_LISTED + 1]), MAX_VALUES_LISTED
-        )
-    except PromQLError as exc:
-        return _refused(exc)
+    if not LABEL_NAME.fullmatch(name):
+        raise BadInput(f"invalid label name: {_quoted(name)}")
+    pairs = list(request.query_params.multi_items())
+    _time_param(pairs, "start")
+    _time_param(pairs, "end")
+    where, params = any_of(_matcher_sets(pairs))
+    if name in _COLUMNS:
+        query = _COLUMN_VALUES.format(column=_COLUMNS[name], where=where)
+    else:
+        query, params = _LABEL_VALUES.format(where=where), [name, name, *params]
+    rows, warnings = _listed(
+        await _rows(conn, query, [*params, MAX_VALUES_LISTED + 1]), MAX_VALUES_LISTED
+    )
     return _answer([row[0] for row in rows], warnings)
 
 
@@ -427,18 +385,13 @@ async def metadata(request: Request, conn: ConnDep) -> Response:
     limit = MAX_VALUES_LISTED
     if text:
         if not _INTEGER.fullmatch(text) or not -(2**63) <= int(text) < 2**63:
-            return _error(400, "bad_data", "limit must be a number")
+            raise BadInput("limit must be a number")
         if int(text) >= 0:
             limit = min(int(text), MAX_VALUES_LISTED)
     metric = _one(pairs, "metric", "") or None
     if metric is not None and "\x00" in metric:
         return _answer({})  # PostgreSQL text holds no NUL: no metric is named so
-    try:
-        rows, warnings = _listed(
-            await _rows(conn, _METRIC_NAMES, [metric, metric, limit + 1]), limit
-        )
-    except PromQLError as exc:
-        return _refused(exc)
+    rows, warnings = _listed(await _rows(conn, _METRIC_NAMES, [metric, metric, limit + 1]), limit)
     found = {name: [{"type": _metric_type(name), "help": "", "unit": ""}] for (name,) in rows}
     return _answer(found, [] if limit < MAX_VALUES_LISTED else warnings)
 
@@ -448,15 +401,12 @@ async def metadata(request: Request, conn: ConnDep) -> Response:
 async def query_exemplars(request: Request) -> Response:
     """Exemplars of the query's series: none, since agents send none; the parameters are checked
     as Prometheus checks them, and a query without a selector is answered 204 as there."""
-    try:
-        pairs = await _params(request)
-        start = _time_param(pairs, "start")
-        end = _time_param(pairs, "end")
-        if start is not None and end is not None and end < start:
-            raise PromQLError("end timestamp must not be before start timestamp")
-        tree = parse(_one(pairs, "query", ""))
-    except PromQLError as exc:
-        return _refused(exc)
+    pairs = await _params(request)
+    start = _time_param(pairs, "start")
+    end = _time_param(pairs, "end")
+    if start is not None and end is not None and end < start:
+        raise BadInput("end timestamp must not be before start timestamp")
+    tree = parse(_one(pairs, "query", ""))
     has_selector = not promql_parser.walk(
         tree, pre_visit=lambda node: not isinstance(node, promql_parser.VectorSelector)
     )
@@ -467,11 +417,12 @@ async def query_exemplars(request: Request) -> Response:
 @router.post("/format_query", operation_id="format_query_post")
 async def format_query(request: Request) -> Response:
     """The query as Prometheus' formatter writes it (promql-parser's port of it)."""
+    query = _one(await _params(request), "query", "")
     try:
-        query = _one(await _params(request), "query", "")
-        return _answer(parse(query).prettify())
+        tree = parse(query)
     except PromQLError as exc:
-        return _refused(PromQLError(f'invalid parameter "query": {exc}'))
+        raise PromQLError(f'invalid parameter "query": {exc.message}') from None
+    return _answer(tree.prettify())
 
 
 @router.get("/rules")
@@ -479,8 +430,7 @@ async def rules(request: Request) -> Response:
     """Recording and alerting rules: none, fleetpulse evaluates none (yet)."""
     kind = _one(list(request.query_params.multi_items()), "type", "").lower()
     if kind not in ("", "alert", "record"):
-        reason = f'invalid parameter "type": not supported value {_quoted(kind)}'
-        return _error(400, "bad_data", reason)
+        raise BadInput(f'invalid parameter "type": not supported value {_quoted(kind)}')
     return _answer({"groups": []})
 
 
@@ -506,8 +456,24 @@ async def build_info() -> Response:
     )
 
 
-# -- errors FastAPI answers itself -------------------------------------------------------------
+# -- errors ------------------------------------------------------------------------------------
 
+# Prometheus' status of each error type the engine raises (web/api/v1's respondError).
+_STATUS_OF_KIND = {"bad_data": 400, "execution": 422}
+# Prometheus' status and error type of each class of fleetpulse/errors.py: the first class of the
+# error's MRO found here. Prometheus has no keys: a refused one is answered with HTTP's status,
+# named by its phrase, as http_error names the statuses Prometheus has no type for.
+_ERROR_OF_CLASS: dict[type[FleetpulseError], tuple[int, str]] = {
+    BadInput: (400, "bad_data"),
+    Unauthenticated: (401, "unauthorized"),
+    Forbidden: (403, "forbidden"),
+    NotFound: (404, "not_found"),
+    Timeout: (503, "timeout"),
+    RetryableError: (503, "unavailable"),
+    ConfigError: (500, "internal"),
+    PermanentError: (422, "execution"),
+    FleetpulseError: (500, "internal"),
+}
 # The error types Prometheus answers with these statuses; any other status is named by its phrase.
 _KIND_OF_STATUS = {400: "bad_data", 404: "not_found", 422: "execution", 500: "internal"}
 
@@ -515,6 +481,16 @@ _KIND_OF_STATUS = {400: "bad_data", 404: "not_found", 422: "execution", 500: "in
 def owns(path: str) -> bool:
     """Whether the answer to ``path`` is Prometheus' to shape: everything under /api/v1."""
     return path == router.prefix or path.startswith(router.prefix + "/")
+
+
+def error_response(exc: FleetpulseError) -> Response:
+    """A fleetpulse error raised under /api/v1 as Prometheus answers it: its error type, with
+    Prometheus' status for that type, and the message unchanged."""
+    if isinstance(exc, PromQLError):
+        status, kind = _STATUS_OF_KIND[exc.kind], exc.kind
+    else:
+        status, kind = next(_ERROR_OF_CLASS[c] for c in type(exc).__mro__ if c in _ERROR_OF_CLASS)
+    return _error(status, kind, exc.message)
 
 
 def http_error(

@@ -6,8 +6,8 @@ The pages are plain HTML and JavaScript that call the read API from the browser 
 time and nothing is built at run time.
 
 The app-level key check answers 401 to a request without a key; a person opening the dashboard
-should get the login form instead, so the page paths (``UI_PATHS``) are skipped by that check and
-checked here, where a missing key is a redirect to ``/login``. The assets under ``/ui/static`` stay
+should get the login form instead, so the page paths (``auth.PAGE_PATHS``) are skipped by that
+check and checked here, where a missing key is a redirect to ``/login``. The assets under ``/ui/static`` stay
 behind the app-level check (the browser sends the cookie with them).
 """
 
@@ -18,16 +18,14 @@ from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qs, quote
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from fleetpulse.api import auth
+from fleetpulse.errors import NotFound, Unauthenticated
 from fleetpulse.settings import Settings
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-
-# The page paths that check the key themselves (a redirect to /login instead of a 401).
-UI_PATHS = frozenset({"/", "/ui", "/ui/", "/ui/host"})
 
 # A login form is a few dozen bytes; anything much larger is not one.
 MAX_LOGIN_BODY = 4096
@@ -68,7 +66,7 @@ def _authorized(request: Request) -> bool:
     settings: Settings = request.app.state.settings
     try:
         auth.require_read(request, settings)
-    except HTTPException:
+    except Unauthenticated:
         return False
     return True
 
@@ -113,7 +111,7 @@ async def host_page(request: Request) -> Response:
 async def static_asset(path: str) -> Response:
     file = _ASSETS.get(path)
     if file is None:
-        raise HTTPException(HTTPStatus.NOT_FOUND, "no such asset")
+        raise NotFound("no such asset")
     return FileResponse(
         file,
         media_type=_MEDIA_TYPES[file.suffix],

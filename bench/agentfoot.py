@@ -47,7 +47,6 @@ from fleetpulse.bench import report
 from fleetpulse.bench.nodeexporter import NODE_EXPORTER, NodeExporter
 
 SERVICE_UNIT = Path(__file__).resolve().parent.parent / "agent" / "fleetpulse-agent.service"
-CONNECT_METHOD = "/proto.AgentService/Connect"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -142,7 +141,7 @@ def _sink(ready: Any, counts: Any) -> None:
     """Serve Connect on a loopback port until terminated; counts = [batches, points, bytes]."""
     import grpc
 
-    from fleetpulse.proto import agent_pb2, common_pb2
+    from fleetpulse.proto import agent_pb2, common_pb2, wire
 
     registered = agent_pb2.ServerMessage(
         register_response=common_pb2.Response(success=True)
@@ -178,11 +177,10 @@ def _sink(ready: Any, counts: Any) -> None:
             elif case == "disconnect":
                 return
 
-    service, method = CONNECT_METHOD.strip("/").split("/")
     handler = grpc.method_handlers_generic_handler(
-        service,
+        wire.SERVICE,
         {
-            method: grpc.stream_stream_rpc_method_handler(
+            wire.METHOD: grpc.stream_stream_rpc_method_handler(
                 connect, request_deserializer=None, response_serializer=None
             )
         },
@@ -198,21 +196,22 @@ def _sink(ready: Any, counts: Any) -> None:
 def _collector_costs(rounds: int, pause_s: float) -> dict[str, float]:
     """CPU per run of each collector, in ms, measured in this process (``pause_s`` between
     rounds, so caches are as cold as in an agent that sleeps between collections)."""
-    from fleetpulse.agent import collectors
+    from fleetpulse.agent.collectors.scheduler import Scheduler
 
-    spent = dict.fromkeys(collectors.COLLECTORS, 0.0)
+    scheduler = Scheduler()
+    spent = dict.fromkeys(scheduler.collectors, 0.0)
     for _ in range(rounds + 1):
-        for name, collector in collectors.COLLECTORS.items():
+        for name, collector in scheduler.collectors.items():
             started = time.thread_time()
             try:
-                collector()
+                collector(scheduler.proc)
             except Exception:  # noqa: S112 - a collector that fails here costs what it costs
                 continue
             spent[name] += time.thread_time() - started
         if not _:
             spent = dict.fromkeys(spent, 0.0)  # the first round only primes (open files, baselines)
         time.sleep(pause_s)
-    collectors.close_files()
+    scheduler.close()
     return {name: round(total / rounds * 1000, 3) for name, total in spent.items()}
 
 

@@ -23,16 +23,14 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import psycopg
 from psycopg import sql
 
 from fleetpulse.bench.ports import free_port
-from fleetpulse.copybuf import POINT_ROW
+from fleetpulse.connections import pg_connect
+from fleetpulse.copybuf import PG_EPOCH_OFFSET_US, POINT_ROW, SIGNATURE, TRAILER
 
 log = logging.getLogger(__name__)
 
-_BINARY_HEADER_LEN = 19  # signature (11) + flags (4) + extension length (4)
-_BINARY_TRAILER_LEN = 2
 _WRITE_CHUNK_BYTES = 8 * 2**20
 _VM_BODY_LINES = 200_000
 
@@ -46,17 +44,15 @@ class RunRows:
 
     @property
     def rows(self) -> int:
-        return (
-            len(self.copy_bytes) - _BINARY_HEADER_LEN - _BINARY_TRAILER_LEN
-        ) // POINT_ROW.itemsize
+        return (len(self.copy_bytes) - len(SIGNATURE) - len(TRAILER)) // POINT_ROW.itemsize
 
     def columns(self) -> np.ndarray:
-        body = self.copy_bytes[_BINARY_HEADER_LEN : len(self.copy_bytes) - _BINARY_TRAILER_LEN]
+        body = self.copy_bytes[len(SIGNATURE) : len(self.copy_bytes) - len(TRAILER)]
         return np.frombuffer(body, dtype=POINT_ROW)
 
 
 def fetch_run_rows(database_url: str, agent_prefix: str, max_rows: int) -> RunRows:
-    with psycopg.connect(database_url) as conn:
+    with pg_connect(database_url) as conn:
         chunks = []
         with conn.cursor() as cur:
             query = (
@@ -83,7 +79,7 @@ def copy_ceiling(database_url: str, agent_prefix: str, table: str, max_rows: int
     where = sql.SQL(
         "FROM samples s JOIN series_sets ss USING (set_id) WHERE ss.agent_id LIKE {prefix}"
     ).format(prefix=sql.Literal(agent_prefix + "%"))
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with pg_connect(database_url, autocommit=True) as conn:
         chunks = []
         statement = sql.SQL(
             "COPY (SELECT s.set_id, s.ts, s.vals {where} LIMIT {limit}) TO STDOUT (FORMAT BINARY)"
@@ -154,7 +150,7 @@ def prometheus_text_bodies(rows: RunRows) -> list[bytes]:
     points = pl.DataFrame(
         {
             "series_id": columns["series_id"].astype(np.int64),
-            "ts_ms": (columns["ts"].astype(np.int64) + 946_684_800_000_000) // 1000,
+            "ts_ms": (columns["ts"].astype(np.int64) + PG_EPOCH_OFFSET_US) // 1000,
             "value": columns["value"].astype(np.float64),
         }
     )

@@ -35,25 +35,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psutil
-import psycopg
 
-from fleetpulse.bench import report
+from fleetpulse.bench import report, simagent
 from fleetpulse.bench.frontendproc import (
-    CHANNEL_OPTIONS,
-    CONNECT_METHOD,
     FrontendProcess,
-    int_or_none,
-    machine_busy_s,
-    ms,
-    percentile,
-    processes_cpu_s,
-    progress,
     raise_open_files_limit_to,
     tcp_established,
 )
+from fleetpulse.bench.report import progress
+from fleetpulse.bench.resources import machine_busy_s, processes_cpu_s, processes_rss_bytes
+from fleetpulse.bench.stats import int_or_none, ms, percentile
+from fleetpulse.connections import pg_connect
 from fleetpulse.errors import ConfigError
-from fleetpulse.proto import agent_pb2, common_pb2
 
 # A Python process with grpc.aio holds a few thousand channels comfortably (docs/performance.md).
 CHANNELS_PER_PROCESS = 5000
@@ -61,7 +56,7 @@ CHANNELS_PER_PROCESS = 5000
 CONNECTED, REGISTERED, HEARTBEATS_SENT, HEARTBEATS_ACKED, FAILURES = range(5)
 NFIELDS = 5
 RETRY_DELAY_MAX_S = 30.0
-# Samples of the front-end's /metrics (ingest/selfmetrics.py).
+# Samples of the front-end's /metrics (ingest/frontend/selfmetrics.py).
 _SERVER_CONNECTED = "fleetpulse_ingest_connected_agents"
 _SERVER_HEARTBEATS = "fleetpulse_ingest_heartbeats_total"
 _SERVER_REJECTS = "fleetpulse_ingest_rejects_total{"
@@ -69,6 +64,7 @@ _SERVER_REJECTS = "fleetpulse_ingest_rejects_total{"
 # progress, and report how many were left online.
 OFFLINE_STALL_S = 10.0
 MAX_ERROR_KINDS = 30
+AGENT_KIND = "conn"  # its agents are conn-<run id>-<n> (simagent.agent_id_for)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -149,14 +145,6 @@ class ClientResult:
             self.error_details[f"{code}: (other details)"] += 1
 
 
-def agent_id_for(run_id: str, index: int) -> str:
-    return f"conn-{run_id}-{index:05d}"
-
-
-class _StreamEnded(Exception):
-    """The server ended the stream without an error status, or refused the register."""
-
-
 class IdleAgent:
     """One simulated agent between batches: register, then heartbeats; reconnects on failure."""
 
@@ -164,44 +152,26 @@ class IdleAgent:
         self, config: ClientConfig, index: int, stats: Any, offset: int, result: ClientResult
     ) -> None:
         self.config = config
-        self.agent_id = agent_id_for(config.run_id, index)
+        self.agent_id = simagent.agent_id_for(AGENT_KIND, config.run_id, index)
         self._stats = stats
         self._offset = offset
         self._result = result
         self._heartbeat_sent_at = 0.0
-        self._register = agent_pb2.AgentMessage(
-            register=agent_pb2.AgentRegister(
-                agent_id=self.agent_id,
-                hostname=self.agent_id,
-                os="linux",
-                arch="x86_64",
-                version="bench",
-            )
-        ).SerializeToString()
+        self._register = simagent.register_message(self.agent_id)
 
     def _count(self, name: int, amount: int = 1) -> None:
         self._stats[self._offset + name] += amount
 
     async def run(self, start_delay_s: float) -> None:
-        import grpc
-
         await asyncio.sleep(start_delay_s)
         first_attempt_at = time.monotonic()
         connected_once = False
         retry_delay_s = 0.5
         while True:
             try:
-                async with grpc.aio.insecure_channel(
-                    self.config.target, options=CHANNEL_OPTIONS
-                ) as channel:
-                    connect = channel.stream_stream(
-                        CONNECT_METHOD,
-                        request_serializer=None,
-                        response_deserializer=agent_pb2.ServerMessage.FromString,
-                    )
-                    call = connect(metadata=(("authorization", f"Bearer {self.config.token}"),))
-                    await call.write(self._register)
-                    await self._registered(call)
+                async with simagent.session(
+                    self.config.target, self.config.token, self._register
+                ) as call:
                     if not connected_once:
                         connected_once = True
                         self._result.connect_s.append(time.monotonic() - first_attempt_at)
@@ -215,8 +185,8 @@ class IdleAgent:
             except grpc.aio.AioRpcError as exc:
                 self._result.errors[exc.code().name] += 1
                 self._result.note_error(exc.code().name, str(exc.details()))
-                server_delay_s = _retry_after_s(exc)
-            except _StreamEnded as exc:
+                server_delay_s = simagent.stream_retry_after_s(exc)
+            except simagent.StreamEnded as exc:
                 self._result.errors[str(exc)] += 1
                 self._result.note_error(str(exc), "")
                 server_delay_s = 0.0
@@ -224,18 +194,6 @@ class IdleAgent:
             # Like the project's agent: jittered exponential backoff, at least what the server asked.
             await asyncio.sleep(max(server_delay_s, random.uniform(0.5, 1.0) * retry_delay_s))
             retry_delay_s = min(RETRY_DELAY_MAX_S, retry_delay_s * 2)
-
-    async def _registered(self, call: Any) -> None:
-        import grpc
-
-        while True:
-            message = await call.read()
-            if message is grpc.aio.EOF:
-                raise _StreamEnded("stream ended before register_response")
-            if message.WhichOneof("message") == "register_response":
-                if not message.register_response.success:
-                    raise _StreamEnded("register refused")
-                return
 
     async def _heartbeats(self, call: Any) -> None:
         interval_s = self.config.heartbeat_interval_s
@@ -248,13 +206,8 @@ class IdleAgent:
                 )
                 if done:
                     reader.result()  # raises the stream's error status, if any
-                    raise _StreamEnded("server closed the stream")
-                message = agent_pb2.AgentMessage(
-                    heartbeat=agent_pb2.Heartbeat(
-                        agent_id=self.agent_id,
-                        timestamp=common_pb2.Timestamp(seconds=int(time.time())),
-                    )
-                ).SerializeToString()
+                    raise simagent.StreamEnded("server closed the stream")
+                message = simagent.heartbeat_message(self.agent_id)
                 self._heartbeat_sent_at = time.monotonic()
                 await call.write(message)
                 self._count(HEARTBEATS_SENT)
@@ -263,8 +216,6 @@ class IdleAgent:
             reader.cancel()
 
     async def _read(self, call: Any) -> None:
-        import grpc
-
         while True:
             message = await call.read()
             if message is grpc.aio.EOF:
@@ -273,17 +224,6 @@ class IdleAgent:
                 self._count(HEARTBEATS_ACKED)
                 self._result.ack_at.append(time.time())
                 self._result.ack_rtt_s.append(time.monotonic() - self._heartbeat_sent_at)
-
-
-def _retry_after_s(exc: Any) -> float:
-    """The delay the front-end asked for in trailing metadata ``retry-after-ms``, if any."""
-    for key, value in exc.trailing_metadata() or ():
-        if key == "retry-after-ms":
-            try:
-                return int(value) / 1000
-            except ValueError:
-                return 0.0
-    return 0.0
 
 
 async def _hold(
@@ -342,20 +282,10 @@ FROM agents WHERE agent_id LIKE %s
 def _online(database_url: str, prefix: str, offline_after_s: float) -> tuple[int, int]:
     """Agents of the run with status online, and those also heartbeating recently enough that
     readers report them online (docs/architecture.md, schema: agents)."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with pg_connect(database_url, autocommit=True) as conn:
         row = conn.execute(_ONLINE, (offline_after_s, prefix + "%")).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
-
-
-def _rss_bytes(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            total += psutil.Process(pid).memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return total
 
 
 def _sum(stats: Any, processes: int, name: int) -> int:
@@ -368,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--agents, --duration and --heartbeat-interval must be positive")
     started_at = datetime.now(UTC)
     run_id = started_at.strftime("%H%M%S") + secrets.token_hex(2)
-    prefix = f"conn-{run_id}-"
+    prefix = simagent.agent_prefix(AGENT_KIND, run_id)
     processes = args.client_processes or math.ceil(args.agents / CHANNELS_PER_PROCESS)
     processes = max(1, min(processes, args.agents))
     ramp_s = args.ramp if args.ramp is not None else args.agents / 500
@@ -524,7 +454,7 @@ def run(args: argparse.Namespace) -> int:
         rss = frontend.rss_bytes()
         fds = frontend.open_fds()
         established = tcp_established(frontend.port)
-        clients_rss = _rss_bytes(client_pids)
+        clients_rss = processes_rss_bytes(client_pids)
         status_online, online = _online(frontend.database_url, prefix, 3 * args.heartbeat_interval)
         progress(
             f"window done: {agents_connected:,} connected, {established:,} TCP connections, "

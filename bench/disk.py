@@ -3,9 +3,9 @@ fleet`` (issue 15's measure of the storage layout).
 
 Every table that holds points or rollups, each partition with its indexes and TOAST, divided by
 the points committed (agent_ingest, all agents). ``compress_run`` first does what the workers'
-compression job (ingest/compress.py) does to an hour once it is old enough: the run's hours,
+compression job (ingest/worker/compress.py) does to an hour once it is old enough: the run's hours,
 compressed as soon as their last minute is rolled up, and their emptied partitions given back.
-A partition packed later by the index compaction job (ingest/compaction.py) would be smaller.
+A partition packed later by the index compaction job (ingest/worker/compaction.py) would be smaller.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any
 
 import psycopg
 
-from fleetpulse.ingest.compress import CompressJob
-from fleetpulse.ingest.rollups import RollupJob
+from fleetpulse.connections import pg_connect
+from fleetpulse.ingest.worker.compress import CompressJob
+from fleetpulse.ingest.worker.rollups import RollupJob
 
 # The tables that hold points or their rollups (partitioned ones: every partition): samples and
 # the series sets that name their columns (fleetpulse/samples.py), the layout before them, and
@@ -53,7 +54,7 @@ def stored_bytes(conn: psycopg.Connection) -> dict[str, int]:
 
 def bytes_per_point(database_url: str) -> dict[str, float | int | None]:
     """``bytes_per_point`` over all point tables, and each table's share, per committed point."""
-    with psycopg.connect(database_url) as conn:
+    with pg_connect(database_url) as conn:
         sizes = stored_bytes(conn)
         row = conn.execute(
             "SELECT coalesce(sum(points_committed), 0)::int8 FROM agent_ingest"
@@ -75,7 +76,7 @@ def compress_run(database_url: str) -> dict[str, Any]:
     wait for the newest row's minute to close, roll everything closed up (the job compresses a
     minute only after its rollup), compress, give the emptied partitions back. Returns how many
     points were compressed and how fast (one process: the job's speed)."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with pg_connect(database_url, autocommit=True) as conn:
         newest = conn.execute("SELECT max(ts) FROM samples").fetchone()
         if not newest or newest[0] is None:
             return {"compressed_points": 0, "compress_s": 0.0, "compress_points_per_s": None}

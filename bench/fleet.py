@@ -5,9 +5,9 @@ running front-end with ``--target``), spread N simulated agents over simulator p
 ``--duration`` seconds (or, with ``--until-stopped``, until SIGTERM or SIGINT) while printing live
 figures, stop sending, let every agent resend until all its batches are acknowledged, wait until
 PostgreSQL has caught up, then verify per agent and per batch that what was stored is exactly what
-was sent, measure the two anchors on the run's own rows, and write ``<results-dir>/<timestamp>/``.
-The last line on stdout is one JSON object with the headline figures. A run with any missing or
-duplicated batch exits with status 1.
+was sent (verify.py), measure the two anchors on the run's own rows, and write
+``<results-dir>/<timestamp>/``. The last line on stdout is one JSON object with the headline
+figures. A run with any missing or duplicated batch exits with status 1.
 
 ``--until-stopped`` makes the bench a load generator with a verdict for as long as something else
 needs it (the fault-injection suite runs it beside every fault): the live figures survive the
@@ -17,7 +17,6 @@ platform's servers going away and coming back, and the first signal ends the sen
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import multiprocessing
@@ -39,12 +38,13 @@ import polars as pl
 import psycopg
 from pydantic import SecretStr
 
-from fleetpulse import samples
-from fleetpulse.bench import anchors, disk, report
+from fleetpulse.bench import anchors, disk, report, simagent
 from fleetpulse.bench.ports import free_port
+from fleetpulse.bench.report import progress
 from fleetpulse.bench.resources import ResourceSampler, processes_named
 from fleetpulse.bench.simulator import (
     ACKED_POINTS,
+    AGENT_KIND,
     NFIELDS,
     REFUSED,
     SENT_BATCHES,
@@ -54,6 +54,9 @@ from fleetpulse.bench.simulator import (
     SimConfig,
     simulator_main,
 )
+from fleetpulse.bench.stats import percentile
+from fleetpulse.bench.verify import CommitWatch, verify
+from fleetpulse.connections import pg_connect
 from fleetpulse.errors import ConfigError
 from fleetpulse.settings import Settings, load_settings
 from fleetpulse.supervisor import Supervisor
@@ -208,167 +211,6 @@ class Platform:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
 
 
-def _committed(conn: psycopg.Connection, prefix: str) -> tuple[int, int]:
-    row = conn.execute(
-        "SELECT coalesce(sum(batches_committed), 0)::int8, coalesce(sum(points_committed), 0)::int8"
-        " FROM agent_ingest WHERE agent_id LIKE %s",
-        (prefix + "%",),
-    ).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
-
-
-class CommitWatch:
-    """What the run's agents have committed so far, for the live figures and the drain.
-
-    PostgreSQL must answer at the start; it may go away during the run (restarted under the bench
-    by a fault test): the figures then stay where they were, and the next look connects again."""
-
-    def __init__(self, database_url: str, prefix: str) -> None:
-        self._database_url = database_url
-        self._prefix = prefix
-        self._conn: psycopg.Connection | None = psycopg.connect(database_url, autocommit=True)
-        self.last = (0, 0)
-
-    def committed(self) -> tuple[int, int]:
-        """(batches, points) committed, or the last figures if PostgreSQL cannot say now."""
-        try:
-            if self._conn is None:
-                self._conn = psycopg.connect(self._database_url, autocommit=True, connect_timeout=5)
-            self.last = _committed(self._conn, self._prefix)
-        except psycopg.OperationalError as exc:
-            log.warning("PostgreSQL unavailable for the live figures: %s", exc)
-            self.close()
-        return self.last
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-
-def _progress(line: str, final: bool = False) -> None:
-    if sys.stderr.isatty():
-        sys.stderr.write("\r\033[K" + line + ("\n" if final else ""))
-    else:
-        sys.stderr.write(line + "\n")
-    sys.stderr.flush()
-
-
-def _read_table(conn: psycopg.Connection, query: str, params: tuple[Any, ...]) -> pl.DataFrame:
-    """A query's result through COPY … CSV into polars (fast for a million rows)."""
-    buffer = io.BytesIO()
-    with (
-        conn.cursor() as cur,
-        cur.copy(f"COPY ({query}) TO STDOUT (FORMAT CSV, HEADER)", params) as copy,
-    ):
-        for chunk in copy:
-            buffer.write(chunk)
-    buffer.seek(0)
-    return pl.read_csv(buffer)
-
-
-def verify(conn: psycopg.Connection, prefix: str, results: list[AgentResult]) -> dict[str, Any]:
-    """Compare, batch by batch, what the simulator sent with the ledger and the stored rows."""
-    sent = pl.DataFrame(
-        {
-            "agent_id": np.repeat([r.agent_id for r in results], [r.batches_sent for r in results]),
-            "seq": np.concatenate(
-                [np.arange(1, r.batches_sent + 1) for r in results] or [np.zeros(0, np.int64)]
-            ),
-            "send_ns": np.concatenate([r.send_ns for r in results] or [np.zeros(0, np.int64)]),
-            "points": np.repeat(
-                [r.points_per_batch for r in results], [r.batches_sent for r in results]
-            ),
-        }
-    )
-    ledger = _read_table(
-        conn,
-        "SELECT agent_id, seq, points AS ledger_points,"
-        " (extract(epoch FROM committed_at) * 1e6)::int8 AS committed_us"
-        " FROM batches WHERE agent_id LIKE %s",
-        (prefix + "%",),
-    )
-    # Rows actually stored, per agent and timestamp: every batch has its own timestamp per agent,
-    # so a count above the batch's points is a duplicate, below it a loss. Hot rows and compressed
-    # hours (fleetpulse/samples.py) in one snapshot: a long run sees hours compressed under it.
-    with samples.snapshot(conn):
-        stored = _read_table(
-            conn,
-            # a samples row holds one point per series of its set (fleetpulse/samples.py)
-            "SELECT ss.agent_id, (extract(epoch FROM s.ts) * 1e6)::int8 AS ts_us,"
-            " sum(cardinality(ss.series_ids))::int8 AS stored_points"
-            " FROM samples s JOIN series_sets ss USING (set_id) WHERE ss.agent_id LIKE %s GROUP BY 1, 2",
-            (prefix + "%",),
-        )
-        chunked = conn.execute(
-            "SELECT ss.agent_id, c.rows, c.width, c.ts FROM sample_chunks c"
-            " JOIN series_sets ss USING (set_id) WHERE ss.agent_id LIKE %s",
-            (prefix + "%",),
-            binary=True,
-        ).fetchall()
-    if ledger.is_empty():
-        ledger = pl.DataFrame(
-            schema={
-                "agent_id": pl.String,
-                "seq": pl.Int64,
-                "ledger_points": pl.Int64,
-                "committed_us": pl.Int64,
-            }
-        )
-    if stored.is_empty():
-        stored = pl.DataFrame(
-            schema={"agent_id": pl.String, "ts_us": pl.Int64, "stored_points": pl.Int64}
-        )
-    if chunked:  # one point per series of the set at each of the chunk's timestamps
-        stamps = [samples.decode_timestamps(n, ts) for _, n, _, ts in chunked]
-        repeat = [len(t) for t in stamps]
-        stored = (
-            pl.concat(
-                [
-                    stored,
-                    pl.DataFrame(
-                        {
-                            "agent_id": np.repeat([row[0] for row in chunked], repeat),
-                            "ts_us": np.concatenate(stamps),
-                            "stored_points": np.repeat([row[2] for row in chunked], repeat),
-                        },
-                        schema=stored.schema,
-                    ),
-                ]
-            )
-            .group_by("agent_id", "ts_us")
-            .agg(pl.col("stored_points").sum())
-        )
-    sent = sent.with_columns((pl.col("send_ns") // 1000).alias("ts_us"))
-    joined = (
-        sent.join(ledger, on=["agent_id", "seq"], how="left")
-        .join(stored, on=["agent_id", "ts_us"], how="left")
-        .with_columns(pl.col("stored_points").fill_null(0))
-    )
-    missing = joined.filter(
-        pl.col("ledger_points").is_null() | (pl.col("stored_points") < pl.col("points"))
-    )
-    duplicated = joined.filter(pl.col("stored_points") > pl.col("points"))
-    unexpected = stored.join(sent, on=["agent_id", "ts_us"], how="anti")  # stored, never sent
-    first_send_us = int(sent["send_ns"].to_numpy().min()) // 1000 if len(sent) else 0
-    last_commit_us = int(ledger["committed_us"].to_numpy().max()) if len(ledger) else 0
-    return {
-        "sent_batches": len(sent),
-        "sent_points": int(sent["points"].sum()) if len(sent) else 0,
-        "ledger_batches": int(joined["ledger_points"].is_not_null().sum()),
-        "stored_points": int(stored["stored_points"].sum()) if len(stored) else 0,
-        "missing_batches": len(missing),
-        "duplicate_batches": len(duplicated),
-        "unexpected_batches": len(unexpected),
-        "batches": joined.select("send_ns", "points", "committed_us"),
-        "first_send_us": first_send_us,
-        "last_commit_us": last_commit_us,
-        "missing_examples": missing.head(5).to_dicts(),
-        "duplicate_examples": duplicated.head(5).to_dicts(),
-    }
-
-
 ROLLUP_CATCH_UP_S = 90.0
 
 
@@ -392,10 +234,6 @@ def _rollup_lags(conn: psycopg.Connection, since: datetime, platform: Any) -> np
     return np.array([r[0] for r in rows], dtype=np.float64)
 
 
-def _percentile(values: np.ndarray, q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 4) if len(values) else None
-
-
 def run(args: argparse.Namespace) -> int:
     """`fleetpulse bench fleet`: one run; the last stdout line is its summary as JSON."""
     result = measure(args)
@@ -409,7 +247,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("--agents, --duration and --processes must be positive")
     started_at = datetime.now(UTC)
     run_id = started_at.strftime("%H%M%S") + secrets.token_hex(2)
-    prefix = f"bench-{run_id}-"
+    prefix = simagent.agent_prefix(AGENT_KIND, run_id)
     command = (
         f"fleetpulse bench fleet --mode {args.mode} --agents {args.agents}"
         + (" --until-stopped" if args.until_stopped else f" --duration {args.duration:g}")
@@ -527,7 +365,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 bar = "#" * int(min(1.0, elapsed / total_s) * 30)
                 clock = f"[{bar:<30}] {phase} {elapsed:5.0f}/{total_s:.0f}s"
-            _progress(
+            progress(
                 f"{clock}  batches {sent_batches:,}  "
                 f"points/s sent {timeline[-1]['sent_per_s']:,} accepted {timeline[-1]['accepted_per_s']:,} "
                 f"committed {timeline[-1]['committed_per_s']:,}"
@@ -555,16 +393,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             previous, committed = committed, watch.committed()
             if committed[0] > previous[0]:
                 progressed_at = time.monotonic()
-            _progress(
+            progress(
                 f"draining: {committed[0]:,}/{acked_batches:,} batches committed "
                 f"({time.monotonic() - drain_started:.0f} s after the senders stopped)"
             )
-        _progress(
+        progress(
             f"sent {sum(r.batches_sent for r in results):,} batches; committed {committed[0]:,}; verifying",
             final=True,
         )
         watch.close()
-        conn = psycopg.connect(platform.database_url, autocommit=True)
+        conn = pg_connect(platform.database_url, autocommit=True)
         check = verify(conn, prefix, results)
         rejects = conn.execute(
             "SELECT reason, sum(batches)::int8, sum(points)::int8 FROM rejects WHERE agent_id LIKE %s GROUP BY reason",
@@ -576,7 +414,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
         ceiling = vm = None
         if not args.no_anchors:
-            _progress(
+            progress(
                 "anchors: binary COPY ceiling and VictoriaMetrics on the run's rows", final=True
             )
             rows = anchors.fetch_run_rows(platform.database_url, prefix, ANCHOR_MAX_ROWS)
@@ -592,7 +430,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         # Only a platform the bench started is its own to compress: beside --target or as the
         # load of another test (--until-stopped), its hours are someone else's data.
         if not (args.no_compress or args.target or args.until_stopped):
-            _progress("compressing the run's hours as the job does once they are old", final=True)
+            progress("compressing the run's hours as the job does once they are old", final=True)
             compressed = disk.compress_run(platform.database_url)
         stored = disk.bytes_per_point(platform.database_url) if compressed else hot
     finally:
@@ -648,20 +486,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "stream_failures_by_reason": dict(
             sum((r.stream_failures for r in results), Counter()).most_common(10)
         ),
-        "freshness_p50_s": _percentile(freshness_s, 50),
-        "freshness_p95_s": _percentile(freshness_s, 95),
-        "freshness_p99_s": _percentile(freshness_s, 99),
-        "freshness_max_s": _percentile(freshness_s, 100),
+        "freshness_p50_s": percentile(freshness_s, 50),
+        "freshness_p95_s": percentile(freshness_s, 95),
+        "freshness_p99_s": percentile(freshness_s, 99),
+        "freshness_max_s": percentile(freshness_s, 100),
         # closed minutes recomputed into rollup_1m during the run, and how long each waited
         "rollup_minutes": len(rollup_lags),
-        "rollup_lag_p50_s": _percentile(rollup_lags, 50),
-        "rollup_lag_p99_s": _percentile(rollup_lags, 99),
-        "rollup_lag_max_s": _percentile(rollup_lags, 100),
+        "rollup_lag_p50_s": percentile(rollup_lags, 50),
+        "rollup_lag_p99_s": percentile(rollup_lags, 99),
+        "rollup_lag_max_s": percentile(rollup_lags, 100),
         "copy_ceiling_points_per_s": ceiling["points_per_s"] if ceiling else None,
         "victoriametrics_points_per_s": vm["points_per_s"] if vm else None,
         # disk: points and rollup tables with their indexes, per point stored (bench/disk.py),
         # and VictoriaMetrics' for the same samples
-        # (after compressing the run's hours, ingest/compress.py; bytes_per_point_hot before)
+        # (after compressing the run's hours, ingest/worker/compress.py; bytes_per_point_hot before)
         "bytes_per_point": stored["bytes_per_point"],
         "bytes_per_point_hot": hot["bytes_per_point"],
         "bytes_per_point_by_table": {
@@ -715,38 +553,3 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             check["unexpected_batches"],
         )
     return result
-
-
-# The two runs behind the targets of the project (README, "Performance"). Saturate as issue 15
-# states it (500 agents, 30 s); realistic with a warm-up long enough for 10,000 agents to create
-# their 2,000,000 series before the window opens (the issue's command, with the default 20 s
-# warm-up, is run and reported apart in docs/performance.md).
-TARGET_RUNS = {
-    "saturate": ["--mode", "saturate", "--agents", "500", "--duration", "30"],
-    "realistic": [
-        "--mode",
-        "realistic",
-        "--agents",
-        "10000",
-        "--duration",
-        "60",
-        "--warmup",
-        "150",
-    ],
-}
-
-
-def run_targets(args: argparse.Namespace) -> int:
-    """`fleetpulse bench targets`: both target runs and the README's table; JSON last line."""
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    results = {}
-    for name, argv in TARGET_RUNS.items():
-        run_args = parser.parse_args([*argv, "--results-dir", str(args.results_dir)])
-        results[name] = measure(run_args)
-    table = report.targets_markdown(results)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / "targets.md").write_text(table)
-    sys.stderr.write(table + "\n")
-    print(json.dumps({name: r["summary"] for name, r in results.items()}))
-    return 0 if all(r["verified"] for r in results.values()) else 1

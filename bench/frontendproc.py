@@ -24,7 +24,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import psutil
 
 from fleetpulse import lifecycle
@@ -77,26 +76,6 @@ def tcp_established(port: int) -> int:
         except FileNotFoundError:
             continue
     return count
-
-
-def machine_busy_s() -> float:
-    """CPU seconds every process of the machine has used so far (all cores): a run's share of
-    the machine, and anything else running at the same time, show in its difference."""
-    times = psutil.cpu_times()
-    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
-
-
-def percentile(values: list[float] | np.ndarray, q: float, digits: int = 4) -> float | None:
-    return round(float(np.percentile(values, q)), digits) if len(values) else None
-
-
-def progress(line: str, final: bool = False) -> None:
-    """A live status line on stderr (rewritten in place on a terminal)."""
-    if sys.stderr.isatty():
-        sys.stderr.write("\r\033[K" + line + ("\n" if final else ""))
-    else:
-        sys.stderr.write(line + "\n")
-    sys.stderr.flush()
 
 
 class FrontendProcess:
@@ -257,29 +236,3 @@ def _port_open(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-# Every simulated agent dials the Connect method on a channel of its own: its own subchannel pool,
-# so its own TCP connection, as a separate host would have.
-CONNECT_METHOD = "/proto.AgentService/Connect"
-CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
-
-
-def processes_cpu_s(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes (those that still exist)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            times = psutil.Process(pid).cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
-
-
-def int_or_none(value: float | None) -> int | None:
-    return None if value is None else int(value)
-
-
-def ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 2)

@@ -1,7 +1,7 @@
 """What a simulated host reports: its series (as the agent names them) and their values.
 
 One catalog for every benchmark that makes host data (the fleet simulator, ``bench workers``,
-``bench queries``). The series are what the agent sends (agent/collectors.py), in this order, so
+``bench queries``). The series are what the agent sends (agent/collectors/), in this order, so
 that a smaller set keeps the ones the dashboard reads: ``cpu_usage_percent{mode}`` (the eight
 modes; they sum to 100), ``memory_bytes{state}``, ``load1/5/15``, ``swap_bytes{state}``,
 ``cpu_core_usage_percent{cpu}``, ``disk_bytes{mountpoint,device,fstype,state}``, six

@@ -29,27 +29,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import redis
 
-from fleetpulse.bench import report
+from fleetpulse.bench import report, simagent
 from fleetpulse.bench.encoder import ColumnarEncoder
-from fleetpulse.bench.frontendproc import (
-    CHANNEL_OPTIONS,
-    CONNECT_METHOD,
-    FrontendProcess,
-    int_or_none,
-    machine_busy_s,
-    ms,
-    percentile,
-    processes_cpu_s,
-    progress,
-)
+from fleetpulse.bench.frontendproc import FrontendProcess
 from fleetpulse.bench.hostseries import host_series
-from fleetpulse.bench.resources import processes_named
+from fleetpulse.bench.report import progress
+from fleetpulse.bench.resources import machine_busy_s, processes_cpu_s, processes_named
+from fleetpulse.bench.stats import int_or_none, ms, percentile
+from fleetpulse.connections import redis_client
 from fleetpulse.errors import ConfigError
 from fleetpulse.ingest import keys
-from fleetpulse.proto import agent_pb2
 
 # Live counters, one row of NFIELDS per client process.
 READY, SENT, ACKED, REFUSED, FINISHED, FAILED = range(6)
@@ -57,6 +50,7 @@ NFIELDS = 6
 READY_TIMEOUT_S = 120.0
 # Refused batches (a front-end with backpressure) are sent again after the delay it asks for, or this.
 DEFAULT_RETRY_AFTER_S = 0.1
+AGENT_KIND = "ingest"  # its agents are ingest-<run id>-<n> (simagent.agent_id_for)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,10 +91,6 @@ class LoadResult:
     ack_latency_s: array[float] = field(default_factory=lambda: array("d"))
 
 
-def agent_id_for(run_id: str, index: int) -> str:
-    return f"ingest-{run_id}-{index:05d}"
-
-
 class LoadAgent:
     """One agent with its batches encoded in advance; sends them as fast as they are acked."""
 
@@ -108,7 +98,7 @@ class LoadAgent:
         self, config: LoadConfig, index: int, stats: Any, offset: int, result: LoadResult
     ) -> None:
         self.config = config
-        self.agent_id = agent_id_for(config.run_id, index)
+        self.agent_id = simagent.agent_id_for(AGENT_KIND, config.run_id, index)
         self._stats = stats
         self._offset = offset
         self._result = result
@@ -128,31 +118,10 @@ class LoadAgent:
         self._stats[self._offset + name] += amount
 
     async def run(self, start_delay_s: float, go: asyncio.Event) -> None:
-        import grpc
-
         await asyncio.sleep(start_delay_s)
+        register = simagent.register_message(self.agent_id)
         try:
-            async with grpc.aio.insecure_channel(
-                self.config.target, options=CHANNEL_OPTIONS
-            ) as channel:
-                connect = channel.stream_stream(
-                    CONNECT_METHOD,
-                    request_serializer=None,
-                    response_deserializer=agent_pb2.ServerMessage.FromString,
-                )
-                call = connect(metadata=(("authorization", f"Bearer {self.config.token}"),))
-                await call.write(
-                    agent_pb2.AgentMessage(
-                        register=agent_pb2.AgentRegister(
-                            agent_id=self.agent_id, hostname=self.agent_id, version="bench"
-                        )
-                    ).SerializeToString()
-                )
-                while (message := await call.read()) is not grpc.aio.EOF:
-                    if message.WhichOneof("message") == "register_response":
-                        break
-                if message is grpc.aio.EOF or not message.register_response.success:
-                    raise _Refused("register refused or stream ended before register_response")
+            async with simagent.session(self.config.target, self.config.token, register) as call:
                 self._count(READY)
                 await go.wait()
                 await self._send_all(call)
@@ -161,13 +130,11 @@ class LoadAgent:
         except grpc.aio.AioRpcError as exc:
             self._result.errors[exc.code().name] += 1
             self._count(FAILED)
-        except _Refused as exc:
+        except simagent.StreamEnded as exc:
             self._result.errors[str(exc)] += 1
             self._count(FAILED)
 
     async def _send_all(self, call: Any) -> None:
-        import grpc
-
         result = self._result
         pending = deque(range(len(self.payloads)))  # indexes still to send (refused ones again)
         sent_at: dict[int, float] = {}
@@ -181,7 +148,7 @@ class LoadAgent:
                 self._count(SENT)
             message = await call.read()
             if message is grpc.aio.EOF:
-                raise _Refused("server ended the stream before every ack")
+                raise simagent.StreamEnded("server ended the stream before every ack")
             if message.WhichOneof("message") != "metric_ack":
                 continue
             ack = message.metric_ack
@@ -198,10 +165,6 @@ class LoadAgent:
                 self._count(REFUSED)
                 pending.appendleft(ack.sequence - 1)
                 await asyncio.sleep(ack.retry_after_ms / 1000 or DEFAULT_RETRY_AFTER_S)
-
-
-class _Refused(Exception):
-    """The front-end refused the register or ended the stream early without an error status."""
 
 
 async def _load(config: LoadConfig, indexes: range, stats: Any, offset: int, go: Any) -> LoadResult:
@@ -265,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
         # over a limit) would stop the run, so its limit is set out of reach.
         frontend.start(settings_env={"FLEETPULSE_INGEST_MAX_QUEUED_ENTRIES": str(10**12)})
         assert frontend.redis_url is not None
-        client = redis.Redis.from_url(frontend.redis_url)
+        client = redis_client(frontend.redis_url)
         queued_before = _queued(client)
         redis_pids = frontend.backend_pids().get("redis") or processes_named("redis-server")
         config = LoadConfig(

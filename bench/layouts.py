@@ -1,7 +1,7 @@
 """``fleetpulse bench layouts``: storage layouts for points, measured against each other on real
 agent data before one is chosen (issue 15, docs/architecture.md "Storage").
 
-The data is this host's own: the agent's collectors (agent/collectors.py), or with ``--source
+The data is this host's own: the agent's collectors (agent/collectors/), or with ``--source
 node_exporter`` Debian's prometheus-node-exporter scraped as Prometheus does, run ``--collections``
 times, ``--interval`` seconds apart, and every series they return becomes a column of a
 (collections x series) matrix, as one agent's ColumnarBatches would carry it. ``--agents`` copies
@@ -39,16 +39,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from fleetpulse import samples as chunk_codec
 from fleetpulse.bench import report
+from fleetpulse.connections import pg_connect
 from fleetpulse.copybuf import (
     PG_EPOCH_OFFSET_US,
     SIGNATURE,
     TRAILER,
+    copy_row,
     points_copy_buffer,
 )
 from fleetpulse.embedded import EmbeddedPostgres
@@ -98,10 +99,11 @@ class Samples:
 
 def collect_samples(collections: int, interval_s: float) -> Samples:
     """The agent's collectors, run ``collections`` times: every series seen becomes a column."""
-    from fleetpulse.agent.collectors import collect
+    from fleetpulse.agent.collectors.scheduler import Scheduler
 
+    scheduler = Scheduler()
     every_time: dict[str, float] = {}  # every collector on every collection, the slow ones too
-    collect(None, every_time)  # rates are measured between two calls
+    scheduler.collect(None, every_time)  # rates are measured between two calls
     columns: dict[str, int] = {}
     rows: list[dict[int, float]] = []
     stamps: list[int] = []
@@ -109,7 +111,7 @@ def collect_samples(collections: int, interval_s: float) -> Samples:
     for _ in range(collections):
         next_at += interval_s
         time.sleep(max(0.0, next_at - time.monotonic()))
-        samples, _errors = collect(None, every_time)
+        samples, _errors = scheduler.collect(None, every_time)
         stamps.append(time.time_ns() // 1000)
         row = {}
         for name, value, labels in samples:
@@ -287,12 +289,13 @@ def _chunks_payload(codec: str, samples: Samples, agents: int, chunk: int) -> tu
     for agent in range(agents):  # one agent's chunks are equal to another's: encoded once
         for start_us, n, ts, vals in encoded:
             parts.append(
-                (5).to_bytes(2, "big")
-                + _field(agent.to_bytes(4, "big", signed=True))
-                + _field(start_us.to_bytes(8, "big", signed=True))
-                + _field(n.to_bytes(4, "big", signed=True))
-                + _field(ts)
-                + _field(vals)
+                copy_row(
+                    agent.to_bytes(4, "big", signed=True),
+                    start_us.to_bytes(8, "big", signed=True),
+                    n.to_bytes(4, "big", signed=True),
+                    ts,
+                    vals,
+                )
             )
     parts.append(TRAILER)
     return b"".join(parts), agents * t * s
@@ -304,10 +307,6 @@ def _payload(name: str, samples: Samples, agents: int, chunk: int) -> tuple[byte
     if name == "batch_rows":
         return _batch_rows_payload(samples, agents)
     return _chunks_payload(name.removeprefix("chunks_"), samples, agents, chunk)
-
-
-def _field(data: bytes) -> bytes:
-    return len(data).to_bytes(4, "big") + data
 
 
 _TABLES = {
@@ -334,7 +333,7 @@ def measure_layout(url: str, name: str, payload: bytes, points: int) -> dict[str
     """COPY the payload into a fresh table of the layout, then its size on disk per point."""
     table = f"layout_{name}"
     kind = "chunks" if name.startswith("chunks_") else name
-    with psycopg.connect(url, autocommit=True) as conn:
+    with pg_connect(url, autocommit=True) as conn:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
         for statement in _TABLES[kind].format(t=table).split("; "):
             conn.execute(statement)
@@ -399,7 +398,7 @@ def run(args: argparse.Namespace) -> int:
             data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="fleetpulse-layouts-"))
             pg = EmbeddedPostgres(data_dir)
             admin_url = pg.start()
-        with psycopg.connect(admin_url, autocommit=True) as admin:
+        with pg_connect(admin_url, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {DB_NAME}")
             admin.execute(f"CREATE DATABASE {DB_NAME}")
         url = make_conninfo(admin_url, dbname=DB_NAME)
@@ -408,7 +407,7 @@ def run(args: argparse.Namespace) -> int:
             payload, points = _payload(name, samples, args.agents, args.chunk_collections)
             layouts[name] = measure_layout(url, name, payload, points)
             sys.stderr.write(f"{name}: {json.dumps(layouts[name])}\n")
-        with psycopg.connect(admin_url, autocommit=True) as admin:
+        with pg_connect(admin_url, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE {DB_NAME}")
     finally:
         if pg is not None:

@@ -1,9 +1,11 @@
-"""Write a run's results: ``result.json`` (every figure), ``summary.md`` and PNG plots."""
+"""How a run shows its figures: the live status line while it runs, then its results:
+``result.json`` (every figure), ``summary.md`` and PNG plots."""
 
 from __future__ import annotations
 
 import json
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,17 @@ import numpy as np
 import psutil
 
 
+def progress(line: str, final: bool = False) -> None:
+    """A live status line on stderr (rewritten in place on a terminal)."""
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K" + line + ("\n" if final else ""))
+    else:
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def machine() -> dict[str, Any]:
+    """The machine a run measured on: cores, memory, CPU model, Python."""
     cpu_model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

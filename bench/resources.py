@@ -4,6 +4,9 @@ A component is a set of root pids plus all their descendants (PostgreSQL's backe
 CPU is the user+system time each process accumulated between its first and last sample; RSS is
 the sum over the component's processes at each sample (shared pages count once per process, so
 PostgreSQL's shared buffers make its figure an upper bound).
+
+Also the one-off readings the front-end benchmarks take around their window: CPU and RSS of a
+list of processes, and the busy CPU time of the whole machine.
 """
 
 from __future__ import annotations
@@ -94,3 +97,33 @@ class ResourceSampler(threading.Thread):
 def processes_named(name: str) -> list[int]:
     """Pids of every process with this name (external PostgreSQL or Redis on this machine)."""
     return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == name]
+
+
+def processes_cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes (those that still exist)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def processes_rss_bytes(pids: list[int]) -> int:
+    """RSS of these processes, summed (those that still exist)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every process of the machine has used so far (all cores): a run's share of
+    the machine, and anything else running at the same time, show in its difference."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))

@@ -1,11 +1,11 @@
 """Simulated agents: thousands per process, each on its own gRPC channel and stream.
 
-Every simulated agent speaks the real protocol as the project's agent does: bearer enrollment
-token, register, heartbeats, metric batches with (epoch, sequence) identity, replay of what was not
-acknowledged after a broken stream, a batch refused for now (``retry_after_ms``: workers behind,
-queue unavailable) kept and sent again after that delay on the same stream. Batches come from
-`encoder.BatchEncoder` (numpy templates), so the simulator's own CPU stays small next to the
-platform's.
+Every simulated agent speaks the real protocol as the project's agent does: its stream as
+simagent.py opens it (a channel of its own, bearer enrollment token, register), heartbeats, metric
+batches with (epoch, sequence) identity, replay of what was not acknowledged after a broken stream,
+a batch refused for now (``retry_after_ms``: workers behind, queue unavailable) kept and sent
+again after that delay on the same stream. Batches come from `encoder.BatchEncoder` (numpy
+templates), so the simulator's own CPU stays small next to the platform's.
 
 Modes: ``realistic`` sends one batch per agent every ``interval_s`` (phases spread at random);
 ``saturate`` sends the next batch as soon as the previous one is acknowledged (``window`` batches
@@ -32,13 +32,13 @@ from typing import Any
 import grpc
 import numpy as np
 
+from fleetpulse.bench import simagent
 from fleetpulse.bench.encoder import BatchEncoder, ColumnarEncoder
 from fleetpulse.bench.hostseries import HostModel, host_series
-from fleetpulse.proto import agent_pb2, common_pb2
 
 log = logging.getLogger(__name__)
 
-CONNECT_METHOD = "/proto.AgentService/Connect"
+AGENT_KIND = "bench"  # its agents are bench-<run id>-<n> (simagent.agent_id_for)
 # Live counters, one row of NFIELDS per simulator process.
 SENT_BATCHES, SENT_POINTS, ACKED_BATCHES, ACKED_POINTS, CONNECTED, STREAM_ERRORS, REFUSED = range(7)
 NFIELDS = 7
@@ -75,14 +75,11 @@ class AgentResult:
     stream_failures: Counter[str] = field(default_factory=Counter)
 
 
-def agent_id_for(run_id: str, index: int) -> str:
-    return f"bench-{run_id}-{index:05d}"
-
-
 class SimAgent:
     def __init__(self, config: SimConfig, index: int, stats: Any, offset: int) -> None:
         self.config = config
-        self.agent_id = agent_id_for(config.run_id, index)
+        self.agent_id = simagent.agent_id_for(AGENT_KIND, config.run_id, index)
+        self._register = simagent.register_message(self.agent_id)
         series = host_series(config.series_per_agent)
         encoder_type = ColumnarEncoder if config.form == "columnar" else BatchEncoder
         self.encoder = encoder_type(self.agent_id, series)
@@ -134,30 +131,12 @@ class SimAgent:
         values, self._block = self._block[:, 0], self._block[:, 1:]
         return values
 
-    def _register(self) -> bytes:
-        return agent_pb2.AgentMessage(
-            register=agent_pb2.AgentRegister(
-                agent_id=self.agent_id,
-                hostname=self.agent_id,
-                os="linux",
-                arch="x86_64",
-                version="bench",
-            )
-        ).SerializeToString()
-
-    def _heartbeat(self) -> bytes:
-        return agent_pb2.AgentMessage(
-            heartbeat=agent_pb2.Heartbeat(
-                agent_id=self.agent_id, timestamp=common_pb2.Timestamp(seconds=int(time.time()))
-            )
-        ).SerializeToString()
-
     async def run(self, start_delay_s: float, stopping: asyncio.Event) -> None:
         await asyncio.sleep(start_delay_s)
         while not (stopping.is_set() and not self._unacked):
             try:
                 await self._session(stopping)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            except (grpc.aio.AioRpcError, simagent.StreamEnded, asyncio.InvalidStateError) as exc:
                 # InvalidStateError: the call ended (its front-end went away) while the sender was
                 # writing; write() says so instead of raising the call's status. Either way the
                 # stream is gone: reconnect and replay what was not acknowledged.
@@ -169,20 +148,7 @@ class SimAgent:
                 return
 
     async def _session(self, stopping: asyncio.Event) -> None:
-        options = [
-            ("grpc.use_local_subchannel_pool", 1)
-        ]  # its own TCP connection, like a real host
-        async with grpc.aio.insecure_channel(self.config.target, options=options) as channel:
-            connect = channel.stream_stream(
-                CONNECT_METHOD,
-                request_serializer=None,
-                response_deserializer=agent_pb2.ServerMessage.FromString,
-            )
-            call = connect(metadata=(("authorization", f"Bearer {self.config.token}"),))
-            await call.write(self._register())
-            first = await call.read()
-            if first is grpc.aio.EOF or not first.register_response.success:
-                raise grpc.aio.AioRpcError(grpc.StatusCode.UNKNOWN, None, None, "register refused")
+        async with simagent.session(self.config.target, self.config.token, self._register) as call:
             self._count(CONNECTED)
             reader = asyncio.create_task(self._read_acks(call))
             reader.add_done_callback(lambda _: self._wakeup.set())  # a broken stream wakes us
@@ -236,7 +202,7 @@ class SimAgent:
                 await call.write(self._new_batch()[1])
                 next_send += config.interval_s
             if now >= next_heartbeat:
-                await call.write(self._heartbeat())
+                await call.write(simagent.heartbeat_message(self.agent_id))
                 next_heartbeat = now + config.heartbeat_interval_s
             wake_at = (
                 next_heartbeat
@@ -296,6 +262,8 @@ class SimAgent:
 def _failure_reason(exc: Exception) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
         return f"{exc.code().name}: {exc.details()}"[:120]
+    if isinstance(exc, simagent.StreamEnded):  # reported as the status of a failed call
+        return f"{grpc.StatusCode.UNKNOWN.name}: {exc}"[:120]
     return f"{type(exc).__name__}: {exc}"[:120]
 
 

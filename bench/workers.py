@@ -28,11 +28,12 @@ import psycopg
 import redis
 
 from fleetpulse import samples
-from fleetpulse.bench import anchors, disk, report
+from fleetpulse.bench import anchors, disk, report, simagent
 from fleetpulse.bench.encoder import BatchEncoder, ColumnarEncoder
 from fleetpulse.bench.hostseries import HostModel, host_series
 from fleetpulse.bench.resources import ResourceSampler, processes_named
-from fleetpulse.bench.simulator import agent_id_for
+from fleetpulse.bench.simulator import AGENT_KIND
+from fleetpulse.connections import pg_connect, redis_client
 from fleetpulse.embedded import EmbeddedPostgres, EmbeddedRedis
 from fleetpulse.ingest import keys, queue
 from fleetpulse.migrate import migrate
@@ -97,7 +98,7 @@ def _load(
     times_ns = base_ns + seqs * 10_000_000_000
     series = host_series(args.series)
     for index in range(1, args.agents + 1):
-        agent_id = agent_id_for(run_id, index)
+        agent_id = simagent.agent_id_for(AGENT_KIND, run_id, index)
         encoder = encoder_type(agent_id, series)
         rng = np.random.default_rng(index)
         values = HostModel(1, args.series, rng, time.time(), noise=rng).values(times_ns / 1e9)
@@ -147,7 +148,7 @@ def _rollups_current(
 ) -> float:
     """Seconds until the workers' rollup job has recomputed every closed bucket."""
     started = time.monotonic()
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with pg_connect(database_url, autocommit=True) as conn:
         while True:
             row = conn.execute(_CLOSED_MARKS).fetchone()
             if row is not None and row[0] == 0:
@@ -206,7 +207,7 @@ def _profile(stats: dict[str, float], rollup_work: Any, points: int) -> dict[str
 def run(args: argparse.Namespace) -> int:
     started_at = datetime.now(UTC)
     run_id = started_at.strftime("%H%M%S") + secrets.token_hex(2)
-    prefix = f"bench-{run_id}-"
+    prefix = simagent.agent_prefix(AGENT_KIND, run_id)
     settings = load_settings(database_url=args.database_url, redis_url=args.redis_url)
     temp_dir = tempfile.mkdtemp(prefix="fleetpulse-bench-workers-")
     pg = rd = None
@@ -221,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
             rd = EmbeddedRedis(Path(temp_dir))
             redis_url = rd.start()
         migrate(database_url)
-        client = redis.Redis.from_url(redis_url)
+        client = redis_client(redis_url)
         client.delete(keys.SHARDS_KEY)
         queue.ensure_layout(client, STREAM_SHARDS)
         epoch = int(time.time() * 1000)
@@ -269,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             timed_points = _load(client, run_id, args, 2, args.batches, epoch)
             client.delete(keys.WORKER_STATS_KEY)  # the profile covers the timed drain only
-            with psycopg.connect(database_url, autocommit=True) as conn:
+            with pg_connect(database_url, autocommit=True) as conn:
                 conn.execute("DELETE FROM rollup_log")
         finally:
             for w in workers:
@@ -292,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
         stats = {k.decode(): float(v) for k, v in raw_stats.items()}
         rollup_s = _rollups_current(database_url, workers) if args.rollups else None
         resources = sampler.stop()
-        with psycopg.connect(database_url) as conn:
+        with pg_connect(database_url) as conn:
             row = conn.execute(
                 "SELECT coalesce(sum(points_committed), 0)::int8, coalesce(sum(batches_committed), 0)::int8"
                 " FROM agent_ingest WHERE agent_id LIKE %s",
@@ -343,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
         "rollups_current_after_s": None if rollup_s is None else round(rollup_s, 3),
         "rollup_points_equal_stored": None if rolled is None else rolled == expected_points,
         # disk: points and rollup tables with their indexes, per point stored (bench/disk.py)
-        # (after compressing the run's hours, ingest/compress.py; bytes_per_point_hot before)
+        # (after compressing the run's hours, ingest/worker/compress.py; bytes_per_point_hot before)
         "bytes_per_point": stored["bytes_per_point"],
         "bytes_per_point_hot": hot["bytes_per_point"],
         "bytes_per_point_by_table": {

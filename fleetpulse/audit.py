@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from fleetpulse import partitions
+from fleetpulse import connections, partitions
 
 _LEDGER = """
 SELECT epoch, seq, points, rejected FROM batches WHERE agent_id = %s ORDER BY epoch, seq
@@ -146,7 +146,7 @@ def audit_agent(conn: psycopg.Connection[Any], report_path: Path) -> AgentAudit:
 
 def audit(database_url: str, paths: list[Path]) -> list[AgentAudit]:
     reports = find_reports(paths)
-    with psycopg.connect(database_url) as conn:
+    with connections.pg_connect(database_url) as conn:
         return [audit_agent(conn, path) for path in reports]
 
 

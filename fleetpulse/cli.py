@@ -9,6 +9,7 @@ neither a database nor a Redis URL uses the platform that ``fleetpulse up`` runs
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
@@ -16,10 +17,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleetpulse import __version__
 from fleetpulse.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fleetpulse.ingest import control
 
 log = logging.getLogger("fleetpulse")
 
@@ -111,7 +115,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         if args.processes < 1:
             raise ConfigError("--processes must be at least 1")
         from fleetpulse.datadir import Listener, check_ports_free
-        from fleetpulse.ingest import pool
+        from fleetpulse.ingest.worker import pool
 
         # fail fast, before forking; the port is shared among this pool's processes only
         settings = _server_settings(args)
@@ -121,21 +125,20 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                 [Listener(settings.grpc_host, settings.grpc_port, "ingest gRPC", "--grpc-port")]
             )
         return pool.main(args.processes, args.log_level, role="ingest")
-    from fleetpulse.ingest import frontend
+    from fleetpulse.ingest.frontend import server
     from fleetpulse.lifecycle import set_process_title
 
     title = "fleetpulse ingest" if args.of == 1 else f"fleetpulse ingest {args.index}/{args.of}"
     set_process_title(title)
-    frontend.main(_server_settings(args), index=args.index)
+    server.main(_server_settings(args), index=args.index)
     return 0
 
 
 def _cmd_agents_revoke(args: argparse.Namespace) -> int:
-    import orjson
     import psycopg
     import redis
 
-    from fleetpulse.ingest import credentials
+    from fleetpulse.ingest import control, credentials
 
     settings = _server_settings(args)
     settings.require("database_url")
@@ -146,7 +149,7 @@ def _cmd_agents_revoke(args: argparse.Namespace) -> int:
         return 1
     if settings.redis_url:  # close its open streams now, on every front-end
         try:
-            _publish(settings.redis_url, orjson.dumps({"kind": "revoked", "agent": args.agent_id}))
+            _publish(settings.redis_url, control.Revoked(args.agent_id))
         except redis.RedisError as exc:
             print(
                 f"{args.agent_id}: credential revoked (new streams are refused), but its open "
@@ -158,16 +161,14 @@ def _cmd_agents_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def _publish(redis_url: str, message: bytes) -> None:
-    """Publish a control message to every front-end (ingest/keys.py's control channel)."""
-    import redis
+def _publish(redis_url: str, message: control.Message) -> None:
+    """Publish a control message to every front-end (ingest/control.py)."""
+    from fleetpulse import connections
+    from fleetpulse.ingest import control
 
-    from fleetpulse.ingest.keys import control_channel
-    from fleetpulse.ingest.queue import SOCKET_TIMEOUT_S
-
-    client = redis.Redis.from_url(redis_url, socket_timeout=SOCKET_TIMEOUT_S)
+    client = connections.redis_client(redis_url)
     try:
-        client.publish(control_channel(client), message)
+        control.publish(client, message)
     finally:
         client.close()
 
@@ -187,7 +188,7 @@ def _cmd_agents_config(args: argparse.Namespace) -> int:
     import psycopg
     import redis
 
-    from fleetpulse.ingest import agentsettings
+    from fleetpulse.ingest import agentsettings, control
 
     changes: dict[str, object] = {}
     for name in args.unset or ():
@@ -220,7 +221,7 @@ def _cmd_agents_config(args: argparse.Namespace) -> int:
     print(_describe_settings(args.agent_id, desired, reported))
     if changes and settings.redis_url:  # the front-end holding its stream pushes it now
         try:
-            _publish(settings.redis_url, agentsettings.announcement(args.agent_id))
+            _publish(settings.redis_url, control.SettingsChanged(args.agent_id))
         except redis.RedisError as exc:
             print(
                 f"{args.agent_id}: settings saved (version {desired.version if desired else 0}), "
@@ -293,20 +294,20 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     if args.processes is not None and args.processes < 1:
         raise ConfigError("--processes must be at least 1")
     if args.engine == "ray":
-        from fleetpulse.ingest import rayengine  # ConfigError without the 'ray' extra
+        from fleetpulse.ingest.worker import rayengine  # ConfigError without the 'ray' extra
 
         settings = _server_settings(args)
         settings.require("database_url", "redis_url")  # fail fast, before starting Ray
         actors = 1 if args.processes is None else args.processes
         return rayengine.main(settings, actors, args.ray_address, args.log_level)
     if args.processes is not None:
-        from fleetpulse.ingest import pool
+        from fleetpulse.ingest.worker import pool
 
         _server_settings(args).require("database_url", "redis_url")  # fail fast, before forking
         return pool.main(args.processes, args.log_level)
-    from fleetpulse.ingest import worker
+    from fleetpulse.ingest.worker import consumer
 
-    worker.main(_server_settings(args), index=args.index, count=args.of)
+    consumer.main(_server_settings(args), index=args.index, count=args.of)
     return 0
 
 
@@ -326,13 +327,15 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     from fleetpulse.agent.config import load_config
 
     if args.once:
-        from fleetpulse.agent.collectors import collect, format_table
+        from fleetpulse.agent.collectors.scheduler import Scheduler
+        from fleetpulse.agent.collectors.table import format_table
 
         enabled = load_config(args.config).collectors if args.config else None
+        scheduler = Scheduler()
         every_time: dict[str, float] = {}  # --once shows every collector, slow ones included
-        collect(enabled, every_time)  # rates (CPU percent) are measured between two calls
+        scheduler.collect(enabled, every_time)  # rates (CPU percent) are measured between two calls
         time.sleep(0.5)
-        samples, errors = collect(enabled, every_time)
+        samples, errors = scheduler.collect(enabled, every_time)
         status = 1 if errors else 0
         try:
             print(format_table(samples, errors), flush=True)
@@ -364,18 +367,6 @@ def _cmd_up(args: argparse.Namespace) -> int:
         out=sys.stdout,
     )
     return supervisor.run()
-
-
-def _cmd_bench_fleet(args: argparse.Namespace) -> int:
-    from fleetpulse.bench import fleet
-
-    return fleet.run(args)
-
-
-def _cmd_bench_targets(args: argparse.Namespace) -> int:
-    from fleetpulse.bench import fleet
-
-    return fleet.run_targets(args)
 
 
 def _add_server_flags(
@@ -449,88 +440,68 @@ class _LazyParser(argparse.ArgumentParser):
         return super().format_help()
 
 
-def _add_bench_workers_arguments(parser: argparse.ArgumentParser) -> None:
-    try:
-        from fleetpulse.bench.workers import add_arguments
-    except ModuleNotFoundError:
-        return
-    add_arguments(parser)
+# The benchmarks: subcommand, module of fleetpulse.bench (its ``add_arguments(parser)`` and
+# ``run(args)``), help. A module is imported only when its subcommand is parsed, run or shown
+# (_LazyParser), never by another command.
+_BENCHMARKS = (
+    ("fleet", "fleet", "simulate a fleet end to end and verify every batch"),
+    (
+        "targets",
+        "targets",
+        "the two target runs (saturate, realistic 10k agents) and the README table",
+    ),
+    (
+        "workers",
+        "workers",
+        "the worker pool alone: pre-loaded queue into PostgreSQL, vs the COPY ceiling",
+    ),
+    (
+        "connections",
+        "connections",
+        "the front-end alone: idle heartbeating agents, each on its own connection",
+    ),
+    (
+        "ingest",
+        "ingestload",
+        "the front-end alone: batches into Redis as fast as it acks, no workers",
+    ),
+    (
+        "agent",
+        "agentfoot",
+        "the agent's footprint: CPU per collection, series, RSS (vs node_exporter)",
+    ),
+    (
+        "queries",
+        "queries",
+        "read latency at 100M points: fleet summary, agents page, host charts, top-N",
+    ),
+    (
+        "layouts",
+        "layouts",
+        "storage layouts for points on this host's real agent data: disk per point, COPY rate, "
+        "codecs",
+    ),
+)
 
 
-def _cmd_bench_workers(args: argparse.Namespace) -> int:
-    from fleetpulse.bench import workers
+def _bench_arguments(module: str) -> Callable[[argparse.ArgumentParser], None]:
+    def populate(parser: argparse.ArgumentParser) -> None:
+        try:
+            bench = importlib.import_module(f"fleetpulse.bench.{module}")
+        except ModuleNotFoundError:  # without the bench dependencies: explained at run time
+            return
+        bench.add_arguments(parser)
 
-    return workers.run(args)
-
-
-def _add_bench_connections_arguments(parser: argparse.ArgumentParser) -> None:
-    try:
-        from fleetpulse.bench.connections import add_arguments
-    except ModuleNotFoundError:
-        return
-    add_arguments(parser)
+    return populate
 
 
-def _cmd_bench_connections(args: argparse.Namespace) -> int:
-    from fleetpulse.bench import connections
+def _cmd_bench(module: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        bench = importlib.import_module(f"fleetpulse.bench.{module}")
+        status: int = bench.run(args)
+        return status
 
-    return connections.run(args)
-
-
-def _add_bench_ingest_arguments(parser: argparse.ArgumentParser) -> None:
-    try:
-        from fleetpulse.bench.ingestload import add_arguments
-    except ModuleNotFoundError:
-        return
-    add_arguments(parser)
-
-
-def _cmd_bench_ingest(args: argparse.Namespace) -> int:
-    from fleetpulse.bench import ingestload
-
-    return ingestload.run(args)
-
-
-def _add_bench_agent_arguments(parser: argparse.ArgumentParser) -> None:
-    try:
-        from fleetpulse.bench.agentfoot import add_arguments
-    except ModuleNotFoundError:
-        return
-    add_arguments(parser)
-
-
-def _cmd_bench_agent(args: argparse.Namespace) -> int:
-    from fleetpulse.bench import agentfoot
-
-    return agentfoot.run(args)
-
-
-def _add_bench_queries_arguments(parser: argparse.ArgumentParser) -> None:
-    try:
-        from fleetpulse.bench.queries import add_arguments
-    except ModuleNotFoundError:
-        return
-    add_arguments(parser)
-
-
-def _cmd_bench_queries(args: argparse.Namespace) -> int:
-    from fleetpulse.bench import queries
-
-    return queries.run(args)
-
-
-def _add_bench_layouts_arguments(parser: argparse.ArgumentParser) -> None:
-    try:
-        from fleetpulse.bench.layouts import add_arguments
-    except ModuleNotFoundError:
-        return
-    add_arguments(parser)
-
-
-def _cmd_bench_layouts(args: argparse.Namespace) -> int:
-    from fleetpulse.bench import layouts
-
-    return layouts.run(args)
+    return run
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -544,16 +515,6 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
     print(audit.to_json(results) if args.json else audit.render(results))
     return 0 if all(r.ok for r in results) else 1
-
-
-def _add_bench_fleet_arguments(parser: argparse.ArgumentParser) -> None:
-    try:
-        from fleetpulse.bench.fleet import add_arguments
-    except (
-        ModuleNotFoundError
-    ):  # without the bench dependencies, `bench fleet` explains at run time
-        return
-    add_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -684,54 +645,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(
         dest="bench_command", required=True, metavar="BENCHMARK", parser_class=_LazyParser
     )
-    fleet = bench_sub.add_parser(
-        "fleet",
-        help="simulate a fleet end to end and verify every batch",
-        populate=_add_bench_fleet_arguments,
-    )
-    fleet.set_defaults(handler=_cmd_bench_fleet)
-    targets = bench_sub.add_parser(
-        "targets", help="the two target runs (saturate, realistic 10k agents) and the README table"
-    )
-    targets.add_argument("--results-dir", type=Path, default=Path("bench/results"))
-    targets.set_defaults(handler=_cmd_bench_targets)
-    workers_bench = bench_sub.add_parser(
-        "workers",
-        help="the worker pool alone: pre-loaded queue into PostgreSQL, vs the COPY ceiling",
-        populate=_add_bench_workers_arguments,
-    )
-    workers_bench.set_defaults(handler=_cmd_bench_workers)
-    connections_bench = bench_sub.add_parser(
-        "connections",
-        help="the front-end alone: idle heartbeating agents, each on its own connection",
-        populate=_add_bench_connections_arguments,
-    )
-    connections_bench.set_defaults(handler=_cmd_bench_connections)
-    ingest_bench = bench_sub.add_parser(
-        "ingest",
-        help="the front-end alone: batches into Redis as fast as it acks, no workers",
-        populate=_add_bench_ingest_arguments,
-    )
-    ingest_bench.set_defaults(handler=_cmd_bench_ingest)
-    agent_bench = bench_sub.add_parser(
-        "agent",
-        help="the agent's footprint: CPU per collection, series, RSS (vs node_exporter)",
-        populate=_add_bench_agent_arguments,
-    )
-    agent_bench.set_defaults(handler=_cmd_bench_agent)
-    queries_bench = bench_sub.add_parser(
-        "queries",
-        help="read latency at 100M points: fleet summary, agents page, host charts, top-N",
-        populate=_add_bench_queries_arguments,
-    )
-    queries_bench.set_defaults(handler=_cmd_bench_queries)
-    layouts_bench = bench_sub.add_parser(
-        "layouts",
-        help="storage layouts for points on this host's real agent data: disk per point, COPY "
-        "rate, codecs",
-        populate=_add_bench_layouts_arguments,
-    )
-    layouts_bench.set_defaults(handler=_cmd_bench_layouts)
+    for name, module, help_text in _BENCHMARKS:
+        benchmark = bench_sub.add_parser(name, help=help_text, populate=_bench_arguments(module))
+        benchmark.set_defaults(handler=_cmd_bench(module))
 
     audit = sub.add_parser(
         "audit",

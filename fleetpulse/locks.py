@@ -13,8 +13,8 @@ from __future__ import annotations
 _PREFIX = 0x666C656574_00  # "fleet"
 
 MIGRATION = _PREFIX | 0x01  # fleetpulse/migrate.py: schema migrations
-ROLLUP = _PREFIX | 0x02  # ingest/rollups.py: the rollup job
-COMPACTION = _PREFIX | 0x03  # ingest/compaction.py: packing rollup partitions' indexes
-COMPRESS = _PREFIX | 0x04  # ingest/compress.py: compressing closed hours
+ROLLUP = _PREFIX | 0x02  # ingest/worker/rollups.py: the rollup job
+COMPACTION = _PREFIX | 0x03  # ingest/worker/compaction.py: packing rollup partitions' indexes
+COMPRESS = _PREFIX | 0x04  # ingest/worker/compress.py: compressing closed hours
 
 ALL = {"migration": MIGRATION, "rollup": ROLLUP, "compaction": COMPACTION, "compress": COMPRESS}

@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 from importlib import resources
 
-import psycopg
-
-from fleetpulse import locks, partitions
+from fleetpulse import connections, locks, partitions
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +23,7 @@ def _migration_files() -> list[tuple[int, str, str]]:
 def migrate(database_url: str) -> list[str]:
     """Apply pending migrations and create the partitions needed now; return what was applied."""
     applied: list[str] = []
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with connections.pg_connect(database_url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (locks.MIGRATION,))
         try:
             conn.execute(

@@ -30,11 +30,13 @@ def list_agents(
         raise ConfigError("--limit must be between 1 and 1000")
 
     async def fetch() -> tuple[list[Any], int]:
-        from psycopg import AsyncConnection
+        from fleetpulse import connections
 
         assert settings.database_url
         response = Response()
-        async with await AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+        async with await connections.pg_connect_async(
+            settings.database_url, autocommit=True
+        ) as conn:
             page = await agents.list_agents(
                 conn,
                 settings,
@@ -58,10 +60,12 @@ def platform_health(settings: Settings) -> dict[str, Any]:
     from fleetpulse.api import fleet
 
     async def fetch() -> dict[str, Any]:
-        from psycopg import AsyncConnection
+        from fleetpulse import connections
 
         assert settings.database_url
-        async with await AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+        async with await connections.pg_connect_async(
+            settings.database_url, autocommit=True
+        ) as conn:
             return {
                 "summary": await fleet.fleet_summary(conn, settings),
                 "pipeline": await fleet.pipeline(conn, settings),

@@ -6,7 +6,7 @@ series, one timestamp), so a collection is one COPYed row and one index entry, w
 before paid both per point (87.6 against 9.5 bytes per point, and 380,000 against 39.7 million
 points/s of COPY: ``fleetpulse bench layouts``, docs/architecture.md "Storage v2").
 
-Closed hours leave ``samples`` for ``sample_chunks`` (schema 0011, written by ingest/compress.py):
+Closed hours leave ``samples`` for ``sample_chunks`` (schema 0011, written by ingest/worker/compress.py):
 one row per set and hour, its timestamps and its (rows x width) matrix, column by column, each
 compressed with pcodec. A row is in exactly one of the two tables at any time (it moves in one
 transaction), so a reader reads both in one snapshot (``snapshot``): the SQL for the rows still
@@ -60,7 +60,7 @@ def rows_of(row_ids: np.ndarray, ts_unix_us: np.ndarray) -> Rows:
 
 
 def row_members(series_ids: np.ndarray, rows: Rows) -> list[bytes]:
-    """Each row's series ids as bytes (little-endian int32): its set's key (ingest/series.py)."""
+    """Each row's series ids as bytes (little-endian int32): its set's key (ingest/worker/series.py)."""
     blob = series_ids.astype("<i4", copy=False).tobytes()
     bounds = (rows.start * 4).tolist()
     return [blob[bounds[r] : bounds[r + 1]] for r in range(len(rows))]
@@ -75,7 +75,7 @@ def shape(
     A row holds points of one group (a batch), one timestamp and distinct series; a series' second
     point at the same timestamp goes to another row (both are kept, as the layout before kept
     both), and no row is wider than MAX_SET_WIDTH. Sorts the points: for the row form and for
-    tools, not for the columnar form, which arrives shaped (ingest/decode.py)."""
+    tools, not for the columnar form, which arrives shaped (ingest/worker/decode.py)."""
     n = len(ts_unix_us)
     if not n:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)

@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     # An entry that failed this many times goes to the dead-letter stream.
     worker_max_deliveries: int = Field(default=5, ge=1)
     retention_days: int = Field(default=7, ge=1)
-    # Rollup tiers (ingest/rollups.py): how often closed buckets are recomputed, and how long each
+    # Rollup tiers (ingest/worker/rollups.py): how often closed buckets are recomputed, and how long each
     # tier is kept. Turning rollups off is for measuring their cost: the tiers stop updating.
     rollups: bool = True
     rollup_interval_s: float = Field(default=2.0, gt=0)
@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     rollup_max_delay_s: float = Field(default=10.0, ge=0)
     rollup_1m_retention_days: int = Field(default=35, ge=1)
     rollup_1h_retention_days: int = Field(default=400, ge=1)
-    # Compression of closed hours (ingest/compress.py): an hour's samples rows become one
+    # Compression of closed hours (ingest/worker/compress.py): an hour's samples rows become one
     # compressed chunk per series set once the hour has been closed this long and its rollups are
     # current; a round looks for such hours every `compress_interval_s`. At least 5 minutes: the
     # fleet list reads its CPU and memory columns from the last 5 minutes, hot rows only
@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     compress_after_s: float = Field(default=600.0, ge=300)
     compress_interval_s: float = Field(default=30.0, gt=0)
     max_future_s: float = Field(default=3600.0, ge=0)
-    # Test-only (ingest/failpoints.py): "after-commit:<marker file>" makes a worker SIGKILL itself
+    # Test-only (ingest/worker/failpoints.py): "after-commit:<marker file>" makes a worker SIGKILL itself
     # once, between a chunk's COMMIT and its XACK; "mid-rollup:<marker file>" makes the process
     # running the rollup job SIGKILL itself once, in a minute's recompute transaction after the
     # COPY of its rows and before COMMIT; "mid-compress:<marker file>" makes the process

@@ -1,8 +1,8 @@
 """Per-agent settings on the platform: stored in ``agent_settings``, pushed by the front-ends.
 
 A change (`fleetpulse agents config`, ``PUT /agents/{id}/config``) writes a new version and
-announces ``{"kind": "settings", "agent": id}`` on the control channel; the front-end holding the
-agent's stream reads the row and sends it (ingest/frontend.py). The front-end also sends it at every
+publishes ``control.SettingsChanged`` (ingest/control.py); the front-end holding the agent's
+stream reads the row and sends it (ingest/frontend/service.py). The front-end also sends it at every
 register, so an agent that was away, or an announcement that was lost, still gets the latest
 version. What the agent answered (SettingsStatus) lands in the ``agents`` row.
 """
@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from psycopg import AsyncConnection, Connection
 
-from fleetpulse.agent.collectors import COLLECTORS
+from fleetpulse.agent.collectors.names import COLLECTORS
 from fleetpulse.agent.remote import RemoteSettings, check
 from fleetpulse.proto import agent_pb2
 
@@ -161,8 +160,3 @@ def to_message(settings: RemoteSettings) -> bytes:
             collectors=settings.collectors or (),
         )
     ).SerializeToString()
-
-
-def announcement(agent_id: str) -> bytes:
-    """The control message that makes the front-end holding ``agent_id`` push its settings."""
-    return orjson.dumps({"kind": "settings", "agent": agent_id})

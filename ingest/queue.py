@@ -18,11 +18,6 @@ from fleetpulse.ingest import keys
 
 log = logging.getLogger(__name__)
 
-# Every Redis client of the platform sets this socket timeout instead of the library's default
-# (none before redis-py 8, 5 s from 8 on): a Redis that stops answering is an error after this
-# long, and a blocking read is given its block time on top (see Worker).
-SOCKET_TIMEOUT_S = 5.0
-
 
 def _group_exists(exc: redis.ResponseError) -> bool:
     return "BUSYGROUP" in str(exc)

@@ -2,11 +2,10 @@
 every step at once), functions.py (PromQL's functions), storage.py (reading samples), model.py
 (the values), errors.py (the one error type, with Prometheus' error kinds)."""
 
-from fleetpulse.api.promql.engine import Range, Result, choose_tier, evaluate
+from fleetpulse.api.promql.engine import Range, Result, evaluate
 from fleetpulse.api.promql.errors import PromQLError
 from fleetpulse.api.promql.model import Scalar, String, Vector, format_value, format_values
 from fleetpulse.api.promql.parser import parse, parse_selector
-from fleetpulse.api.promql.storage import labels_of
 
 __all__ = [
     "PromQLError",
@@ -15,11 +14,9 @@ __all__ = [
     "Scalar",
     "String",
     "Vector",
-    "choose_tier",
     "evaluate",
     "format_value",
     "format_values",
-    "labels_of",
     "parse",
     "parse_selector",
 ]

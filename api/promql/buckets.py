@@ -15,8 +15,8 @@ per series instead of 60,480 raw points (docs/performance.md). Anything else rea
 - minute buckets older than the raw horizon may be gone (the minute tier is kept 35 days): hour
   buckets only there.
 
-Minute buckets are used from windows of 10 minutes (60 raw points at a 10 s interval): shorter
-windows read raw points as cheaply.
+Which tier's buckets a query's windows line up with is api/tiers.py's `for_windows` (minute
+buckets from windows of 10 minutes: shorter windows read raw points as cheaply).
 """
 
 from __future__ import annotations
@@ -28,20 +28,6 @@ from fleetpulse.api.promql.storage import Buckets
 BUCKETED = frozenset(
     {"sum_over_time", "count_over_time", "avg_over_time", "min_over_time", "max_over_time"}
 )
-_HOUR_US = 3_600_000_000
-_MINUTE_US = 60_000_000
-_MIN_MINUTE_RANGE_US = 10 * _MINUTE_US
-
-
-def tier_for(ref_us: np.ndarray, range_us: int, horizon_us: int) -> str | None:
-    """The tier whose buckets every window lines up with, or None."""
-    lo_us = int(ref_us.min()) - range_us
-    if range_us >= _HOUR_US and range_us % _HOUR_US == 0 and not (ref_us % _HOUR_US).any():
-        return "1h"
-    minutes_ok = range_us >= _MIN_MINUTE_RANGE_US and range_us % _MINUTE_US == 0
-    if minutes_ok and not (ref_us % _MINUTE_US).any() and lo_us >= horizon_us:
-        return "1m"
-    return None
 
 
 def over_time(

@@ -1,5 +1,10 @@
 """PromQL evaluation with Prometheus 2.42's semantics, every step of a range query at once.
 
+Why one file of about 800 lines: the evaluator is one recursive walk over the node types of the
+syntax tree, and every node shares the same step grid, lookback and vector matching; split by node
+kind, each part would need all of them. The functions (functions.py), the values (model.py) and the
+reads (storage.py, buckets.py) are apart.
+
 A range query is, by Prometheus' definition, one instant query per step; here each node of the
 syntax tree is evaluated once for all steps, as (series x steps) arrays (api/promql/model.py), so
 that no Python code runs per sample or per step. Python loops run per node, per distinct label
@@ -25,7 +30,6 @@ Functions over values are in api/promql/functions.py; reading samples in api/pro
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -33,6 +37,7 @@ import numpy as np
 import promql_parser as pp
 from psycopg import AsyncConnection
 
+from fleetpulse.api import tiers
 from fleetpulse.api.promql import buckets, functions
 from fleetpulse.api.promql.errors import PromQLError
 from fleetpulse.api.promql.model import (
@@ -47,7 +52,9 @@ from fleetpulse.api.promql.model import (
     without_name,
 )
 from fleetpulse.api.promql.parser import matchers, parse, seconds
-from fleetpulse.api.promql.storage import TIER_SPACING_S, Reader, labels_of, raw_horizon_us
+from fleetpulse.api.promql.storage import Reader, raw_horizon_us
+from fleetpulse.api.selectors import LABEL_NAME, labels_of
+from fleetpulse.api.tiers import TIER_SPACING_S
 
 LOOKBACK_US = 300_000_000
 DEFAULT_SUBQUERY_STEP_US = 60_000_000
@@ -56,7 +63,6 @@ US = 1_000_000
 _ARITHMETIC = {"+", "-", "*", "/", "%", "^", "atan2"}
 _COMPARISON = {"==", "!=", ">", "<", ">=", "<="}
 _SET = {"and", "or", "unless"}
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 Value: TypeAlias = Scalar | Vector | String
 
 
@@ -268,7 +274,7 @@ class Evaluator:
         ref = self.refs(selector.offset, selector.at)
         range_us = round(seconds(arg.range) * US)
         reader = self.query.reader
-        tier = buckets.tier_for(ref, range_us, await raw_horizon_us(reader.conn))
+        tier = tiers.for_windows(ref, range_us, await raw_horizon_us(reader.conn))
         if tier is None:
             return None
         series = await reader.series(matchers(selector))
@@ -623,7 +629,7 @@ def aggregate(
         return _top(v, group, param.values, op == "topk")
     if op == "count_values":
         assert isinstance(param, String)
-        if not _LABEL_NAME.fullmatch(param.value):
+        if not LABEL_NAME.fullmatch(param.value):
             raise PromQLError(f'invalid label name "{param.value}"', "execution")
         return _count_values(v, group, group_labels, param.value)
     counts = np.zeros(shape)
@@ -760,22 +766,6 @@ def _ranges_and_steps(node: Any) -> tuple[list[float], list[float]]:
     return ranges, steps
 
 
-def choose_tier(node: Any, step: float | None, resolution: float = 0.0) -> tuple[str, bool]:
-    """The tier that stands in for raw points (storage.py's docstring), and whether it also
-    does so within the raw retention (``resolution``: the coarsest tier the client allows,
-    ``max_source_resolution``). Hours at steps of an hour when every range spans four of
-    them, else minutes; the tiers replace raw points only where the step is at least their
-    bucket and every range spans four buckets. ``step`` None: an instant query."""
-    ranges, steps = _ranges_and_steps(node)
-    shortest = min(ranges) if ranges else math.inf
-    step = min([step if step is not None else 0.0, *steps])
-    tier = "1h" if step >= 3600 and shortest >= 4 * 3600 else "1m"
-    if tier == "1h" and resolution < 3600:
-        tier = "1m"
-    downsample = resolution >= TIER_SPACING_S[tier] and step >= TIER_SPACING_S[tier]
-    return tier, downsample and shortest >= 4 * TIER_SPACING_S[tier]
-
-
 @dataclass
 class Result:
     value: Value | Range
@@ -798,7 +788,8 @@ async def evaluate(
     start_us, end_us = round(start * US), round(end * US)
     step_us = max(1, round(step * US))
     times = np.arange(start_us, end_us + 1, step_us, dtype=np.int64)
-    tier, downsample = choose_tier(tree, None if instant else step, resolution)
+    ranges, steps = _ranges_and_steps(tree)
+    tier, downsample = tiers.stand_in(None if instant else step, ranges, steps, resolution)
     query = Query(start_us, end_us, Reader(conn, tier, downsample))
     evaluator = Evaluator(query, times)
     if _is_range(tree):
@@ -816,4 +807,4 @@ async def evaluate(
     return Result(value, times)
 
 
-__all__ = ["Range", "Result", "choose_tier", "evaluate", "without_name"]
+__all__ = ["Range", "Result", "evaluate", "without_name"]

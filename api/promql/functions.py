@@ -1,5 +1,9 @@
 """Every PromQL function of Prometheus 2.42 (native histograms aside), over all steps at once.
 
+Why one file of about 1,100 lines: it is Prometheus' table of functions, each a few lines that
+must match 2.42's Go code; kept together as promql/functions.go keeps them, one function is found
+where a reader of Prometheus looks for it.
+
 Why: a dashboard built for Prometheus must get Prometheus' numbers, so each function here follows
 2.42's Go code (promql/functions.go, quantile.go, and Go's time package underneath) down to its
 order of floating-point operations, its NaN and Inf cases, the samples it needs (``rate`` answers
@@ -81,6 +85,7 @@ from fleetpulse.api.promql.model import (
     key,
     without_name,
 )
+from fleetpulse.api.selectors import LABEL_NAME
 
 # -- the function tables -------------------------------------------------------------------------
 
@@ -906,8 +911,6 @@ def _bucket_quantile(
 
 # -- label_replace and label_join ----------------------------------------------------------------
 
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*", re.ASCII)
-
 
 def label_replace(vec: Vector, dst: str, replacement: str, src: str, regex: str) -> Vector:
     """2.42's label_replace: where the regex, anchored at both ends (``^(?:regex)$``, Go RE2),
@@ -920,7 +923,7 @@ def label_replace(vec: Vector, dst: str, replacement: str, src: str, regex: str)
         raise PromQLError(
             f"invalid regular expression in label_replace(): {regex}", "execution"
         ) from None
-    if not _LABEL_NAME.fullmatch(dst):
+    if not LABEL_NAME.fullmatch(dst):
         raise PromQLError(f"invalid destination label name in label_replace(): {dst}", "execution")
     out: list[Labels] = []
     # by source value: a match through RE2's Python binding costs some 4 us (Python's re: 0.2)
@@ -946,9 +949,9 @@ def label_join(vec: Vector, dst: str, separator: str, sources: list[str]) -> Vec
     ``separator``, or is removed if that is empty. Source names are checked first, in order,
     then ``dst`` (execution errors, as in 2.42)."""
     for src in sources:
-        if not _LABEL_NAME.fullmatch(src):
+        if not LABEL_NAME.fullmatch(src):
             raise PromQLError(f"invalid source label name in label_join(): {src}", "execution")
-    if not _LABEL_NAME.fullmatch(dst):
+    if not LABEL_NAME.fullmatch(dst):
         raise PromQLError(f"invalid destination label name in label_join(): {dst}", "execution")
     out: list[Labels] = []
     for labels in vec.labels:

@@ -21,7 +21,7 @@ from typing import Any
 import promql_parser as pp
 
 from fleetpulse.api.promql.errors import PromQLError
-from fleetpulse.api.query import Matcher
+from fleetpulse.api.selectors import Matcher
 
 MAX_QUERY_CHARS = 10_000
 MAX_DEPTH = 100  # nested expressions: a recursive evaluator needs a bound

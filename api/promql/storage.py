@@ -39,10 +39,11 @@ from psycopg import AsyncConnection, sql
 
 from fleetpulse import samples
 from fleetpulse.api.promql.errors import PromQLError
-from fleetpulse.api.query import Matcher, Series, _splits, read_windows, select_series
+from fleetpulse.api.selectors import Matcher, Series, select_series
+from fleetpulse.api.tiers import TIER_SPACING_S, splits
+from fleetpulse.api.windows import read_windows
 
 MAX_SAMPLES_PER_QUERY = 20_000_000
-TIER_SPACING_S = {"1m": 60.0, "1h": 3600.0}
 
 _EPOCH_US = "(extract(epoch FROM {col}) * 1000000)::int8"
 _RAW_POINTS = samples.points_sql("ids", "split_m", "end", hi_inclusive=True)
@@ -116,10 +117,6 @@ class Buckets:
     sum: np.ndarray
     min: np.ndarray
     max: np.ndarray
-
-
-def labels_of(series: Series) -> dict[str, str]:
-    return {"__name__": series.name, "agent_id": series.agent_id, **series.labels}
 
 
 def _hours_without_minutes(
@@ -220,7 +217,7 @@ class Reader:
         if self._horizon_us is None:
             horizon = await raw_horizon_us(self.conn)
             if self.downsample:
-                final_s = _splits("1m", 0.0, math.inf, self.now)[1]
+                final_s = splits("1m", 0.0, math.inf, self.now)[1]
                 horizon = max(horizon, round(final_s * 1e6))
             self._horizon_us = horizon
         return self._horizon_us
@@ -238,7 +235,7 @@ class Reader:
         endpoints read them (tier rows where final, raw points after); None while a bucket of
         the range waits for the rollup job (a late batch: the tier is not exact there yet)."""
         width_us = round(TIER_SPACING_S[tier] * US)
-        final_m = _splits("1m", 0.0, math.inf, self.now)[1]
+        final_m = splits("1m", 0.0, math.inf, self.now)[1]
         cur = await self.conn.execute(
             _DIRTY, (_at(lo_us // _HOUR_US * _HOUR_US), _at(min(hi_us, round(final_m * US))))
         )
@@ -323,7 +320,7 @@ class Reader:
         if self.tier == "1h":
             split_h_us = max(lo_us, split_m_us // _HOUR_US * _HOUR_US)
             if self.downsample:  # hours up to the newest final one, minutes after it
-                final_h_s = _splits("1h", 0.0, math.inf, self.now)[0]
+                final_h_s = splits("1h", 0.0, math.inf, self.now)[0]
                 split_h_us = max(lo_us, min(split_h_us, round(final_h_s * 1e6)))
         hours_end_us = split_m_us if self.tier == "1m" else split_h_us
         params = {
@@ -382,10 +379,8 @@ class Reader:
 __all__ = [
     "MAX_SAMPLES_PER_QUERY",
     "NO_RAW_US",
-    "TIER_SPACING_S",
     "Buckets",
     "Reader",
     "forget_horizons",
-    "labels_of",
     "raw_horizon_us",
 ]

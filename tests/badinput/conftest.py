@@ -24,8 +24,9 @@ import pytest
 import redis
 from psycopg.conninfo import make_conninfo
 
-from fleetpulse.ingest import decode, keys
-from fleetpulse.ingest.worker import Worker
+from fleetpulse.ingest import keys
+from fleetpulse.ingest.worker import decode
+from fleetpulse.ingest.worker.consumer import Worker
 from fleetpulse.migrate import migrate
 from fleetpulse.proto import agent_pb2
 from fleetpulse.settings import Settings
@@ -33,7 +34,7 @@ from tests.conftest import Backend
 from tests.integration.test_edge import Edge, start_edge
 from tests.processes import fleetpulse_process, free_port, wait_for_port
 
-# The status codes a stream may end with, each documented in ingest/frontend.py and
+# The status codes a stream may end with, each documented in ingest/frontend/service.py and
 # docs/architecture.md ("The edge"); OK is a clean end (a disconnect, or the agent closed).
 DOCUMENTED_STREAM_ENDS = frozenset(
     {

@@ -23,7 +23,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from fleetpulse.ingest.worker import Worker
+from fleetpulse.ingest.worker.consumer import Worker
 from tests.badinput.conftest import ADMIN_KEY, READ_KEY, Api, assert_delivered
 from tests.badinput.test_points import columns, row_point, rows, send_accepted, series_def
 from tests.integration.test_edge import Edge

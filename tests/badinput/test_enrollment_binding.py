@@ -34,7 +34,7 @@ import pytest
 
 from fleetpulse.agent.config import AgentConfig
 from fleetpulse.audit import audit
-from fleetpulse.ingest.worker import Worker
+from fleetpulse.ingest.worker.consumer import Worker
 from fleetpulse.proto import agent_pb2, common_pb2, metric_pb2
 from tests.badinput.conftest import RawStream, assert_documented_end, drain, queued_identities
 from tests.integration.conftest import TOKEN

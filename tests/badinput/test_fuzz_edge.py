@@ -41,7 +41,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, example, given, settings
 
-from fleetpulse.ingest.worker import Worker
+from fleetpulse.ingest.worker.consumer import Worker
 from fleetpulse.proto import agent_pb2, common_pb2, metric_pb2
 from tests.badinput import wire
 from tests.badinput.conftest import (

@@ -259,7 +259,7 @@ def test_control_messages_of_another_redis_database_are_not_heard(edge: Edge, ag
     import orjson
     import redis
 
-    from fleetpulse.ingest import agentsettings, keys
+    from fleetpulse.ingest import agentsettings, control, keys
 
     token = enroll(edge, agent)
     held = RawStream(edge.address, token)
@@ -281,7 +281,7 @@ def test_control_messages_of_another_redis_database_are_not_heard(edge: Edge, ag
     # ended its stream first.
     with psycopg.connect(edge.database_url, autocommit=True) as conn:
         version = agentsettings.update(conn, agent, {"collect_interval_ms": 5000}).version
-    edge.redis.publish(keys.control_channel(edge.redis), agentsettings.announcement(agent))
+    control.publish(edge.redis, control.SettingsChanged(agent))
     assert held.wait_for("settings", version=version) is not None, held.details()
     edge.redis.publish(keys.control_channel(edge.redis), revoked)
     assert _end(held) == (grpc.StatusCode.UNAUTHENTICATED, f"credential of {agent!r} revoked")

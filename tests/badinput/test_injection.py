@@ -19,8 +19,8 @@ import httpx
 import psycopg
 import pytest
 
-from fleetpulse.ingest.validate import series_problem
-from fleetpulse.ingest.worker import Worker
+from fleetpulse.ingest.worker.consumer import Worker
+from fleetpulse.ingest.worker.validate import series_problem
 from tests.badinput.conftest import READ_KEY, Api, assert_delivered
 from tests.badinput.test_points import columns, row_point, rows, send_accepted, series_def
 from tests.integration.test_edge import Edge

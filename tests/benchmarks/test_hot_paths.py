@@ -17,13 +17,13 @@ import numpy as np
 import psycopg
 import pytest
 
-from fleetpulse.agent.daemon import encode_batch
+from fleetpulse.agent.batch import CollectionEncoder
 from fleetpulse.bench.encoder import BatchEncoder, ColumnarEncoder
 from fleetpulse.bench.hostseries import host_series
 from fleetpulse.copybuf import points_copy_buffer
 from fleetpulse.ingest import keys
-from fleetpulse.ingest.decode import ChunkDecoder, labels_key
-from fleetpulse.ingest.series import SeriesResolver
+from fleetpulse.ingest.worker.decode import ChunkDecoder, labels_key
+from fleetpulse.ingest.worker.series import SeriesResolver
 from fleetpulse.proto import edge_pb2
 
 SERIES_PER_AGENT = 200
@@ -79,7 +79,7 @@ class _CountingResolver(SeriesResolver):
 def test_agent_batch_encode(benchmark) -> None:  # type: ignore[no-untyped-def]
     """The project's agent: 200 samples into a serialized row-form batch (protobuf)."""
     samples = _samples()
-    payload = benchmark(encode_batch, "host-1", 1, 1, samples, time.time_ns())
+    payload = benchmark(CollectionEncoder().encode, "host-1", 1, 1, samples, time.time_ns())
     assert len(payload) > SERIES_PER_AGENT * 20
 
 

@@ -20,9 +20,9 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from fleetpulse import samples
-from fleetpulse.bench.queries import Fleet
+from fleetpulse.bench.querylayout import Fleet
 from fleetpulse.embedded import EmbeddedPostgres
-from fleetpulse.ingest.rollups import RollupJob
+from fleetpulse.ingest.worker.rollups import RollupJob
 
 pytestmark = pytest.mark.e2e
 

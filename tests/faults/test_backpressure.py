@@ -13,7 +13,7 @@ import psutil
 import psycopg
 import pytest
 
-from fleetpulse.ingest.frontend import BACKPRESSURE_CHECK_S
+from fleetpulse.ingest.frontend.admission import BACKPRESSURE_CHECK_S
 from tests.faults.conftest import (
     COLLECT_INTERVAL_S,
     FLEET_AGENTS,
@@ -36,7 +36,7 @@ HTTP2_WINDOW_BYTES = 64 * 1024
 ALLOCATOR_SLACK_BYTES = 16 * 1024 * 1024
 
 
-# The front-end's own metrics (ingest/selfmetrics.py) that tell its backpressure.
+# The front-end's own metrics (ingest/frontend/selfmetrics.py) that tell its backpressure.
 METRICS = {
     "backpressure": "fleetpulse_ingest_backpressure",
     "refused": 'fleetpulse_ingest_rejects_total{reason="backpressure"}',

@@ -16,8 +16,8 @@ import psycopg
 import pytest
 
 from fleetpulse.errors import ConfigError
-from fleetpulse.ingest import rollups
-from fleetpulse.ingest.copier import write_points
+from fleetpulse.ingest.worker import rollups
+from fleetpulse.ingest.worker.copier import write_points
 from fleetpulse.settings import load_settings
 from tests.faults.conftest import READY_LINE_WORKER, Harness, wait_for
 from tests.faults.test_rollups import FAST_ROLLUPS, written
@@ -105,7 +105,7 @@ def test_compression_killed_in_the_middle_of_a_batch(harness: Harness, tmp_path:
     ingest = harness.start_ingest(port)
     harness.start_fleet(port)
     agents = harness.add_agents(3, port)
-    # The failpoint (ingest/failpoints.py): the worker whose compression thread writes a batch of
+    # The failpoint (ingest/worker/failpoints.py): the worker whose compression thread writes a batch of
     # chunks first SIGKILLs itself once, before that batch's COMMIT, and writes the hour into the
     # marker file.
     pool = harness.start_workers(2, failpoint=f"mid-compress:{marker}", **FAST_ROLLUPS, **COMPRESS)

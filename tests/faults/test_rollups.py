@@ -28,7 +28,7 @@ FAST_ROLLUPS = {"rollup_interval_s": 0.5, "rollup_settle_s": 0.5, "rollup_max_de
 
 # Per closed minute: its (series, minute) rows, and those where the minute tier differs from the
 # aggregates of the raw points (all_points: both layouts) or exists on one side only; a few of them
-# as examples. `last` breaks a tie of timestamps by the greater value (ingest/rollups.py). The
+# as examples. `last` breaks a tie of timestamps by the greater value (ingest/worker/rollups.py). The
 # session's TimeZone is UTC.
 _COMPARE = """
 WITH want AS (
@@ -105,7 +105,7 @@ def test_rollup_job_killed_in_the_middle_of_a_minute(harness: Harness, tmp_path:
     ingest = harness.start_ingest(port)
     harness.start_fleet(port)
     agents = harness.add_agents(3, port)
-    # The failpoint (ingest/failpoints.py): the worker whose rollup thread recomputes a minute first
+    # The failpoint (ingest/worker/failpoints.py): the worker whose rollup thread recomputes a minute first
     # SIGKILLs itself once, between the COPY of that minute's rows and the COMMIT, and writes the
     # minute into the marker file.
     pool = harness.start_workers(2, failpoint=f"mid-rollup:{marker}", **FAST_ROLLUPS)

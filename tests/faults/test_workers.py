@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from fleetpulse.errors import ConfigError
-from fleetpulse.ingest.worker import consumer_name
+from fleetpulse.ingest.worker.consumer import consumer_name
 from fleetpulse.settings import load_settings
 from tests.faults.conftest import Harness, wait_for
 from tests.processes import free_port
@@ -86,7 +86,7 @@ def test_worker_killed_between_commit_and_xack(harness: Harness, tmp_path: Path)
     agents = harness.add_agents(3, port)
     harness.wait_fleet_connected()  # its batches are in the backlog too
     wait_for(lambda: harness.queued() >= 20, 30, "a backlog for the workers")
-    # The failpoint (ingest/failpoints.py): the first worker to commit a chunk SIGKILLs itself
+    # The failpoint (ingest/worker/failpoints.py): the first worker to commit a chunk SIGKILLs itself
     # before its XACK, once, and names the chunk's entries in the marker file.
     pool = harness.start_workers(2, failpoint=f"after-commit:{marker}")
 

@@ -20,7 +20,7 @@ import trustme
 
 from fleetpulse.agent.config import AgentConfig
 from fleetpulse.agent.daemon import AgentDaemon
-from fleetpulse.ingest import agentsettings, keys
+from fleetpulse.ingest import control, keys
 from fleetpulse.proto import metric_pb2
 from tests.integration.conftest import TOKEN, ingest_env
 from tests.integration.test_agent import account, wait_for
@@ -169,7 +169,7 @@ def test_settings_from_the_cli_are_applied_live_and_reported(
                 "UPDATE agent_settings SET version = 2, collect_interval_ms = 5000,"
                 " collectors = '{load,gpu}' WHERE agent_id = 'tuned'"
             )
-        client.publish(keys.control_channel(client), agentsettings.announcement("tuned"))
+        control.publish(client, control.SettingsChanged("tuned"))
         wait_for(lambda: (reported(database_url, "tuned") or (0,))[0] == 2, 10, "refusal recorded")
         _, applied, error, collect_ms, _, collectors = reported(database_url, "tuned")  # type: ignore[misc]
         assert applied is False and "unknown collectors gpu" in error

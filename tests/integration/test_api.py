@@ -22,7 +22,7 @@ from psycopg import sql
 
 from fleetpulse.api.app import create_app
 from fleetpulse.errors import ConfigError
-from fleetpulse.ingest.copier import write_points
+from fleetpulse.ingest.worker.copier import write_points
 from fleetpulse.settings import Settings
 from tests.processes import free_port
 

@@ -13,7 +13,7 @@ import numpy as np
 import psycopg
 
 from fleetpulse.audit import audit
-from fleetpulse.ingest.copier import write_points
+from fleetpulse.ingest.worker.copier import write_points
 
 AGENT = "audited"
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import psycopg
 
-from fleetpulse.bench.fleet import verify
 from fleetpulse.bench.simulator import AgentResult
-from fleetpulse.ingest.copier import write_points
+from fleetpulse.bench.verify import verify
+from fleetpulse.ingest.worker.copier import write_points
 
 PREFIX = "bench-t-"
 AGENT = PREFIX + "00001"

@@ -7,7 +7,7 @@ import random
 
 import redis.asyncio
 
-from fleetpulse.ingest.queue import SOCKET_TIMEOUT_S
+from fleetpulse.connections import REDIS_SOCKET_TIMEOUT_S as SOCKET_TIMEOUT_S
 from fleetpulse.lifecycle import cancel_and_wait
 
 ROUNDS = 40

@@ -1,4 +1,4 @@
-"""Packing closed rollup partitions' indexes (ingest/compaction.py) on a real PostgreSQL."""
+"""Packing closed rollup partitions' indexes (ingest/worker/compaction.py) on a real PostgreSQL."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -6,8 +6,8 @@ import psycopg
 import pytest
 
 from fleetpulse import locks, partitions
-from fleetpulse.ingest import compaction
-from fleetpulse.ingest.rollups import RollupJob
+from fleetpulse.ingest.worker import compaction
+from fleetpulse.ingest.worker.rollups import RollupJob
 
 DAY = datetime(2030, 7, 1, tzinfo=UTC).date()
 

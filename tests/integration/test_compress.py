@@ -1,4 +1,4 @@
-"""Compression of closed hours (ingest/compress.py) against real PostgreSQL: an hour's ``samples``
+"""Compression of closed hours (ingest/worker/compress.py) against real PostgreSQL: an hour's ``samples``
 rows become one ``sample_chunks`` row per series set and hour, every point is read back bit for bit
 and exactly once (``samples.read_points``), the rollup tiers stay as they were, late rows into a
 compressed hour are rolled up with the chunk and merged into it, an hour whose minutes wait for
@@ -19,11 +19,11 @@ import psycopg
 import pytest
 
 from fleetpulse import locks, partitions, samples
-from fleetpulse.ingest import compress
-from fleetpulse.ingest.compress import CompressJob
-from fleetpulse.ingest.copier import ChunkWriter
-from fleetpulse.ingest.decode import BatchRef, Decoded
-from fleetpulse.ingest.rollups import RollupJob
+from fleetpulse.ingest.worker import compress
+from fleetpulse.ingest.worker.compress import CompressJob
+from fleetpulse.ingest.worker.copier import ChunkWriter
+from fleetpulse.ingest.worker.decode import BatchRef, Decoded
+from fleetpulse.ingest.worker.rollups import RollupJob
 from tests.integration.test_samples import assert_aggregates_equal, pg_aggregate, rollup_rows, us
 
 SECOND_US = 1_000_000

@@ -451,7 +451,7 @@ def test_a_closed_old_stream_never_marks_a_reconnected_agent_offline(database_ur
 
     from psycopg_pool import AsyncConnectionPool
 
-    from fleetpulse.ingest.registry import AgentRegistry
+    from fleetpulse.ingest.frontend.registry import AgentRegistry
 
     async def scenario() -> list[str]:
         async with AsyncConnectionPool(database_url, min_size=1, max_size=2) as pool:

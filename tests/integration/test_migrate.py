@@ -5,8 +5,8 @@ import psycopg
 from psycopg import sql
 
 from fleetpulse import partitions
-from fleetpulse.ingest.copier import ChunkWriter
-from fleetpulse.ingest.decode import BatchRef, Decoded
+from fleetpulse.ingest.worker.copier import ChunkWriter
+from fleetpulse.ingest.worker.decode import BatchRef, Decoded
 from fleetpulse.migrate import migrate
 
 

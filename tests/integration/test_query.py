@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 
 from fleetpulse.api.app import create_app
 from fleetpulse.ingest import keys
-from fleetpulse.ingest.compress import CompressJob
-from fleetpulse.ingest.copier import write_points
-from fleetpulse.ingest.rollups import RollupJob
+from fleetpulse.ingest.worker.compress import CompressJob
+from fleetpulse.ingest.worker.copier import write_points
+from fleetpulse.ingest.worker.rollups import RollupJob
 from fleetpulse.settings import Settings
 from tests.integration.test_api import NASTY_STRINGS, READ_AUTH, READ_KEY, add_agent, add_series
 

@@ -10,9 +10,9 @@ import numpy as np
 import psycopg
 import pytest
 
-from fleetpulse.ingest.copier import ChunkWriter
-from fleetpulse.ingest.decode import BatchRef, Decoded
-from fleetpulse.ingest.rollups import RollupJob
+from fleetpulse.ingest.worker.copier import ChunkWriter
+from fleetpulse.ingest.worker.decode import BatchRef, Decoded
+from fleetpulse.ingest.worker.rollups import RollupJob
 
 MINUTE_US = 60_000_000
 
@@ -218,7 +218,7 @@ def test_worker_keeps_rollups_current(database_url: str, redis_url: str) -> None
 
     import redis
 
-    from fleetpulse.ingest.worker import Worker
+    from fleetpulse.ingest.worker.consumer import Worker
     from fleetpulse.settings import Settings
     from tests.integration.test_worker import make_batch, xadd
 

@@ -16,8 +16,8 @@ import redis
 from psycopg import sql
 
 from fleetpulse import partitions, samples
-from fleetpulse.ingest.rollups import RollupJob
-from fleetpulse.ingest.worker import Worker
+from fleetpulse.ingest.worker.consumer import Worker
+from fleetpulse.ingest.worker.rollups import RollupJob
 from fleetpulse.proto import common_pb2, metric_pb2
 from fleetpulse.settings import Settings
 from tests.integration.test_worker import run_until_empty, xadd, xadd_columns

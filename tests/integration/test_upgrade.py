@@ -33,8 +33,8 @@ from psycopg.conninfo import make_conninfo
 
 from fleetpulse import partitions
 from fleetpulse.api.app import create_app
-from fleetpulse.ingest import rollups
-from fleetpulse.ingest.copier import write_points
+from fleetpulse.ingest.worker import rollups
+from fleetpulse.ingest.worker.copier import write_points
 from fleetpulse.migrate import migrate
 from fleetpulse.settings import Settings
 from tests.conftest import Backend

@@ -12,7 +12,7 @@ import redis
 
 from fleetpulse.ingest import keys, queue
 from fleetpulse.ingest.watermark import CommittedFeed
-from fleetpulse.ingest.worker import Worker
+from fleetpulse.ingest.worker.consumer import Worker
 from fleetpulse.proto import common_pb2, metric_pb2
 from fleetpulse.settings import Settings
 
@@ -412,7 +412,7 @@ def test_entries_of_a_dead_consumer_are_reclaimed(
 def test_series_set_cache_bound_does_not_lose_points(
     worker: Worker, r: redis.Redis, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fleetpulse.ingest import decode
+    from fleetpulse.ingest.worker import decode
 
     monkeypatch.setattr(decode, "MAX_CACHED_SERIES_SETS", 2)
     for round_ in range(3):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetpulse.agent.collectors import COLLECTORS
+from fleetpulse.agent.collectors.names import COLLECTORS
 from fleetpulse.agent.config import AgentConfig, load_config
 from fleetpulse.errors import ConfigError
 
@@ -315,7 +315,7 @@ def test_config_error_exits_with_status_2(tmp_path: Path) -> None:
 
 def test_agent_modules_import_no_server_dependencies() -> None:
     code = (
-        "import fleetpulse.agent.config, fleetpulse.agent.collectors, sys; "
+        "import fleetpulse.agent.config, fleetpulse.agent.collectors.scheduler, sys; "
         "bad=[m for m in sys.modules if m.split('.')[0] in "
         "{'psycopg','redis','polars','fastapi','pydantic','numpy'}]; assert not bad, bad"
     )

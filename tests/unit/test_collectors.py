@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
 import sys
+import time
 from collections import namedtuple
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fleetpulse.agent import collectors
-from fleetpulse.agent.collectors import COLLECTORS, PSEUDO_FSTYPES, Sample, collect
+from fleetpulse.agent.collectors import cpu, disk, load, memory, network, system, tcp
+from fleetpulse.agent.collectors.names import COLLECTORS
+from fleetpulse.agent.collectors.proc import CLOCK_TICKS, PAGE_BYTES, ProcReader
+from fleetpulse.agent.collectors.sample import Sample
+from fleetpulse.agent.collectors.scheduler import Scheduler
+from fleetpulse.agent.collectors.table import format_table, format_value
 
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -25,12 +32,13 @@ StatVFS = namedtuple(
 )
 
 
-@pytest.fixture(autouse=True)
-def no_failing_collectors(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Which collectors already warned, and when slow ones last ran, is process state; each test
-    # starts with none.
-    monkeypatch.setattr(collectors, "_failing", set())
-    monkeypatch.setattr(collectors, "_last_run", {})
+@pytest.fixture
+def scheduler() -> Iterator[Scheduler]:
+    # Which collectors already warned, and when slow ones last ran, is the scheduler's state; each
+    # test starts with a scheduler of its own.
+    scheduler = Scheduler()
+    yield scheduler
+    scheduler.close()
 
 
 def names(samples: list[Sample]) -> set[str]:
@@ -41,8 +49,26 @@ def test_required_collectors_exist() -> None:
     assert {"cpu", "load", "memory", "disk", "diskio", "network"} <= COLLECTORS.keys()
 
 
-def test_samples_are_well_formed() -> None:
-    samples, errors = collect()
+def test_the_scheduler_runs_one_collector_per_name_in_order(scheduler: Scheduler) -> None:
+    assert list(scheduler.collectors) == list(COLLECTORS)
+
+
+def test_the_names_load_without_the_collectors() -> None:
+    # The platform imports the names (ingest/agentsettings.py): no collector, no psutil with them.
+    code = (
+        "import fleetpulse.agent.collectors.names, sys; "
+        "bad=[m for m in sys.modules if m == 'psutil' or m.startswith("
+        "'fleetpulse.agent.collectors.') and m != 'fleetpulse.agent.collectors.names']; "
+        "assert not bad, bad"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_samples_are_well_formed(scheduler: Scheduler) -> None:
+    samples, errors = scheduler.collect()
 
     assert errors == {}
     assert samples
@@ -57,25 +83,25 @@ def test_samples_are_well_formed() -> None:
             assert isinstance(label_value, str), (name, key, label_value)
 
 
-def test_each_sample_has_its_own_labels() -> None:
-    samples, _ = collect()
+def test_each_sample_has_its_own_labels(scheduler: Scheduler) -> None:
+    samples, _ = scheduler.collect()
     assert len({id(labels) for _, _, labels in samples}) == len(samples)
 
 
-def test_series_are_unique() -> None:
-    samples, _ = collect()
+def test_series_are_unique(scheduler: Scheduler) -> None:
+    samples, _ = scheduler.collect()
     series = [(name, tuple(sorted(labels.items()))) for name, _, labels in samples]
     assert len(series) == len(set(series))
 
 
-def test_counters_end_in_total() -> None:
-    samples, _ = collect(frozenset({"diskio", "network"}))
+def test_counters_end_in_total(scheduler: Scheduler) -> None:
+    samples, _ = scheduler.collect(frozenset({"diskio", "network"}))
     assert all(name.endswith("_total") for name in names(samples))
 
 
 @linux_only
-def test_cpu_load_memory_on_linux() -> None:
-    samples, errors = collect(frozenset({"cpu", "load", "memory"}))
+def test_cpu_load_memory_on_linux(scheduler: Scheduler) -> None:
+    samples, errors = scheduler.collect(frozenset({"cpu", "load", "memory"}))
 
     assert errors == {}
     assert {"cpu_usage_percent", "cpu_core_usage_percent", "load1", "load5", "load15"} <= names(
@@ -93,29 +119,29 @@ def test_cpu_load_memory_on_linux() -> None:
 
 
 @linux_only
-def test_cpu_percentages_are_in_range() -> None:
-    collect(frozenset({"cpu"}))
-    samples, _ = collect(frozenset({"cpu"}))
+def test_cpu_percentages_are_in_range(scheduler: Scheduler) -> None:
+    scheduler.collect(frozenset({"cpu"}))
+    samples, _ = scheduler.collect(frozenset({"cpu"}))
     percents = [value for name, value, _ in samples if name.endswith("_percent")]
     assert percents
     assert all(0.0 <= value <= 100.0 for value in percents)
 
 
-def test_disk_skips_pseudo_filesystems() -> None:
-    samples, _ = collect(frozenset({"disk"}))
+def test_disk_skips_pseudo_filesystems(scheduler: Scheduler) -> None:
+    samples, _ = scheduler.collect(frozenset({"disk"}))
     for name, _, labels in samples:
         assert name in {"disk_bytes", "disk_inodes", "disk_readonly"}
         assert labels.keys() - {"state"} == {"mountpoint", "device", "fstype"}
-        assert labels["fstype"] not in PSEUDO_FSTYPES
+        assert labels["fstype"] not in disk.PSEUDO_FSTYPES
 
 
-def test_diskio_skips_loop_and_ram_devices() -> None:
-    samples, _ = collect(frozenset({"diskio"}))
+def test_diskio_skips_loop_and_ram_devices(scheduler: Scheduler) -> None:
+    samples, _ = scheduler.collect(frozenset({"diskio"}))
     assert not any(labels["device"].startswith(("loop", "ram")) for _, _, labels in samples)
 
 
-def test_network_has_both_directions() -> None:
-    samples, _ = collect(frozenset({"network"}))
+def test_network_has_both_directions(scheduler: Scheduler) -> None:
+    samples, _ = scheduler.collect(frozenset({"network"}))
     assert names(samples) <= {
         "net_bytes_total",
         "net_packets_total",
@@ -147,7 +173,7 @@ def test_disk_samples_filter_and_dedupe() -> None:
         # 100 blocks of 4 KiB: 40 used, 50 free to users (10 reserved for root); read-only /data
         return StatVFS(4096, 100, 60, 50, 1000, 900, 900, 1 if mountpoint == "/data" else 0)
 
-    samples = collectors._disk_samples(partitions, statvfs)
+    samples = disk._disk_samples(partitions, statvfs)
 
     assert {(labels["mountpoint"], labels["device"]) for _, _, labels in samples} == {
         ("/", "/dev/sda1"),
@@ -173,26 +199,26 @@ def test_disk_samples_filter_and_dedupe() -> None:
     assert readonly == [1.0]
 
 
-def test_enabled_filters_collectors() -> None:
-    samples, errors = collect(frozenset({"load"}))
+def test_enabled_filters_collectors(scheduler: Scheduler) -> None:
+    samples, errors = scheduler.collect(frozenset({"load"}))
     assert errors == {}
     assert names(samples) == {"load1", "load5", "load15"}
 
 
-def test_empty_enabled_collects_nothing() -> None:
-    assert collect(frozenset()) == ([], {})
+def test_empty_enabled_collects_nothing(scheduler: Scheduler) -> None:
+    assert scheduler.collect(frozenset()) == ([], {})
 
 
 def test_failing_collector_is_reported_and_skipped(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken() -> list[Sample]:
+    def broken(proc: ProcReader) -> list[Sample]:
         raise RuntimeError("sensor went away")
 
-    monkeypatch.setitem(COLLECTORS, "broken", broken)
-    with caplog.at_level(logging.WARNING, logger="fleetpulse.agent.collectors"):
-        samples, errors = collect(frozenset({"broken", "load"}))
-        collect(frozenset({"broken", "load"}))
+    monkeypatch.setitem(scheduler.collectors, "broken", broken)
+    with caplog.at_level(logging.WARNING, logger="fleetpulse.agent.collectors.scheduler"):
+        samples, errors = scheduler.collect(frozenset({"broken", "load"}))
+        scheduler.collect(frozenset({"broken", "load"}))
 
     assert errors == {"broken": "RuntimeError: sensor went away"}
     assert names(samples) == {"load1", "load5", "load15"}
@@ -202,22 +228,22 @@ def test_failing_collector_is_reported_and_skipped(
 
 
 def test_recovered_collector_is_logged_and_warns_again_on_new_failure(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     failing = True
 
-    def flaky() -> list[Sample]:
+    def flaky(proc: ProcReader) -> list[Sample]:
         if failing:
             raise OSError("not yet")
         return [("flaky_value", 1.0, {})]
 
-    monkeypatch.setitem(COLLECTORS, "flaky", flaky)
-    with caplog.at_level(logging.INFO, logger="fleetpulse.agent.collectors"):
-        assert collect(frozenset({"flaky"})) == ([], {"flaky": "OSError: not yet"})
+    monkeypatch.setitem(scheduler.collectors, "flaky", flaky)
+    with caplog.at_level(logging.INFO, logger="fleetpulse.agent.collectors.scheduler"):
+        assert scheduler.collect(frozenset({"flaky"})) == ([], {"flaky": "OSError: not yet"})
         failing = False
-        assert collect(frozenset({"flaky"})) == ([("flaky_value", 1.0, {})], {})
+        assert scheduler.collect(frozenset({"flaky"})) == ([("flaky_value", 1.0, {})], {})
         failing = True
-        collect(frozenset({"flaky"}))
+        scheduler.collect(frozenset({"flaky"}))
 
     levels = [record.levelno for record in caplog.records]
     assert levels == [logging.WARNING, logging.INFO, logging.WARNING]
@@ -226,16 +252,14 @@ def test_recovered_collector_is_logged_and_warns_again_on_new_failure(
 def test_tcp_connections_are_counted_by_state() -> None:
     import socket
 
-    from fleetpulse.agent.collectors import collect_tcp
-
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
-    before = {labels["state"]: value for _, value, labels in collect_tcp()}
+    before = {labels["state"]: value for _, value, labels in tcp.collect_tcp(ProcReader())}
     client = socket.create_connection(server.getsockname())
     accepted, _ = server.accept()
     try:
-        after = {labels["state"]: value for _, value, labels in collect_tcp()}
+        after = {labels["state"]: value for _, value, labels in tcp.collect_tcp(ProcReader())}
     finally:
         client.close()
         accepted.close()
@@ -246,9 +270,10 @@ def test_tcp_connections_are_counted_by_state() -> None:
 
 
 def test_system_collector_reports_processes_uptime_and_fds() -> None:
-    from fleetpulse.agent.collectors import collect_system
-
-    values = {(name, labels.get("state")): value for name, value, labels in collect_system()}
+    collect_system = system.SystemCollector()
+    values = {
+        (name, labels.get("state")): value for name, value, labels in collect_system(ProcReader())
+    }
     assert values[("processes", None)] >= 1
     assert values[("uptime_seconds", None)] > 0
     assert 0 < values[("open_fds", "allocated")] <= values[("open_fds", "max")]
@@ -271,11 +296,11 @@ softirq 5555 1 2
 
 def test_cpu_samples_from_proc_stat() -> None:
     previous: dict[str, tuple[int, ...]] = {}
-    collectors._cpu_samples(PROC_STAT, previous)
+    cpu._cpu_samples(PROC_STAT, previous)
     later = PROC_STAT.replace("cpu  100 10 50 800", "cpu  150 10 75 875").replace(
         "cpu0 60 10 30 380 10", "cpu0 110 10 55 405 10"
     )
-    samples = collectors._cpu_samples(later, previous)
+    samples = cpu._cpu_samples(later, previous)
 
     usage = {labels["mode"]: v for n, v, labels in samples if n == "cpu_usage_percent"}
     assert usage == {
@@ -294,12 +319,12 @@ def test_cpu_samples_from_proc_stat() -> None:
         (labels["cpu"], labels["mode"]): v for n, v, labels in samples if n == "cpu_seconds_total"
     }
     assert len(seconds) == 16
-    assert seconds[("0", "user")] == 110 / collectors._CLOCK_TICKS
-    assert seconds[("1", "softirq")] == 10 / collectors._CLOCK_TICKS
+    assert seconds[("0", "user")] == 110 / CLOCK_TICKS
+    assert seconds[("1", "softirq")] == 10 / CLOCK_TICKS
 
 
 def test_proc_stat_system_counters() -> None:
-    samples, boot_time = collectors._proc_stat_samples(PROC_STAT)
+    samples, boot_time = system._proc_stat_samples(PROC_STAT)
     assert boot_time == 1700000000.0
     assert {n: v for n, v, _ in samples} == {
         "interrupts_total": 123456.0,
@@ -327,7 +352,7 @@ Hugepagesize:    2048 kB
 
 
 def test_memory_samples_match_psutil_definitions() -> None:
-    values = {(n, labels["state"]): v for n, v, labels in collectors._memory_samples(MEMINFO)}
+    values = {(n, labels["state"]): v for n, v, labels in memory._memory_samples(MEMINFO)}
     assert values == {
         ("memory_bytes", "total"): 1024000.0,
         ("memory_bytes", "used"): 409600.0,  # total - available
@@ -340,7 +365,7 @@ def test_memory_samples_match_psutil_definitions() -> None:
 
 
 def test_meminfo_samples_keep_known_fields_in_bytes() -> None:
-    values = {labels["field"]: v for _, v, labels in collectors._meminfo_samples(MEMINFO)}
+    values = {labels["field"]: v for _, v, labels in memory._meminfo_samples(MEMINFO)}
     assert values["active_anon"] == 70 * 1024
     assert values["dirty"] == 8 * 1024
     assert "hugepages_total" not in values and "hugepagesize" not in values
@@ -351,11 +376,11 @@ def test_vmstat_samples() -> None:
     text = (
         "nr_free_pages 5\npgpgin 10\npgpgout 20\npswpin 1\npgfault 1000\npgmajfault 7\noom_kill 2\n"
     )
-    values = {(n, tuple(labels.items())): v for n, v, labels in collectors._vmstat_samples(text)}
+    values = {(n, tuple(labels.items())): v for n, v, labels in memory._vmstat_samples(text)}
     assert values == {
         ("vm_paged_bytes_total", (("direction", "in"),)): 10240.0,
         ("vm_paged_bytes_total", (("direction", "out"),)): 20480.0,
-        ("vm_swapped_bytes_total", (("direction", "in"),)): float(collectors._PAGE_BYTES),
+        ("vm_swapped_bytes_total", (("direction", "in"),)): float(PAGE_BYTES),
         ("vm_page_faults_total", ()): 1000.0,
         ("vm_major_page_faults_total", ()): 7.0,
         ("vm_oom_kills_total", ()): 2.0,
@@ -368,8 +393,8 @@ def test_diskstats_samples_skip_virtual_devices() -> None:
         " 254       0 vda 100 5 800 40 200 6 1600 90 2 120 130 0 0 0 0 0 0\n"
         " 253       0 zram0 1 0 2 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n"
     )
-    values = {n: v for n, v, labels in collectors._diskstats_samples(text)}
-    assert {labels["device"] for _, _, labels in collectors._diskstats_samples(text)} == {"vda"}
+    values = {n: v for n, v, labels in disk._diskstats_samples(text)}
+    assert {labels["device"] for _, _, labels in disk._diskstats_samples(text)} == {"vda"}
     assert values == {
         "disk_read_bytes_total": 800 * 512.0,
         "disk_written_bytes_total": 1600 * 512.0,
@@ -393,7 +418,7 @@ NET_DEV = """Inter-|   Receive                                                | 
 def test_net_dev_samples() -> None:
     values = {
         (n, labels["direction"]): v
-        for n, v, labels in collectors._net_dev_samples(NET_DEV)
+        for n, v, labels in network._net_dev_samples(NET_DEV)
         if labels["interface"] == "eth0"
     }
     assert values == {
@@ -421,7 +446,7 @@ def test_pressure_samples() -> None:
         "some avg10=0.00 avg60=0.07 avg300=0.15 total=34903879\n"
         "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
     )
-    assert collectors._pressure_samples("io", text) == [
+    assert load._pressure_samples("io", text) == [
         ("pressure_stall_seconds_total", 34.903879, {"resource": "io", "kind": "some"}),
         ("pressure_stall_seconds_total", 0.0, {"resource": "io", "kind": "full"}),
     ]
@@ -436,8 +461,8 @@ def test_sockstat_samples() -> None:
         "RAW: inuse 0\n"
         "FRAG: inuse 0 memory 0\n"
     )
-    values = {(n, labels.get("protocol")): v for n, v, labels in collectors._sockstat_samples(text)}
-    page = float(collectors._PAGE_BYTES)
+    values = {(n, labels.get("protocol")): v for n, v, labels in network._sockstat_samples(text)}
+    page = float(PAGE_BYTES)
     assert values == {
         ("sockets_used", None): 26.0,
         ("sockets_in_use", "tcp"): 11.0,
@@ -451,7 +476,7 @@ def test_sockstat_samples() -> None:
         ("sockets_in_use", "raw"): 0.0,
         ("sockets_memory_bytes", "frag"): 0.0,
     }
-    six = collectors._sockstat_samples("TCP6: inuse 2\nUDP6: inuse 1\n", ipv6=True)
+    six = network._sockstat_samples("TCP6: inuse 2\nUDP6: inuse 1\n", ipv6=True)
     assert six == [
         ("sockets_in_use", 2.0, {"protocol": "tcp6"}),
         ("sockets_in_use", 1.0, {"protocol": "udp6"}),
@@ -467,7 +492,7 @@ def test_netstat_samples() -> None:
         "Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n"
         "Udp: 50 2 1 60 0 3\n"
     )
-    values = {(n, labels.get("direction")): v for n, v, labels in collectors._netstat_samples(snmp)}
+    values = {(n, labels.get("direction")): v for n, v, labels in network._netstat_samples(snmp)}
     assert values == {
         ("tcp_current_established", None): 5.0,
         ("tcp_active_opens_total", None): 10.0,
@@ -487,14 +512,14 @@ def test_netstat_samples() -> None:
         ("udp_send_buffer_errors_total", None): 3.0,
     }
     ext = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 4 5\n"
-    assert collectors._netstat_samples(ext) == [
+    assert network._netstat_samples(ext) == [
         ("tcp_listen_overflows_total", 4.0, {}),
         ("tcp_listen_drops_total", 5.0, {}),
     ]
 
 
 def _nlmsg(kind: int, body: bytes) -> bytes:
-    message = collectors._NLMSG_HEADER.pack(16 + len(body), kind, 2, 1, 0) + body
+    message = tcp._NLMSG_HEADER.pack(16 + len(body), kind, 2, 1, 0) + body
     return message + bytes(-len(message) % 4)
 
 
@@ -503,11 +528,11 @@ def test_inet_diag_replies_are_counted_by_state() -> None:
     established = _nlmsg(18, bytes([2, 1]) + bytes(70))
     listening = _nlmsg(18, bytes([10, 10]) + bytes(70))
     counts: dict[int, int] = {}
-    assert not collectors._count_inet_diag(established + listening + established, counts)
-    assert collectors._count_inet_diag(listening + _nlmsg(3, bytes(4)), counts)
+    assert not tcp._count_inet_diag(established + listening + established, counts)
+    assert tcp._count_inet_diag(listening + _nlmsg(3, bytes(4)), counts)
     assert counts == {1: 2, 10: 2}
     with pytest.raises(OSError):
-        collectors._count_inet_diag(_nlmsg(2, (-1).to_bytes(4, "little", signed=True)), {})
+        tcp._count_inet_diag(_nlmsg(2, (-1).to_bytes(4, "little", signed=True)), {})
 
 
 @linux_only
@@ -518,51 +543,57 @@ def test_tcp_netlink_agrees_with_proc_net_tcp() -> None:
     server.bind(("127.0.0.1", 0))
     server.listen()
     try:
-        assert collectors._tcp_counts_netlink().get(10, 0) >= 1
+        assert tcp._tcp_counts_netlink().get(10, 0) >= 1
         # the same tables read two ways (sockets may come and go in between: compare listeners)
-        proc = collectors._tcp_counts_proc()
-        assert proc is not None
-        assert collectors._tcp_counts_netlink().get(10) == proc.get(10)
+        text_tables = tcp._tcp_counts_proc(ProcReader())
+        assert text_tables is not None
+        assert tcp._tcp_counts_netlink().get(10) == text_tables.get(10)
     finally:
         server.close()
 
 
 @linux_only
-def test_new_linux_collectors_run_here() -> None:
-    samples, errors = collect(frozenset({"meminfo", "vmstat", "sockstat", "netstat", "pressure"}))
+def test_new_linux_collectors_run_here(scheduler: Scheduler) -> None:
+    samples, errors = scheduler.collect(
+        frozenset({"meminfo", "vmstat", "sockstat", "netstat", "pressure"})
+    )
     assert errors == {}
     assert {"meminfo_bytes", "vm_page_faults_total", "sockets_used", "tcp_segments_total"} <= names(
         samples
     )
 
 
-def test_collect_reads_a_shared_file_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_collect_reads_a_shared_file_once(
+    scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
     reads: list[str] = []
-    real = collectors._read
+    real = scheduler.proc.read
 
     def counting(path: str) -> str:
         reads.append(path)
         return real(path)
 
-    monkeypatch.setattr(collectors, "_read", counting)
+    monkeypatch.setattr(scheduler.proc, "read", counting)
     if sys.platform.startswith("linux"):
-        collect(frozenset({"cpu", "system", "memory", "meminfo"}))
+        scheduler.collect(frozenset({"cpu", "system", "memory", "meminfo"}))
         assert reads.count("/proc/stat") == 1
         assert reads.count("/proc/meminfo") == 1
-    assert collectors._this_collection is None
+    assert scheduler.proc._this_collection is None
 
 
-def test_a_collector_with_an_interval_runs_only_when_due(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_collector_with_an_interval_runs_only_when_due(
+    scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
     runs: list[float] = []
     clock = [1000.0]
-    monkeypatch.setattr(collectors.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(
-        collectors, "COLLECTORS", {"slow": lambda: runs.append(clock[0]) or [("slow", 1.0, {})]}
+        scheduler, "collectors", {"slow": lambda _: runs.append(clock[0]) or [("slow", 1.0, {})]}
     )
     every_60_s = {"slow": 60.0}
     for now in (1000.0, 1030.0, 1056.0, 1058.0, 1090.0, 1120.0):
         clock[0] = now
-        samples, errors = collect(None, every_60_s)
+        samples, errors = scheduler.collect(None, every_60_s)
         assert errors == {}
         assert (samples != []) == (now in runs)
     # The first collection, then once per 60 s (58 s counts: timers fire a little early).
@@ -571,108 +602,48 @@ def test_a_collector_with_an_interval_runs_only_when_due(monkeypatch: pytest.Mon
     runs.clear()
     for now in (2000.0, 2001.0):
         clock[0] = now
-        collect(None, {"slow": 0})
+        scheduler.collect(None, {"slow": 0})
     assert runs == [2000.0, 2001.0]
 
 
-def test_tcp_states_run_every_minute_by_default_and_established_every_time() -> None:
-    first, _ = collect()
-    second, _ = collect()
+def test_tcp_states_run_every_minute_by_default_and_established_every_time(
+    scheduler: Scheduler,
+) -> None:
+    first, _ = scheduler.collect()
+    second, _ = scheduler.collect()
     assert "tcp_connections" in names(first)
     assert "tcp_connections" not in names(second)
     if sys.platform.startswith("linux"):
         # cheap counters stand in between: established (and close-wait) and time-wait sockets
         assert {"tcp_current_established", "sockets_tcp_time_wait"} <= names(second)
-    third, _ = collect(None, {})
+    third, _ = scheduler.collect(None, {})
     assert "tcp_connections" in names(third)
 
 
 def test_kept_open_files_are_read_afresh_and_whole(tmp_path: Path) -> None:
+    proc = ProcReader()
     path = tmp_path / "counter"
     path.write_text("1\n")
-    assert collectors._read(str(path)) == "1\n"
+    assert proc.read(str(path)) == "1\n"
     # Rewritten in place (as the kernel regenerates /proc files): the next read sees the new text.
     with path.open("r+") as handle:
         handle.write("2\n")
-    assert collectors._read(str(path)) == "2\n"
+    assert proc.read(str(path)) == "2\n"
     big = "".join(f"line {i:06d}\n" for i in range(20_000))  # 240 KB: several reads
     path.write_text(big)
-    assert collectors._read(str(path)) == big
-    collectors.close_files()
-    assert collectors._open_files == {}
+    assert proc.read(str(path)) == big
+    proc.close()
+    assert proc._open_files == {}
 
 
-# -- encode_batch's series cache --------------------------------------------------------------
-
-
-def _encode_uncached(
-    agent_id: str, epoch: int, seq: int, samples: list[Sample], ts_ns: int
-) -> bytes:
-    from fleetpulse.proto import agent_pb2, metric_pb2
-
-    batch = metric_pb2.ColumnarBatch(
-        agent_id=agent_id,
-        epoch=epoch,
-        sequence=seq,
-        series=metric_pb2.SeriesSet(
-            entries=[metric_pb2.SeriesDef(name=name, labels=labels) for name, _, labels in samples]
-        ),
-        values=[value for _, value, _ in samples],
-        timestamps_ns=[ts_ns],
-    )
-    return agent_pb2.AgentMessage(metric_columns=batch).SerializeToString()
-
-
-def test_encode_batch_matches_the_protobuf_encoding() -> None:
-    from fleetpulse.agent import daemon
-    from fleetpulse.proto import agent_pb2
-
-    samples, _ = collect()
-    for args in (
-        ("host-1", 1_700_000_000_000, 1, samples, 1_700_000_000_123_456_789),
-        ("host-1", 1_700_000_000_000, 2, samples, 1_700_000_001_000_000_000),  # cached series
-        ("hôte", 2**64 - 1, 300, samples[:3], -5),
-        ("", 0, 0, [], 0),  # proto3 zero values are left out
-    ):
-        cached = daemon.encode_batch(*args)
-        assert agent_pb2.AgentMessage.FromString(cached) == agent_pb2.AgentMessage.FromString(
-            _encode_uncached(*args)
-        )
-        assert cached == _encode_uncached(*args)  # same bytes, too
-
-
-def test_encode_batch_cache_follows_the_series() -> None:
-    from fleetpulse.agent import daemon
-    from fleetpulse.proto import agent_pb2
-
-    def series(payload: bytes) -> list[tuple[str, dict[str, str]]]:
-        batch = agent_pb2.AgentMessage.FromString(payload).metric_columns
-        return [(e.name, dict(e.labels)) for e in batch.series.entries]
-
-    first: list[Sample] = [("load1", 0.5, {}), ("disk_bytes", 9.0, {"mountpoint": "/"})]
-    assert series(daemon.encode_batch("a", 1, 1, first, 1)) == [
-        ("load1", {}),
-        ("disk_bytes", {"mountpoint": "/"}),
-    ]
-    # same series, new values: the cached series, the new values
-    again: list[Sample] = [("load1", 0.7, {}), ("disk_bytes", 8.0, {"mountpoint": "/"})]
-    payload = daemon.encode_batch("a", 1, 2, again, 2)
-    assert list(agent_pb2.AgentMessage.FromString(payload).metric_columns.values) == [0.7, 8.0]
-    # a label value changed, a series added: the cache is rebuilt
-    changed: list[Sample] = [
-        ("load1", 0.7, {}),
-        ("disk_bytes", 8.0, {"mountpoint": "/data"}),
-        ("load5", 0.1, {}),
-    ]
-    payload = daemon.encode_batch("a", 1, 3, changed, 3)
-    assert series(payload) == [
-        ("load1", {}),
-        ("disk_bytes", {"mountpoint": "/data"}),
-        ("load5", {}),
-    ]
-    assert payload == _encode_uncached("a", 1, 3, changed, 3)
-    # and back
-    assert daemon.encode_batch("a", 1, 4, first, 4) == _encode_uncached("a", 1, 4, first, 4)
+def test_close_is_idempotent_and_a_later_collection_reopens(scheduler: Scheduler) -> None:
+    first, _ = scheduler.collect(frozenset({"disk", "memory"}))
+    scheduler.close()
+    scheduler.close()
+    assert scheduler.proc._open_files == {}
+    again, errors = scheduler.collect(frozenset({"disk", "memory"}))
+    assert errors == {}
+    assert names(again) == names(first)
 
 
 @pytest.mark.parametrize(
@@ -696,11 +667,11 @@ def test_encode_batch_cache_follows_the_series() -> None:
 def test_values_are_shown_with_the_unit_in_their_name(
     name: str, value: float, shown: tuple[str, str]
 ) -> None:
-    assert collectors.format_value(name, value) == shown
+    assert format_value(name, value) == shown
 
 
 def test_the_table_right_aligns_values_and_puts_units_in_a_column() -> None:
-    table = collectors.format_table(
+    table = format_table(
         [
             ("net_bytes_total", 2.61235e10, {"interface": "eth0", "direction": "rx"}),
             ("load1", 0.25, {}),

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from fleetpulse.ingest import frontend
+from fleetpulse.ingest.frontend import server as frontend
 from fleetpulse.lifecycle import EXIT_STUCK
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fleetpulse.api import tiers
 from fleetpulse.api.promql import buckets
 from fleetpulse.api.promql.functions import range_function
 from fleetpulse.api.promql.model import RangeSamples
@@ -88,13 +89,13 @@ def test_buckets_answer_what_the_raw_points_answer(
 def test_windows_that_do_not_line_up_with_buckets_are_not_bucketed() -> None:
     t0 = 1_765_000_000 // 3600 * 3600 * 1_000_000
     hourly = np.arange(t0, t0 + 5 * HOUR, HOUR, dtype=np.int64)
-    assert buckets.tier_for(hourly, HOUR, horizon_us=0) == "1h"
-    assert buckets.tier_for(hourly + MINUTE, HOUR, horizon_us=0) == "1m"
-    assert buckets.tier_for(hourly + 1, HOUR, horizon_us=0) is None
-    assert buckets.tier_for(hourly, HOUR + 1_000_000, horizon_us=0) is None
-    assert buckets.tier_for(hourly, 5 * MINUTE, horizon_us=0) is None  # raw points as cheap
+    assert tiers.for_windows(hourly, HOUR, horizon_us=0) == "1h"
+    assert tiers.for_windows(hourly + MINUTE, HOUR, horizon_us=0) == "1m"
+    assert tiers.for_windows(hourly + 1, HOUR, horizon_us=0) is None
+    assert tiers.for_windows(hourly, HOUR + 1_000_000, horizon_us=0) is None
+    assert tiers.for_windows(hourly, 5 * MINUTE, horizon_us=0) is None  # raw points as cheap
     # minutes before the raw horizon may be gone: only hours there
-    assert buckets.tier_for(hourly + MINUTE, HOUR, horizon_us=t0 + HOUR) is None
+    assert tiers.for_windows(hourly + MINUTE, HOUR, horizon_us=t0 + HOUR) is None
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

@@ -21,7 +21,6 @@ ingest nor the rollup job waits for it; ``index_compactions`` records each rebui
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 
@@ -29,6 +28,7 @@ import psycopg
 from psycopg import sql
 
 from fleetpulse import locks, partitions
+from fleetpulse.ingest.worker.jobs import JobThread
 
 log = logging.getLogger(__name__)
 
@@ -132,25 +132,12 @@ def compact_due(conn: psycopg.Connection, now: datetime | None = None) -> list[s
         conn.execute("SELECT pg_advisory_unlock(%s)", (locks.COMPACTION,))
 
 
-class CompactionThread(threading.Thread):
-    """``compact_due`` every ``CHECK_INTERVAL_S`` inside a worker process, on its own connection."""
+class CompactionThread(JobThread):
+    """``compact_due`` every ``CHECK_INTERVAL_S`` inside a worker process (jobs.py), on a
+    connection of its own for each check (an idle one would wait 10 minutes between them)."""
 
     def __init__(self, database_url: str, interval_s: float = CHECK_INTERVAL_S) -> None:
-        super().__init__(name="compaction", daemon=True)
-        self._database_url = database_url
-        self._interval_s = interval_s
-        self._stop_event = threading.Event()
+        super().__init__("compaction", database_url, interval_s, keep_connection=False)
 
-    def stop(self) -> None:
-        self._stop_event.set()
-
-    def run(self) -> None:
-        # The first check waits one interval: a worker that starts and stops at once does no DDL.
-        while not self._stop_event.wait(self._interval_s):
-            try:
-                with psycopg.connect(self._database_url, autocommit=True) as conn:
-                    compact_due(conn)
-            except psycopg.Error as exc:
-                log.warning(
-                    "index compaction failed, retrying in %.0f s: %s", self._interval_s, exc
-                )
+    def round(self, conn: psycopg.Connection) -> None:
+        compact_due(conn)

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fleetpulse.ingest.decode import Entry
+    from fleetpulse.ingest.worker.decode import Entry
 
 # settings.failpoint checks the syntax at startup
 AFTER_COMMIT = "after-commit"

@@ -19,14 +19,15 @@ from typing import Any
 import psycopg
 import redis
 
-from fleetpulse import partitions
-from fleetpulse.ingest import failpoints, keys, queue, watermark
-from fleetpulse.ingest.compaction import CompactionThread
-from fleetpulse.ingest.compress import CompressThread
-from fleetpulse.ingest.copier import ChunkResult, ChunkWriter
-from fleetpulse.ingest.decode import ChunkDecoder, Entry
-from fleetpulse.ingest.rollups import RollupThread
-from fleetpulse.ingest.series import SeriesResolver
+from fleetpulse import connections, partitions
+from fleetpulse.ingest import keys, queue, watermark
+from fleetpulse.ingest.worker import failpoints
+from fleetpulse.ingest.worker.compaction import CompactionThread
+from fleetpulse.ingest.worker.compress import CompressThread
+from fleetpulse.ingest.worker.copier import ChunkResult, ChunkWriter
+from fleetpulse.ingest.worker.decode import ChunkDecoder, Entry
+from fleetpulse.ingest.worker.rollups import RollupThread
+from fleetpulse.ingest.worker.series import SeriesResolver
 from fleetpulse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,8 @@ class Worker:
         self._settings = settings
         self._consumer = consumer
         # A blocked XREADGROUP answers after block_ms: the socket timeout must outlast it.
-        self._redis = redis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=queue.SOCKET_TIMEOUT_S + settings.worker_block_ms / 1000,
+        self._redis = connections.redis_client(
+            settings.redis_url, block_s=settings.worker_block_ms / 1000
         )
         shards = queue.ensure_layout(self._redis, settings.stream_shards)
         self._streams = [keys.stream_key(shard) for shard in range(shards)]
@@ -84,7 +84,7 @@ class Worker:
     def _connect(self) -> None:
         url = self._settings.database_url
         assert url
-        self._conn = psycopg.connect(url)
+        self._conn = connections.pg_connect(url)
         # A worker stopped in the middle of its transaction (SIGSTOP, a paused VM, a debugger)
         # keeps its row locks (agent_ingest, the ledger): every other worker that touches the
         # same agents waits on them, and so never gets to reclaim the stopped worker's entries.
@@ -96,7 +96,7 @@ class Worker:
             "SELECT set_config('idle_in_transaction_session_timeout', %s, false)", (f"{idle_ms}ms",)
         )
         self._conn.commit()
-        self._ddl_conn = psycopg.connect(url, autocommit=True)
+        self._ddl_conn = connections.pg_connect(url, autocommit=True)
         self._decoder = ChunkDecoder(SeriesResolver(self._ddl_conn))
         self._writer = ChunkWriter(
             self._conn,

@@ -32,7 +32,6 @@ their tier; readers take them from the finer tier.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -43,11 +42,12 @@ import psycopg
 
 from fleetpulse import locks, partitions, samples
 from fleetpulse.copybuf import set_rollup_buffer
-from fleetpulse.ingest import failpoints
+from fleetpulse.ingest.worker import failpoints
+from fleetpulse.ingest.worker.jobs import JobThread
 
 log = logging.getLogger(__name__)
 
-# Mark tiers in rollup_dirty: minutes and hours to recompute, hours to compress (ingest/compress.py).
+# Mark tiers in rollup_dirty: minutes and hours to recompute, hours to compress (ingest/worker/compress.py).
 TIER_MINUTE, TIER_HOUR, TIER_COMPRESS = 1, 2, 3
 # Buckets recomputed per round, oldest first; the rest wait for the next round.
 MAX_BUCKETS_PER_ROUND = 120
@@ -77,10 +77,10 @@ RETURNING lag_s
 """
 
 # A bucket's inputs, per set: the minute's samples rows (reduce_minute), or the hour's minute rows
-# and minute chunks (reduce_hour: minutes compressed with the hour's rows, ingest/compress.py, in
+# and minute chunks (reduce_hour: minutes compressed with the hour's rows, ingest/worker/compress.py, in
 # the same statement, so in one snapshot with the hot minutes), each array as array_send() gives
 # it. A minute whose hour was compressed
-# (ingest/compress.py) has rows there only for sets that received late rows: those sets are
+# (ingest/worker/compress.py) has rows there only for sets that received late rows: those sets are
 # recomputed from their hot rows and their chunk of the hour (in the same statement, so in one
 # snapshot with the hot rows), the others keep their rollup rows, which were current when their
 # rows were compressed (compression waits for a minute's rollup).
@@ -255,7 +255,7 @@ class RollupJob:
                 conn.execute(
                     "INSERT INTO rollup_dirty (tier, bucket) VALUES (%s, %s)", (TIER_HOUR, hour)
                 )
-            else:  # the hour's rows may be compressed now (ingest/compress.py)
+            else:  # the hour's rows may be compressed now (ingest/worker/compress.py)
                 conn.execute(
                     "INSERT INTO rollup_dirty (tier, bucket) VALUES (%s, %s)",
                     (TIER_COMPRESS, bucket),
@@ -341,8 +341,8 @@ class RollupJob:
                 return total
 
 
-class RollupThread(threading.Thread):
-    """The job inside a worker process: a round every ``interval_s`` on its own connection."""
+class RollupThread(JobThread):
+    """The rollup job inside a worker process (jobs.py)."""
 
     def __init__(
         self,
@@ -352,54 +352,30 @@ class RollupThread(threading.Thread):
         max_delay_s: float,
         failpoint: str | None = None,
     ) -> None:
-        super().__init__(name="rollups", daemon=True)
-        self._database_url = database_url
-        self._interval_s = interval_s
+        super().__init__("rollups", database_url, interval_s)
         self._settle_s = settle_s
         self._max_delay_s = max_delay_s
         self._failpoint = failpoint
-        self._stop_event = threading.Event()
-        self.rounds = 0
+        self._job: RollupJob | None = None
 
-    def stop(self) -> None:
-        self._stop_event.set()
+    def prepare(self, conn: psycopg.Connection) -> None:
+        # Safe for derived data: a commit lost in a crash takes its mark deletions with it, so
+        # the bucket is recomputed again; no fsync wait per bucket.
+        conn.execute("SET synchronous_commit = off")
+        self._job = RollupJob(conn, self._settle_s, self._max_delay_s, self._failpoint)
 
-    def run(self) -> None:
-        conn: psycopg.Connection | None = None
-        while not self._stop_event.wait(self._interval_s):
-            try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(self._database_url, autocommit=True)
-                    # Safe for derived data: a commit lost in a crash takes its mark deletions
-                    # with it, so the bucket is recomputed again; no fsync wait per bucket.
-                    conn.execute("SET synchronous_commit = off")
-                    job = RollupJob(conn, self._settle_s, self._max_delay_s, self._failpoint)
-                result = job.run_round()
-                self.rounds += 1
-                if result and (result.minutes or result.hours):
-                    log.debug(
-                        "rollups: %d minutes, %d hours, %d rows in %.2f s (max lag %.1f s)",
-                        result.minutes,
-                        result.hours,
-                        result.rows,
-                        result.seconds,
-                        result.max_lag_s,
-                    )
-            except psycopg.Error as exc:
-                log.warning("rollup round failed, retrying next round: %s", exc)
-                if conn is not None:
-                    conn.close()
-                conn = None
-            except Exception:
-                # Not the database: a bug. Logged loudly, and the thread lives on (the round's
-                # transaction rolled back, its marks wait for the next round), so rollups do not
-                # stop in silence.
-                log.exception("rollup round failed")
-                if conn is not None:
-                    conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
+    def round(self, conn: psycopg.Connection) -> None:
+        assert self._job is not None
+        result = self._job.run_round()
+        if result and (result.minutes or result.hours):
+            log.debug(
+                "rollups: %d minutes, %d hours, %d rows in %.2f s (max lag %.1f s)",
+                result.minutes,
+                result.hours,
+                result.rows,
+                result.seconds,
+                result.max_lag_s,
+            )
 
 
 @dataclass

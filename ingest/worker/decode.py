@@ -26,8 +26,8 @@ from google.protobuf.message import DecodeError
 
 from fleetpulse import samples
 from fleetpulse.ingest import keys
-from fleetpulse.ingest.series import SeriesKey, SeriesResolver
-from fleetpulse.ingest.validate import series_problem
+from fleetpulse.ingest.worker.series import SeriesKey, SeriesResolver
+from fleetpulse.ingest.worker.validate import series_problem
 from fleetpulse.proto import edge_pb2, metric_pb2
 
 # An identity-less batch (sequence 0) is named by its stream entry: epoch 0 and this sequence.

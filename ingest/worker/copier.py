@@ -23,9 +23,9 @@ import psycopg
 
 from fleetpulse import partitions, samples
 from fleetpulse.copybuf import samples_copy_buffer
-from fleetpulse.ingest import rollups
-from fleetpulse.ingest.decode import Decoded
-from fleetpulse.ingest.series import SetResolver
+from fleetpulse.ingest.worker import rollups
+from fleetpulse.ingest.worker.decode import Decoded
+from fleetpulse.ingest.worker.series import SetResolver
 
 log = logging.getLogger(__name__)
 

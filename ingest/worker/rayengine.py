@@ -30,8 +30,8 @@ from typing import Any
 
 from fleetpulse import lifecycle
 from fleetpulse.errors import ConfigError
-from fleetpulse.ingest.pool import MAX_RESTART_DELAY_S, RESTART_DELAY_S, STABLE_RUN_S
-from fleetpulse.ingest.worker import Worker
+from fleetpulse.ingest.worker.consumer import Worker
+from fleetpulse.ingest.worker.pool import MAX_RESTART_DELAY_S, RESTART_DELAY_S, STABLE_RUN_S
 from fleetpulse.settings import Settings
 
 MISSING_RAY = "the ray engine needs the 'ray' extra: pip install 'fleetpulse[ray]'"

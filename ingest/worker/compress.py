@@ -14,7 +14,7 @@ compressed once, after its late batches) and, per batch of sets, in one transact
 1. deletes the sets' rows of the hour from ``samples``, returning them;
 2. gives up on the hour (rolls back) if a minute of it waits for its rollup: the rollup of a
    minute reads its rows from ``samples`` (and, for the sets that have rows there, their chunk:
-   ingest/rollups.py), so a minute's rows stay hot until its rollup is current;
+   ingest/worker/rollups.py), so a minute's rows stay hot until its rollup is current;
 3. merges them with the set's chunk of the hour if one exists (late rows compressed before);
 4. writes the new chunks (COPY) and commits.
 
@@ -34,7 +34,6 @@ beside the rollup job: neither waits for the other.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -45,7 +44,8 @@ import psycopg
 from psycopg import sql
 
 from fleetpulse import locks, partitions, samples
-from fleetpulse.ingest import failpoints
+from fleetpulse.ingest.worker import failpoints
+from fleetpulse.ingest.worker.jobs import JobThread
 
 log = logging.getLogger(__name__)
 
@@ -394,51 +394,30 @@ def _merge(
     return np.concatenate([old_ts, ts]), np.concatenate([old_values, values])
 
 
-class CompressThread(threading.Thread):
-    """The job inside a worker process: a round every ``interval_s`` on its own connection."""
+class CompressThread(JobThread):
+    """The compression job inside a worker process (jobs.py)."""
 
     def __init__(
         self, database_url: str, interval_s: float, after_s: float, failpoint: str | None = None
     ) -> None:
-        super().__init__(name="compress", daemon=True)
-        self._database_url = database_url
-        self._interval_s = interval_s
+        super().__init__("compress", database_url, interval_s)
         self._after_s = after_s
         self._failpoint = failpoint
-        self._stop_event = threading.Event()
+        self._job: CompressJob | None = None
 
-    def stop(self) -> None:
-        self._stop_event.set()
+    def prepare(self, conn: psycopg.Connection) -> None:
+        self._job = CompressJob(conn, self._failpoint)
 
-    def run(self) -> None:
-        conn: psycopg.Connection | None = None
-        while not self._stop_event.wait(self._interval_s):
-            try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(self._database_url, autocommit=True)
-                    job = CompressJob(conn, self._failpoint)
-                result = job.run_round(self._after_s)
-                if result and result.hours:
-                    log.info(
-                        "compressed %d hours: %d rows into %d chunks in %.1f s",
-                        result.hours,
-                        result.rows,
-                        result.chunks,
-                        result.seconds,
-                    )
-                    today = datetime.now(UTC).date()
-                    job.release_empty_days({day for day in result.days if day < today})
-            except psycopg.Error as exc:
-                log.warning("compression round failed, retrying next round: %s", exc)
-                if conn is not None:
-                    conn.close()
-                conn = None
-            except Exception:
-                # A bug, not the database: logged loudly; the round's batch rolled back, its hour
-                # keeps its mark, and the thread lives on.
-                log.exception("compression round failed")
-                if conn is not None:
-                    conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
+    def round(self, conn: psycopg.Connection) -> None:
+        assert self._job is not None
+        result = self._job.run_round(self._after_s)
+        if result and result.hours:
+            log.info(
+                "compressed %d hours: %d rows into %d chunks in %.1f s",
+                result.hours,
+                result.rows,
+                result.chunks,
+                result.seconds,
+            )
+            today = datetime.now(UTC).date()
+            self._job.release_empty_days({day for day in result.days if day < today})

@@ -1,0 +1,81 @@
+"""What the routers share, apart from them (the full-stack FastAPI template's ``deps.py``): the
+request's database connection and settings, the read-key check every route but a few runs, an
+agent id that must exist, and the two rules the agent and fleet reads both apply (no NUL in text,
+when an agent counts as online).
+
+Dependencies are ``Annotated`` aliases (``ConnDep``...) so that a handler names what it needs by
+type. They raise fleetpulse's errors (fleetpulse/errors.py); app.py answers them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from fleetpulse.api import auth
+from fleetpulse.errors import NotFound
+from fleetpulse.settings import Settings
+
+_AGENT_EXISTS = "SELECT 1 FROM agents WHERE agent_id = %s"
+
+
+async def _connection(request: Request) -> AsyncIterator[AsyncConnection[Any]]:
+    pool: AsyncConnectionPool[AsyncConnection[Any]] = request.app.state.pool
+    async with pool.connection() as conn:
+        yield conn
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+# scope="function": the connection goes back to the pool when the handler returns, not after the
+# response (possibly megabytes of points) has been sent to a slow client.
+ConnDep = Annotated[AsyncConnection[Any], Depends(_connection, scope="function")]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+
+
+async def require_read_key(request: Request, settings: SettingsDep) -> None:
+    """The app-wide check: a read (or admin) key on every path but the open ones and the
+    dashboard's pages (which check it themselves, to redirect to the login form)."""
+    path = request.url.path
+    if path not in auth.OPEN_PATHS and path not in auth.PAGE_PATHS:
+        auth.require_read(request, settings)
+
+
+def has_nul(text: str) -> bool:
+    """Whether ``text`` holds a NUL. PostgreSQL text cannot, so no stored agent id or metric name
+    contains one, and psycopg refuses to send such a parameter at all (DataError, which would be
+    a 500): a read with one finds nothing without asking."""
+    return "\x00" in text
+
+
+def agent_not_found(agent_id: str) -> NotFound:
+    return NotFound(f"agent '{agent_id}' not found")
+
+
+async def _known_agent_id(agent_id: str, conn: ConnDep) -> str:
+    if has_nul(agent_id):
+        raise agent_not_found(agent_id)
+    cur = await conn.execute(_AGENT_EXISTS, (agent_id,))
+    if await cur.fetchone() is None:
+        raise agent_not_found(agent_id)
+    return agent_id
+
+
+KnownAgentIdDep = Annotated[str, Depends(_known_agent_id)]
+
+
+def liveness(settings: Settings) -> dict[str, float]:
+    """The parameters of the "online" rule both the agent list and the fleet summary apply: an
+    agent is online while its stream is open and its last heartbeat is younger than
+    ``offline_after_heartbeats`` of its heartbeat interval (else of the platform's default)."""
+    return {
+        "offline_after_heartbeats": settings.offline_after_heartbeats,
+        "heartbeat_interval_s": settings.heartbeat_interval_s,
+    }
