@@ -17,13 +17,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fleetpulse import __version__
+from fleetpulse.agentcommands import UNSETTABLE
 from fleetpulse.errors import ConfigError
-
-if TYPE_CHECKING:
-    from fleetpulse.ingest import control
 
 log = logging.getLogger("fleetpulse")
 
@@ -135,102 +133,22 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_agents_revoke(args: argparse.Namespace) -> int:
-    import psycopg
-    import redis
+    from fleetpulse import agentcommands
 
-    from fleetpulse.ingest import control, credentials
-
-    settings = _server_settings(args)
-    settings.require("database_url")
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        revoked = credentials.revoke(conn, args.agent_id)
-    if not revoked:
-        print(f"{args.agent_id}: no active credential (nothing revoked)", file=sys.stderr)
-        return 1
-    if settings.redis_url:  # close its open streams now, on every front-end
-        try:
-            _publish(settings.redis_url, control.Revoked(args.agent_id))
-        except redis.RedisError as exc:
-            print(
-                f"{args.agent_id}: credential revoked (new streams are refused), but its open "
-                f"stream could not be closed: Redis: {_one_line(exc)}",
-                file=sys.stderr,
-            )
-            return 1
-    print(f"{args.agent_id}: credential revoked; the agent may enroll again with the token")
-    return 0
+    return agentcommands.revoke(_server_settings(args), args.agent_id)
 
 
-def _publish(redis_url: str, message: control.Message) -> None:
-    """Publish a control message to every front-end (ingest/control.py)."""
-    from fleetpulse import connections
-    from fleetpulse.ingest import control
+def _cmd_agents_config(args: argparse.Namespace) -> int:
+    from fleetpulse import agentcommands
 
-    client = connections.redis_client(redis_url)
-    try:
-        control.publish(client, message)
-    finally:
-        client.close()
+    changes = agentcommands.changes_of(
+        args.unset, args.reset, args.collect_interval, args.heartbeat_interval, args.collectors
+    )
+    return agentcommands.configure(_server_settings(args), args.agent_id, changes)
 
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
-
-
-_UNSETTABLE = {
-    "collect-interval": "collect_interval_ms",
-    "heartbeat-interval": "heartbeat_interval_ms",
-    "collectors": "collectors",
-}
-
-
-def _cmd_agents_config(args: argparse.Namespace) -> int:
-    import psycopg
-    import redis
-
-    from fleetpulse.ingest import agentsettings, control
-
-    changes: dict[str, object] = {}
-    for name in args.unset or ():
-        changes[_UNSETTABLE[name]] = None
-    if args.reset:
-        changes = dict.fromkeys(_UNSETTABLE.values())
-    if args.collect_interval is not None:
-        changes["collect_interval_ms"] = round(args.collect_interval * 1000)
-    if args.heartbeat_interval is not None:
-        changes["heartbeat_interval_ms"] = round(args.heartbeat_interval * 1000)
-    if args.collectors is not None:
-        changes["collectors"] = [name for name in args.collectors.split(",") if name]
-    try:
-        agentsettings.validate(changes)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    settings = _server_settings(args)
-    settings.require("database_url")
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        if (
-            conn.execute("SELECT 1 FROM agents WHERE agent_id = %s", (args.agent_id,)).fetchone()
-            is None
-        ):
-            print(f"{args.agent_id}: no such agent (it has never registered)", file=sys.stderr)
-            return 1
-        if changes:
-            agentsettings.update(conn, args.agent_id, changes)
-        desired = agentsettings.load(conn, args.agent_id)
-        reported = agentsettings.reported(conn, args.agent_id) or {}
-    print(_describe_settings(args.agent_id, desired, reported))
-    if changes and settings.redis_url:  # the front-end holding its stream pushes it now
-        try:
-            _publish(settings.redis_url, control.SettingsChanged(args.agent_id))
-        except redis.RedisError as exc:
-            print(
-                f"{args.agent_id}: settings saved (version {desired.version if desired else 0}), "
-                f"but not pushed to the agent now: Redis: {_one_line(exc)}; "
-                "it gets them when it next connects",
-                file=sys.stderr,
-            )
-            return 1
-    return 0
 
 
 def _cmd_agents_list(args: argparse.Namespace) -> int:
@@ -257,37 +175,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return 1
     print(overview.render_status(record, overview.platform_health(settings)))
     return 0
-
-
-def _describe_settings(agent_id: str, desired: Any, reported: dict[str, Any]) -> str:
-    def show(value: object, unit: str = "") -> str:
-        if value is None:
-            return "(agent's own)"
-        if isinstance(value, list | tuple):
-            return ",".join(value)
-        return f"{value}{unit}"
-
-    def seconds(ms: int | None) -> float | None:
-        return None if ms is None else ms / 1000
-
-    version = desired.version if desired else 0
-    lines = [
-        f"{agent_id}: platform settings version {version}",
-        f"  collect interval    {show(seconds(desired and desired.collect_interval_ms), ' s')}",
-        f"  heartbeat interval  {show(seconds(desired and desired.heartbeat_interval_ms), ' s')}",
-        f"  collectors          {show(desired and desired.collectors)}",
-    ]
-    if reported.get("version") is None:
-        lines.append("  agent has not reported its settings yet")
-    else:
-        state = "applied" if reported["applied"] else f"NOT applied: {reported['error']}"
-        lines.append(f"  agent reported version {reported['version']}: {state}")
-        lines.append(
-            f"  in effect: collect {seconds(reported['collect_interval_ms'])} s, "
-            f"heartbeat {seconds(reported['heartbeat_interval_ms'])} s, "
-            f"collectors {show(reported['collectors'])}"
-        )
-    return "\n".join(lines)
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -589,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument(
         "--unset",
         action="append",
-        choices=sorted(_UNSETTABLE),
+        choices=sorted(UNSETTABLE),
         help="hand a setting back to the agent's own config file (repeatable)",
     )
     config.add_argument("--reset", action="store_true", help="unset everything")
