@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from fleetpulse.agent import tags as agent_tags
 from fleetpulse.agent.collectors.names import COLLECTORS
 from fleetpulse.agent.collectors.scheduler import DEFAULT_INTERVALS_S
 from fleetpulse.errors import ConfigError
@@ -59,6 +60,7 @@ _AGENT_KEYS = frozenset(
         "collectors",
         "collector_intervals",
         "spool_max_mb",
+        "tags",
     }
 )
 DEFAULT_SPOOL_MAX_MB = 64
@@ -92,6 +94,8 @@ class AgentConfig:
     )
     # The on-disk spool of batches not yet committed (agent/spool.py); oldest dropped beyond it.
     spool_max_bytes: int = DEFAULT_SPOOL_MAX_MB * 1024 * 1024
+    # agent.tags (agent/tags.py): sent at every register; an operator's tags override them.
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> AgentConfig:
@@ -163,7 +167,36 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Agent
             * 1024
             * 1024
         ),
+        tags=_tags(agent.get("tags"), source),
     )
+
+
+def _tags(value: Any, source: str) -> dict[str, str]:
+    """agent.tags: a mapping of tag keys to text (numbers and booleans written plainly are taken
+    as their text: ``tier: 2``)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: agent.tags must be a mapping, got {_type_name(value)}")
+    tags: dict[str, str] = {}
+    for key, item in value.items():
+        if isinstance(item, bool):
+            item = str(item).lower()
+        elif isinstance(item, int | float):
+            item = str(item)
+        if not isinstance(key, str):
+            raise ConfigError(
+                f"{source}: agent.tags: key {key!r} is not text (YAML reads on/off/yes/no and "
+                "numbers as such: quote it)"
+            )
+        if not isinstance(item, str):
+            raise ConfigError(f"{source}: agent.tags.{key}: must be text, got {_type_name(item)}")
+        tags[key] = item
+    try:
+        agent_tags.check(tags)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: agent.tags: {exc}") from None
+    return tags
 
 
 def _read_yaml(path: Path, source: str) -> Any:

@@ -308,6 +308,7 @@ class AgentDaemon:
                 version=__version__,
                 machine_id=self._machine_id,
                 protocol=wire.PROTOCOL,
+                tags=self.config.tags,
             )
         ).SerializeToString()
 

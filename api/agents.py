@@ -21,9 +21,11 @@ from fleetpulse.api.deps import (
     ConnDep,
     KnownAgentIdDep,
     SettingsDep,
+    TagsDep,
     agent_not_found,
     has_nul,
     liveness,
+    tag_filter,
 )
 from fleetpulse.api.schemas import AgentDetailPublic, AgentPublic, SeriesPointsPublic, SeriesPublic
 from fleetpulse.errors import BadInput
@@ -41,6 +43,7 @@ SELECT a.agent_id, a.hostname, a.ip, a.os, a.arch, a.version,
             * coalesce(a.heartbeat_interval_ms / 1000.0, %(heartbeat_interval_s)s)::float8)
         THEN 'online' ELSE 'offline' END AS status,
     a.last_heartbeat, a.created_at, a.updated_at,
+    a.config_tags || coalesce(t.tags, '{}'::jsonb) AS tags,
     coalesce(i.batches_committed, 0) AS batches_committed,
     coalesce(i.points_committed, 0) AS points_committed"""
 
@@ -49,13 +52,14 @@ _LIST_AGENTS = (
     "SELECT *, count(*) OVER () AS total FROM ("  # noqa: S608  # constants only
     + _AGENT_COLUMNS
     + """
-FROM agents a LEFT JOIN agent_ingest i USING (agent_id)
+FROM agents a LEFT JOIN agent_ingest i USING (agent_id) LEFT JOIN agent_tags t USING (agent_id)
 ) a
 WHERE (%(status)s::text IS NULL OR status = %(status)s)
     AND (%(os)s::text IS NULL OR os = %(os)s)
     AND (%(arch)s::text IS NULL OR arch = %(arch)s)
     AND (%(version)s::text IS NULL OR version = %(version)s)
     AND (%(q)s::text IS NULL OR agent_id ILIKE %(q)s OR hostname ILIKE %(q)s)
+    AND (%(tags)s::jsonb IS NULL OR tags @> %(tags)s::jsonb)
 """
 )
 
@@ -112,6 +116,7 @@ _GET_AGENT = (
     a.collect_interval_ms, a.heartbeat_interval_ms, a.collectors,
     a.settings_version, a.settings_applied, a.settings_error, s.version AS settings_desired_version
 FROM agents a LEFT JOIN agent_ingest i USING (agent_id)
+    LEFT JOIN agent_tags t USING (agent_id)
     LEFT JOIN agent_credentials c USING (agent_id)
     LEFT JOIN agent_settings s USING (agent_id)
 WHERE a.agent_id = %(agent_id)s
@@ -223,6 +228,7 @@ async def list_agents(
     arch: str | None = None,
     version: str | None = None,
     q: str | None = None,
+    tag: TagsDep = None,
     sort: Literal[SORTS] = "agent_id",  # type: ignore[valid-type]
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     # bounded by what PostgreSQL's OFFSET takes (bigint): past it, a 422 and not a 500
@@ -237,6 +243,7 @@ async def list_agents(
         "arch": arch,
         "version": version,
         "q": _like(q) if q else None,
+        "tags": tag_filter(tag),
     }
     if any(value is not None and has_nul(str(value)) for value in params.values()):
         response.headers["X-Total-Count"] = "0"

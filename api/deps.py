@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from fleetpulse.agent import tags as agent_tags
 from fleetpulse.api import auth
-from fleetpulse.errors import NotFound
+from fleetpulse.errors import BadInput, NotFound
 from fleetpulse.settings import Settings
 
 _AGENT_EXISTS = "SELECT 1 FROM agents WHERE agent_id = %s"
@@ -79,3 +81,20 @@ def liveness(settings: Settings) -> dict[str, float]:
         "offline_after_heartbeats": settings.offline_after_heartbeats,
         "heartbeat_interval_s": settings.heartbeat_interval_s,
     }
+
+
+# `tag=env=prod&tag=role=db`: agents carrying every one of these tags (agent/tags.py).
+TagsDep = Annotated[
+    list[str] | None,
+    Query(description="key=value; repeated: every one (the agent's tags, agent/tags.py)"),
+]
+
+
+def tag_filter(tag: list[str] | None) -> Jsonb | None:
+    """The ``tag`` parameters as a jsonb containment filter, or None (not filtered)."""
+    if not tag:
+        return None
+    try:
+        return Jsonb(agent_tags.parse(tag))
+    except ValueError as exc:
+        raise BadInput(f"tag: {exc}") from None

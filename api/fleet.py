@@ -9,7 +9,7 @@ import redis.asyncio
 from fastapi import APIRouter, Query
 
 from fleetpulse import connections
-from fleetpulse.api.deps import ConnDep, SettingsDep, has_nul, liveness
+from fleetpulse.api.deps import ConnDep, SettingsDep, TagsDep, has_nul, liveness, tag_filter
 from fleetpulse.ingest import keys
 
 log = logging.getLogger(__name__)
@@ -23,12 +23,29 @@ WITH a AS (
                 %(offline_after_heartbeats)s
                 * coalesce(heartbeat_interval_ms / 1000.0, %(heartbeat_interval_s)s)::float8)
             THEN 'online' ELSE 'offline' END AS status
-    FROM agents
+    FROM agents LEFT JOIN agent_tags t USING (agent_id)
+    WHERE %(tags)s::jsonb IS NULL OR config_tags || coalesce(t.tags, '{}'::jsonb) @> %(tags)s
 )
 SELECT GROUPING(status), GROUPING(os), GROUPING(arch), GROUPING(version),
     status, os, arch, version, count(*)
 FROM a GROUP BY GROUPING SETS ((), (status), (os), (arch), (version))
 """
+
+# Per tag key, its most common values and how many agents (of the filter) carry each.
+_BY_TAG = """
+WITH a AS (
+    SELECT config_tags || coalesce(t.tags, '{}'::jsonb) AS tags
+    FROM agents LEFT JOIN agent_tags t USING (agent_id)
+    WHERE %(tags)s::jsonb IS NULL OR config_tags || coalesce(t.tags, '{}'::jsonb) @> %(tags)s
+), counted AS (
+    SELECT kv.key, kv.value, count(*) AS n,
+        row_number() OVER (PARTITION BY kv.key ORDER BY count(*) DESC, kv.value) AS rank
+    FROM a, jsonb_each_text(a.tags) kv GROUP BY kv.key, kv.value
+)
+SELECT key, value, n FROM counted WHERE rank <= %(values_per_key)s ORDER BY key, n DESC, value
+"""
+# How many values of one tag key the summary lists (the most common first).
+TAG_VALUES_SHOWN = 20
 
 _METRICS = """
 SELECT name, count(*) FROM series GROUP BY name ORDER BY name LIMIT %s
@@ -56,15 +73,20 @@ FROM batches WHERE committed_at > now() - interval '60 seconds'
 
 
 @router.get("/fleet/summary")
-async def fleet_summary(conn: ConnDep, settings: SettingsDep) -> dict[str, Any]:
-    """Agents in all, and by status, OS, architecture and version."""
-    cur = await conn.execute(_SUMMARY, liveness(settings))
+async def fleet_summary(
+    conn: ConnDep, settings: SettingsDep, tag: TagsDep = None
+) -> dict[str, Any]:
+    """Agents in all, and by status, OS, architecture, version and tag (the most common values
+    of each key); with ``tag``, of the agents carrying those tags only."""
+    params = {**liveness(settings), "tags": tag_filter(tag)}
+    cur = await conn.execute(_SUMMARY, params)
     summary: dict[str, Any] = {
         "agents": 0,
         "by_status": {"online": 0, "offline": 0},
         "by_os": {},
         "by_arch": {},
         "by_version": {},
+        "by_tag": {},
     }
     for g_status, g_os, g_arch, g_version, status, os, arch, version, n in await cur.fetchall():
         grouped = (g_status, g_os, g_arch, g_version)
@@ -78,6 +100,9 @@ async def fleet_summary(conn: ConnDep, settings: SettingsDep) -> dict[str, Any]:
             summary["by_arch"][arch] = n
         else:
             summary["by_version"][version] = n
+    cur = await conn.execute(_BY_TAG, {**params, "values_per_key": TAG_VALUES_SHOWN})
+    for key, value, n in await cur.fetchall():
+        summary["by_tag"].setdefault(key, {})[value] = n
     return summary
 
 

@@ -31,6 +31,8 @@ class AgentPublic(BaseModel):
     # last 5 minutes (null when it sent none).
     cpu_percent: float | None = None
     memory_percent: float | None = None
+    # Its own tags (agent.tags in its config file) with an operator's laid over them.
+    tags: dict[str, str] = {}
 
 
 class AgentDetailPublic(AgentPublic):
@@ -111,3 +113,10 @@ class AgentConfigPublic(BaseModel):
     effective_collectors: list[str] | None
     # The agent runs the platform's current version.
     in_sync: bool
+
+
+class AgentTagsPublic(BaseModel):
+    agent_id: str
+    tags: dict[str, str]  # what filters and selectors see: config, then operator's over them
+    config: dict[str, str]  # the agent's config file (agent.tags), sent at every register
+    operator: dict[str, str]  # set through the API or `fleetpulse agents tag`

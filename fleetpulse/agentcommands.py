@@ -1,5 +1,5 @@
 """``fleetpulse agents ...``: the operator's commands on agents (revoke a credential, change
-remote settings), beside the CLI that parses them.
+remote settings, tag), beside the CLI that parses them.
 
 Each change is stored in PostgreSQL first and then announced on the control channel
 (ingest/control.py), so that the front-end holding the agent's stream acts now; when Redis cannot
@@ -157,3 +157,47 @@ def describe_settings(agent_id: str, desired: Any, reported: dict[str, Any]) -> 
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def tag(settings: Settings, agent_id: str, changes: list[str]) -> int:
+    """``fleetpulse agents tag ID [KEY=VALUE|KEY-]...``: change the operator's tags (a merge
+    patch, ingest/agenttags.py) and show the agent's tags."""
+    from fleetpulse import connections
+    from fleetpulse.ingest import agenttags
+
+    patch: dict[str, str | None] = {}
+    for change in changes:
+        if change.endswith("-") and "=" not in change:
+            patch[change[:-1]] = None
+        elif "=" in change:
+            key, _, value = change.partition("=")
+            patch[key] = value
+        else:
+            raise ConfigError(f"{change[:70]!r}: write KEY=VALUE to set a tag, KEY- to remove it")
+    settings.require("database_url")
+    assert settings.database_url
+    with connections.pg_connect(settings.database_url, autocommit=True) as conn:
+        found = agenttags.read(conn, agent_id)
+        if found is None:
+            print(f"{agent_id}: no such agent (it has never registered)", file=sys.stderr)
+            return 1
+        if patch:
+            try:
+                found = agenttags.patch(conn, agent_id, patch)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+    print(describe_tags(agent_id, found))
+    return 0
+
+
+def describe_tags(agent_id: str, found: Any) -> str:
+    def show(tags: dict[str, str]) -> str:
+        return " ".join(f"{key}={value}" for key, value in sorted(tags.items())) or "(none)"
+
+    return "\n".join(
+        [
+            f"{agent_id}: {show(found.effective)}",
+            f"  from its config file  {show(found.config)}",
+            f"  set by an operator    {show(found.operator)}",
+        ]
+    )

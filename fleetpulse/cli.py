@@ -147,6 +147,12 @@ def _cmd_agents_config(args: argparse.Namespace) -> int:
     return agentcommands.configure(_server_settings(args), args.agent_id, changes)
 
 
+def _cmd_agents_tag(args: argparse.Namespace) -> int:
+    from fleetpulse import agentcommands
+
+    return agentcommands.tag(_server_settings(args), args.agent_id, args.changes)
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
@@ -156,7 +162,9 @@ def _cmd_agents_list(args: argparse.Namespace) -> int:
 
     settings = _server_settings(args)
     settings.require("database_url")
-    agents, total = overview.list_agents(settings, args.status, args.q, args.sort, args.limit)
+    agents, total = overview.list_agents(
+        settings, args.status, args.q, args.sort, args.limit, args.tag
+    )
     print(overview.render_agents(agents, total))
     return 0
 
@@ -454,7 +462,20 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("-q", dest="q", metavar="TEXT", help="agent id or hostname contains")
     listing.add_argument("--sort", default="agent_id", help="as GET /agents (default agent_id)")
     listing.add_argument("--limit", type=int, default=1000, help="at most (default 1000)")
+    listing.add_argument(
+        "--tag", action="append", metavar="KEY=VALUE", help="carrying this tag (repeatable: all)"
+    )
     listing.set_defaults(handler=_cmd_agents_list)
+    tag = agents_sub.add_parser(
+        "tag",
+        help="set or remove an operator's tags of an agent",
+        description="KEY=VALUE sets a tag, KEY- removes the operator's tag (the agent's own tag "
+        "from its config file, if any, shows again). Without changes: show the agent's tags.",
+    )
+    _add_server_flags(tag, queue=False, redis=False)
+    tag.add_argument("agent_id")
+    tag.add_argument("changes", nargs="*", metavar="KEY=VALUE|KEY-")
+    tag.set_defaults(handler=_cmd_agents_tag)
     revoke = agents_sub.add_parser(
         "revoke", help="revoke an agent's credential and close its streams"
     )

@@ -12,22 +12,31 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fleetpulse.datadir import PlatformRecord
-from fleetpulse.errors import ConfigError
+from fleetpulse.errors import ConfigError, FleetpulseError
 from fleetpulse.settings import Settings
 
 
 def list_agents(
-    settings: Settings, status: str | None, q: str | None, sort: str, limit: int
+    settings: Settings,
+    status: str | None,
+    q: str | None,
+    sort: str,
+    limit: int,
+    tags: list[str] | None = None,
 ) -> tuple[list[Any], int]:
     """A page of agents as ``GET /agents`` answers it, and how many match in all."""
     from fastapi import Response
 
-    from fleetpulse.api import agents
+    from fleetpulse.api import agents, deps
 
     if sort not in agents.SORTS:
         raise ConfigError(f"--sort must be one of: {', '.join(agents.SORTS)}")
     if not 1 <= limit <= 1000:
         raise ConfigError("--limit must be between 1 and 1000")
+    try:
+        deps.tag_filter(tags)
+    except FleetpulseError as exc:
+        raise ConfigError(f"--{exc.message}") from None
 
     async def fetch() -> tuple[list[Any], int]:
         from fleetpulse import connections
@@ -46,6 +55,7 @@ def list_agents(
                 arch=None,
                 version=None,
                 q=q,
+                tag=tags,
                 sort=sort,
                 limit=limit,
                 offset=0,
@@ -94,7 +104,7 @@ def _percent(value: float | None) -> str:
 def render_agents(agents: list[Any], total: int) -> str:
     """The dashboard's agents table, as text."""
     now = datetime.now(UTC)
-    header = ("AGENT", "HOSTNAME", "STATUS", "OS", "VERSION", "LAST SEEN", "CPU", "MEMORY")
+    header = ("AGENT", "HOSTNAME", "STATUS", "OS", "VERSION", "LAST SEEN", "CPU", "MEMORY", "TAGS")
     rows = [
         (
             a.agent_id,
@@ -105,6 +115,7 @@ def render_agents(agents: list[Any], total: int) -> str:
             _ago(a.last_heartbeat, now),
             _percent(a.cpu_percent),
             _percent(a.memory_percent),
+            ",".join(f"{key}={value}" for key, value in sorted(a.tags.items())),
         )
         for a in agents
     ]

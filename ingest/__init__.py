@@ -10,5 +10,6 @@ What both sides share lives here: ``keys.py`` (every Redis key and stream field)
 stream contract), ``watermark.py`` (the committed feed), ``control.py`` (the control-plane
 messages of front-ends, API and CLI), ``credentials.py`` (agent credentials: the front-end checks
 them, the CLI revokes them) and ``agentsettings.py`` (remote settings: the API and CLI write
-them, the front-end pushes them).
+them, the front-end pushes them) and ``agenttags.py`` (agent tags: the config's and an
+operator's).
 """

@@ -26,7 +26,7 @@ from fleetpulse.proto import common_pb2 as proto_dot_common__pb2
 from fleetpulse.proto import metric_pb2 as proto_dot_metric__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11proto/agent.proto\x12\x05proto\x1a\x12proto/common.proto\x1a\x12proto/metric.proto\"\x90\x01\n\rAgentRegister\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\n\n\x02ip\x18\x03 \x01(\t\x12\n\n\x02os\x18\x04 \x01(\t\x12\x0c\n\x04\x61rch\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x12\n\nmachine_id\x18\x07 \x01(\t\x12\x10\n\x08protocol\x18\x08 \x01(\r\"B\n\tHeartbeat\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12#\n\ttimestamp\x18\x02 \x01(\x0b\x32\x10.proto.Timestamp\"\x85\x01\n\tMetricAck\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x0e\n\x06points\x18\x06 \x01(\r\x12\x16\n\x0eretry_after_ms\x18\x07 \x01(\r\",\n\rSequenceRange\x12\r\n\x05\x66irst\x18\x01 \x01(\x04\x12\x0c\n\x04last\x18\x02 \x01(\x04\"@\n\tCommitted\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12$\n\x06ranges\x18\x02 \x03(\x0b\x32\x14.proto.SequenceRange\"-\n\nCredential\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"\x1c\n\nDisconnect\x12\x0e\n\x06reason\x18\x01 \x01(\t\"p\n\rAgentSettings\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x1b\n\x13\x63ollect_interval_ms\x18\x02 \x01(\r\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\x12\x12\n\ncollectors\x18\x04 \x03(\t\"\x91\x01\n\x0eSettingsStatus\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x1b\n\x13\x63ollect_interval_ms\x18\x04 \x01(\r\x12\x1d\n\x15heartbeat_interval_ms\x18\x05 \x01(\r\x12\x12\n\ncollectors\x18\x06 \x03(\t\"\x94\x02\n\rServerMessage\x12,\n\x11register_response\x18\x01 \x01(\x0b\x32\x0f.proto.ResponseH\x00\x12(\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x0f.proto.ResponseH\x00\x12&\n\nmetric_ack\x18\x03 \x01(\x0b\x32\x10.proto.MetricAckH\x00\x12%\n\tcommitted\x18\x04 \x01(\x0b\x32\x10.proto.CommittedH\x00\x12\'\n\ncredential\x18\x05 \x01(\x0b\x32\x11.proto.CredentialH\x00\x12(\n\x08settings\x18\x06 \x01(\x0b\x32\x14.proto.AgentSettingsH\x00\x42\t\n\x07message\"\x9c\x02\n\x0c\x41gentMessage\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.proto.AgentRegisterH\x00\x12%\n\theartbeat\x18\x02 \x01(\x0b\x32\x10.proto.HeartbeatH\x00\x12%\n\x07metrics\x18\x03 \x01(\x0b\x32\x12.proto.MetricBatchH\x00\x12.\n\x0emetric_columns\x18\x04 \x01(\x0b\x32\x14.proto.ColumnarBatchH\x00\x12\'\n\ndisconnect\x18\x05 \x01(\x0b\x32\x11.proto.DisconnectH\x00\x12\x30\n\x0fsettings_status\x18\x06 \x01(\x0b\x32\x15.proto.SettingsStatusH\x00\x42\t\n\x07message2H\n\x0c\x41gentService\x12\x38\n\x07\x43onnect\x12\x13.proto.AgentMessage\x1a\x14.proto.ServerMessage(\x01\x30\x01\x42.Z,github.com/yourusername/agent-platform/protob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11proto/agent.proto\x12\x05proto\x1a\x12proto/common.proto\x1a\x12proto/metric.proto\"\xeb\x01\n\rAgentRegister\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\n\n\x02ip\x18\x03 \x01(\t\x12\n\n\x02os\x18\x04 \x01(\t\x12\x0c\n\x04\x61rch\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x12\n\nmachine_id\x18\x07 \x01(\t\x12\x10\n\x08protocol\x18\x08 \x01(\r\x12,\n\x04tags\x18\t \x03(\x0b\x32\x1e.proto.AgentRegister.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\tHeartbeat\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12#\n\ttimestamp\x18\x02 \x01(\x0b\x32\x10.proto.Timestamp\"\x85\x01\n\tMetricAck\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x0e\n\x06points\x18\x06 \x01(\r\x12\x16\n\x0eretry_after_ms\x18\x07 \x01(\r\",\n\rSequenceRange\x12\r\n\x05\x66irst\x18\x01 \x01(\x04\x12\x0c\n\x04last\x18\x02 \x01(\x04\"@\n\tCommitted\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12$\n\x06ranges\x18\x02 \x03(\x0b\x32\x14.proto.SequenceRange\"-\n\nCredential\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"\x1c\n\nDisconnect\x12\x0e\n\x06reason\x18\x01 \x01(\t\"p\n\rAgentSettings\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x1b\n\x13\x63ollect_interval_ms\x18\x02 \x01(\r\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\x12\x12\n\ncollectors\x18\x04 \x03(\t\"\x91\x01\n\x0eSettingsStatus\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x1b\n\x13\x63ollect_interval_ms\x18\x04 \x01(\r\x12\x1d\n\x15heartbeat_interval_ms\x18\x05 \x01(\r\x12\x12\n\ncollectors\x18\x06 \x03(\t\"\x94\x02\n\rServerMessage\x12,\n\x11register_response\x18\x01 \x01(\x0b\x32\x0f.proto.ResponseH\x00\x12(\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x0f.proto.ResponseH\x00\x12&\n\nmetric_ack\x18\x03 \x01(\x0b\x32\x10.proto.MetricAckH\x00\x12%\n\tcommitted\x18\x04 \x01(\x0b\x32\x10.proto.CommittedH\x00\x12\'\n\ncredential\x18\x05 \x01(\x0b\x32\x11.proto.CredentialH\x00\x12(\n\x08settings\x18\x06 \x01(\x0b\x32\x14.proto.AgentSettingsH\x00\x42\t\n\x07message\"\x9c\x02\n\x0c\x41gentMessage\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.proto.AgentRegisterH\x00\x12%\n\theartbeat\x18\x02 \x01(\x0b\x32\x10.proto.HeartbeatH\x00\x12%\n\x07metrics\x18\x03 \x01(\x0b\x32\x12.proto.MetricBatchH\x00\x12.\n\x0emetric_columns\x18\x04 \x01(\x0b\x32\x14.proto.ColumnarBatchH\x00\x12\'\n\ndisconnect\x18\x05 \x01(\x0b\x32\x11.proto.DisconnectH\x00\x12\x30\n\x0fsettings_status\x18\x06 \x01(\x0b\x32\x15.proto.SettingsStatusH\x00\x42\t\n\x07message2H\n\x0c\x41gentService\x12\x38\n\x07\x43onnect\x12\x13.proto.AgentMessage\x1a\x14.proto.ServerMessage(\x01\x30\x01\x42.Z,github.com/yourusername/agent-platform/protob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,28 +34,32 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z,github.com/yourusername/agent-platform/proto'
+  _globals['_AGENTREGISTER_TAGSENTRY']._loaded_options = None
+  _globals['_AGENTREGISTER_TAGSENTRY']._serialized_options = b'8\001'
   _globals['_AGENTREGISTER']._serialized_start=69
-  _globals['_AGENTREGISTER']._serialized_end=213
-  _globals['_HEARTBEAT']._serialized_start=215
-  _globals['_HEARTBEAT']._serialized_end=281
-  _globals['_METRICACK']._serialized_start=284
-  _globals['_METRICACK']._serialized_end=417
-  _globals['_SEQUENCERANGE']._serialized_start=419
-  _globals['_SEQUENCERANGE']._serialized_end=463
-  _globals['_COMMITTED']._serialized_start=465
-  _globals['_COMMITTED']._serialized_end=529
-  _globals['_CREDENTIAL']._serialized_start=531
-  _globals['_CREDENTIAL']._serialized_end=576
-  _globals['_DISCONNECT']._serialized_start=578
-  _globals['_DISCONNECT']._serialized_end=606
-  _globals['_AGENTSETTINGS']._serialized_start=608
-  _globals['_AGENTSETTINGS']._serialized_end=720
-  _globals['_SETTINGSSTATUS']._serialized_start=723
-  _globals['_SETTINGSSTATUS']._serialized_end=868
-  _globals['_SERVERMESSAGE']._serialized_start=871
-  _globals['_SERVERMESSAGE']._serialized_end=1147
-  _globals['_AGENTMESSAGE']._serialized_start=1150
-  _globals['_AGENTMESSAGE']._serialized_end=1434
-  _globals['_AGENTSERVICE']._serialized_start=1436
-  _globals['_AGENTSERVICE']._serialized_end=1508
+  _globals['_AGENTREGISTER']._serialized_end=304
+  _globals['_AGENTREGISTER_TAGSENTRY']._serialized_start=261
+  _globals['_AGENTREGISTER_TAGSENTRY']._serialized_end=304
+  _globals['_HEARTBEAT']._serialized_start=306
+  _globals['_HEARTBEAT']._serialized_end=372
+  _globals['_METRICACK']._serialized_start=375
+  _globals['_METRICACK']._serialized_end=508
+  _globals['_SEQUENCERANGE']._serialized_start=510
+  _globals['_SEQUENCERANGE']._serialized_end=554
+  _globals['_COMMITTED']._serialized_start=556
+  _globals['_COMMITTED']._serialized_end=620
+  _globals['_CREDENTIAL']._serialized_start=622
+  _globals['_CREDENTIAL']._serialized_end=667
+  _globals['_DISCONNECT']._serialized_start=669
+  _globals['_DISCONNECT']._serialized_end=697
+  _globals['_AGENTSETTINGS']._serialized_start=699
+  _globals['_AGENTSETTINGS']._serialized_end=811
+  _globals['_SETTINGSSTATUS']._serialized_start=814
+  _globals['_SETTINGSSTATUS']._serialized_end=959
+  _globals['_SERVERMESSAGE']._serialized_start=962
+  _globals['_SERVERMESSAGE']._serialized_end=1238
+  _globals['_AGENTMESSAGE']._serialized_start=1241
+  _globals['_AGENTMESSAGE']._serialized_end=1525
+  _globals['_AGENTSERVICE']._serialized_start=1527
+  _globals['_AGENTSERVICE']._serialized_end=1599
 # @@protoc_insertion_point(module_scope)

@@ -11,6 +11,8 @@
   const state = {
     q: params.get("q") || "",
     status: params.get("status") || "",
+    // tag=env=prod&tag=role=db: agents carrying every one (the summary counts only those, too)
+    tags: params.getAll("tag"),
     sort: params.get("sort") || "agent_id",
     limit: Number(params.get("limit")) || 50,
     offset: Math.max(0, Number(params.get("offset")) || 0),
@@ -26,6 +28,7 @@
     const query = new URLSearchParams();
     if (state.q) query.set("q", state.q);
     if (state.status) query.set("status", state.status);
+    for (const tag of state.tags) query.append("tag", tag);
     if (state.sort !== "agent_id") query.set("sort", state.sort);
     if (state.limit !== 50) query.set("limit", state.limit);
     if (state.offset) query.set("offset", state.offset);
@@ -49,6 +52,27 @@
     chips($("sum-status"), summary.by_status, (name) => `status-${name}`);
     chips($("sum-os"), summary.by_os);
     chips($("sum-version"), summary.by_version);
+    const tags = {};
+    for (const [key, values] of Object.entries(summary.by_tag || {})) {
+      for (const [value, count] of Object.entries(values)) tags[`${key}=${value}`] = count;
+    }
+    chips($("sum-tags"), tags);
+    // A tag chip narrows the page to the agents carrying it.
+    for (const chip of $("sum-tags").querySelectorAll(".chip")) {
+      const tag = chip.textContent.replace(/^\d+ /, "");
+      chip.classList.add("clickable");
+      chip.title = `only agents tagged ${tag}`;
+      chip.addEventListener("click", () => setTags([...new Set([...state.tags, tag])]));
+    }
+  }
+
+  function tagsCell(agent) {
+    const entries = Object.entries(agent.tags || {}).sort();
+    return fp.el(
+      "td",
+      { class: "tags" },
+      ...entries.map(([key, value]) => fp.el("span", { class: "chip tag", text: `${key}=${value}` })),
+    );
   }
 
   // An offline agent's value is its last one of the last 5 minutes (the API keeps it that long):
@@ -100,6 +124,7 @@
         }),
         usageCell(a.cpu_percent, "cpu", a),
         usageCell(a.memory_percent, "memory", a),
+        tagsCell(a),
       );
     });
     tbody.replaceChildren(...rows);
@@ -138,8 +163,10 @@
         ["limit", state.limit],
         ["offset", state.offset],
       ];
+      const tagQuery = state.tags.map((tag) => ["tag", tag]);
+      query.push(...tagQuery);
       const [summary, agents] = await Promise.all([
-        fp.getJSON("/fleet/summary", [], controller.signal),
+        fp.getJSON("/fleet/summary", tagQuery, controller.signal),
         fp.getJSON("/agents", query, controller.signal),
       ]);
       const total = Number(agents.headers.get("X-Total-Count") ?? agents.body.length);
@@ -204,6 +231,18 @@
       state.offset = 0;
       changed();
     }, FILTER_DELAY_MS);
+  });
+  function setTags(tags) {
+    state.tags = tags;
+    $("tag-filter").value = tags.join(" ");
+    state.offset = 0;
+    changed();
+  }
+  let tagTimer = null;
+  $("tag-filter").value = state.tags.join(" ");
+  $("tag-filter").addEventListener("input", () => {
+    clearTimeout(tagTimer);
+    tagTimer = setTimeout(() => setTags($("tag-filter").value.split(/\s+/).filter(Boolean)), FILTER_DELAY_MS);
   });
   $("status-filter").value = state.status;
   $("status-filter").addEventListener("change", () => {

@@ -369,6 +369,7 @@
       ["IP", a.ip],
       ["OS", [a.os, a.arch].filter(Boolean).join(" / ")],
       ["version", a.version],
+      ["tags", Object.entries(a.tags || {}).sort().map(([k, v]) => `${k}=${v}`).join(" ")],
       ["last seen", a.last_heartbeat ? `${fp.ago(a.last_heartbeat)} (${fp.absolute(a.last_heartbeat)})` : "never"],
       ["collect interval", interval(a.collect_interval_ms)],
       ["points stored", fp.finite(a.points_committed)?.toLocaleString()],

@@ -15,6 +15,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from fleetpulse import errors
+from fleetpulse.agent import tags
 from fleetpulse.ingest import keys
 from fleetpulse.ingest.frontend import selfmetrics
 from fleetpulse.proto import edge_pb2, metric_pb2
@@ -61,6 +62,14 @@ def check_agent_id(agent_id: str) -> None:
         raise errors.BadInput(
             f"register: agent_id must be at most {MAX_AGENT_ID} characters, without NUL"
         )
+
+
+def check_tags(register: Any) -> None:
+    """The register's tags (agent.tags) follow agent/tags.py's rules, as its config did."""
+    try:
+        tags.check(register.tags)
+    except ValueError as exc:
+        raise errors.BadInput(f"register: {exc}") from None
 
 
 def check_identity(agent_id: str, claimed: str) -> None:

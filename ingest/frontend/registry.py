@@ -11,6 +11,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from fleetpulse.proto import agent_pb2
@@ -19,13 +20,14 @@ log = logging.getLogger(__name__)
 
 _UPSERT_AGENT = """
 INSERT INTO agents
-    (agent_id, hostname, ip, os, arch, version, machine_id, status, last_heartbeat, session)
-VALUES (%s, %s, %s, %s, %s, %s, %s, 'online', now(), %s)
+    (agent_id, hostname, ip, os, arch, version, machine_id, status, last_heartbeat, session,
+     config_tags)
+VALUES (%s, %s, %s, %s, %s, %s, %s, 'online', now(), %s, %s)
 ON CONFLICT (agent_id) DO UPDATE SET
     hostname = EXCLUDED.hostname, ip = EXCLUDED.ip, os = EXCLUDED.os, arch = EXCLUDED.arch,
     version = EXCLUDED.version, machine_id = EXCLUDED.machine_id, status = 'online',
     last_heartbeat = now(), updated_at = now(), disconnect_reason = NULL,
-    session = EXCLUDED.session
+    session = EXCLUDED.session, config_tags = EXCLUDED.config_tags
 """
 
 _FLUSH_HEARTBEATS = """
@@ -69,6 +71,7 @@ class AgentRegistry:
                     message.version,
                     message.machine_id,
                     session,
+                    Jsonb(dict(message.tags)),
                 ),
             )
 

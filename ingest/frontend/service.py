@@ -173,6 +173,7 @@ class AgentService:
             )
         messages.check_agent_id(register.agent_id)
         messages.refuse_nul("register", register, messages.REGISTER_TEXT)
+        messages.check_tags(register)
         agent_id = register.agent_id
         issued = None
         if not registered:

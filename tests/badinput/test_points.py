@@ -447,3 +447,24 @@ def test_out_of_range_batch_identity_is_refused_for_good(edge: Edge, agent: str)
     assert ack is not None and (ack.success, ack.retry_after_ms) == (False, 0)  # type: ignore[attr-defined]
     assert ack.error == "INVALID_ARGUMENT: epoch and sequence must be below 2^63"  # type: ignore[attr-defined]
     assert queued_identities(edge.redis) == []
+
+
+@pytest.mark.parametrize(
+    ("tags", "problem"),
+    [
+        ({"os": "linux"}, "one of the agent's own fields"),
+        ({"bad-key": "x"}, "must be a label name"),
+        ({"env": "x" * 257}, "at most 256 characters"),
+    ],
+)
+def test_a_register_with_tags_that_are_not_tags_is_refused(
+    edge: Edge, agent: str, tags: dict[str, str], problem: str
+) -> None:
+    message = register(agent)
+    message.register.tags.update(tags)
+    stream = refused(edge, message.SerializeToString())
+    assert stream.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert stream.details().startswith("register: ") and problem in stream.details()
+    with psycopg.connect(edge.database_url) as conn:
+        row = conn.execute("SELECT 1 FROM agents WHERE agent_id = %s", (agent,)).fetchone()
+    assert row is None  # refused before anything was stored

@@ -11,6 +11,8 @@ import hashlib
 import http.client
 import os
 import re
+import subprocess
+import sys
 import time
 import urllib.parse
 from datetime import datetime
@@ -283,6 +285,31 @@ def test_dashboard_fleet_and_host_pages_in_chromium(
                 expect(page.locator("#empty")).to_be_visible()
                 page.select_option("#status-filter", "")
                 wait_for_rows(page, ids)
+
+                # Tags: an operator tags one agent (the CLI, through the data dir); the summary
+                # counts it, a click on its chip or the tag filter narrows the page to it.
+                tagged = subprocess.run(
+                    [sys.executable, "-m", "fleetpulse", "agents", "tag", ids[0], "role=db"],
+                    env={**env, "FLEETPULSE_DATA_DIR": str(data_dir)},
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                assert tagged.returncode == 0, tagged.stderr
+                expect(page.locator("#sum-tags")).to_contain_text("1 role=db", timeout=15_000)
+                expect(page.locator(f"{ROWS}[data-agent-id='{ids[0]}'] .tags")).to_have_text(
+                    "role=db"
+                )
+                page.locator("#sum-tags .chip", has_text="role=db").click()
+                wait_for_rows(page, [ids[0]])
+                assert "tag=role%3Ddb" in page.url
+                expect(page.locator("#tag-filter")).to_have_value("role=db")
+                expect(page.locator("#sum-total")).to_have_text("1")
+                page.fill("#tag-filter", "role=web")
+                wait_for_rows(page, [])
+                page.fill("#tag-filter", "")
+                wait_for_rows(page, ids)
+                expect(page.locator("#sum-total")).to_have_text("2")
 
                 # Live: a refresh without reloading brings a newer heartbeat.
                 stamp = page.locator("#refreshed-at")

@@ -210,6 +210,7 @@ def test_list_agents_computes_status_from_heartbeat_age(
         "points_committed",
         "cpu_percent",
         "memory_percent",
+        "tags",
     }
     assert (agent["hostname"], agent["ip"], agent["os"], agent["arch"], agent["version"]) == (
         "host",

@@ -315,6 +315,7 @@ def test_fleet_summary_and_agent_pages(client: TestClient, db: psycopg.Connectio
         "by_os": {"linux": 5, "windows": 2},
         "by_arch": {"amd64": 7},
         "by_version": {"1.2.3": 5, "2.0": 2},
+        "by_tag": {},
     }
     # CPU and memory now, from the latest points of the last 5 minutes
     now = datetime.now(UTC).timestamp()

@@ -168,6 +168,21 @@ def test_collector_intervals_lay_over_the_defaults(tmp_path: Path) -> None:
     assert load_config(path, env={}).collector_intervals_s == {"tcp": 0.0, "disk": 300.0}
 
 
+def test_tags_are_text_and_follow_the_rules_of_a_tag(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "agent:\n  id: a1\n"), env={}).tags == {}
+    path = write(tmp_path, "agent:\n  id: a1\n  tags: {env: prod, tier: 2, canary: true}\n")
+    assert load_config(path, env={}).tags == {"env": "prod", "tier": "2", "canary": "true"}
+    for tags, problem in (
+        ("[env]", "agent.tags must be a mapping"),
+        ("{on: x}", "is not text"),  # YAML 1.1 reads `on` as true
+        ("{os: x}", "agent's own fields"),
+        ("{bad-key: x}", "label name"),
+        ("{env: [a]}", "agent.tags.env: must be text"),
+    ):
+        message = config_error(write(tmp_path, f"agent:\n  id: a1\n  tags: {tags}\n"))
+        assert problem in message, (tags, message)
+
+
 def test_unknown_collectors_are_named_with_the_valid_ones(tmp_path: Path) -> None:
     path = write(tmp_path, "agent:\n  id: a1\n  collectors: [cpu, gpu, temperature]\n")
     message = config_error(path)
