@@ -27,22 +27,30 @@ OPEN_PATHS = frozenset({"/healthz", "/login"})
 PAGE_PATHS = frozenset({"/", "/ui", "/ui/", "/ui/host"})
 
 
-def _keys(settings: Settings, admin: bool) -> list[bytes]:
-    keys = [] if admin else [key.encode() for key in settings.read_keys()]
-    if settings.api_admin_key is not None:
-        keys.append(settings.api_admin_key.get_secret_value().encode())
+def _keys(settings: Settings, admin: bool) -> list[tuple[str, bytes]]:
+    keys = [] if admin else [(name, key.encode()) for name, key in settings.named_read_keys()]
+    named_admin = settings.named_admin_key()
+    if named_admin is not None:
+        keys.append((named_admin[0], named_admin[1].encode()))
     return keys
+
+
+def key_name(presented: str | None, settings: Settings, *, admin: bool = False) -> str | None:
+    """The name of the configured key of the scope that ``presented`` is (admin keys also read),
+    or None. Every key is compared, whichever matches."""
+    if presented is None:
+        return None
+    candidate = presented.encode()
+    found = None
+    for name, key in _keys(settings, admin):
+        if hmac.compare_digest(candidate, key) and found is None:
+            found = name
+    return found
 
 
 def matches(presented: str | None, settings: Settings, *, admin: bool = False) -> bool:
     """Whether ``presented`` is a configured key of the scope (admin keys also read)."""
-    if presented is None:
-        return False
-    candidate = presented.encode()
-    found = False
-    for key in _keys(settings, admin):
-        found |= hmac.compare_digest(candidate, key)
-    return found
+    return key_name(presented, settings, admin=admin) is not None
 
 
 def presented_key(request: Request) -> str | None:
@@ -73,13 +81,15 @@ def require_read(request: Request, settings: Settings) -> None:
         )
 
 
-def require_admin(request: Request, settings: Settings) -> None:
-    """`Forbidden` when no admin key is configured (the API is read only), `Unauthenticated`
-    unless the request carries it."""
+def require_admin(request: Request, settings: Settings) -> str:
+    """The admin key's name (who the audit log says acted); `Forbidden` when no admin key is
+    configured (the API is read only), `Unauthenticated` unless the request carries it."""
     if settings.api_admin_key is None:
         raise Forbidden(
             "the API is read only: set FLEETPULSE_API_ADMIN_KEY to allow writes, "
             "or use `fleetpulse agents config`"
         )
-    if not matches(presented_key(request), settings, admin=True):
+    name = key_name(presented_key(request), settings, admin=True)
+    if name is None:
         raise Unauthenticated("send the admin key as 'Authorization: Bearer <key>'")
+    return name

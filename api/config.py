@@ -14,6 +14,7 @@ from typing import Any
 import redis
 from fastapi import APIRouter, Request
 
+from fleetpulse import auditlog
 from fleetpulse.api import auth
 from fleetpulse.api.deps import ConnDep, KnownAgentIdDep, SettingsDep
 from fleetpulse.api.schemas import AgentConfigIn, AgentConfigPublic
@@ -82,14 +83,14 @@ async def put_agent_config(
     pushed to the agent at once when it is connected."""
     # Here, not as a dependency: an unknown agent (404) or an invalid body (422) is answered as
     # such whatever the key.
-    auth.require_admin(request, settings)
+    actor = auditlog.key_actor(auth.require_admin(request, settings))
     changes: dict[str, Any] = {
         "collect_interval_ms": _ms(body.collect_interval_s),
         "heartbeat_interval_ms": _ms(body.heartbeat_interval_s),
         "collectors": body.collectors,
     }
     try:
-        await agentsettings.update_async(conn, agent_id, changes)
+        await agentsettings.update_async(conn, agent_id, changes, actor)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     await _announce(settings, agent_id)

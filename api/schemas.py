@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -120,3 +120,12 @@ class AgentTagsPublic(BaseModel):
     tags: dict[str, str]  # what filters and selectors see: config, then operator's over them
     config: dict[str, str]  # the agent's config file (agent.tags), sent at every register
     operator: dict[str, str]  # set through the API or `fleetpulse agents tag`
+
+
+class AuditEntryPublic(BaseModel):
+    id: int
+    at: datetime
+    actor: str  # key:<name>, cli:<user>, enrollment-token, platform
+    action: str  # settings.change, tags.change, credential.revoke, agent.enroll
+    target: str  # an agent id
+    detail: dict[str, Any]

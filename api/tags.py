@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Request
 
+from fleetpulse import auditlog
 from fleetpulse.api import auth
 from fleetpulse.api.deps import ConnDep, KnownAgentIdDep, SettingsDep
 from fleetpulse.api.schemas import AgentTagsPublic
@@ -54,9 +55,9 @@ async def patch_agent_tags(
     ),
 ) -> AgentTagsPublic:
     """Set (text) or remove (null) the operator's tags of the agent."""
-    auth.require_admin(request, settings)
+    actor = auditlog.key_actor(auth.require_admin(request, settings))
     try:
-        found = await agenttags.patch_async(conn, agent_id, patch)
+        found = await agenttags.patch_async(conn, agent_id, patch, actor)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     return _public(agent_id, found)

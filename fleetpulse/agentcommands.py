@@ -30,13 +30,13 @@ def revoke(settings: Settings, agent_id: str) -> int:
     """``fleetpulse agents revoke ID``: revoke its credential, end its streams on every front-end."""
     import redis
 
-    from fleetpulse import connections
+    from fleetpulse import auditlog, connections
     from fleetpulse.ingest import control, credentials
 
     settings.require("database_url")
     assert settings.database_url
     with connections.pg_connect(settings.database_url, autocommit=True) as conn:
-        revoked = credentials.revoke(conn, agent_id)
+        revoked = credentials.revoke(conn, agent_id, auditlog.cli_actor())
     if not revoked:
         print(f"{agent_id}: no active credential (nothing revoked)", file=sys.stderr)
         return 1
@@ -92,7 +92,7 @@ def configure(settings: Settings, agent_id: str, changes: dict[str, object]) -> 
     """``fleetpulse agents config ID``: apply ``changes`` (none: show), and push them now."""
     import redis
 
-    from fleetpulse import connections
+    from fleetpulse import auditlog, connections
     from fleetpulse.ingest import agentsettings, control
 
     try:
@@ -106,7 +106,7 @@ def configure(settings: Settings, agent_id: str, changes: dict[str, object]) -> 
             print(f"{agent_id}: no such agent (it has never registered)", file=sys.stderr)
             return 1
         if changes:
-            agentsettings.update(conn, agent_id, changes)
+            agentsettings.update(conn, agent_id, changes, auditlog.cli_actor())
         desired = agentsettings.load(conn, agent_id)
         reported = agentsettings.reported(conn, agent_id) or {}
     print(describe_settings(agent_id, desired, reported))
@@ -162,7 +162,7 @@ def _one_line(exc: BaseException) -> str:
 def tag(settings: Settings, agent_id: str, changes: list[str]) -> int:
     """``fleetpulse agents tag ID [KEY=VALUE|KEY-]...``: change the operator's tags (a merge
     patch, ingest/agenttags.py) and show the agent's tags."""
-    from fleetpulse import connections
+    from fleetpulse import auditlog, connections
     from fleetpulse.ingest import agenttags
 
     patch: dict[str, str | None] = {}
@@ -183,7 +183,7 @@ def tag(settings: Settings, agent_id: str, changes: list[str]) -> int:
             return 1
         if patch:
             try:
-                found = agenttags.patch(conn, agent_id, patch)
+                found = agenttags.patch(conn, agent_id, patch, auditlog.cli_actor())
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
     print(describe_tags(agent_id, found))
@@ -201,3 +201,24 @@ def describe_tags(agent_id: str, found: Any) -> str:
             f"  set by an operator    {show(found.operator)}",
         ]
     )
+
+
+def actions(settings: Settings, target: str | None, action: str | None, limit: int) -> int:
+    """``fleetpulse actions``: the audit log, newest first, one line per action."""
+    from fleetpulse import auditlog, connections
+
+    if not 1 <= limit <= 10_000:
+        raise ConfigError("--limit must be between 1 and 10000")
+    settings.require("database_url")
+    assert settings.database_url
+    with connections.pg_connect(settings.database_url, autocommit=True) as conn:
+        entries = auditlog.read(conn, target=target, action=action, limit=limit)
+    for entry in entries:
+        detail = " ".join(f"{key}={value}" for key, value in entry.detail.items())
+        print(
+            f"{entry.at.astimezone().isoformat(timespec='seconds')}  {entry.actor}  "
+            f"{entry.action}  {entry.target}  {detail}".rstrip()
+        )
+    if not entries:
+        print("no actions recorded", file=sys.stderr)
+    return 0

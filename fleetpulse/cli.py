@@ -51,7 +51,7 @@ _EXTRA_OF_MODULE = {
 # In a command a user types, a server error is a one-line message, not a traceback (a role that
 # serves keeps its traceback: there it is a crash to debug).
 _SERVER_OF_ERROR = {"psycopg": "PostgreSQL", "psycopg_pool": "PostgreSQL", "redis": "Redis"}
-_MANAGEMENT_COMMANDS = frozenset({"agents", "status", "audit", "migrate"})
+_MANAGEMENT_COMMANDS = frozenset({"agents", "status", "audit", "actions", "migrate"})
 
 
 def _configure_logging(level: str, role: str) -> None:
@@ -399,6 +399,12 @@ def _cmd_bench(module: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _cmd_actions(args: argparse.Namespace) -> int:
+    from fleetpulse import agentcommands
+
+    return agentcommands.actions(_server_settings(args), args.target, args.action, args.limit)
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     from fleetpulse import audit
 
@@ -556,6 +562,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, help_text in _BENCHMARKS:
         benchmark = bench_sub.add_parser(name, help=help_text, populate=_bench_arguments(module))
         benchmark.set_defaults(handler=_cmd_bench(module))
+
+    actions = sub.add_parser(
+        "actions",
+        help="the audit log: operator actions (settings, tags, revocations, enrollments)",
+        description="Newest first. Each line: when, who (key:<name>, cli:<user>, "
+        "enrollment-token), what, on which agent, and the details.",
+    )
+    _add_server_flags(actions, queue=False, redis=False)
+    actions.add_argument("--target", metavar="AGENT_ID", help="actions on this agent")
+    actions.add_argument("--action", help="settings.change, tags.change, ...")
+    actions.add_argument("--limit", type=int, default=50, help="at most (default 50)")
+    actions.set_defaults(handler=_cmd_actions)
 
     audit = sub.add_parser(
         "audit",

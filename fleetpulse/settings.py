@@ -107,9 +107,11 @@ class Settings(BaseSettings):
     api_max_points: int = Field(default=200_000, ge=1)
     # Writes through the API (PUT /agents/{id}/config) need `authorization: Bearer <this key>`;
     # unset, the API refuses every write (403) and the CLI remains the way to change settings.
+    # `name:key` names it in the audit log (fleetpulse/auditlog.py); unnamed, it is "admin".
     api_admin_key: SecretStr | None = None
     # Read keys (comma-separated): every path but /healthz and /login needs one (or the admin key).
-    # With no key at all the API refuses to start unless api_open says anyone may read.
+    # With no key at all the API refuses to start unless api_open says anyone may read. Each may
+    # be `name:key` (grafana:...,ops:...); unnamed ones are read-1, read-2... in order.
     api_keys: SecretStr | None = None
     api_open: bool = False
     # Origins a browser may call the API from (comma-separated; "*" for any). Default: none.
@@ -128,9 +130,23 @@ class Settings(BaseSettings):
         }
 
     def read_keys(self) -> list[str]:
+        return [key for _, key in self.named_read_keys()]
+
+    def named_read_keys(self) -> list[tuple[str, str]]:
+        """(name, key) of each read key: ``name:key`` entries, else read-1, read-2..."""
         if self.api_keys is None:
             return []
-        return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
+        entries = [entry.strip() for entry in self.api_keys.get_secret_value().split(",")]
+        return [
+            _named(entry, f"read-{index}")
+            for index, entry in enumerate((e for e in entries if e), start=1)
+        ]
+
+    def named_admin_key(self) -> tuple[str, str] | None:
+        """(name, key) of the admin key (``name:key``, else "admin"), or None."""
+        if self.api_admin_key is None:
+            return None
+        return _named(self.api_admin_key.get_secret_value().strip(), "admin")
 
     @property
     def offline_after_s(self) -> float:
@@ -154,3 +170,9 @@ def load_settings(**overrides: object) -> Settings:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "settings"
         raise ConfigError(f"invalid setting {field}: {first['msg']}") from exc
+
+
+def _named(entry: str, default: str) -> tuple[str, str]:
+    """``name:key`` or a bare key (generated keys never hold a colon)."""
+    name, sep, key = entry.partition(":")
+    return (name.strip(), key.strip()) if sep and name.strip() else (default, entry)

@@ -13,6 +13,7 @@ from typing import Any
 
 from psycopg import AsyncConnection, Connection
 
+from fleetpulse import auditlog
 from fleetpulse.agent.collectors.names import COLLECTORS
 from fleetpulse.agent.remote import RemoteSettings, check
 from fleetpulse.proto import agent_pb2
@@ -91,20 +92,36 @@ def _settings(row: tuple[Any, ...] | None) -> RemoteSettings | None:
     )
 
 
-def update(conn: Connection[Any], agent_id: str, changes: dict[str, Any]) -> RemoteSettings:
-    """Store a new version (only the keys in ``changes`` change); ValueError if invalid."""
-    settings = _settings(conn.execute(_UPSERT, _params(agent_id, changes)).fetchone())
-    assert settings is not None  # RETURNING always yields the row
+def update(
+    conn: Connection[Any], agent_id: str, changes: dict[str, Any], actor: str
+) -> RemoteSettings:
+    """Store a new version (only the keys in ``changes`` change; ``actor`` made it: the audit
+    log, in the same transaction); ValueError if invalid."""
+    params = _params(agent_id, changes)
+    with conn.transaction():
+        settings = _settings(conn.execute(_UPSERT, params).fetchone())
+        assert settings is not None  # RETURNING always yields the row
+        auditlog.record(conn, actor, auditlog.SETTINGS_CHANGE, agent_id, _detail(settings, changes))
     return settings
 
 
 async def update_async(
-    conn: AsyncConnection[Any], agent_id: str, changes: dict[str, Any]
+    conn: AsyncConnection[Any], agent_id: str, changes: dict[str, Any], actor: str
 ) -> RemoteSettings:
-    cur = await conn.execute(_UPSERT, _params(agent_id, changes))
-    settings = _settings(await cur.fetchone())
-    assert settings is not None
+    params = _params(agent_id, changes)
+    async with conn.transaction():
+        cur = await conn.execute(_UPSERT, params)
+        settings = _settings(await cur.fetchone())
+        assert settings is not None
+        await auditlog.record_async(
+            conn, actor, auditlog.SETTINGS_CHANGE, agent_id, _detail(settings, changes)
+        )
     return settings
+
+
+def _detail(settings: RemoteSettings, changes: dict[str, Any]) -> dict[str, Any]:
+    """What the audit log keeps of a settings change: the version and what it asked for."""
+    return {"version": settings.version, "changes": changes}
 
 
 def load(conn: Connection[Any], agent_id: str) -> RemoteSettings | None:

@@ -16,6 +16,7 @@ from typing import Any
 from psycopg import AsyncConnection, Connection
 from psycopg.types.json import Jsonb
 
+from fleetpulse import auditlog
 from fleetpulse.agent import tags as rules
 
 # The operator's patch applied in one statement: keys set to text merged in, keys set to null
@@ -54,24 +55,31 @@ def check_patch(current: Mapping[str, str], patch: Mapping[str, Any]) -> None:
     rules.check(merged)
 
 
-def patch(conn: Connection[Any], agent_id: str, changes: Mapping[str, Any]) -> AgentTags:
+def patch(
+    conn: Connection[Any], agent_id: str, changes: Mapping[str, Any], actor: str
+) -> AgentTags:
+    """Apply ``changes`` to the operator's tags (``actor`` did: the audit log, same transaction)."""
     with conn.transaction():
         row = conn.execute(_READ_OPERATOR + " FOR UPDATE", (agent_id,)).fetchone()
         check_patch(row[0] if row else {}, changes)
         conn.execute(_PATCH, {"agent_id": agent_id, "patch": Jsonb(dict(changes))})
+        auditlog.record(conn, actor, auditlog.TAGS_CHANGE, agent_id, {"patch": dict(changes)})
     found = read(conn, agent_id)
     assert found is not None
     return found
 
 
 async def patch_async(
-    conn: AsyncConnection[Any], agent_id: str, changes: Mapping[str, Any]
+    conn: AsyncConnection[Any], agent_id: str, changes: Mapping[str, Any], actor: str
 ) -> AgentTags:
     async with conn.transaction():
         cur = await conn.execute(_READ_OPERATOR + " FOR UPDATE", (agent_id,))
         row = await cur.fetchone()
         check_patch(row[0] if row else {}, changes)
         await conn.execute(_PATCH, {"agent_id": agent_id, "patch": Jsonb(dict(changes))})
+        await auditlog.record_async(
+            conn, actor, auditlog.TAGS_CHANGE, agent_id, {"patch": dict(changes)}
+        )
     found = await read_async(conn, agent_id)
     assert found is not None
     return found

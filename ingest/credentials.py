@@ -39,6 +39,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import AsyncConnection
 
+from fleetpulse import auditlog
+
 TOKEN_PREFIX = "fpa_"  # noqa: S105 (a prefix that marks credentials, not a secret)
 
 
@@ -101,14 +103,21 @@ async def enroll(conn: AsyncConnection, agent_id: str) -> str:
         )
         if await cur.fetchone() is None:
             raise AlreadyEnrolled(agent_id)
+        await auditlog.record_async(
+            conn, auditlog.BY_ENROLLMENT, auditlog.AGENT_ENROLL, agent_id, {}
+        )
     return token
 
 
-def revoke(conn: psycopg.Connection, agent_id: str) -> bool:
-    """Revoke the agent's credential; True if it had one that was not revoked yet."""
-    cur = conn.execute(
-        "UPDATE agent_credentials SET revoked_at = now()"
-        " WHERE agent_id = %s AND revoked_at IS NULL",
-        (agent_id,),
-    )
+def revoke(conn: psycopg.Connection, agent_id: str, actor: str) -> bool:
+    """Revoke the agent's credential (``actor`` did: the audit log); True if it had one that was
+    not revoked yet."""
+    with conn.transaction():
+        cur = conn.execute(
+            "UPDATE agent_credentials SET revoked_at = now()"
+            " WHERE agent_id = %s AND revoked_at IS NULL",
+            (agent_id,),
+        )
+        if cur.rowcount > 0:
+            auditlog.record(conn, actor, auditlog.CREDENTIAL_REVOKE, agent_id, {})
     return cur.rowcount > 0

@@ -385,6 +385,27 @@
     createdS = created === null ? null : created / 1000;
   }
 
+  // The audit log of this agent (GET /audit): who changed its settings or tags, revoked it...
+  async function loadActions() {
+    try {
+      const { body } = await fp.getJSON("/audit", [["target", agentId], ["limit", 20]]);
+      const rows = body.map((e) =>
+        fp.el(
+          "tr",
+          { dataset: { action: e.action } },
+          fp.el("td", { class: "when", title: fp.absolute(e.at), text: fp.ago(e.at) }),
+          fp.el("td", { class: "actor", text: e.actor }),
+          fp.el("td", { class: "action", text: e.action }),
+          fp.el("td", { class: "detail", text: JSON.stringify(e.detail) }),
+        ),
+      );
+      document.querySelector("#actions tbody").replaceChildren(...rows);
+      $("no-actions").hidden = rows.length > 0;
+    } catch (err) {
+      if (!(err instanceof fp.Unauthorized)) showError(`Could not load the actions: ${err.message}`);
+    }
+  }
+
   async function loadAgent() {
     try {
       const { body } = await fp.getJSON(`/agents/${encodeURIComponent(agentId)}`);
@@ -403,6 +424,7 @@
     const gen = ++generation;
     const known = await loadAgent();
     if (gen !== generation) return;
+    if (known) loadActions();
     if (known) {
       showError(null);
       const end = Math.floor(Date.now() / 1000);

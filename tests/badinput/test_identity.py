@@ -280,7 +280,7 @@ def test_control_messages_of_another_redis_database_are_not_heard(edge: Edge, ag
     # control messages in order, so the agent gets its settings only if neither revocation
     # ended its stream first.
     with psycopg.connect(edge.database_url, autocommit=True) as conn:
-        version = agentsettings.update(conn, agent, {"collect_interval_ms": 5000}).version
+        version = agentsettings.update(conn, agent, {"collect_interval_ms": 5000}, "test").version
     control.publish(edge.redis, control.SettingsChanged(agent))
     assert held.wait_for("settings", version=version) is not None, held.details()
     edge.redis.publish(keys.control_channel(edge.redis), revoked)

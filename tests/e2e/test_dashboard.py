@@ -333,6 +333,15 @@ def test_dashboard_fleet_and_host_pages_in_chromium(
                 page.wait_for_url(f"{base}/ui/host?agent={ids[0]}*")
                 expect(page.locator("#agent-id")).to_have_text(ids[0])
                 expect(page.locator("#agent-status")).to_have_text("online")
+                # Its tags, and the audit log of the tag the operator set above (the agent's
+                # enrollment too: up's agents enroll with the token).
+                expect(page.locator("#agent-facts")).to_contain_text("role=db")
+                tagging = page.locator("#actions tr[data-action='tags.change']")
+                expect(tagging.locator(".actor")).to_have_text(re.compile(r"^cli:"))
+                expect(tagging.locator(".detail")).to_have_text('{"patch":{"role":"db"}}')
+                expect(page.locator("#actions tr[data-action='agent.enroll'] .actor")).to_have_text(
+                    "enrollment-token"
+                )
                 page.click("#ranges button[data-range='900']")
                 expect(page.locator("#ranges button[data-range='900']")).to_have_attribute(
                     "aria-pressed", "true"

@@ -99,6 +99,7 @@ def statuses(database_url: str) -> dict[str, str]:
                 "arch": None,
                 "version": None,
                 "q": None,
+                "tags": None,
             },
         ).fetchall()
     return {row["agent_id"]: row["status"] for row in rows}

@@ -117,3 +117,19 @@ def test_agent_once_into_a_pipe_closed_early_exits_quietly() -> None:
     status = proc.wait(60)
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
     assert status == 0, stderr
+
+
+def test_api_keys_may_be_named() -> None:
+    from fleetpulse.settings import Settings
+
+    settings = Settings(
+        api_keys=" grafana:g-key , bare-key,,ops2:o:k ",  # type: ignore[arg-type]
+        api_admin_key="root-key",  # type: ignore[arg-type]
+    )
+    assert settings.named_read_keys() == [
+        ("grafana", "g-key"),
+        ("read-2", "bare-key"),
+        ("ops2", "o:k"),
+    ]
+    assert settings.read_keys() == ["g-key", "bare-key", "o:k"]
+    assert settings.named_admin_key() == ("admin", "root-key")

@@ -64,8 +64,9 @@ def test_sigusr1_writes_the_stacks_and_the_process_goes_on() -> None:
                 import sys, time
                 from fleetpulse.lifecycle import dump_stacks_on_sigusr1
                 dump_stacks_on_sigusr1()
-                print("ready", flush=True)
                 def serving():
+                    # "ready" from inside: a signal sent on it finds this frame on the stack
+                    print("ready", flush=True)
                     time.sleep(2.0)
                 serving()
                 print("still here", flush=True)
