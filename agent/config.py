@@ -20,6 +20,7 @@ systemd unit uses ``/var/lib/fleetpulse-agent``). An example file: agent/agent.e
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -128,7 +129,25 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Agent
         # shell clears it.
         enrollment_token = env.get(ENROLLMENT_TOKEN_ENV) or None
 
-    server_tls = _boolean(_get(server, "tls", False), "server.tls", source)
+    server_address = _non_empty_string(
+        _get(server, "address", DEFAULT_SERVER_ADDRESS), "server.address", source
+    )
+    written_tls = _get(server, "tls", None)
+    server_tls = _boolean(False if written_tls is None else written_tls, "server.tls", source)
+    if not server_tls and not is_loopback(server_address):
+        # The enrollment token and the agent's credential would cross the network in clear.
+        if written_tls is None:
+            raise ConfigError(
+                f"{source}: server.address {server_address} is not this host: connect with TLS "
+                "(server.tls: true, server.tls_ca_file: the platform's ca.pem from `fleetpulse "
+                "certs init`), or write server.tls: false to send credentials in clear"
+            )
+        logger.warning(
+            "%s: server.tls: false to %s: the enrollment token and the agent's credential "
+            "cross the network in clear",
+            source,
+            server_address,
+        )
     tls_ca_file = _tls_file(server, "tls_ca_file", server_tls, source)
     tls_cert_file = _tls_file(server, "tls_cert_file", server_tls, source)
     tls_key_file = _tls_file(server, "tls_key_file", server_tls, source)
@@ -138,9 +157,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Agent
         )
 
     return AgentConfig(
-        server_address=_non_empty_string(
-            _get(server, "address", DEFAULT_SERVER_ADDRESS), "server.address", source
-        ),
+        server_address=server_address,
         server_tls=server_tls,
         enrollment_token=enrollment_token,
         tls_ca_file=tls_ca_file,
@@ -197,6 +214,20 @@ def _tags(value: Any, source: str) -> dict[str, str]:
     except ValueError as exc:
         raise ConfigError(f"{source}: agent.tags: {exc}") from None
     return tags
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``host:port`` (or ``[v6]:port``, or a gRPC ``unix:`` target) stays on this host."""
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = address.rsplit(":", 1)[0] if address.count(":") == 1 or "]" in address else address
+    host = host.strip("[]")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _read_yaml(path: Path, source: str) -> Any:

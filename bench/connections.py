@@ -145,22 +145,16 @@ class ClientResult:
             self.error_details[f"{code}: (other details)"] += 1
 
 
-class IdleAgent:
+class IdleAgent(simagent.SimulatedAgent):
     """One simulated agent between batches: register, then heartbeats; reconnects on failure."""
 
     def __init__(
         self, config: ClientConfig, index: int, stats: Any, offset: int, result: ClientResult
     ) -> None:
+        super().__init__(AGENT_KIND, config.run_id, index, stats, offset)
         self.config = config
-        self.agent_id = simagent.agent_id_for(AGENT_KIND, config.run_id, index)
-        self._stats = stats
-        self._offset = offset
         self._result = result
         self._heartbeat_sent_at = 0.0
-        self._register = simagent.register_message(self.agent_id)
-
-    def _count(self, name: int, amount: int = 1) -> None:
-        self._stats[self._offset + name] += amount
 
     async def run(self, start_delay_s: float) -> None:
         await asyncio.sleep(start_delay_s)

@@ -91,16 +91,14 @@ class LoadResult:
     ack_latency_s: array[float] = field(default_factory=lambda: array("d"))
 
 
-class LoadAgent:
+class LoadAgent(simagent.SimulatedAgent):
     """One agent with its batches encoded in advance; sends them as fast as they are acked."""
 
     def __init__(
         self, config: LoadConfig, index: int, stats: Any, offset: int, result: LoadResult
     ) -> None:
+        super().__init__(AGENT_KIND, config.run_id, index, stats, offset)
         self.config = config
-        self.agent_id = simagent.agent_id_for(AGENT_KIND, config.run_id, index)
-        self._stats = stats
-        self._offset = offset
         self._result = result
         encoder = ColumnarEncoder(self.agent_id, host_series(config.series))
         self.points_per_batch = encoder.points
@@ -114,14 +112,12 @@ class LoadAgent:
                 encoder.encode(config.epoch, seq, base_ns + seq * 10_000_000_000, values)
             )
 
-    def _count(self, name: int, amount: int = 1) -> None:
-        self._stats[self._offset + name] += amount
-
     async def run(self, start_delay_s: float, go: asyncio.Event) -> None:
         await asyncio.sleep(start_delay_s)
-        register = simagent.register_message(self.agent_id)
         try:
-            async with simagent.session(self.config.target, self.config.token, register) as call:
+            async with simagent.session(
+                self.config.target, self.config.token, self._register
+            ) as call:
                 self._count(READY)
                 await go.wait()
                 await self._send_all(call)

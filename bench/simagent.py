@@ -6,6 +6,7 @@ wire, and how it opens its stream, is here once, on the shared wire contract (pr
 
 - ``session``: a channel of the agent's own (its own TCP connection, as a separate host has),
   the Connect stream with the bearer token, the register written and its answer read.
+- ``SimulatedAgent``: the base of each generator's agent (its id, register and counters).
 - ``register_message``, ``heartbeat_message``: the agent's messages besides its batches (those
   come from encoder.py, already serialized).
 - ``stream_retry_after_s``: the delay a front-end asked for when it ended a stream.
@@ -37,6 +38,21 @@ CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
 class StreamEnded(Exception):
     """The server ended the stream without an error status, or refused the register."""
+
+
+class SimulatedAgent:
+    """What every load generator's agent has: its id (``<kind>-<run id>-<index>``), its register
+    message, and the counters of its client process (a shared array of which it owns a slice at
+    ``offset``: the parent reads them live without a message per event)."""
+
+    def __init__(self, kind: str, run_id: str, index: int, stats: Any, offset: int) -> None:
+        self.agent_id = agent_id_for(kind, run_id, index)
+        self._register = register_message(self.agent_id)
+        self._stats = stats
+        self._offset = offset
+
+    def _count(self, counter: int, amount: int = 1) -> None:
+        self._stats[self._offset + counter] += amount
 
 
 def agent_id_for(kind: str, run_id: str, index: int) -> str:

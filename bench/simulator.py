@@ -75,11 +75,10 @@ class AgentResult:
     stream_failures: Counter[str] = field(default_factory=Counter)
 
 
-class SimAgent:
+class SimAgent(simagent.SimulatedAgent):
     def __init__(self, config: SimConfig, index: int, stats: Any, offset: int) -> None:
+        super().__init__(AGENT_KIND, config.run_id, index, stats, offset)
         self.config = config
-        self.agent_id = simagent.agent_id_for(AGENT_KIND, config.run_id, index)
-        self._register = simagent.register_message(self.agent_id)
         series = host_series(config.series_per_agent)
         encoder_type = ColumnarEncoder if config.form == "columnar" else BatchEncoder
         self.encoder = encoder_type(self.agent_id, series)
@@ -87,8 +86,6 @@ class SimAgent:
         self._model = HostModel(1, len(series), self._rng, time.time(), noise=self._rng)
         self._values = self._rng.uniform(0, 100, size=len(series))
         self._block = np.empty((len(series), 0))  # host values of the next batches, by column
-        self._stats = stats
-        self._offset = offset
         self._next_seq = 1
         self._last_ts_ns = 0
         self._unacked: OrderedDict[int, bytes] = OrderedDict()
@@ -101,9 +98,6 @@ class SimAgent:
         self.batches_acked = 0
         self.drain_deadline = float("inf")  # set when the run stops: give up replaying after it
         self._failures: Counter[str] = Counter()
-
-    def _count(self, field: int, amount: int = 1) -> None:
-        self._stats[self._offset + field] += amount
 
     def _new_batch(self) -> tuple[int, bytes]:
         seq = self._next_seq

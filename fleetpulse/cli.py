@@ -39,6 +39,7 @@ _EXTRA_OF_MODULE = {
     "numpy": "server",
     "orjson": "server",
     "polars": "server",
+    "cryptography": "server",
     "matplotlib": "bench",
     "pcodec": "bench",
     "zstandard": "bench",
@@ -399,6 +400,20 @@ def _cmd_bench(module: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _cmd_certs_init(args: argparse.Namespace) -> int:
+    from fleetpulse import certs
+
+    written = certs.init(args.dir, args.name, force=args.force, if_absent=args.if_absent)
+    print(f"wrote {written.ca}, {written.ca_key}, {written.server}, {written.server_key}")
+    print(
+        f"front-end: FLEETPULSE_GRPC_TLS_CERT_FILE={written.server} "
+        f"FLEETPULSE_GRPC_TLS_KEY_FILE={written.server_key}"
+    )
+    print(f"agents:    server: {{tls: true, tls_ca_file: {written.ca}}}")
+    print(f"keep {written.ca_key} offline: it signs the next server certificate")
+    return 0
+
+
 def _cmd_actions(args: argparse.Namespace) -> int:
     from fleetpulse import agentcommands
 
@@ -562,6 +577,29 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, help_text in _BENCHMARKS:
         benchmark = bench_sub.add_parser(name, help=help_text, populate=_bench_arguments(module))
         benchmark.set_defaults(handler=_cmd_bench(module))
+
+    certs = sub.add_parser("certs", help="TLS for the gRPC port: a private CA and certificates")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
+    certs_init = certs_sub.add_parser(
+        "init",
+        help="create a private CA and the front-end's certificate",
+        description="Writes ca.pem, ca-key.pem, server.pem and server-key.pem (keys 0600) into "
+        "--dir. The front-end serves TLS with FLEETPULSE_GRPC_TLS_CERT_FILE=server.pem and "
+        "FLEETPULSE_GRPC_TLS_KEY_FILE=server-key.pem; every agent trusts ca.pem "
+        "(server.tls: true, server.tls_ca_file).",
+    )
+    certs_init.add_argument("--dir", type=Path, required=True, help="where to write the files")
+    certs_init.add_argument(
+        "--name",
+        action="append",
+        required=True,
+        help="a host name or IP address agents connect to (repeatable)",
+    )
+    certs_init.add_argument("--force", action="store_true", help="replace existing files")
+    certs_init.add_argument(
+        "--if-absent", action="store_true", help="keep a complete set already there (exit 0)"
+    )
+    certs_init.set_defaults(handler=_cmd_certs_init)
 
     actions = sub.add_parser(
         "actions",

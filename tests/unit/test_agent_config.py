@@ -168,6 +168,26 @@ def test_collector_intervals_lay_over_the_defaults(tmp_path: Path) -> None:
     assert load_config(path, env={}).collector_intervals_s == {"tcp": 0.0, "disk": 300.0}
 
 
+def test_plaintext_to_another_host_needs_tls_false_written_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Loopback in any spelling: plaintext is the default, nothing crosses a network.
+    for address in ("localhost:9090", "127.0.0.1:9090", "[::1]:9090", "127.0.0.2:1"):
+        path = write(tmp_path, f"server:\n  address: '{address}'\nagent:\n  id: a1\n")
+        assert load_config(path, env={}).server_tls is False, address
+    # Another host without a word about TLS: refused, saying both ways out.
+    for address in ("fleet.example.com:9090", "10.0.0.5:9090", "[2001:db8::1]:9090"):
+        path = write(tmp_path, f"server:\n  address: '{address}'\nagent:\n  id: a1\n")
+        message = config_error(path)
+        assert "is not this host: connect with TLS" in message and "server.tls: false" in message
+    # tls: false written out: taken, with one warning line.
+    path = write(tmp_path, "server:\n  address: ingest:9090\n  tls: false\nagent:\n  id: a1\n")
+    with caplog.at_level(logging.WARNING, logger="fleetpulse.agent.config"):
+        assert load_config(path, env={}).server_tls is False
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "cross the network in clear" in warning and "\n" not in warning
+
+
 def test_tags_are_text_and_follow_the_rules_of_a_tag(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "agent:\n  id: a1\n"), env={}).tags == {}
     path = write(tmp_path, "agent:\n  id: a1\n  tags: {env: prod, tier: 2, canary: true}\n")
