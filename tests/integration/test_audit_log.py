@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import getpass
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +16,10 @@ from fleetpulse.agent.config import AgentConfig
 from fleetpulse.api.app import create_app
 from fleetpulse.settings import Settings
 from tests.integration.conftest import TOKEN, Ingest
+from tests.integration.test_agent import wait_for
+from tests.integration.test_agent_settings import Running
+from tests.integration.test_agent_settings import cli as run_cli
 from tests.integration.test_api import HEARTBEAT_INTERVAL_S, add_agent
-from tests.integration.test_tags import run_agent, wait_for
 
 READ = {"authorization": "Bearer grafana-secret"}
 OPS = {"authorization": "Bearer ops-secret"}
@@ -66,7 +67,7 @@ def test_api_writes_are_logged_with_the_keys_name(api: TestClient, database_url:
 
 
 def test_enrollment_and_cli_actions_are_logged(
-    ingest: Ingest, database_url: str, tmp_path: Path
+    ingest: Ingest, database_url: str, redis_url: str, tmp_path: Path
 ) -> None:
     config = AgentConfig(
         server_address=ingest.address,
@@ -77,22 +78,11 @@ def test_enrollment_and_cli_actions_are_logged(
         state_dir=tmp_path / "state",
         collectors=frozenset({"load"}),
     )
-    daemon, thread = run_agent(config)
-    try:
+    with Running(config):
         wait_for(lambda: (tmp_path / "state" / "credential").exists(), 20, "the enrollment")
-    finally:
-        daemon.stop_threadsafe()
-        thread.join(timeout=10)
-    env = {"FLEETPULSE_DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "fleetpulse", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return run_cli(list(args), database_url, redis_url)
 
     assert cli("agents", "tag", "audited-agent", "env=prod").returncode == 0
     assert cli("agents", "config", "audited-agent", "--collect-interval", "2").returncode == 0

@@ -4,11 +4,7 @@ and the fleet summary."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fleetpulse.agent.config import AgentConfig
-from fleetpulse.agent.daemon import AgentDaemon
 from fleetpulse.api.app import create_app
 from fleetpulse.settings import Settings
 from tests.integration.conftest import TOKEN, Ingest
+from tests.integration.test_agent import wait_for
+from tests.integration.test_agent_settings import Running
+from tests.integration.test_agent_settings import cli as run_cli
 from tests.integration.test_api import (
     ADMIN_KEY,
     HEARTBEAT_INTERVAL_S,
@@ -115,24 +113,8 @@ def test_tags_filter_agents_and_summary_and_an_operator_overrides(
     assert bad_filter.status_code == 422 and "key=value" in bad_filter.text
 
 
-def run_agent(config: AgentConfig) -> tuple[AgentDaemon, threading.Thread]:
-    daemon = AgentDaemon(config)
-    thread = threading.Thread(target=lambda: asyncio.run(daemon.run(handle_signals=False)))
-    thread.start()
-    return daemon, thread
-
-
-def wait_for(predicate: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_real_agents_config_tags_arrive_and_the_cli_tags_it(
-    ingest: Ingest, database_url: str, tmp_path: Path
+    ingest: Ingest, database_url: str, redis_url: str, tmp_path: Path
 ) -> None:
     config = AgentConfig(
         server_address=ingest.address,
@@ -144,8 +126,7 @@ def test_a_real_agents_config_tags_arrive_and_the_cli_tags_it(
         collectors=frozenset({"load"}),
         tags={"env": "prod", "role": "db"},
     )
-    daemon, thread = run_agent(config)
-    try:
+    with Running(config):
 
         def stored() -> object:
             with psycopg.connect(database_url) as conn:
@@ -155,16 +136,9 @@ def test_a_real_agents_config_tags_arrive_and_the_cli_tags_it(
             return row and row[0]
 
         wait_for(lambda: stored() == {"env": "prod", "role": "db"}, 20, "the config tags")
-        env = {"FLEETPULSE_DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"}
 
         def cli(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [sys.executable, "-m", "fleetpulse", "agents", *args],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            return run_cli(["agents", *args], database_url, redis_url)
 
         tagged = cli("tag", "tagged-agent", "role=cache", "rack=r7")
         assert tagged.returncode == 0, tagged.stderr
@@ -181,6 +155,3 @@ def test_a_real_agents_config_tags_arrive_and_the_cli_tags_it(
         assert len(refused.stderr.strip().splitlines()) == 1
         assert cli("tag", "nobody", "a=b").returncode == 1
         assert cli("list", "--tag", "bad").returncode == 2
-    finally:
-        daemon.stop_threadsafe()
-        thread.join(timeout=10)
