@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Response
 from psycopg import AsyncConnection
 from psycopg.rows import class_row
 
-from fleetpulse import samples
+from fleetpulse import liveness, samples
 from fleetpulse.api.deps import (
     ConnDep,
     KnownAgentIdDep,
@@ -24,28 +24,30 @@ from fleetpulse.api.deps import (
     TagsDep,
     agent_not_found,
     has_nul,
-    liveness,
     tag_filter,
 )
-from fleetpulse.api.schemas import AgentDetailPublic, AgentPublic, SeriesPointsPublic, SeriesPublic
+from fleetpulse.api.schemas import (
+    AgentDetailPublic,
+    AgentPublic,
+    LivenessChangePublic,
+    SeriesPointsPublic,
+    SeriesPublic,
+)
 from fleetpulse.errors import BadInput
 
 DEFAULT_WINDOW = timedelta(hours=1)
 
-# An agent is online only while its stream is open (status) and its heartbeats are recent: a
-# front-end that died without marking its agents offline must not keep them online forever.
-# "Recent" is offline_after_heartbeats of the agent's own heartbeat interval (it reports it, and
-# remote settings change it), else of the platform's default.
+# The state of now (fleetpulse/liveness.py: online, stale, data_stale or offline), since when and
+# why, by the same rule the front-ends record transitions with.
 _AGENT_COLUMNS = """
 SELECT a.agent_id, a.hostname, a.ip, a.os, a.arch, a.version,
-    CASE WHEN a.status = 'online' AND a.last_heartbeat > now() - make_interval(secs =>
-            %(offline_after_heartbeats)s
-            * coalesce(a.heartbeat_interval_ms / 1000.0, %(heartbeat_interval_s)s)::float8)
-        THEN 'online' ELSE 'offline' END AS status,
+    lv.state AS status, lv.since AS status_since, lv.cause AS status_cause,
+    lv.detail AS status_detail,
     a.last_heartbeat, a.created_at, a.updated_at,
     a.config_tags || coalesce(t.tags, '{}'::jsonb) AS tags,
     coalesce(i.batches_committed, 0) AS batches_committed,
     coalesce(i.points_committed, 0) AS points_committed"""
+_LIVENESS_JOIN = f"CROSS JOIN LATERAL ({liveness.STATE}) lv"
 
 # The filters are bind parameters; NULL means "not filtered".
 _LIST_AGENTS = (
@@ -53,6 +55,9 @@ _LIST_AGENTS = (
     + _AGENT_COLUMNS
     + """
 FROM agents a LEFT JOIN agent_ingest i USING (agent_id) LEFT JOIN agent_tags t USING (agent_id)
+"""
+    + _LIVENESS_JOIN
+    + """
 ) a
 WHERE (%(status)s::text IS NULL OR status = %(status)s)
     AND (%(os)s::text IS NULL OR os = %(os)s)
@@ -119,12 +124,21 @@ FROM agents a LEFT JOIN agent_ingest i USING (agent_id)
     LEFT JOIN agent_tags t USING (agent_id)
     LEFT JOIN agent_credentials c USING (agent_id)
     LEFT JOIN agent_settings s USING (agent_id)
+"""
+    + _LIVENESS_JOIN
+    + """
 WHERE a.agent_id = %(agent_id)s
 """
 )
 
 _LIST_SERIES = """
 SELECT series_id, name, labels FROM series WHERE agent_id = %s ORDER BY name, series_id
+"""
+
+_HISTORY = """
+SELECT id, at, state, cause, detail FROM agent_liveness
+WHERE agent_id = %(agent_id)s AND (%(before)s::bigint IS NULL OR id < %(before)s)
+ORDER BY at DESC, id DESC LIMIT %(limit)s
 """
 
 _LIST_SERIES_BY_NAME = """
@@ -223,7 +237,7 @@ async def list_agents(
     conn: ConnDep,
     settings: SettingsDep,
     response: Response,
-    status: Literal["online", "offline"] | None = None,
+    status: Literal["online", "stale", "data_stale", "offline"] | None = None,
     os: str | None = None,
     arch: str | None = None,
     version: str | None = None,
@@ -237,7 +251,7 @@ async def list_agents(
     """One page of agents, filtered and sorted, each with its CPU and memory now; the number of
     matching agents is in the X-Total-Count header."""
     params: dict[str, Any] = {
-        **liveness(settings),
+        **liveness.params(settings),
         "status": status,
         "os": os,
         "arch": arch,
@@ -285,12 +299,26 @@ async def get_agent(agent_id: str, conn: ConnDep, settings: SettingsDep) -> Agen
     if has_nul(agent_id):
         raise agent_not_found(agent_id)
     cur = conn.cursor(row_factory=class_row(AgentDetailPublic))
-    await cur.execute(_GET_AGENT, {"agent_id": agent_id, **liveness(settings)})
+    await cur.execute(_GET_AGENT, {"agent_id": agent_id, **liveness.params(settings)})
     agent = await cur.fetchone()
     if agent is None:
         raise agent_not_found(agent_id)
     await now_values(conn, [agent])
     return agent
+
+
+@router.get("/agents/{agent_id}/liveness", responses={404: {"description": "Unknown agent"}})
+async def agent_liveness(
+    agent_id: KnownAgentIdDep,
+    conn: ConnDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+) -> list[LivenessChangePublic]:
+    """The agent's liveness transitions, newest first, each with its time and cause; ``before``
+    (an id) pages back."""
+    cur = conn.cursor(row_factory=class_row(LivenessChangePublic))
+    await cur.execute(_HISTORY, {"agent_id": agent_id, "before": before, "limit": limit})
+    return await cur.fetchall()
 
 
 @router.get("/agents/{agent_id}/series", responses={404: {"description": "Unknown agent"}})

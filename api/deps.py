@@ -73,16 +73,6 @@ async def _known_agent_id(agent_id: str, conn: ConnDep) -> str:
 KnownAgentIdDep = Annotated[str, Depends(_known_agent_id)]
 
 
-def liveness(settings: Settings) -> dict[str, float]:
-    """The parameters of the "online" rule both the agent list and the fleet summary apply: an
-    agent is online while its stream is open and its last heartbeat is younger than
-    ``offline_after_heartbeats`` of its heartbeat interval (else of the platform's default)."""
-    return {
-        "offline_after_heartbeats": settings.offline_after_heartbeats,
-        "heartbeat_interval_s": settings.heartbeat_interval_s,
-    }
-
-
 # `tag=env=prod&tag=role=db`: agents carrying every one of these tags (agent/tags.py).
 TagsDep = Annotated[
     list[str] | None,

@@ -8,27 +8,32 @@ from typing import Annotated, Any
 import redis.asyncio
 from fastapi import APIRouter, Query
 
-from fleetpulse import connections
-from fleetpulse.api.deps import ConnDep, SettingsDep, TagsDep, has_nul, liveness, tag_filter
+from fleetpulse import connections, liveness
+from fleetpulse.api.deps import ConnDep, SettingsDep, TagsDep, has_nul, tag_filter
 from fleetpulse.ingest import keys
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["fleet"])
 
-_SUMMARY = """
+_SUMMARY = f"""
 WITH a AS (
-    SELECT os, arch, version,
-        CASE WHEN status = 'online' AND last_heartbeat > now() - make_interval(secs =>
-                %(offline_after_heartbeats)s
-                * coalesce(heartbeat_interval_ms / 1000.0, %(heartbeat_interval_s)s)::float8)
-            THEN 'online' ELSE 'offline' END AS status
-    FROM agents LEFT JOIN agent_tags t USING (agent_id)
-    WHERE %(tags)s::jsonb IS NULL OR config_tags || coalesce(t.tags, '{}'::jsonb) @> %(tags)s
+    SELECT os, arch, version, lv.state AS status
+    FROM agents a LEFT JOIN agent_tags t USING (agent_id) CROSS JOIN LATERAL ({liveness.STATE}) lv
+    WHERE %(tags)s::jsonb IS NULL OR config_tags || coalesce(t.tags, '{{}}'::jsonb) @> %(tags)s
 )
 SELECT GROUPING(status), GROUPING(os), GROUPING(arch), GROUPING(version),
     status, os, arch, version, count(*)
 FROM a GROUP BY GROUPING SETS ((), (status), (os), (arch), (version))
+"""  # noqa: S608  # constants only
+
+# Transitions of the last hour by the state entered and its cause (of the filter's agents).
+_CHANGES = """
+SELECT h.state, h.cause, count(*) FROM agent_liveness h
+    JOIN agents a USING (agent_id) LEFT JOIN agent_tags t USING (agent_id)
+WHERE h.at > now() - interval '1 hour'
+    AND (%(tags)s::jsonb IS NULL OR a.config_tags || coalesce(t.tags, '{}'::jsonb) @> %(tags)s)
+GROUP BY 1, 2 ORDER BY 1, 2
 """
 
 # Per tag key, its most common values and how many agents (of the filter) carry each.
@@ -76,13 +81,14 @@ FROM batches WHERE committed_at > now() - interval '60 seconds'
 async def fleet_summary(
     conn: ConnDep, settings: SettingsDep, tag: TagsDep = None
 ) -> dict[str, Any]:
-    """Agents in all, and by status, OS, architecture, version and tag (the most common values
-    of each key); with ``tag``, of the agents carrying those tags only."""
-    params = {**liveness(settings), "tags": tag_filter(tag)}
+    """Agents in all, and by liveness state, OS, architecture, version and tag (the most common
+    values of each key), and the liveness transitions of the last hour by state and cause; with
+    ``tag``, of the agents carrying those tags only."""
+    params = {**liveness.params(settings), "tags": tag_filter(tag)}
     cur = await conn.execute(_SUMMARY, params)
     summary: dict[str, Any] = {
         "agents": 0,
-        "by_status": {"online": 0, "offline": 0},
+        "by_status": dict.fromkeys(liveness.STATES, 0),
         "by_os": {},
         "by_arch": {},
         "by_version": {},
@@ -103,6 +109,11 @@ async def fleet_summary(
     cur = await conn.execute(_BY_TAG, {**params, "values_per_key": TAG_VALUES_SHOWN})
     for key, value, n in await cur.fetchall():
         summary["by_tag"].setdefault(key, {})[value] = n
+    cur = await conn.execute(_CHANGES, params)
+    changes: dict[str, dict[str, int]] = {}
+    for state, cause, n in await cur.fetchall():
+        changes.setdefault(state, {})[cause] = n
+    summary["changes_last_hour"] = changes
     return summary
 
 

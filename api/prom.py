@@ -33,8 +33,8 @@ from fastapi import APIRouter, Request, Response
 from psycopg import errors
 from starlette.routing import Match
 
-from fleetpulse import __version__
-from fleetpulse.api.deps import ConnDep
+from fleetpulse import __version__, liveness
+from fleetpulse.api.deps import ConnDep, SettingsDep
 from fleetpulse.api.promql import (
     PromQLError,
     Range,
@@ -42,6 +42,7 @@ from fleetpulse.api.promql import (
     Scalar,
     String,
     evaluate,
+    fleetseries,
     format_value,
     format_values,
     parse,
@@ -76,25 +77,24 @@ _COUNTER_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
 _EMPTY_SELECTOR = "vector selector must contain at least one non-empty matcher"
 
 # {where} is built by selectors.any_of() from constant fragments; every value is a bind parameter.
+# fleet_series: the stored series and the platform's own of each agent (api/promql/fleetseries.py).
 _SERIES = (
-    "SELECT series_id, name, agent_id, labels FROM series WHERE {where}"
+    "SELECT series_id, name, agent_id, labels FROM fleet_series WHERE {where}"
     " ORDER BY name, agent_id LIMIT %s"
 )
 # __name__ and agent_id are columns: merged into the labels as keys, so that they are listed
 # exactly when a series matched.
 _LABEL_NAMES = (
     "SELECT DISTINCT jsonb_object_keys(labels || jsonb_build_object('__name__', '', 'agent_id', ''))"
-    " FROM series WHERE {where} ORDER BY 1 LIMIT %s"
+    " FROM fleet_series WHERE {where} ORDER BY 1 LIMIT %s"
 )
 _COLUMNS = {"__name__": "name", "agent_id": "agent_id"}
-_COLUMN_VALUES = "SELECT DISTINCT {column} FROM series WHERE {where} ORDER BY 1 LIMIT %s"
+_COLUMN_VALUES = "SELECT DISTINCT {column} FROM fleet_series WHERE {where} ORDER BY 1 LIMIT %s"
 _LABEL_VALUES = (
-    "SELECT DISTINCT labels->>%s FROM series WHERE labels->>%s <> '' AND ({where})"
+    "SELECT DISTINCT labels->>%s FROM fleet_series WHERE labels->>%s <> '' AND ({where})"
     " ORDER BY 1 LIMIT %s"
 )
-_METRIC_NAMES = (
-    "SELECT DISTINCT name FROM series WHERE (%s::text IS NULL OR name = %s) ORDER BY 1 LIMIT %s"
-)
+_METRIC_NAMES = "SELECT DISTINCT name FROM fleet_series WHERE (%s::text IS NULL OR name = %s) ORDER BY 1 LIMIT %s"
 
 
 def _answer(data: Any, warnings: list[str] | None = None) -> Response:
@@ -214,7 +214,7 @@ def _resolution(text: str, step: float, instant: bool) -> float:
         ) from None
 
 
-async def _run(request: Request, conn: ConnDep, instant: bool) -> Response:
+async def _run(request: Request, conn: ConnDep, settings: SettingsDep, instant: bool) -> Response:
     pairs = await _params(request)
     query = _one(pairs, "query")
     if instant:
@@ -234,7 +234,9 @@ async def _run(request: Request, conn: ConnDep, instant: bool) -> Response:
             )
     resolution = _resolution(_one(pairs, "max_source_resolution", "0s"), step, instant)
     try:
-        result = await evaluate(conn, query, start, end, step, instant, resolution)
+        result = await evaluate(
+            conn, query, start, end, step, instant, resolution, liveness.params(settings)
+        )
     except PromQLError as exc:
         if instant and exc.message.startswith("parse error"):  # as Prometheus words it
             raise PromQLError(f'invalid parameter "query": {exc.message}') from None
@@ -248,16 +250,16 @@ async def _run(request: Request, conn: ConnDep, instant: bool) -> Response:
 # api_route for both gives them the same id, which OpenAPI forbids (and FastAPI warns about).
 @router.get("/query", operation_id="instant_query_get")
 @router.post("/query", operation_id="instant_query_post")
-async def instant_query(request: Request, conn: ConnDep) -> Response:
+async def instant_query(request: Request, conn: ConnDep, settings: SettingsDep) -> Response:
     """Evaluate a PromQL expression at one time (``time``, default now)."""
-    return await _run(request, conn, instant=True)
+    return await _run(request, conn, settings, instant=True)
 
 
 @router.get("/query_range", operation_id="range_query_get")
 @router.post("/query_range", operation_id="range_query_post")
-async def range_query(request: Request, conn: ConnDep) -> Response:
+async def range_query(request: Request, conn: ConnDep, settings: SettingsDep) -> Response:
     """Evaluate a PromQL expression at every ``step`` from ``start`` to ``end``."""
-    return await _run(request, conn, instant=False)
+    return await _run(request, conn, settings, instant=False)
 
 
 # -- what Grafana and promtool ask besides queries -------------------------------------------
@@ -378,7 +380,7 @@ def _metric_type(name: str) -> str:
 
 @router.get("/metadata")
 async def metadata(request: Request, conn: ConnDep) -> Response:
-    """``{metric: [{type, help, unit}]}`` for every metric stored (``metric``: only that one;
+    """``{metric: [{type, help, unit}]}`` for every metric (``metric``: only that one;
     ``limit``: at most that many metrics, all when negative)."""
     pairs = list(request.query_params.multi_items())
     text = _one(pairs, "limit", "")
@@ -392,7 +394,10 @@ async def metadata(request: Request, conn: ConnDep) -> Response:
     if metric is not None and "\x00" in metric:
         return _answer({})  # PostgreSQL text holds no NUL: no metric is named so
     rows, warnings = _listed(await _rows(conn, _METRIC_NAMES, [metric, metric, limit + 1]), limit)
-    found = {name: [{"type": _metric_type(name), "help": "", "unit": ""}] for (name,) in rows}
+    found = {
+        name: [{"type": _metric_type(name), "help": fleetseries.HELP.get(name, ""), "unit": ""}]
+        for (name,) in rows
+    }
     return _answer(found, [] if limit < MAX_VALUES_LISTED else warnings)
 
 

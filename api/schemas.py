@@ -20,8 +20,13 @@ class AgentPublic(BaseModel):
     os: str
     arch: str
     version: str
-    # Computed at read time: 'online' needs both an open stream and a recent heartbeat.
-    status: Literal["online", "offline"]
+    # Computed at read time (fleetpulse/liveness.py): online (stream open, heartbeats on time),
+    # stale (heartbeats late), data_stale (heartbeats on time, batches not) or offline; since
+    # when, and the cause of the transition into it.
+    status: Literal["online", "stale", "data_stale", "offline"]
+    status_since: datetime | None = None
+    status_cause: str | None = None
+    status_detail: str | None = None
     last_heartbeat: datetime | None
     created_at: datetime
     updated_at: datetime
@@ -129,3 +134,13 @@ class AuditEntryPublic(BaseModel):
     action: str  # settings.change, tags.change, credential.revoke, agent.enroll
     target: str  # an agent id
     detail: dict[str, Any]
+
+
+class LivenessChangePublic(BaseModel):
+    """One transition of an agent's liveness (agent_liveness)."""
+
+    id: int
+    at: datetime
+    state: Literal["online", "stale", "data_stale", "offline"]
+    cause: str
+    detail: str

@@ -66,7 +66,10 @@ def parse_matchers(raw: list[str]) -> list[Matcher]:
 
 # -- as SQL ------------------------------------------------------------------------------------
 
-_SERIES_BASE = "SELECT series_id, name, agent_id, labels FROM series WHERE true"
+# Where series are read from: the stored ones, or all that PromQL sees (schema 15's view: the
+# stored ones and the platform's own series of each agent, api/promql/fleetseries.py).
+STORED, ALL = "series", "fleet_series"
+_SERIES_BASE = "SELECT series_id, name, agent_id, labels FROM {table} WHERE true"
 _LHS_AGENT = "agent_id"
 _LHS_NAME = "name"
 _LHS_LABEL = "coalesce(labels->>%s, '')"
@@ -107,11 +110,14 @@ def any_of(sets: list[list[Matcher]] | None) -> tuple[str, list[Any]]:
     return " OR ".join(clauses) or "false", params
 
 
-async def select_series(conn: AsyncConnection[Any], matchers: list[Matcher]) -> list[Series]:
-    """Series matching every matcher (one of them should name the metric)."""
+async def select_series(
+    conn: AsyncConnection[Any], matchers: list[Matcher], table: str = STORED
+) -> list[Series]:
+    """Series matching every matcher (one of them should name the metric): of the stored ones,
+    or with ``table=ALL`` also the platform's own series of each agent (api/promql/fleetseries.py)."""
     if _has_nul(matchers):
         return []
-    query, params = _SERIES_BASE, []
+    query, params = _SERIES_BASE.format(table=table), []
     for matcher in matchers:
         fragment, values = condition(matcher)
         query += fragment

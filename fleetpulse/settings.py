@@ -64,9 +64,17 @@ class Settings(BaseSettings):
     ingest_metrics_port: int = Field(default=9464, ge=0, le=65535)
 
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
-    # An agent is offline after this many heartbeat intervals without one.
+    # Liveness (fleetpulse/liveness.py): an agent is stale after this many heartbeat intervals
+    # without one (one missed), offline after offline_after_heartbeats, and data_stale when no
+    # batch was accepted from it for data_stale_after_s (at least 3 of its collection intervals).
+    stale_after_heartbeats: float = Field(default=2.0, gt=0)
     offline_after_heartbeats: int = Field(default=3, ge=1)
+    data_stale_after_s: float = Field(default=120.0, gt=0)
     heartbeat_flush_interval_s: float = Field(default=2.0, gt=0)
+    # How often a front-end records the transitions the clock causes (late, timed out, resumed),
+    # and for how many days an agent's liveness history is kept.
+    liveness_check_interval_s: float = Field(default=5.0, gt=0)
+    liveness_history_days: int = Field(default=30, ge=1)
 
     worker_read_count: int = Field(default=200, ge=1)
     worker_block_ms: int = Field(default=1000, ge=1)

@@ -38,7 +38,7 @@ import promql_parser as pp
 from psycopg import AsyncConnection
 
 from fleetpulse.api import tiers
-from fleetpulse.api.promql import buckets, functions
+from fleetpulse.api.promql import buckets, fleetseries, functions
 from fleetpulse.api.promql.errors import PromQLError
 from fleetpulse.api.promql.model import (
     Labels,
@@ -278,7 +278,7 @@ class Evaluator:
         if tier is None:
             return None
         series = await reader.series(matchers(selector))
-        if not series:
+        if not series or fleetseries.virtual(series):  # the platform's own have no tiers
             return None
         found = await reader.buckets(series, tier, int(ref.min()) - range_us, int(ref.max()))
         if found is None:
@@ -780,17 +780,20 @@ async def evaluate(
     step: float,
     instant: bool,
     resolution: float = 0.0,
+    liveness: dict[str, Any] | None = None,
 ) -> Result:
     """Evaluate ``text`` at ``start``, ``start + step``, ... ``end``. An instant query may answer
     a range vector (a matrix of raw samples); a range query may not. ``resolution``: the
-    coarsest rollup tier the query may read instead of raw points (0: none, as Prometheus)."""
+    coarsest rollup tier the query may read instead of raw points (0: none, as Prometheus).
+    ``liveness``: the platform's liveness parameters (fleetpulse/liveness.py `params`), for the
+    agents' own series (api/promql/fleetseries.py); the defaults' when not given."""
     tree = parse(text)
     start_us, end_us = round(start * US), round(end * US)
     step_us = max(1, round(step * US))
     times = np.arange(start_us, end_us + 1, step_us, dtype=np.int64)
     ranges, steps = _ranges_and_steps(tree)
     tier, downsample = tiers.stand_in(None if instant else step, ranges, steps, resolution)
-    query = Query(start_us, end_us, Reader(conn, tier, downsample))
+    query = Query(start_us, end_us, Reader(conn, tier, downsample, liveness))
     evaluator = Evaluator(query, times)
     if _is_range(tree):
         if not instant:

@@ -37,11 +37,13 @@ from typing import Any
 import numpy as np
 from psycopg import AsyncConnection, sql
 
-from fleetpulse import samples
+from fleetpulse import liveness, samples
+from fleetpulse.api.promql import fleetseries
 from fleetpulse.api.promql.errors import PromQLError
-from fleetpulse.api.selectors import Matcher, Series, select_series
+from fleetpulse.api.selectors import ALL, Matcher, Series, select_series
 from fleetpulse.api.tiers import TIER_SPACING_S, splits
 from fleetpulse.api.windows import read_windows
+from fleetpulse.settings import Settings
 
 MAX_SAMPLES_PER_QUERY = 20_000_000
 
@@ -203,8 +205,15 @@ class Reader:
     """Fetches for one query: it counts what the query read against the limit. ``tier`` is the
     tier that stands in before the raw horizon (module docstring)."""
 
-    def __init__(self, conn: AsyncConnection[Any], tier: str, downsample: bool = False) -> None:
+    def __init__(
+        self,
+        conn: AsyncConnection[Any],
+        tier: str,
+        downsample: bool = False,
+        liveness_params: dict[str, Any] | None = None,
+    ) -> None:
         self.conn = conn
+        self.liveness = liveness_params or liveness.params(Settings())
         self.tier = tier
         self.downsample = downsample
         self.fetched = 0
@@ -224,7 +233,7 @@ class Reader:
 
     async def series(self, matchers: list[Matcher]) -> list[Series]:
         """The matching series, by id."""
-        series = await select_series(self.conn, matchers)
+        series = await select_series(self.conn, matchers, ALL)
         series.sort(key=lambda s: s.series_id)
         return series
 
@@ -314,6 +323,32 @@ class Reader:
         series = await self.series(matchers)
         if not series:
             return series, np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+        own = fleetseries.virtual(series)
+        sids, stamps, values = [], [], []
+        if own:
+            sid, ts, value = await fleetseries.samples(
+                self.conn, own, lo_us, hi_us, MAX_SAMPLES_PER_QUERY - self.fetched, self.liveness
+            )
+            sids.append(sid)
+            stamps.append(ts)
+            values.append(value)
+        if len(own) < len(series):
+            sid, ts, value = await self._stored(series[len(own) :], lo_us, hi_us)
+            sids.append(sid)
+            stamps.append(ts)
+            values.append(value)
+        sid, ts, value = np.concatenate(sids), np.concatenate(stamps), np.concatenate(values)
+        order = np.lexsort((ts, sid))
+        sid, ts, value = sid[order], ts[order], value[order]
+        self._count(len(ts))
+        ids = np.array([s.series_id for s in series], dtype=np.int64)
+        return series, np.searchsorted(ids, sid), ts, value
+
+    async def _stored(
+        self, series: list[Series], lo_us: int, hi_us: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The stored samples of ``series`` in [lo_us, hi_us]: per sample its series id, time
+        and value."""
         # raw points from split_m; before it, minutes from split_h and hours up to hours_end
         split_m_us = min(max(lo_us, await self.horizon_us()), hi_us + 1)
         split_h_us = lo_us
@@ -368,12 +403,7 @@ class Reader:
         sid, ts, value = np.concatenate(sids), np.concatenate(stamps), np.concatenate(values)
         # the tiers' buckets hold their last sample's real time, which may precede lo
         keep = (ts >= lo_us) & (ts <= hi_us)
-        sid, ts, value = sid[keep], ts[keep], value[keep]
-        order = np.lexsort((ts, sid))
-        sid, ts, value = sid[order], ts[order], value[order]
-        self._count(len(ts))
-        ids = np.array([s.series_id for s in series], dtype=np.int64)
-        return series, np.searchsorted(ids, sid), ts, value
+        return sid[keep], ts[keep], value[keep]
 
 
 __all__ = [

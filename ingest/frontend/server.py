@@ -126,7 +126,7 @@ async def run(
         settings.database_url, min_size=1, max_size=POOL_MAX_SIZE, name="ingest"
     )
     await pool.open(wait=True)
-    registry = AgentRegistry(pool, settings.heartbeat_flush_interval_s)
+    registry = AgentRegistry(pool, settings)
     batches = BatchQueue(redis_client, shards)
     batches.start()
     service = AgentService(

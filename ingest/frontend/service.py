@@ -37,7 +37,7 @@ import grpc
 import redis
 from psycopg_pool import AsyncConnectionPool
 
-from fleetpulse import errors, lifecycle
+from fleetpulse import errors, lifecycle, liveness
 from fleetpulse.ingest import agentsettings
 from fleetpulse.ingest.frontend import admission, messages, replies, selfmetrics, status
 from fleetpulse.ingest.frontend.admission import Backpressure, TokenBucket
@@ -270,6 +270,7 @@ class AgentService:
             return replies.refusal(epoch, sequence, unavailable)
         selfmetrics.XADD_SECONDS.observe(time.perf_counter() - started)
         selfmetrics.BATCHES.inc()
+        self._registry.batch(agent_id)
         # Acked only now that the XADD succeeded: "accepted" means durably queued.
         return replies.accepted(epoch, sequence)
 
@@ -277,7 +278,11 @@ class AgentService:
         if self.sessions.release(session):
             assert session.agent_id is not None
             await self._registry.disconnected(
-                session.agent_id, reason or "shutdown", self.sessions.key(session)
+                session.agent_id,
+                self.sessions.key(session),
+                liveness.DISCONNECTED,
+                reason or "shutdown",
+                reason=reason or "shutdown",
             )
 
     async def _forget(self, session: Session) -> None:
@@ -287,8 +292,9 @@ class AgentService:
         assert agent_id is not None
         # Shielded: the stream's task may be cancelled again while this runs (a mass
         # disconnect); the agent must still be marked offline.
+        cause, detail = liveness.cause_of_end(session.ended_by, self.stopping)
         update = asyncio.ensure_future(
-            self._registry.disconnected(agent_id, None, self.sessions.key(session))
+            self._registry.disconnected(agent_id, self.sessions.key(session), cause, detail)
         )
         self._offline_marks.add(update)
         update.add_done_callback(self._offline_marks.discard)

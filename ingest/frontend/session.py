@@ -29,12 +29,16 @@ class Session:
     protocol: int = 0  # AgentRegister.protocol (proto/wire.py)
     outbox: asyncio.Queue[Outgoing] = field(default_factory=asyncio.Queue)
     bucket: TokenBucket | None = None
+    # What the front-end ended the stream with (the liveness cause of its going offline).
+    ended_by: errors.FleetpulseError | None = None
 
     def send(self, message: bytes) -> None:
         self.outbox.put_nowait(message)
 
     def end(self, error: errors.FleetpulseError | None = None) -> None:
         """End the stream: with the status of ``error``, or OK."""
+        if error is not None and self.ended_by is None:
+            self.ended_by = error
         self.outbox.put_nowait(error)
 
 

@@ -165,6 +165,12 @@ def test_list_agents_computes_status_from_heartbeat_age(
     add_agent(db, "c-online-stale", heartbeat_age_s=3600)
     add_agent(db, "b-offline-recent", status="offline", heartbeat_age_s=1)
     add_agent(db, "a-online-never", heartbeat_age_s=None)
+    add_agent(db, "e-online-late", heartbeat_age_s=25)  # one heartbeat missed: stale
+    add_agent(db, "f-online-no-data", heartbeat_age_s=1)
+    db.execute(  # connected 200 s ago, heartbeats on time, no batch since: data_stale
+        "UPDATE agents SET connected_at = now() - interval '200 seconds'"
+        " WHERE agent_id = 'f-online-no-data'"
+    )
     db.execute(
         "INSERT INTO agent_ingest (agent_id, batches_committed, points_committed)"
         " VALUES ('d-online-recent', 3, 120)"
@@ -179,12 +185,29 @@ def test_list_agents_computes_status_from_heartbeat_age(
         "b-offline-recent",
         "c-online-stale",
         "d-online-recent",
+        "e-online-late",
+        "f-online-no-data",
     ]
     by_id = {a["agent_id"]: a for a in agents}
-    assert by_id["d-online-recent"]["status"] == "online"
-    assert by_id["c-online-stale"]["status"] == "offline"
-    assert by_id["b-offline-recent"]["status"] == "offline"
-    assert by_id["a-online-never"]["status"] == "offline"
+    assert {agent_id: (a["status"], a["status_cause"]) for agent_id, a in by_id.items()} == {
+        "d-online-recent": ("online", "observed"),  # never recorded (as before schema 15)
+        "c-online-stale": ("offline", "heartbeat_timeout"),
+        "b-offline-recent": ("offline", "stream_closed"),
+        "a-online-never": ("offline", "stream_closed"),
+        "e-online-late": ("stale", "heartbeat_late"),
+        "f-online-no-data": ("data_stale", "batches_late"),
+    }
+    # a timeout starts when the heartbeats ran out: 3 intervals of 10 s after the last one
+    late = by_id["c-online-stale"]
+    since = datetime.fromisoformat(late["status_since"]) - datetime.fromisoformat(
+        late["last_heartbeat"]
+    )
+    assert since == timedelta(seconds=30)
+    assert "every 10" in by_id["e-online-late"]["status_detail"]
+    stale = client.get("/agents", params={"status": "stale"}).json()
+    assert [a["agent_id"] for a in stale] == ["e-online-late"]
+    summary = client.get("/fleet/summary").json()
+    assert summary["by_status"] == {"online": 1, "stale": 1, "data_stale": 1, "offline": 3}
     assert by_id["a-online-never"]["last_heartbeat"] is None
     assert (
         by_id["d-online-recent"]["batches_committed"],
@@ -203,6 +226,9 @@ def test_list_agents_computes_status_from_heartbeat_age(
         "arch",
         "version",
         "status",
+        "status_since",
+        "status_cause",
+        "status_detail",
         "last_heartbeat",
         "created_at",
         "updated_at",

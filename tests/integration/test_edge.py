@@ -19,8 +19,10 @@ import psycopg
 import pytest
 import redis
 
+from fleetpulse import liveness
 from fleetpulse.ingest import keys, watermark
 from fleetpulse.proto import agent_pb2, agent_pb2_grpc, common_pb2, metric_pb2
+from fleetpulse.settings import Settings
 from tests.integration.conftest import TOKEN, ingest_env
 from tests.integration.test_frontend import heartbeat, register
 from tests.processes import fleetpulse_process, free_port, wait_for_port
@@ -119,6 +121,21 @@ def columns(agent_id: str, seq: int, values: int = 3) -> agent_pb2.AgentMessage:
     )
 
 
+def wait_for_history(edge: Edge, agent_id: str, count: int) -> list[tuple[str, str, str]]:
+    """The agent's liveness transitions (state, cause, detail), oldest first, once there are
+    ``count`` of them."""
+    deadline = time.monotonic() + 10
+    while True:
+        with psycopg.connect(edge.database_url) as conn:
+            rows = conn.execute(
+                "SELECT state, cause, detail FROM agent_liveness WHERE agent_id = %s ORDER BY id",
+                (agent_id,),
+            ).fetchall()
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
+
+
 def enroll(edge: Edge, agent_id: str, machine_id: str = "m1") -> str:
     stream = Stream(edge.address, TOKEN)
     stream.send(register(agent_id, machine_id))
@@ -183,6 +200,8 @@ def test_revoked_credential_closes_the_stream_and_is_refused(edge: Edge, tmp_pat
     assert result.returncode == 0, result.stderr
     error = stream.wait_closed()
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in error.details()
+    # its history says why it went offline
+    assert wait_for_history(edge, "rv-1", 4)[-1][:2] == ("offline", liveness.REVOKED)
     again = Stream(edge.address, token)
     again.send(register("rv-1", "m1"))
     assert again.wait_closed().code() == grpc.StatusCode.UNAUTHENTICATED
@@ -201,6 +220,12 @@ def test_second_connection_of_the_same_machine_replaces_the_first(edge: Edge) ->
     second.send(columns("rp-1", 1))
     assert second.wait_for("metric_ack")[0].success
     second.close()
+    # online, replaced (still online: the old stream's end marks nothing), then closed
+    assert [row[:2] for row in wait_for_history(edge, "rp-1", 3)] == [
+        ("online", liveness.REGISTERED),
+        ("online", liveness.REPLACED),
+        ("offline", liveness.STREAM_CLOSED),
+    ]
 
 
 def test_a_cloned_machine_is_refused_and_reported_not_flapped(edge: Edge) -> None:
@@ -455,14 +480,14 @@ def test_a_closed_old_stream_never_marks_a_reconnected_agent_offline(database_ur
 
     async def scenario() -> list[str]:
         async with AsyncConnectionPool(database_url, min_size=1, max_size=2) as pool:
-            registry = AgentRegistry(pool, flush_interval_s=60)
+            registry = AgentRegistry(pool, Settings(database_url=database_url))
             message = register("moved").register
             await registry.register(message, "10.0.0.1", "front-end-a/1")
             await registry.register(message, "10.0.0.2", "front-end-b/7")
             registry.heartbeat("moved")  # a heartbeat flush never flips status back to online
-            await registry.disconnected("moved", None, "front-end-a/1")
+            await registry.disconnected("moved", "front-end-a/1", liveness.STREAM_CLOSED)
             states = [agent_status()]
-            await registry.disconnected("moved", None, "front-end-b/7")
+            await registry.disconnected("moved", "front-end-b/7", liveness.STREAM_CLOSED)
             states.append(agent_status())
             return states
 
@@ -471,3 +496,14 @@ def test_a_closed_old_stream_never_marks_a_reconnected_agent_offline(database_ur
             return conn.execute("SELECT status FROM agents WHERE agent_id = 'moved'").fetchone()[0]
 
     assert asyncio.run(scenario()) == ["online", "offline"]
+    # the history says what happened: the second stream replaced the open first one, whose close
+    # changed nothing, and then the second closed
+    with psycopg.connect(database_url) as conn:
+        history = conn.execute(
+            "SELECT state, cause, detail FROM agent_liveness WHERE agent_id = 'moved' ORDER BY id"
+        ).fetchall()
+    assert history == [
+        ("online", liveness.REGISTERED, ""),
+        ("online", liveness.REPLACED, "replaced the open stream front-end-a/1"),
+        ("offline", liveness.STREAM_CLOSED, ""),
+    ]

@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 from fleetpulse import __version__
 from fleetpulse.api import prom
 from fleetpulse.api.app import create_app
+from fleetpulse.api.promql import fleetseries
 from fleetpulse.settings import Settings
 from tests.integration.test_api import READ_AUTH, READ_KEY, add_agent, add_series
 from tests.integration.test_query import write
@@ -114,13 +115,16 @@ def test_metadata_types_metrics_by_their_names(client: TestClient, fleet: float)
         "load1": gauge,
         "net_bytes_total": counter,
         "request_seconds_bucket": counter,
+    } | {  # the platform's own series of each agent (api/promql/fleetseries.py)
+        name: [{"type": "gauge", "help": text, "unit": ""}]
+        for name, text in fleetseries.HELP.items()
     }
     assert ok(client.get("/api/v1/metadata")) == everything
     assert ok(client.get("/api/v1/metadata", params={"limit": "-1"})) == everything
     assert ok(client.get("/api/v1/metadata", params={"limit": "0"})) == {}
     assert ok(client.get("/api/v1/metadata", params={"limit": "+2"})) == {
         "cpu_usage_percent": gauge,
-        "load1": gauge,
+        "fleetpulse_agent_info": everything["fleetpulse_agent_info"],
     }
     one = ok(client.get("/api/v1/metadata", params={"metric": "net_bytes_total"}))
     assert one == {"net_bytes_total": counter}
@@ -209,6 +213,16 @@ def test_rules_and_alerts_are_empty_in_prometheus_shapes(client: TestClient) -> 
 # -- series and labels, with any selector ------------------------------------------------------
 
 
+# The platform's own series of each agent (api/promql/fleetseries.py) and the labels they add.
+OWN = sorted(fleetseries.HELP)
+OWN_LABELS = ["arch", "hostname", "ip", "os", "state", "version"]
+
+
+def stored(found: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The series of a listing that agents sent (not the platform's own of each agent)."""
+    return [s for s in found if s["__name__"] not in OWN]
+
+
 def series(client: TestClient, method: str, *selectors: str, **extra: str) -> httpx.Response:
     params: dict[str, Any] = {"match[]": list(selectors), **extra}
     if method == "GET":
@@ -226,8 +240,16 @@ def test_series_of_any_selector_with_or_without_a_metric_name(
         {"__name__": "request_seconds_bucket", "agent_id": "a2", "le": "0.1"},
     ]
     # what Grafana's variable queries send: no metric name
-    assert ok(series(client, method, '{agent_id="a2"}')) == a2
-    assert ok(series(client, method, '{agent_id=~"a2|zz"}', start="0", end=str(time.time()))) == a2
+    everything = ok(series(client, method, '{agent_id="a2"}'))
+    assert stored(everything) == a2
+    # and the platform's own series of the agent: up, info and one per liveness state
+    assert sorted(s["__name__"] for s in everything if s["__name__"] in OWN) == [
+        "fleetpulse_agent_info",
+        *["fleetpulse_agent_state"] * 4,
+        "fleetpulse_agent_up",
+    ]
+    answer = ok(series(client, method, '{agent_id=~"a2|zz"}', start="0", end=str(time.time())))
+    assert stored(answer) == a2
     user = ok(series(client, method, '{mode="user"}'))
     assert [s["agent_id"] for s in user] == ["a1", "a2"]
     # several selectors: their union, each series once, sorted by label set as Prometheus does
@@ -275,8 +297,12 @@ def test_label_names_of_any_selector(client: TestClient, fleet: float, method: s
             return client.get("/api/v1/labels", params=params)
         return client.post("/api/v1/labels", data=params)
 
-    assert ok(names()) == ["__name__", "agent_id", "direction", "interface", "le", "mode"]
-    assert ok(names(**{"match[]": '{agent_id="a2"}'})) == ["__name__", "agent_id", "le", "mode"]
+    assert ok(names()) == sorted(
+        ["__name__", "agent_id", "direction", "interface", "le", "mode", *OWN_LABELS]
+    )
+    assert ok(names(**{"match[]": '{agent_id="a2"}'})) == sorted(
+        ["__name__", "agent_id", "le", "mode", *OWN_LABELS]
+    )
     assert ok(names(**{"match[]": ["load1", "net_bytes_total"]})) == [
         "__name__",
         "agent_id",
@@ -296,11 +322,9 @@ def test_label_values_of_any_selector(client: TestClient, fleet: float) -> None:
 
     assert ok(values("agent_id")) == ["a1", "a2"]
     assert ok(values("agent_id", '{mode="system"}')) == ["a1"]
-    assert ok(values("__name__", '{agent_id="a2"}')) == [
-        "cpu_usage_percent",
-        "load1",
-        "request_seconds_bucket",
-    ]
+    assert ok(values("__name__", '{agent_id="a2"}')) == sorted(
+        ["cpu_usage_percent", "load1", "request_seconds_bucket", *OWN]
+    )
     assert ok(values("__name__", '{agent_id="a1",__name__=~"cpu.*|net.*"}')) == [
         "cpu_usage_percent",
         "net_bytes_total",
@@ -339,7 +363,8 @@ def test_long_lists_are_cut_with_a_warning(
         "only the first 2 results are listed: narrow match[]"
     ]
     body = client.get("/api/v1/label/__name__/values").json()
-    assert body["data"] == ["cpu_usage_percent", "load1"] and len(body["warnings"]) == 1
+    assert body["data"] == ["cpu_usage_percent", "fleetpulse_agent_info"]
+    assert len(body["warnings"]) == 1
     assert len(client.get("/api/v1/labels").json()["warnings"]) == 1
     assert len(client.get("/api/v1/metadata").json()["warnings"]) == 1
     # a limit the client asked for is no cut to warn about
@@ -455,7 +480,7 @@ def test_promtool_queries_with_the_key_in_the_url(
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout) == ["system", "user"]
 
-        done = promtool("series", "--match", '{agent_id="a2",__name__!="load1"}')
+        done = promtool("series", "--match", '{agent_id="a2",__name__!~"load1|fleetpulse_.*"}')
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout) == [
             {"__name__": "cpu_usage_percent", "agent_id": "a2", "mode": "user"},

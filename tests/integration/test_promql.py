@@ -23,6 +23,7 @@ from fleetpulse.api.app import create_app
 from fleetpulse.api.promql.storage import forget_horizons
 from fleetpulse.settings import Settings
 from tests.integration.test_api import READ_AUTH, READ_KEY, add_agent, add_series
+from tests.integration.test_prom_api import OWN, OWN_LABELS
 from tests.integration.test_query import LAYOUTS, roll_up, write
 from tests.processes import free_port
 
@@ -343,15 +344,11 @@ def test_range_limits_and_bad_parameters(client: TestClient) -> None:
 
 
 def test_metadata_endpoints(client: TestClient, data: dict[str, Any]) -> None:
-    assert client.get("/api/v1/labels").json()["data"] == [
-        "__name__",
-        "agent_id",
-        "direction",
-        "interface",
-        "mode",
-    ]
+    assert client.get("/api/v1/labels").json()["data"] == sorted(
+        ["__name__", "agent_id", "direction", "interface", "mode", *OWN_LABELS]
+    )
     values = client.get("/api/v1/label/__name__/values").json()["data"]
-    assert values == ["cpu_usage_percent", "net_bytes_total"]
+    assert values == sorted(["cpu_usage_percent", "net_bytes_total", *OWN])
     assert client.get("/api/v1/label/mode/values").json()["data"] == ["system", "user"]
     assert client.get("/api/v1/label/agent_id/values").json()["data"] == ["p1", "p2"]
     assert client.get("/api/v1/label/nope/values").json()["data"] == []

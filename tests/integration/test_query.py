@@ -311,11 +311,12 @@ def test_fleet_summary_and_agent_pages(client: TestClient, db: psycopg.Connectio
     summary = client.get("/fleet/summary").json()
     assert summary == {
         "agents": 7,
-        "by_status": {"online": 5, "offline": 2},
+        "by_status": {"online": 5, "stale": 0, "data_stale": 0, "offline": 2},
         "by_os": {"linux": 5, "windows": 2},
         "by_arch": {"amd64": 7},
         "by_version": {"1.2.3": 5, "2.0": 2},
         "by_tag": {},
+        "changes_last_hour": {},  # rows written as they were: no transition recorded
     }
     # CPU and memory now, from the latest points of the last 5 minutes
     now = datetime.now(UTC).timestamp()
