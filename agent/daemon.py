@@ -119,6 +119,7 @@ class AgentDaemon:
         self._machine_id = machine_id()
         # Set when the platform refused a batch for now (retry_after_ms): when to send it again.
         self._retry_at: float | None = None
+        self._noted_at = -60.0  # when a note of the platform was last logged
         # Batches the platform reported committed in PostgreSQL (ServerMessage.committed).
         self.committed_batches = 0
         self.backoff_factory: Callable[[], Backoff] = Backoff
@@ -412,6 +413,8 @@ class AgentDaemon:
                 if not ack.success:
                     self._refused(ack)
                     continue
+                if ack.message != "accepted":
+                    self._noted(ack.message)
                 key = (ack.epoch, ack.sequence)
                 self._accepted.add(key)
                 self.spool.mark_accepted(*key)
@@ -429,6 +432,14 @@ class AgentDaemon:
                 self._committed(response.committed)
             elif case == "settings":
                 self._settings_received(response.settings)
+
+    def _noted(self, message: str) -> None:
+        """What the platform says beside an ack (its series budget refusing our new series):
+        logged once a minute at most, not once per batch."""
+        now = time.monotonic()
+        if now - self._noted_at >= 60.0:
+            self._noted_at = now
+            log.warning("platform: %s", message.removeprefix("accepted; "))
 
     def _points_of(self, key: tuple[int, int]) -> int:
         batch = self.spool.get(*key)

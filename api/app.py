@@ -25,7 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleetpulse import connections
-from fleetpulse.api import agents, auditlog, config, deps, fleet, prom, query, tags, ui
+from fleetpulse.api import agents, auditlog, budgets, config, deps, fleet, prom, query, tags, ui
 from fleetpulse.api.schemas import HealthPublic
 from fleetpulse.errors import (
     BadInput,
@@ -213,6 +213,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(agents.router)
     app.include_router(config.router)
     app.include_router(tags.router)
+    app.include_router(budgets.router)
     app.include_router(auditlog.router)
     app.include_router(fleet.router)
     app.include_router(query.router)

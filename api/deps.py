@@ -61,7 +61,7 @@ def agent_not_found(agent_id: str) -> NotFound:
     return NotFound(f"agent '{agent_id}' not found")
 
 
-async def _known_agent_id(agent_id: str, conn: ConnDep) -> str:
+async def known_agent_id(agent_id: str, conn: ConnDep) -> str:
     if has_nul(agent_id):
         raise agent_not_found(agent_id)
     cur = await conn.execute(_AGENT_EXISTS, (agent_id,))
@@ -70,7 +70,7 @@ async def _known_agent_id(agent_id: str, conn: ConnDep) -> str:
     return agent_id
 
 
-KnownAgentIdDep = Annotated[str, Depends(_known_agent_id)]
+KnownAgentIdDep = Annotated[str, Depends(known_agent_id)]
 
 
 # `tag=env=prod&tag=role=db`: agents carrying every one of these tags (agent/tags.py).

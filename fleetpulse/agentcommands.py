@@ -1,5 +1,5 @@
 """``fleetpulse agents ...``: the operator's commands on agents (revoke a credential, change
-remote settings, tag), beside the CLI that parses them.
+remote settings, tag, series budgets), beside the CLI that parses them.
 
 Each change is stored in PostgreSQL first and then announced on the control channel
 (ingest/control.py), so that the front-end holding the agent's stream acts now; when Redis cannot
@@ -187,6 +187,51 @@ def tag(settings: Settings, agent_id: str, changes: list[str]) -> int:
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
     print(describe_tags(agent_id, found))
+    return 0
+
+
+def budget(settings: Settings, args: list[str], tag_: str | None) -> int:
+    """``fleetpulse agents budget [ID] [--tag K=V] [N|-]``: set (N) or remove (-) the series
+    budget of an agent or a tag, or show an agent's use of its budget, or list the budgets."""
+    from fleetpulse import auditlog, connections
+    from fleetpulse.agent import tags as tag_rules
+    from fleetpulse.ingest import agenttags, seriesbudgets
+
+    settings.require("database_url")
+    assert settings.database_url
+    agent_id = None if tag_ is not None or not args else args[0]
+    values = args if tag_ is not None else args[1:]
+    if len(values) > 1:
+        raise ConfigError("give at most one budget: a number, or - to remove it")
+    value: int | None = None
+    if values and values[0] != "-":
+        if not values[0].isdigit() or int(values[0]) >= 2**31:
+            raise ConfigError(f"budget {values[0][:20]!r}: a number of series, or - to remove it")
+        value = int(values[0])
+    with connections.pg_connect(settings.database_url, autocommit=True) as conn:
+        if tag_ is not None:
+            try:
+                ((key, tag_value),) = tag_rules.parse([tag_]).items()
+            except ValueError as exc:
+                raise ConfigError(f"--tag: {exc}") from None
+            target = seriesbudgets.Target(tag_key=key, tag_value=tag_value)
+        elif agent_id is not None:
+            if agenttags.read(conn, agent_id) is None:
+                print(f"{agent_id}: no such agent (it has never registered)", file=sys.stderr)
+                return 1
+            target = seriesbudgets.Target(agent_id=agent_id)
+        else:
+            print(f"default  {settings.series_budget}")
+            for found in seriesbudgets.listed(conn):
+                print(f"{found.target}  {found.budget}")
+            return 0
+        if values:
+            seriesbudgets.change(conn, target, value, auditlog.cli_actor())
+        if agent_id is not None:
+            used_budget = seriesbudgets.usage(conn, [agent_id], settings.series_budget)[agent_id]
+            print(f"{agent_id}: {used_budget[1]} series of a budget of {used_budget[0]}")
+        else:
+            print(f"{target}: {'removed' if value is None else value}")
     return 0
 
 

@@ -23,7 +23,8 @@ SETTINGS_CHANGE = "settings.change"
 TAGS_CHANGE = "tags.change"
 CREDENTIAL_REVOKE = "credential.revoke"
 AGENT_ENROLL = "agent.enroll"
-ACTIONS = (SETTINGS_CHANGE, TAGS_CHANGE, CREDENTIAL_REVOKE, AGENT_ENROLL)
+SERIES_BUDGET_CHANGE = "series_budget.change"
+ACTIONS = (SETTINGS_CHANGE, TAGS_CHANGE, CREDENTIAL_REVOKE, AGENT_ENROLL, SERIES_BUDGET_CHANGE)
 
 # The actor of an enrollment: the agent presented the enrollment token.
 BY_ENROLLMENT = "enrollment-token"

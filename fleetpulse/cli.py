@@ -154,6 +154,12 @@ def _cmd_agents_tag(args: argparse.Namespace) -> int:
     return agentcommands.tag(_server_settings(args), args.agent_id, args.changes)
 
 
+def _cmd_agents_budget(args: argparse.Namespace) -> int:
+    from fleetpulse import agentcommands
+
+    return agentcommands.budget(_server_settings(args), args.args, args.tag)
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
@@ -167,6 +173,16 @@ def _cmd_agents_list(args: argparse.Namespace) -> int:
         settings, args.status, args.q, args.sort, args.limit, args.tag
     )
     print(overview.render_agents(agents, total))
+    return 0
+
+
+def _cmd_agents_history(args: argparse.Namespace) -> int:
+    from fleetpulse import overview
+
+    settings = _server_settings(args)
+    settings.require("database_url")
+    changes = overview.liveness_history(settings, args.agent_id, args.limit)
+    print(overview.render_history(changes) or "no change of state recorded")
     return 0
 
 
@@ -479,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
         "list", help="every agent: status, last seen, CPU and memory now (the dashboard's table)"
     )
     _add_server_flags(listing, queue=False, redis=False)
-    listing.add_argument("--status", choices=["online", "offline"])
+    listing.add_argument("--status", choices=["online", "stale", "data_stale", "offline"])
     listing.add_argument("-q", dest="q", metavar="TEXT", help="agent id or hostname contains")
     listing.add_argument("--sort", default="agent_id", help="as GET /agents (default agent_id)")
     listing.add_argument("--limit", type=int, default=1000, help="at most (default 1000)")
@@ -487,6 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--tag", action="append", metavar="KEY=VALUE", help="carrying this tag (repeatable: all)"
     )
     listing.set_defaults(handler=_cmd_agents_list)
+    history = agents_sub.add_parser(
+        "history", help="an agent's liveness transitions and their causes, newest first"
+    )
+    _add_server_flags(history, queue=False, redis=False)
+    history.add_argument("agent_id")
+    history.add_argument("--limit", type=int, default=50, help="at most (default 50)")
+    history.set_defaults(handler=_cmd_agents_history)
     tag = agents_sub.add_parser(
         "tag",
         help="set or remove an operator's tags of an agent",
@@ -497,6 +520,16 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("agent_id")
     tag.add_argument("changes", nargs="*", metavar="KEY=VALUE|KEY-")
     tag.set_defaults(handler=_cmd_agents_tag)
+    budget = agents_sub.add_parser(
+        "budget",
+        help="series budgets: set (N) or remove (-) an agent's or a tag's, or show them",
+        description="ID N sets the agent's series budget, ID - removes it, ID shows its use; "
+        "--tag K=V N sets the budget of every agent carrying the tag; nothing lists them.",
+    )
+    _add_server_flags(budget, queue=False, redis=False)
+    budget.add_argument("--tag", metavar="KEY=VALUE")
+    budget.add_argument("args", nargs="*", metavar="ID|N|-")
+    budget.set_defaults(handler=_cmd_agents_budget)
     revoke = agents_sub.add_parser(
         "revoke", help="revoke an agent's credential and close its streams"
     )

@@ -65,6 +65,35 @@ def list_agents(
     return asyncio.run(fetch())
 
 
+def liveness_history(settings: Settings, agent_id: str, limit: int) -> list[Any]:
+    """An agent's liveness transitions, newest first, as ``GET /agents/{id}/liveness``."""
+    from fleetpulse.api import agents, deps
+
+    if not 1 <= limit <= 1000:
+        raise ConfigError("--limit must be between 1 and 1000")
+
+    async def fetch() -> list[Any]:
+        from fleetpulse import connections
+
+        assert settings.database_url
+        async with await connections.pg_connect_async(
+            settings.database_url, autocommit=True
+        ) as conn:
+            known = await deps.known_agent_id(agent_id, conn)
+            return await agents.agent_liveness(known, conn, limit=limit, before=None)
+
+    return asyncio.run(fetch())
+
+
+def render_history(changes: list[Any]) -> str:
+    """One line per transition: when, the state entered, its cause and detail."""
+    return "\n".join(
+        f"{c.at.astimezone().isoformat(timespec='seconds')}  {c.state:<10}  {c.cause}"
+        + (f"  {c.detail}" if c.detail else "")
+        for c in changes
+    )
+
+
 def platform_health(settings: Settings) -> dict[str, Any]:
     """The fleet summary and the pipeline (``/fleet/summary``, ``/pipeline``)."""
     from fleetpulse.api import fleet

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     liveness_check_interval_s: float = Field(default=5.0, gt=0)
     liveness_history_days: int = Field(default=30, ge=1)
 
+    # Distinct series an agent may own unless an operator set its budget or a tag's
+    # (ingest/seriesbudgets.py); new series past it are rejected (series_budget).
+    series_budget: int = Field(default=10_000, ge=0)
+
     worker_read_count: int = Field(default=200, ge=1)
     worker_block_ms: int = Field(default=1000, ge=1)
     worker_drain_timeout_s: float = Field(default=5.0, ge=0)

@@ -82,7 +82,7 @@
     const live = agent.status === "online";
     const bar = fp.el("span", { class: "bar" });
     if (v !== null) bar.style.width = `${Math.min(100, Math.max(0, v))}%`;
-    const title = live || v === null ? null : `last value before going offline (${fp.absolute(agent.last_heartbeat)}); not live`;
+    const title = live || v === null ? null : `last value before it went ${agent.status} (${fp.absolute(agent.status_since || agent.last_heartbeat)}); not live`;
     return fp.el(
       "td",
       { class: `num ${cls}${live ? "" : " stale"}`, title, dataset: { value: v === null ? "" : String(v) } },
@@ -90,16 +90,16 @@
     );
   }
 
-  // The platform keeps no moment of going offline, only the last heartbeat: an agent went offline
-  // within a few heartbeat intervals after it, so that is the "since" a reader can act on.
+  // Any state but online says since when and why (the cause of the transition into it).
   function statusCell(agent, now) {
     const badge = fp.el("span", { class: `badge status-${agent.status}`, text: agent.status });
-    if (agent.status !== "offline" || !agent.last_heartbeat) return fp.el("td", { class: "status" }, badge);
+    if (agent.status === "online" || !agent.status_since) return fp.el("td", { class: "status" }, badge);
+    const why = [agent.status_cause, agent.status_detail].filter(Boolean).join(": ");
     const since = fp.el("span", {
-      class: "offline-since",
-      title: `last heartbeat ${fp.absolute(agent.last_heartbeat)} (${fp.ago(agent.last_heartbeat, now)})`,
-      dataset: { ts: agent.last_heartbeat },
-      text: `since ${fp.clock(agent.last_heartbeat, now)}`,
+      class: "status-since",
+      title: `${why} (${fp.absolute(agent.status_since)}, ${fp.ago(agent.status_since, now)})`,
+      dataset: { ts: agent.status_since, cause: agent.status_cause || "" },
+      text: `since ${fp.clock(agent.status_since, now)}`,
     });
     return fp.el("td", { class: "status" }, badge, " ", since);
   }

@@ -363,6 +363,9 @@
     const status = $("agent-status");
     status.textContent = a.status;
     status.className = `badge status-${a.status}`;
+    status.title = a.status_since
+      ? `${[a.status_cause, a.status_detail].filter(Boolean).join(": ")} since ${fp.absolute(a.status_since)}`
+      : "";
     const interval = (ms) => (fp.finite(ms) === null ? null : `${ms / 1000} s`);
     const facts = [
       ["hostname", a.hostname],
@@ -406,6 +409,41 @@
     }
   }
 
+  // Its liveness history (GET /agents/{id}/liveness): online, stale, data_stale, offline, and why.
+  async function loadLiveness() {
+    try {
+      const { body } = await fp.getJSON(`/agents/${encodeURIComponent(agentId)}/liveness`, [["limit", 20]]);
+      const rows = body.map((c) =>
+        fp.el(
+          "tr",
+          { dataset: { state: c.state, cause: c.cause } },
+          fp.el("td", { class: "when", title: fp.absolute(c.at), text: fp.ago(c.at) }),
+          fp.el("td", { class: "state" }, fp.el("span", { class: `badge status-${c.state}`, text: c.state })),
+          fp.el("td", { class: "cause", text: c.cause }),
+          fp.el("td", { class: "detail", text: c.detail }),
+        ),
+      );
+      document.querySelector("#liveness tbody").replaceChildren(...rows);
+      $("no-liveness").hidden = rows.length > 0;
+    } catch (err) {
+      if (!(err instanceof fp.Unauthorized)) showError(`Could not load the liveness history: ${err.message}`);
+    }
+  }
+
+  // Its distinct series against its series budget (GET /agents/{id}/series-budget).
+  async function loadSeriesBudget() {
+    try {
+      const { body } = await fp.getJSON(`/agents/${encodeURIComponent(agentId)}/series-budget`);
+      const text = `${body.series.toLocaleString()} of a budget of ${body.budget.toLocaleString()}`;
+      const el = $("series-budget");
+      el.textContent = body.at_budget ? `${text}: at its budget, new series are refused` : text;
+      el.classList.toggle("at-budget", body.at_budget);
+      el.title = `${body.points_refused.toLocaleString()} points of new series refused in all`;
+    } catch (err) {
+      if (!(err instanceof fp.Unauthorized)) showError(`Could not load the series budget: ${err.message}`);
+    }
+  }
+
   async function loadAgent() {
     try {
       const { body } = await fp.getJSON(`/agents/${encodeURIComponent(agentId)}`);
@@ -425,6 +463,8 @@
     const known = await loadAgent();
     if (gen !== generation) return;
     if (known) loadActions();
+    if (known) loadLiveness();
+    if (known) loadSeriesBudget();
     if (known) {
       showError(null);
       const end = Math.floor(Date.now() / 1000);

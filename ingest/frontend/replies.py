@@ -20,11 +20,13 @@ HEARTBEAT_ACK = agent_pb2.ServerMessage(
 ).SerializeToString()
 
 
-def accepted(epoch: int, sequence: int) -> bytes:
-    """The ack of a batch that is durably queued."""
+def accepted(epoch: int, sequence: int, note: str | None = None) -> bytes:
+    """The ack of a batch that is durably queued; ``note``: what the agent should know (its new
+    series past its budget are refused, budgets.py)."""
+    message = f"accepted; {note}" if note else "accepted"
     return agent_pb2.ServerMessage(
         metric_ack=agent_pb2.MetricAck(
-            success=True, message="accepted", epoch=epoch, sequence=sequence
+            success=True, message=message, epoch=epoch, sequence=sequence
         )
     ).SerializeToString()
 

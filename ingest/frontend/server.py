@@ -148,6 +148,7 @@ async def run(
         ),
         asyncio.create_task(service.sessions.follow_control(), name="control"),
         asyncio.create_task(service.sessions.publish_control(), name="control-publish"),
+        asyncio.create_task(service.over_budget.refresh_forever(), name="series-budgets"),
     ]
     log.info(
         "ingest front-end listening on %s:%d (%d stream shards; metrics on port %s)",

@@ -42,6 +42,7 @@ from fleetpulse.ingest import agentsettings
 from fleetpulse.ingest.frontend import admission, messages, replies, selfmetrics, status
 from fleetpulse.ingest.frontend.admission import Backpressure, TokenBucket
 from fleetpulse.ingest.frontend.auth import Authenticator
+from fleetpulse.ingest.frontend.budgets import OverBudget
 from fleetpulse.ingest.frontend.registry import AgentRegistry
 from fleetpulse.ingest.frontend.session import Session, peer_ip
 from fleetpulse.ingest.frontend.sessions import Sessions
@@ -72,6 +73,7 @@ class AgentService:
         self._ids = itertools.count(1)
         self.sessions = Sessions(registry, redis_client, self._push_settings)
         self.backpressure = Backpressure(settings, redis_client, batches.shards)
+        self.over_budget = OverBudget(pool)
         # Set when the front-end stops (server.run): streams that end then are not failures.
         self.stopping = False
         # Offline marks under way (they may outlive their stream's task, cancelled by a shutdown).
@@ -272,7 +274,7 @@ class AgentService:
         selfmetrics.BATCHES.inc()
         self._registry.batch(agent_id)
         # Acked only now that the XADD succeeded: "accepted" means durably queued.
-        return replies.accepted(epoch, sequence)
+        return replies.accepted(epoch, sequence, self.over_budget.note(agent_id))
 
     async def _say_goodbye(self, session: Session, reason: str) -> None:
         if self.sessions.release(session):

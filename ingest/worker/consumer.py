@@ -97,7 +97,7 @@ class Worker:
         )
         self._conn.commit()
         self._ddl_conn = connections.pg_connect(url, autocommit=True)
-        self._decoder = ChunkDecoder(SeriesResolver(self._ddl_conn))
+        self._decoder = ChunkDecoder(SeriesResolver(self._ddl_conn, self._settings.series_budget))
         self._writer = ChunkWriter(
             self._conn,
             self._ddl_conn,

@@ -18,6 +18,7 @@ recorded as rejected, never retried, and never blocks the other batches of the c
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -25,8 +26,8 @@ import orjson
 from google.protobuf.message import DecodeError
 
 from fleetpulse import samples
-from fleetpulse.ingest import keys
-from fleetpulse.ingest.worker.series import SeriesKey, SeriesResolver
+from fleetpulse.ingest import keys, seriesbudgets
+from fleetpulse.ingest.worker.series import OVER_BUDGET, SeriesKey, SeriesResolver
 from fleetpulse.ingest.worker.validate import series_problem
 from fleetpulse.proto import edge_pb2, metric_pb2
 
@@ -34,6 +35,8 @@ from fleetpulse.proto import edge_pb2, metric_pb2
 _ENTRY_SEQ_SHIFT = 20
 # Bound on the series-set cache (entries); past it the cache starts over.
 MAX_CACHED_SERIES_SETS = 200_000
+# How long a series refused for its agent's budget stays refused without asking again.
+BUDGET_RECHECK_S = 30.0
 # Timestamp seconds beyond which microseconds would overflow int64 (nanos included): such a point
 # is clamped to it, which the window check then rejects and counts like any other distant point.
 _MAX_ROW_SECONDS = 2**63 // 1_000_000 - 10
@@ -125,10 +128,23 @@ class ChunkDecoder:
         self._sets: dict[tuple[str, bytes], tuple[np.ndarray, dict[int, str], _RowPlan | None]] = {}
         # Row-form series keys already validated, and the problem of those that are invalid.
         self._row_problems: dict[SeriesKey, str | None] = {}
+        # Sets and row keys refused for a series budget: forgotten every BUDGET_RECHECK_S, so
+        # that a budget an operator raised (or series that expired) lets them in again.
+        self._over_budget_sets: set[tuple[str, bytes]] = set()
+        self._over_budget_keys: set[SeriesKey] = set()
+        self._budgets_checked = time.monotonic()
 
     def decode(self, entries: list[Entry]) -> Decoded:
         if len(self._sets) > MAX_CACHED_SERIES_SETS:
             self._sets.clear()  # before the chunk looks anything up, so all it needs is re-resolved
+        if time.monotonic() - self._budgets_checked > BUDGET_RECHECK_S:
+            self._budgets_checked = time.monotonic()
+            for set_key in self._over_budget_sets:
+                self._sets.pop(set_key, None)
+            for key in self._over_budget_keys:
+                self._row_problems.pop(key, None)
+            self._over_budget_sets.clear()
+            self._over_budget_keys.clear()
         batches: list[BatchRef] = []
         columns: list[_Columns] = []
         rows = _Rows()
@@ -222,12 +238,23 @@ class ChunkDecoder:
             )
         )
         ids = dict(zip(wanted, self._resolver.resolve(wanted), strict=True)) if wanted else {}
+        over = {k for k, i in ids.items() if i == OVER_BUDGET}
         for set_key, series_keys in set_keys.items():
+            problems = set_problems[set_key]
+            if over:
+                for column, k in enumerate(series_keys):
+                    if k in over:
+                        problems[column] = seriesbudgets.REASON
+                        self._over_budget_sets.add(set_key)
             column_ids = np.asarray(
-                [ids[k] if k is not None else -1 for k in series_keys], dtype=np.int32
+                [ids[k] if k is not None and k not in over else -1 for k in series_keys],
+                dtype=np.int32,
             )
-            self._sets[set_key] = (column_ids, set_problems[set_key], _row_plan(column_ids))
-        rows.series_ids = [ids.get(k, -1) for k in rows.keys]
+            self._sets[set_key] = (column_ids, problems, _row_plan(column_ids))
+        for k in over.intersection(rows.keys):
+            self._row_problems[k] = seriesbudgets.REASON
+            self._over_budget_keys.add(k)
+        rows.series_ids = [ids.get(k, -1) if k not in over else -1 for k in rows.keys]
 
     def _assemble(self, batches: list[BatchRef], columns: list[_Columns], rows: _Rows) -> Decoded:
         rejects: list[tuple[int, str, int]] = []

@@ -15,6 +15,8 @@ import logging
 import numpy as np
 import psycopg
 
+from fleetpulse.ingest import seriesbudgets
+
 log = logging.getLogger(__name__)
 
 SeriesKey = tuple[str, str, str]  # (agent_id, name, canonical labels JSON)
@@ -49,19 +51,31 @@ JOIN series s ON s.agent_id = t.agent_id AND s.name = t.name AND s.labels = t.la
 _MAX_ATTEMPTS = 9
 
 
-class SeriesResolver:
-    """Maps series keys to series ids, creating series on first sight."""
+# The id of a key refused for its agent's series budget (ingest/seriesbudgets.py).
+OVER_BUDGET = -2
 
-    def __init__(self, conn: psycopg.Connection) -> None:
+
+class SeriesResolver:
+    """Maps series keys to series ids, creating series on first sight, within each agent's
+    series budget (``default_budget`` unless an operator set one)."""
+
+    def __init__(self, conn: psycopg.Connection, default_budget: int | None = None) -> None:
         self._conn = conn  # autocommit: new series are committed on their own
         self._ids: dict[SeriesKey, int] = {}
+        self._default_budget = default_budget  # None: no budgets (benchmarks of the bare path)
 
     def resolve(self, unique_keys: list[SeriesKey]) -> list[int]:
-        """Ids for ``unique_keys`` (no duplicates), in the same order."""
+        """Ids for ``unique_keys`` (no duplicates), in the same order; `OVER_BUDGET` for a new
+        series its agent has no budget left for (not remembered: a raised budget takes it)."""
         missing = [key for key in unique_keys if key not in self._ids]
+        refused: set[SeriesKey] = set()
         for attempt in range(_MAX_ATTEMPTS):
             if not missing:
                 break
+            if attempt == 1 and self._default_budget is not None:
+                missing, refused = self._within_budgets(missing)
+                if not missing:
+                    break
             rows = self._conn.execute(
                 _INSERT if attempt % 2 else _LOOKUP,
                 ([k[0] for k in missing], [k[1] for k in missing], [k[2] for k in missing]),
@@ -73,7 +87,30 @@ class SeriesResolver:
             raise RuntimeError(
                 f"could not resolve {len(missing)} series after {_MAX_ATTEMPTS} statements"
             )
-        return [self._ids[key] for key in unique_keys]
+        return [OVER_BUDGET if key in refused else self._ids[key] for key in unique_keys]
+
+    def _within_budgets(self, missing: list[SeriesKey]) -> tuple[list[SeriesKey], set[SeriesKey]]:
+        """Of the keys no series exists for, those their agents' budgets leave room for (in
+        order), and the rest. One statement for every agent of the chunk; only chunks with new
+        series pay it. Two workers creating series of one agent at once (a shard taken over) may
+        together pass its budget by at most one chunk's new series."""
+        assert self._default_budget is not None
+        agents = sorted({key[0] for key in missing})
+        room = {
+            agent: budget - used
+            for agent, (budget, used) in seriesbudgets.usage(
+                self._conn, agents, self._default_budget
+            ).items()
+        }
+        kept: list[SeriesKey] = []
+        refused: set[SeriesKey] = set()
+        for key in missing:
+            if room[key[0]] > 0:
+                room[key[0]] -= 1
+                kept.append(key)
+            else:
+                refused.add(key)
+        return kept, refused
 
 
 _RESOLVE_SETS = """

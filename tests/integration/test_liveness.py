@@ -18,6 +18,7 @@ from fleetpulse.api.app import create_app
 from fleetpulse.proto import agent_pb2
 from fleetpulse.settings import Settings
 from tests.integration.conftest import TOKEN
+from tests.integration.test_agent_settings import cli
 from tests.integration.test_edge import Edge, Stream, columns, start_edge
 from tests.integration.test_frontend import heartbeat, register
 
@@ -170,6 +171,17 @@ def test_every_transition_is_recorded_with_its_cause_and_read_by_api_and_promql(
         assert span["status"] == "success"
         values = [float(v) for _, v in span["data"]["result"][0]["values"]]
         assert values[0] == 1.0 and values[-1] == 0.0  # online at the start, offline at the end
+
+    # the CLI reads the same history
+    done = cli(["agents", "history", "lv-1"], edge.database_url, edge.redis_url)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[1:3] for line in lines] == [
+        [state, cause] for _, state, cause, _ in reversed(rows)
+    ]
+    assert lines[0].endswith("maintenance")
+    missing = cli(["agents", "history", "nobody"], edge.database_url, edge.redis_url)
+    assert missing.returncode != 0 and "nobody" in missing.stderr
 
 
 def promql(api: TestClient, query: str, at: str) -> list[tuple[dict[str, str], float]]:
