@@ -35,15 +35,17 @@ from fleetpulse.bench.resources import ResourceSampler, processes_named
 from fleetpulse.bench.simulator import AGENT_KIND
 from fleetpulse.connections import pg_connect, redis_client
 from fleetpulse.embedded import EmbeddedPostgres, EmbeddedRedis
-from fleetpulse.ingest import keys, queue
+from fleetpulse.ingest import keys, queue, seriesbudgets
 from fleetpulse.migrate import migrate
-from fleetpulse.proto import edge_pb2
+from fleetpulse.proto import edge_pb2, metric_pb2
 from fleetpulse.settings import load_settings
 
 # Samples rows COPYed again for the ceiling (about 20M points at 200 series).
 ANCHOR_MAX_ROWS = 100_000
 STREAM_SHARDS = 4
 LOAD_PIPELINE = 500
+# The flood agents of --flood-agents: flood-<run id>-<n>, apart from the timed agents.
+FLOOD_KIND = "flood"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +65,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="rollups",
         action="store_false",
         help="run the workers without rollup maintenance (to measure what rollups cost)",
+    )
+    parser.add_argument(
+        "--flood-agents",
+        type=int,
+        default=0,
+        help="agents that invent new series in every batch (a label per request), queued with"
+        " the timed batches: what they cost the others (ingest/seriesbudgets.py)",
+    )
+    parser.add_argument(
+        "--flood-series", type=int, default=10_000, help="new series per flood batch"
     )
     parser.add_argument("--database-url")
     parser.add_argument("--redis-url")
@@ -117,6 +129,45 @@ def _load(
                 pending = 0
     pipe.execute()
     return points
+
+
+def _flood(
+    client: redis.Redis, run_id: str, args: argparse.Namespace, count: int, epoch: int
+) -> int:
+    """XADD ``count`` batches per flood agent, each of ``--flood-series`` series never seen
+    before; return the points queued."""
+    points = 0
+    pipe = client.pipeline(transaction=False)
+    for index in range(1, args.flood_agents + 1):
+        agent_id = simagent.agent_id_for(FLOOD_KIND, run_id, index)
+        for seq in range(1, count + 1):
+            payload = metric_pb2.ColumnarBatch(
+                agent_id=agent_id,
+                epoch=epoch,
+                sequence=seq,
+                values=[1.0] * args.flood_series,
+                timestamps_ns=[time.time_ns()],
+                series=metric_pb2.SeriesSet(
+                    entries=[
+                        metric_pb2.SeriesDef(name="requests", labels={"request_id": f"{seq}-{i}"})
+                        for i in range(args.flood_series)
+                    ]
+                ),
+            ).SerializeToString()
+            fields = queue.entry_fields(
+                agent_id, epoch, seq, payload, int(time.time() * 1000), keys.FORM_COLUMNS
+            )
+            pipe.xadd(keys.stream_key(keys.shard_for(agent_id, STREAM_SHARDS)), fields)
+            points += args.flood_series
+        pipe.execute()
+    return points
+
+
+_FLOOD_OUTCOME = f"""
+SELECT (SELECT count(*) FROM series WHERE agent_id LIKE %(prefix)s),
+    (SELECT coalesce(sum(points), 0) FROM rejects
+        WHERE agent_id LIKE %(prefix)s AND reason = '{seriesbudgets.REASON}')
+"""  # noqa: S608  # constants only
 
 
 def _queued(client: redis.Redis) -> int:
@@ -268,6 +319,7 @@ def run(args: argparse.Namespace) -> int:
             os.kill(w.pid, signal.SIGSTOP)
         time.sleep(0.3)  # their blocked reads time out (empty) before the first entry arrives
         try:
+            flood_points = _flood(client, run_id, args, args.batches, epoch)
             timed_points = _load(client, run_id, args, 2, args.batches, epoch)
             client.delete(keys.WORKER_STATS_KEY)  # the profile covers the timed drain only
             with pg_connect(database_url, autocommit=True) as conn:
@@ -304,6 +356,10 @@ def run(args: argparse.Namespace) -> int:
             rollup_work = conn.execute(
                 "SELECT count(*), coalesce(sum(rows), 0), coalesce(sum(took_s), 0) FROM rollup_log"
             ).fetchone()
+            flooded = conn.execute(
+                _FLOOD_OUTCOME, {"prefix": simagent.agent_prefix(FLOOD_KIND, run_id) + "%"}
+            ).fetchone()
+            assert flooded is not None
         committed_points, committed_batches = int(row[0]), int(row[1])
         ceiling = anchors.copy_ceiling(
             database_url, prefix, f"bench_copy_ceiling_{run_id}", ANCHOR_MAX_ROWS
@@ -339,6 +395,12 @@ def run(args: argparse.Namespace) -> int:
         "copy_ceiling_rows": ceiling["rows"],  # samples rows, at most anchors_max_rows
         "ratio_to_copy_ceiling": round(timed_points / timed_s / ceiling["points_per_s"], 3),
         "stored_equals_queued": committed_points == expected_points,
+        # Agents inventing a new series per point, drained with the timed batches: they keep
+        # their series budget's worth (ingest/seriesbudgets.py), the rest is refused and counted.
+        "flood_agents": args.flood_agents,
+        "flood_points": flood_points,
+        "flood_series_stored": int(flooded[0]),
+        "flood_points_refused": int(flooded[1]),
         "rollups": args.rollups,
         # After the queue drained: until every closed minute and hour was recomputed.
         "rollups_current_after_s": None if rollup_s is None else round(rollup_s, 3),
@@ -365,7 +427,12 @@ def run(args: argparse.Namespace) -> int:
         "started_at": started_at.isoformat(timespec="seconds"),
         "command": f"fleetpulse bench workers --agents {args.agents} --batches {args.batches} "
         f"--series {args.series} --processes {args.processes} --form {args.form}"
-        + ("" if args.rollups else " --no-rollups"),
+        + ("" if args.rollups else " --no-rollups")
+        + (
+            f" --flood-agents {args.flood_agents} --flood-series {args.flood_series}"
+            if args.flood_agents
+            else ""
+        ),
         "machine": report.machine(),
         "summary": summary,
         "committed_batches": committed_batches,

@@ -11,6 +11,9 @@ States (issue 18):
 - ``offline``: the stream closed, or heartbeats stopped for ``offline_after_heartbeats`` intervals
   (a front-end that died without closing its streams cannot keep agents online).
 
+Both heartbeat bounds add one ``heartbeat_flush_interval_s``: a heartbeat reaches PostgreSQL up
+to one flush after it arrived.
+
 Intervals are the agent's own (it reports them; remote settings change them), else the platform's
 ``heartbeat_interval_s``. The rule is one SQL expression (`STATE`), used by the API for the state of
 now and by the front-ends' sweep, which records each transition the clock causes (late, timed out,
@@ -47,9 +50,15 @@ BATCHES_RESUMED = "batches_resumed"
 # The state of now, its start and cause, for the agents row ``a``: a LATERAL subquery
 # (``CROSS JOIN LATERAL ({STATE}) lv``). Parameters: `params`.
 _HEARTBEAT_S = "coalesce(a.heartbeat_interval_ms / 1000.0, %(heartbeat_interval_s)s)::float8"
-_LATE_AT = f"a.last_heartbeat + make_interval(secs => %(stale_after_heartbeats)s * {_HEARTBEAT_S})"
+# A heartbeat reaches PostgreSQL up to one flush after it arrived (registry.py): the bounds
+# allow for that, so that a flush interval as long as the heartbeat interval makes no one late.
+_LATE_AT = (
+    "a.last_heartbeat + make_interval(secs => %(stale_after_heartbeats)s * "
+    f"{_HEARTBEAT_S} + %(heartbeat_flush_interval_s)s)"
+)
 _GONE_AT = (
-    f"a.last_heartbeat + make_interval(secs => %(offline_after_heartbeats)s * {_HEARTBEAT_S})"
+    "a.last_heartbeat + make_interval(secs => %(offline_after_heartbeats)s * "
+    f"{_HEARTBEAT_S} + %(heartbeat_flush_interval_s)s)"
 )
 _DATA_AFTER_S = (
     "greatest(%(data_stale_after_s)s, 3 * coalesce(a.collect_interval_ms / 1000.0, 0))::float8"
@@ -123,6 +132,7 @@ def params(settings: Settings) -> dict[str, Any]:
         "stale_after_heartbeats": settings.stale_after_heartbeats,
         "offline_after_heartbeats": settings.offline_after_heartbeats,
         "data_stale_after_s": settings.data_stale_after_s,
+        "heartbeat_flush_interval_s": settings.heartbeat_flush_interval_s,
     }
 
 
