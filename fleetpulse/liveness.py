@@ -103,15 +103,15 @@ FROM (SELECT
 """  # noqa: S608  # constants only: every value is a bind parameter
 
 # Record what the clock changed since the last sweep: every agent whose state of now is not its
-# recorded one, locked in agent_id order (the heartbeat flush's order: no deadlock between two
-# front-ends), moved, and its transition written, in one statement.
+# recorded one, locked, moved, and its transition written, in one statement. Rows another
+# statement holds (a heartbeat flush, a register) are skipped, never waited for, so a sweep cannot
+# deadlock with anything; they are recorded by the next sweep.
 SWEEP = f"""
 WITH due AS (
     SELECT a.agent_id, lv.state, lv.since, lv.cause, lv.detail
     FROM agents a CROSS JOIN LATERAL ({STATE}) lv
     WHERE lv.state IS DISTINCT FROM a.liveness
-    ORDER BY a.agent_id
-    FOR UPDATE OF a
+    FOR UPDATE OF a SKIP LOCKED
 ), moved AS (
     UPDATE agents a SET liveness = due.state, liveness_since = due.since,
         liveness_cause = due.cause, liveness_detail = due.detail
