@@ -66,9 +66,10 @@ def parse_matchers(raw: list[str]) -> list[Matcher]:
 
 # -- as SQL ------------------------------------------------------------------------------------
 
-# Where series are read from: the stored ones, or all that PromQL sees (schema 15's view: the
-# stored ones and the platform's own series of each agent, api/promql/fleetseries.py).
+# Where series are read from: the stored ones, or all that PromQL sees (the stored ones and the
+# platform's own series of each agent, api/promql/fleetseries.py: schema 15's view).
 STORED, ALL = "series", "fleet_series"
+_OWN = "agent_own_series"
 _SERIES_BASE = "SELECT series_id, name, agent_id, labels FROM {table} WHERE true"
 _LHS_AGENT = "agent_id"
 _LHS_NAME = "name"
@@ -114,20 +115,25 @@ async def select_series(
     conn: AsyncConnection[Any], matchers: list[Matcher], table: str = STORED
 ) -> list[Series]:
     """Series matching every matcher (one of them should name the metric): of the stored ones,
-    or with ``table=ALL`` also the platform's own series of each agent (api/promql/fleetseries.py)."""
+    or with ``table=ALL`` also the platform's own series of each agent (api/promql/fleetseries.py).
+    At most MAX_MATCHED_SERIES stored ones; the platform's own are not limited (a few per agent,
+    whose samples cost no read: ``sum(fleetpulse_agent_up)`` over 50,000 agents answers)."""
     if _has_nul(matchers):
         return []
-    query, params = _SERIES_BASE.format(table=table), []
+    where, params = "", []
     for matcher in matchers:
         fragment, values = condition(matcher)
-        query += fragment
+        where += fragment
         params.extend(values)
-    query += f" LIMIT {MAX_MATCHED_SERIES + 1}"
+    stored = _SERIES_BASE.format(table=STORED) + where + f" LIMIT {MAX_MATCHED_SERIES + 1}"
     try:
-        cur = await conn.execute(query, params)
+        cur = await conn.execute(stored, params)
+        rows = await cur.fetchall()
+        if len(rows) > MAX_MATCHED_SERIES:
+            raise BadInput(f"more than {MAX_MATCHED_SERIES} series match; add label matchers")
+        if table == ALL:
+            cur = await conn.execute(_SERIES_BASE.format(table=_OWN) + where, params)
+            rows += await cur.fetchall()
     except errors.InvalidRegularExpression as exc:
         raise BadInput(f"invalid regular expression: {str(exc).splitlines()[0]}") from None
-    rows = await cur.fetchall()
-    if len(rows) > MAX_MATCHED_SERIES:
-        raise BadInput(f"more than {MAX_MATCHED_SERIES} series match; add label matchers")
     return [Series(*row) for row in rows]

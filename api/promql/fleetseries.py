@@ -44,22 +44,22 @@ _OFFLINE = _CODE["offline"]
 # no sweep recorded it yet; and when the agent was first seen (its info series starts there).
 _TIMELINES = f"""
 SELECT agent_id, (extract(epoch FROM at) * 1000000)::int8, state FROM agent_liveness
-WHERE agent_id = ANY(%(agents)s) AND at > %(lo)s AND at <= %(hi)s
+WHERE agent_id = ANY(%(agents)b::text[]) AND at > %(lo)s AND at <= %(hi)s
 UNION ALL
 SELECT w.agent_id, (extract(epoch FROM p.at) * 1000000)::int8, p.state
-FROM unnest(%(agents)s::text[]) AS w(agent_id) CROSS JOIN LATERAL (
+FROM unnest(%(agents)b::text[]) AS w(agent_id) CROSS JOIN LATERAL (
     SELECT at, state FROM agent_liveness h WHERE h.agent_id = w.agent_id AND h.at <= %(lo)s
     ORDER BY at DESC LIMIT 1
 ) p
 UNION ALL
 SELECT a.agent_id, (extract(epoch FROM lv.since) * 1000000)::int8, lv.state
 FROM agents a CROSS JOIN LATERAL ({liveness.STATE}) lv
-WHERE a.agent_id = ANY(%(agents)s) AND lv.state IS DISTINCT FROM a.liveness
+WHERE a.agent_id = ANY(%(agents)b::text[]) AND lv.state IS DISTINCT FROM a.liveness
     AND lv.since <= %(hi)s
 """  # noqa: S608  # constants only
 _CREATED = """
 SELECT agent_id, (extract(epoch FROM created_at) * 1000000)::int8 FROM agents
-WHERE agent_id = ANY(%s)
+WHERE agent_id = ANY(%b::text[])
 """
 
 
@@ -97,14 +97,12 @@ async def samples(
     for agent, at in await cur.fetchall():
         created[row_of[agent]] = at
     row = np.array([row_of[s.agent_id] for s in series], np.int64)
+    # the series by kind: up, info, and state per state code (one pass)
+    kinds: dict[tuple[str, int], list[int]] = {}
+    for i, s in enumerate(series):
+        kinds.setdefault((s.name, _code(s) if s.name == STATE else -1), []).append(i)
     sids, stamps, values = [], [], []
-    for kind, wanted in ((UP, -1), (INFO, -1), *((STATE, code) for code in range(len(_CODE)))):
-        if kind == STATE:
-            chosen = [i for i, s in enumerate(series) if s.name == STATE and _code(s) == wanted]
-        else:
-            chosen = [i for i, s in enumerate(series) if s.name == kind]
-        if not chosen:
-            continue
+    for (kind, wanted), chosen in kinds.items():
         # the chosen series' agents' samples: per sample, which chosen series it belongs to
         at_row = np.full(len(agents), -1, np.int64)
         at_row[row[chosen]] = np.arange(len(chosen))
@@ -165,7 +163,9 @@ async def _timeline(
         np.arange(len(agents), dtype=np.int64)[:, None] * span + (grid - (lo_us - 1))
     ).ravel()
     inside = keys[(at[order] >= lo_us) & (at[order] <= hi_us)]
-    query = np.unique(np.concatenate([on_grid, inside]))
+    # sorted, without repeats (np.unique's hash path took 1.25 s for 1,000,000 keys here)
+    query = np.sort(np.concatenate([on_grid, inside]))
+    query = query[np.concatenate([[True], query[1:] != query[:-1]])] if len(query) else query
     states = np.full(len(query), -1, np.int64)
     if len(keys):
         found = np.searchsorted(keys, query, side="right") - 1

@@ -27,14 +27,14 @@ CREATE TABLE agent_liveness (
 );
 CREATE INDEX agent_liveness_agent_at ON agent_liveness (agent_id, at);
 
--- The series PromQL and Prometheus' metadata endpoints read: the stored ones, and per agent the
--- platform's own series of it, computed from the agents table and agent_liveness (their samples:
--- api/promql/fleetseries.py). Negative ids tell them apart; eight per agent. A query naming a
--- stored metric pays nothing for the rest: each branch's constant name folds its filter away.
-CREATE VIEW fleet_series AS
-SELECT series_id, name, agent_id, labels FROM series
-UNION ALL
-SELECT (-8 * a.id - 1)::integer, 'fleetpulse_agent_up', a.agent_id, '{}'::jsonb FROM agents a
+-- The platform's own series of each agent (api/promql/fleetseries.py computes their samples from
+-- the agents table and agent_liveness), eight ids per agent below zero; and every series PromQL
+-- and Prometheus' metadata endpoints read: the stored ones and these. A query naming a stored
+-- metric pays nothing for the rest: each branch's constant name folds its filter away.
+CREATE VIEW agent_own_series AS
+SELECT (-8 * a.id - 1)::integer AS series_id, 'fleetpulse_agent_up'::text AS name, a.agent_id,
+    '{}'::jsonb AS labels
+FROM agents a
 UNION ALL
 SELECT (-8 * a.id - 1 - s.k)::integer, 'fleetpulse_agent_state', a.agent_id,
     jsonb_build_object('state', s.state)
@@ -45,3 +45,8 @@ SELECT (-8 * a.id - 6)::integer, 'fleetpulse_agent_info', a.agent_id,
     a.config_tags || coalesce(t.tags, '{}'::jsonb) || jsonb_build_object(
         'hostname', a.hostname, 'ip', a.ip, 'os', a.os, 'arch', a.arch, 'version', a.version)
 FROM agents a LEFT JOIN agent_tags t USING (agent_id);
+
+CREATE VIEW fleet_series AS
+SELECT series_id, name, agent_id, labels FROM series
+UNION ALL
+SELECT series_id, name, agent_id, labels FROM agent_own_series;
