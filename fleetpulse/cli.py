@@ -378,6 +378,11 @@ _BENCHMARKS = (
         "the front-end alone: batches into Redis as fast as it acks, no workers",
     ),
     (
+        "liveness",
+        "liveness",
+        "the liveness sweep, agent pages and the agents' own PromQL series at 50,000 agents",
+    ),
+    (
         "agent",
         "agentfoot",
         "the agent's footprint: CPU per collection, series, RSS (vs node_exporter)",

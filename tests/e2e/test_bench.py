@@ -130,11 +130,13 @@ def test_bench_workers_drains_the_queue_into_postgres(form: str, tmp_path: Path)
             "--results-dir",
             str(tmp_path),
             *([] if form == "columnar" else ["--no-compress"]),  # once is enough
+            # an agent inventing 50 series per batch, against a budget of 60
+            *(["--flood-agents", "1", "--flood-series", "50"] if form == "columnar" else []),
         ],
         capture_output=True,
         text=True,
         timeout=600,
-        env=env,
+        env={**env, "FLEETPULSE_SERIES_BUDGET": "60"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -151,6 +153,27 @@ def test_bench_workers_drains_the_queue_into_postgres(form: str, tmp_path: Path)
     if form == "columnar":
         assert summary["compressed_points"] >= summary["points"]  # the warm-up batches too
         assert summary["bytes_per_point_by_table"]["sample_chunks"] > 0
+        # the flood kept its budget's worth of series; every other new series was refused
+        assert (summary["flood_points"], summary["flood_series_stored"]) == (3 * 50, 60)
+        assert summary["flood_points_refused"] == 3 * 50 - 60
+
+
+def test_bench_liveness_reports_the_sweep_pages_and_promql() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETPULSE_")}
+    args = ["bench", "liveness", "--agents", "50", "--repeat", "1"]
+    result = subprocess.run(
+        [sys.executable, "-m", "fleetpulse", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["agents"] == 50 and summary["sweep_10pct_stale_recorded"] == 5
+    assert {"agents_page_ms", "fleet_summary_ms", "range 1h/60s sum(fleetpulse_agent_up) ms"} <= (
+        summary.keys()
+    )
 
 
 def _bench(args: list[str], tmp_path: Path) -> dict[str, object]:
