@@ -50,6 +50,12 @@
   function renderSummary(summary) {
     $("sum-total").textContent = summary.agents;
     chips($("sum-status"), summary.by_status, (name) => `status-${name}`);
+    // Liveness transitions of the last hour, by the state entered and its cause.
+    const changes = {};
+    for (const [state, causes] of Object.entries(summary.changes_last_hour || {})) {
+      for (const [cause, count] of Object.entries(causes)) changes[`${state}: ${cause}`] = count;
+    }
+    chips($("sum-changes"), changes, (name) => `status-${name.split(":")[0]}`);
     chips($("sum-os"), summary.by_os);
     chips($("sum-version"), summary.by_version);
     const tags = {};

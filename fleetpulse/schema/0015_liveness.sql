@@ -26,6 +26,8 @@ CREATE TABLE agent_liveness (
     detail   text NOT NULL DEFAULT ''
 );
 CREATE INDEX agent_liveness_agent_at ON agent_liveness (agent_id, at);
+-- the fleet summary's last hour of transitions, and the pruning of old ones
+CREATE INDEX agent_liveness_at ON agent_liveness (at);
 
 -- The platform's own series of each agent (api/promql/fleetseries.py computes their samples from
 -- the agents table and agent_liveness), eight ids per agent below zero; and every series PromQL

@@ -253,6 +253,7 @@ def test_dashboard_fleet_and_host_pages_in_chromium(
                         assert shown and abs(float(shown[1]) - value) <= 0.051, row
                 expect(page.locator("#sum-total")).to_have_text("2")
                 expect(page.locator("#sum-status")).to_contain_text("2 online")
+                expect(page.locator("#sum-changes")).to_contain_text("online: registered")
                 expect(page.locator("#page-info")).to_have_text("1\u20132 of 2")
 
                 # Sorting (server-side): agent descending, then CPU descending.
