@@ -135,9 +135,10 @@ def _flood(
     client: redis.Redis, run_id: str, args: argparse.Namespace, count: int, epoch: int
 ) -> int:
     """XADD ``count`` batches per flood agent, each of ``--flood-series`` series never seen
-    before; return the points queued."""
+    before, at the timed batches' times (`_load`); return the points queued."""
     points = 0
     pipe = client.pipeline(transaction=False)
+    base_ns = ((epoch // 3_600_000 - 1) * 3600 - 5) * 1_000_000_000
     for index in range(1, args.flood_agents + 1):
         agent_id = simagent.agent_id_for(FLOOD_KIND, run_id, index)
         for seq in range(1, count + 1):
@@ -146,7 +147,7 @@ def _flood(
                 epoch=epoch,
                 sequence=seq,
                 values=[1.0] * args.flood_series,
-                timestamps_ns=[time.time_ns()],
+                timestamps_ns=[base_ns + (seq + 1) * 10_000_000_000],
                 series=metric_pb2.SeriesSet(
                     entries=[
                         metric_pb2.SeriesDef(name="requests", labels={"request_id": f"{seq}-{i}"})
