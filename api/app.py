@@ -25,7 +25,19 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleetpulse import connections
-from fleetpulse.api import agents, auditlog, budgets, config, deps, fleet, prom, query, tags, ui
+from fleetpulse.api import (
+    agents,
+    auditlog,
+    budgets,
+    config,
+    deps,
+    fleet,
+    prom,
+    query,
+    rollouts,
+    tags,
+    ui,
+)
 from fleetpulse.api.schemas import HealthPublic
 from fleetpulse.errors import (
     BadInput,
@@ -215,6 +227,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(tags.router)
     app.include_router(budgets.router)
     app.include_router(auditlog.router)
+    app.include_router(rollouts.router)
     app.include_router(fleet.router)
     app.include_router(query.router)
     app.include_router(prom.router)

@@ -24,10 +24,32 @@ TAGS_CHANGE = "tags.change"
 CREDENTIAL_REVOKE = "credential.revoke"
 AGENT_ENROLL = "agent.enroll"
 SERIES_BUDGET_CHANGE = "series_budget.change"
-ACTIONS = (SETTINGS_CHANGE, TAGS_CHANGE, CREDENTIAL_REVOKE, AGENT_ENROLL, SERIES_BUDGET_CHANGE)
+ROLLOUT_CREATE = "rollout.create"
+ROLLOUT_PAUSE = "rollout.pause"
+ROLLOUT_RESUME = "rollout.resume"
+ROLLOUT_ABORT = "rollout.abort"
+# The rollout job's own: a wave failed its health gate (the rollout stopped, the wave reverted),
+# or the last wave passed.
+ROLLOUT_FAIL = "rollout.fail"
+ROLLOUT_COMPLETE = "rollout.complete"
+ACTIONS = (
+    SETTINGS_CHANGE,
+    TAGS_CHANGE,
+    CREDENTIAL_REVOKE,
+    AGENT_ENROLL,
+    SERIES_BUDGET_CHANGE,
+    ROLLOUT_CREATE,
+    ROLLOUT_PAUSE,
+    ROLLOUT_RESUME,
+    ROLLOUT_ABORT,
+    ROLLOUT_FAIL,
+    ROLLOUT_COMPLETE,
+)
 
 # The actor of an enrollment: the agent presented the enrollment token.
 BY_ENROLLMENT = "enrollment-token"
+# The actor of what the platform does on its own (a rollout stopped by its health gate).
+BY_PLATFORM = "platform"
 
 _INSERT = "INSERT INTO audit_log (actor, action, target, detail) VALUES (%s, %s, %s, %s)"
 _READ = """

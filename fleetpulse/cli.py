@@ -52,7 +52,7 @@ _EXTRA_OF_MODULE = {
 # In a command a user types, a server error is a one-line message, not a traceback (a role that
 # serves keeps its traceback: there it is a crash to debug).
 _SERVER_OF_ERROR = {"psycopg": "PostgreSQL", "psycopg_pool": "PostgreSQL", "redis": "Redis"}
-_MANAGEMENT_COMMANDS = frozenset({"agents", "status", "audit", "actions", "migrate"})
+_MANAGEMENT_COMMANDS = frozenset({"agents", "status", "audit", "actions", "migrate", "rollout"})
 
 
 def _configure_logging(level: str, role: str) -> None:
@@ -146,6 +146,32 @@ def _cmd_agents_config(args: argparse.Namespace) -> int:
         args.unset, args.reset, args.collect_interval, args.heartbeat_interval, args.collectors
     )
     return agentcommands.configure(_server_settings(args), args.agent_id, changes)
+
+
+def _cmd_rollout(args: argparse.Namespace) -> int:
+    from fleetpulse import agentcommands, rolloutcommands
+
+    settings = _server_settings(args)
+    action = args.rollout_command
+    if action == "start":
+        changes = agentcommands.changes_of(
+            args.unset, False, args.collect_interval, args.heartbeat_interval, args.collectors
+        )
+        return rolloutcommands.start(
+            settings,
+            args.tag,
+            args.agent,
+            args.all,
+            changes,
+            args.waves,
+            args.soak,
+            args.dry_run,
+        )
+    if action == "list":
+        return rolloutcommands.listing(settings, args.state, args.limit)
+    if action == "show":
+        return rolloutcommands.show(settings, args.rollout_id, args.agents)
+    return rolloutcommands.control(settings, action, args.rollout_id)
 
 
 def _cmd_agents_tag(args: argparse.Namespace) -> int:
@@ -562,6 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--reset", action="store_true", help="unset everything")
     config.set_defaults(handler=_cmd_agents_config)
 
+    _add_rollout_parser(sub)
+
     worker = sub.add_parser("worker", help="run workers (Redis Streams -> PostgreSQL)")
     _add_server_flags(worker)
     worker.add_argument(
@@ -674,6 +702,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agent.set_defaults(handler=_cmd_agent)
     return parser
+
+
+def _add_rollout_parser(sub: Any) -> None:
+    rollout = sub.add_parser(
+        "rollout",
+        help="staged rollouts of settings, wave by wave, behind a health gate",
+        description="A settings change for the agents a selector chooses, in cumulative waves "
+        "(1%,5%,25%,100% by default); a wave passes when its agents applied it and stayed "
+        "healthy for the soak time; a failing wave stops the rollout and is reverted.",
+    )
+    rollout_sub = rollout.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
+    start = rollout_sub.add_parser("start", help="start a rollout (or plan it: --dry-run)")
+    _add_server_flags(start, queue=False)
+    start.add_argument("--tag", action="append", metavar="KEY=VALUE", help="agents carrying it")
+    start.add_argument("--agent", action="append", metavar="AGENT_ID", help="this agent")
+    start.add_argument("--all", action="store_true", help="every agent")
+    start.add_argument("--collect-interval", type=float, metavar="SECONDS")
+    start.add_argument("--heartbeat-interval", type=float, metavar="SECONDS")
+    start.add_argument("--collectors", metavar="NAME,NAME", help="collectors to run")
+    start.add_argument(
+        "--unset",
+        action="append",
+        choices=sorted(UNSETTABLE),
+        help="hand a setting back to the agents' own config files (repeatable)",
+    )
+    start.add_argument(
+        "--waves", default="1%,5%,25%,100%", help="cumulative steps: percentages or counts"
+    )
+    start.add_argument(
+        "--soak", type=float, metavar="SECONDS", help="per wave (default rollout_soak_s, 300)"
+    )
+    start.add_argument("--dry-run", action="store_true", help="show the waves; start nothing")
+    listing = rollout_sub.add_parser("list", help="rollouts, newest first")
+    _add_server_flags(listing, queue=False, redis=False)
+    listing.add_argument("--state", choices=("running", "paused", "completed", "failed", "aborted"))
+    listing.add_argument("--limit", type=int, default=20)
+    show = rollout_sub.add_parser("show", help="a rollout's waves (and agents: --agents)")
+    _add_server_flags(show, queue=False, redis=False)
+    show.add_argument("rollout_id", type=int)
+    show.add_argument("--agents", action="store_true", help="each agent's state and reason")
+    for action, text in (
+        ("pause", "start no further wave"),
+        ("resume", "go on"),
+        ("abort", "stop, and give every agent it changed its previous settings back"),
+    ):
+        control = rollout_sub.add_parser(action, help=text)
+        _add_server_flags(control, queue=False)
+        control.add_argument("rollout_id", type=int)
+    rollout.set_defaults(handler=_cmd_rollout)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,5 +16,12 @@ MIGRATION = _PREFIX | 0x01  # fleetpulse/migrate.py: schema migrations
 ROLLUP = _PREFIX | 0x02  # ingest/worker/rollups.py: the rollup job
 COMPACTION = _PREFIX | 0x03  # ingest/worker/compaction.py: packing rollup partitions' indexes
 COMPRESS = _PREFIX | 0x04  # ingest/worker/compress.py: compressing closed hours
+ROLLOUT = _PREFIX | 0x05  # ingest/worker/rolloutjob.py: moving the settings rollouts
 
-ALL = {"migration": MIGRATION, "rollup": ROLLUP, "compaction": COMPACTION, "compress": COMPRESS}
+ALL = {
+    "migration": MIGRATION,
+    "rollup": ROLLUP,
+    "compaction": COMPACTION,
+    "compress": COMPRESS,
+    "rollout": ROLLOUT,
+}

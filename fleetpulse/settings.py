@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     # (ingest/seriesbudgets.py); new series past it are rejected (series_budget).
     series_budget: int = Field(default=10_000, ge=0)
 
+    # Rollouts (ingest/rollouts.py): how often the job moves them, the soak time a rollout gets
+    # unless it names one, and how long an agent may take to report new settings applied.
+    rollout_check_interval_s: float = Field(default=5.0, gt=0)
+    rollout_soak_s: float = Field(default=300.0, ge=0)
+    rollout_apply_timeout_s: float = Field(default=120.0, gt=0)
+
     worker_read_count: int = Field(default=200, ge=1)
     worker_block_ms: int = Field(default=1000, ge=1)
     worker_drain_timeout_s: float = Field(default=5.0, ge=0)

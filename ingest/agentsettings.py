@@ -16,6 +16,7 @@ from psycopg import AsyncConnection, Connection
 from fleetpulse import auditlog
 from fleetpulse.agent.collectors.names import COLLECTORS
 from fleetpulse.agent.remote import RemoteSettings, check
+from fleetpulse.errors import Conflict
 from fleetpulse.proto import agent_pb2
 
 # Fields an update may set; an absent key keeps the stored value, None clears it.
@@ -26,11 +27,8 @@ SELECT version, collect_interval_ms, heartbeat_interval_ms, collectors
 FROM agent_settings WHERE agent_id = %s
 """
 
-# One statement, so two concurrent updates of one agent get two versions, never a lost one.
-_UPSERT = """
-INSERT INTO agent_settings AS s
-    (agent_id, version, collect_interval_ms, heartbeat_interval_ms, collectors)
-VALUES (%(agent_id)s, 1, %(collect_interval_ms)s, %(heartbeat_interval_ms)s, %(collectors)s)
+# Only the fields the change names are written; the others keep their stored value.
+_ON_CONFLICT = """
 ON CONFLICT (agent_id) DO UPDATE SET
     version = s.version + 1,
     collect_interval_ms = CASE WHEN %(set_collect)s
@@ -39,8 +37,51 @@ ON CONFLICT (agent_id) DO UPDATE SET
         THEN EXCLUDED.heartbeat_interval_ms ELSE s.heartbeat_interval_ms END,
     collectors = CASE WHEN %(set_collectors)s THEN EXCLUDED.collectors ELSE s.collectors END,
     updated_at = now()
-RETURNING version, collect_interval_ms, heartbeat_interval_ms, collectors
 """
+_INSERT = """
+INSERT INTO agent_settings AS s
+    (agent_id, version, collect_interval_ms, heartbeat_interval_ms, collectors)
+SELECT src.agent_id, 1, %(collect_interval_ms)s::integer, %(heartbeat_interval_ms)s::integer,
+    %(collectors)s::text[]
+"""
+# One statement, so two concurrent updates of one agent get two versions, never a lost one.
+_UPSERT = (
+    _INSERT
+    + "FROM (SELECT %(agent_id)s::text AS agent_id) src"
+    + _ON_CONFLICT
+    + "RETURNING version, collect_interval_ms, heartbeat_interval_ms, collectors"
+)
+
+
+def upsert_many_sql(source: str) -> str:
+    """The same change for many agents in one statement: ``source`` is a query with an
+    ``agent_id`` column; the parameters are `change_params`' (its ``agent_id`` unused). Returns each
+    agent's id and new version. A rollout (ingest/rollouts.py) writes a wave with it."""
+    return f"{_INSERT}FROM ({source}) src{_ON_CONFLICT}RETURNING s.agent_id, s.version"
+
+
+# What a rollout keeps of an agent's settings row before changing it (``s``: agent_settings), and
+# how it restores them: every field written back as it was (null: the agent's file decides).
+PREVIOUS = (
+    "jsonb_build_object('collect_interval_ms', s.collect_interval_ms, "
+    "'heartbeat_interval_ms', s.heartbeat_interval_ms, 'collectors', s.collectors)"
+)
+
+
+def restore_many_sql(source: str) -> str:
+    """Write back ``previous`` (a `PREVIOUS` object, or null) for each ``agent_id`` of ``source``,
+    as a new version; returns each agent's id and new version."""
+    return f"""
+UPDATE agent_settings s SET version = s.version + 1,
+    collect_interval_ms = (src.previous ->> 'collect_interval_ms')::integer,
+    heartbeat_interval_ms = (src.previous ->> 'heartbeat_interval_ms')::integer,
+    collectors = CASE WHEN jsonb_typeof(src.previous -> 'collectors') = 'array'
+        THEN ARRAY(SELECT jsonb_array_elements_text(src.previous -> 'collectors')) END,
+    updated_at = now()
+FROM ({source}) src WHERE s.agent_id = src.agent_id
+RETURNING s.agent_id, s.version
+"""  # noqa: S608  # the source is the caller's constant
+
 
 _REPORTED = """
 SELECT settings_version, settings_applied, settings_error, settings_reported_at,
@@ -69,7 +110,8 @@ def validate(changes: dict[str, Any]) -> None:
     )
 
 
-def _params(agent_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+def change_params(agent_id: str | None, changes: dict[str, Any]) -> dict[str, Any]:
+    """The bind parameters of a change (ValueError if invalid)."""
     validate(changes)
     collectors = changes.get("collectors")
     return {
@@ -97,8 +139,9 @@ def update(
 ) -> RemoteSettings:
     """Store a new version (only the keys in ``changes`` change; ``actor`` made it: the audit
     log, in the same transaction); ValueError if invalid."""
-    params = _params(agent_id, changes)
+    params = change_params(agent_id, changes)
     with conn.transaction():
+        _not_in_rollout(conn.execute(_IN_ROLLOUT, (agent_id,)).fetchone(), agent_id)
         settings = _settings(conn.execute(_UPSERT, params).fetchone())
         assert settings is not None  # RETURNING always yields the row
         auditlog.record(conn, actor, auditlog.SETTINGS_CHANGE, agent_id, _detail(settings, changes))
@@ -108,8 +151,10 @@ def update(
 async def update_async(
     conn: AsyncConnection[Any], agent_id: str, changes: dict[str, Any], actor: str
 ) -> RemoteSettings:
-    params = _params(agent_id, changes)
+    params = change_params(agent_id, changes)
     async with conn.transaction():
+        cur = await conn.execute(_IN_ROLLOUT, (agent_id,))
+        _not_in_rollout(await cur.fetchone(), agent_id)
         cur = await conn.execute(_UPSERT, params)
         settings = _settings(await cur.fetchone())
         assert settings is not None
@@ -117,6 +162,18 @@ async def update_async(
             conn, actor, auditlog.SETTINGS_CHANGE, agent_id, _detail(settings, changes)
         )
     return settings
+
+
+_IN_ROLLOUT = "SELECT rollout_id FROM rollout_agents WHERE agent_id = %s AND active"
+
+
+def _not_in_rollout(row: tuple[Any, ...] | None, agent_id: str) -> None:
+    """One rollout per agent, and no hand-made change under one: its revert would undo it."""
+    if row is not None:
+        raise Conflict(
+            f"agent {agent_id} is in rollout {row[0]}: abort it, or wait for it to end, "
+            "before changing its settings by hand"
+        )
 
 
 def _detail(settings: RemoteSettings, changes: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from fleetpulse.ingest.worker.compaction import CompactionThread
 from fleetpulse.ingest.worker.compress import CompressThread
 from fleetpulse.ingest.worker.copier import ChunkResult, ChunkWriter
 from fleetpulse.ingest.worker.decode import ChunkDecoder, Entry
+from fleetpulse.ingest.worker.rolloutjob import RolloutThread
 from fleetpulse.ingest.worker.rollups import RollupThread
 from fleetpulse.ingest.worker.series import SeriesResolver
 from fleetpulse.settings import Settings
@@ -276,6 +277,8 @@ class Worker:
     def run(self) -> None:
         log.info("worker %s reading %d streams", self._consumer, len(self._streams))
         rollup_thread = compaction_thread = compress_thread = None
+        rollout_thread = RolloutThread(self._settings)
+        rollout_thread.start()
         if self._settings.rollups:
             assert self._settings.database_url
             rollup_thread = RollupThread(
@@ -299,6 +302,7 @@ class Worker:
         try:
             self._consume()
         finally:
+            rollout_thread.stop()  # not waited for: a step cut short rolls back, redone later
             if compress_thread is not None:
                 compress_thread.stop()  # not waited for: a batch cut short rolls back
             if compaction_thread is not None:
