@@ -24,7 +24,7 @@ COOKIE = "fleetpulse_key"
 OPEN_PATHS = frozenset({"/healthz", "/login"})
 # The dashboard's pages (api/ui.py): they check the key themselves, so that a person without one
 # gets a redirect to the login form instead of a 401.
-PAGE_PATHS = frozenset({"/", "/ui", "/ui/", "/ui/host"})
+PAGE_PATHS = frozenset({"/", "/ui", "/ui/", "/ui/host", "/ui/rollouts"})
 
 
 def _keys(settings: Settings, admin: bool) -> list[tuple[str, bytes]]:

@@ -1,4 +1,4 @@
-"""The dashboard: a fleet page and a host page, served as static files next to the JSON API.
+"""The dashboard: fleet, host and rollouts pages, served as static files next to the JSON API.
 
 The pages are plain HTML and JavaScript that call the read API from the browser (same origin, the
 ``fleetpulse_key`` cookie set by ``POST /login``); the charts are uPlot, vendored under
@@ -105,6 +105,12 @@ async def fleet_page(request: Request) -> Response:
 async def host_page(request: Request) -> Response:
     """One agent (``?agent=ID``): CPU, memory, disk and network charts over a chosen range."""
     return _page("host.html", request)
+
+
+@router.get("/ui/rollouts")
+async def rollouts_page(request: Request) -> Response:
+    """Staged rollouts, newest first, with their waves and (on a click) their agents; read only."""
+    return _page("rollouts.html", request)
 
 
 @router.get("/ui/static/{path:path}")

@@ -1,4 +1,4 @@
-// Shared by the fleet and host pages: API calls with the login cookie, formatting.
+// Shared by the fleet, host and rollouts pages: API calls with the login cookie, formatting.
 "use strict";
 
 const fp = (() => {

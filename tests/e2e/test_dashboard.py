@@ -1,20 +1,23 @@
 """The dashboard in a real browser: `fleetpulse up --agents 2`, headless Chromium, login to charts.
 
 Drives Debian's Chromium (``/usr/bin/chromium``, or ``FLEETPULSE_TEST_CHROMIUM``) through the
-``playwright`` package without ``playwright install``. Screenshots of the fleet page and the host
-page are saved under ``test-artifacts/`` at the repository root.
+``playwright`` package without ``playwright install``. Screenshots of the fleet page, the host
+page and the rollouts page are saved under ``test-artifacts/`` at the repository root.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
 import urllib.parse
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -83,12 +86,27 @@ def raw_request(
         connection.close()
 
 
+def post_json(url: str, body: Any, key: str) -> tuple[int, Any]:
+    """POST a JSON body with a key: (status, the JSON answer)."""
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, json.loads(response.read())
+
+
 def check_pages_and_login_over_http(base: str, key: str) -> None:
     """What the browser part does not see: redirects, the assets' key, no open redirect."""
     status, headers = raw_request(base, "GET", "/ui/host?agent=a%201")
     assert (status, headers["location"]) == (303, "/login?next=%2Fui%2Fhost%3Fagent%3Da%25201")
-    status, headers = raw_request(base, "GET", "/ui/", key=key)
-    assert status == 200 and "script-src 'self'" in headers["content-security-policy"]
+    status, headers = raw_request(base, "GET", "/ui/rollouts")
+    assert (status, headers["location"]) == (303, "/login?next=%2Fui%2Frollouts")
+    for page in ("/ui/", "/ui/rollouts"):
+        status, headers = raw_request(base, "GET", page, key=key)
+        assert status == 200 and "script-src 'self'" in headers["content-security-policy"], page
     assert raw_request(base, "GET", "/ui/static/app.js")[0] == 401  # assets need the key too
     status, headers = raw_request(base, "GET", "/ui/static/vendor/uPlot.iife.min.js", key=key)
     assert status == 200 and headers["content-type"].startswith("text/javascript")
@@ -138,6 +156,12 @@ def test_dashboard_fleet_and_host_pages_in_chromium(
 ) -> None:
     skip_without_chromium()
     env = platform_env(backend, request)
+    # A read key and an admin key (to start a rollout); with an admin key set, `up` generates
+    # no read key of its own.
+    key, admin_key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    env["FLEETPULSE_API_KEYS"] = key
+    env["FLEETPULSE_API_ADMIN_KEY"] = admin_key
+    env["FLEETPULSE_ROLLOUT_CHECK_INTERVAL_S"] = "0.5"
     api_port, grpc_port = free_port(), free_port()
     data_dir = tmp_path / "data"
     base = f"http://127.0.0.1:{api_port}"
@@ -145,7 +169,8 @@ def test_dashboard_fleet_and_host_pages_in_chromium(
     artifacts.mkdir(exist_ok=True)
     fleet_png = artifacts / f"dashboard-fleet-{backend.name}.png"
     host_png = artifacts / f"dashboard-host-{backend.name}.png"
-    for old in (fleet_png, host_png):
+    rollouts_png = artifacts / f"dashboard-rollouts-{backend.name}.png"
+    for old in (fleet_png, host_png, rollouts_png):
         old.unlink(missing_ok=True)
 
     proc = start_up(
@@ -160,7 +185,7 @@ def test_dashboard_fleet_and_host_pages_in_chromium(
     try:
 
         def two_online_with_cpu() -> list[dict[str, Any]] | None:
-            agents = get_json(f"{base}/agents", api_key(data_dir))
+            agents = get_json(f"{base}/agents", key)
             ok = len(agents) == 2 and all(
                 a["status"] == "online" and a["cpu_percent"] is not None for a in agents
             )
@@ -168,8 +193,24 @@ def test_dashboard_fleet_and_host_pages_in_chromium(
 
         agents = wait_until(two_online_with_cpu, 45, "2 online agents with a CPU value")
         ids = sorted(a["agent_id"] for a in agents)
-        key = api_key(data_dir)
         check_pages_and_login_over_http(base, key)
+
+        # A staged rollout over both agents (one, then the rest), moving while the pages below
+        # are checked; the rollouts page is checked last. Up's agents collect every second.
+        status, started = post_json(
+            f"{base}/rollouts",
+            {
+                "selector": {"all": True},
+                "settings": {"collect_interval_s": 2},
+                "waves": [1, "100%"],
+                "soak_s": 1,
+            },
+            admin_key,
+        )
+        assert status == 201, started
+        assert started["agents"] == 2 and started["state"] == "running", started
+        assert [(w["step"], w["agents"]) for w in started["waves"]] == [("1", 1), ("100%", 1)]
+        rollout_id = started["id"]
 
         with sync_playwright() as pw:
             browser = pw.chromium.launch(
@@ -255,6 +296,7 @@ def test_dashboard_fleet_and_host_pages_in_chromium(
                 expect(page.locator("#sum-status")).to_contain_text("2 online")
                 expect(page.locator("#sum-changes")).to_contain_text("online: registered")
                 expect(page.locator("#page-info")).to_have_text("1\u20132 of 2")
+                expect(page.locator("#nav-rollouts")).to_have_attribute("href", "/ui/rollouts")
 
                 # Sorting (server-side): agent descending, then CPU descending.
                 agent_header = page.locator("th[data-sort='agent_id']")
@@ -391,6 +433,60 @@ def test_dashboard_fleet_and_host_pages_in_chromium(
                 expect(cpu_user.locator(".u-value")).to_have_text(re.compile(r"^\d+(\.\d+)? %$"))
                 page.screenshot(path=str(host_png), full_page=True)
 
+                # Rollouts page, from the host page's header: the rollout started above ends
+                # completed, both its waves passed (the first one agent, then the other).
+                page.click("#nav-rollouts")
+                page.wait_for_url(f"{base}/ui/rollouts")
+                expect(page.locator("#readonly-note")).to_contain_text("Read only")
+                card = page.locator(f".rollout[data-rollout-id='{rollout_id}']")
+                expect(card).to_have_attribute("data-state", "completed", timeout=60_000)
+                expect(card.locator(".rollout-state")).to_have_text("completed")
+                expect(card.locator(".wave-of")).to_have_text("wave 2 of 2")
+                expect(card.locator(".agent-count")).to_have_text("2 agents")
+                expect(card.locator(".selector")).to_have_text("all agents")
+                expect(card.locator(".settings")).to_have_text("collect_interval_s: 2")
+                expect(card.locator(".rollout-reason")).to_have_count(0)
+                expect(card.locator(".wave")).to_have_count(2)
+                for number, step in ((1, "1"), (2, "100%")):
+                    wave = card.locator(f".wave[data-wave='{number}']")
+                    expect(wave).to_have_attribute("data-state", "passed")
+                    expect(wave).to_have_class(re.compile(r"\bstate-passed\b"))
+                    expect(wave.locator(".wave-step")).to_have_text(step)
+                    expect(wave.locator(".wave-agents")).to_have_text("1 agent")
+                    expect(wave.locator(".wave-state")).to_have_text("passed")
+                    # Only the counts that are not zero.
+                    expect(wave.locator(".wave-counts")).to_have_text("1 passed")
+                    expect(wave.locator(".wave-reason")).to_have_count(0)
+                    green = wave.evaluate("w => getComputedStyle(w).backgroundColor")
+                    assert green == "rgb(220, 252, 231)", green  # --online-bg
+                # A click on the rollout shows its agents, each linking to its host page.
+                card.locator(".rollout-head h2").click()
+                expect(card.locator(".agents-toggle")).to_have_attribute("aria-expanded", "true")
+                agent_rows = card.locator(".rollout-agents tbody tr")
+                expect(agent_rows).to_have_count(2)
+                listed = agent_rows.evaluate_all(
+                    "rows => rows.map(r => ({id: r.dataset.agentId, state: r.dataset.state,"
+                    " wave: r.dataset.wave, badge: r.querySelector('.state').textContent,"
+                    " href: r.querySelector('a').getAttribute('href'),"
+                    " errors: r.querySelector('.collector-errors').dataset.since}))"
+                )
+                assert sorted(r["id"] for r in listed) == ids, listed
+                assert sorted(r["wave"] for r in listed) == ["1", "2"], listed
+                for row in listed:
+                    assert row["state"] == row["badge"] == "passed", row
+                    assert row["href"] == f"/ui/host?agent={urllib.parse.quote(row['id'])}", row
+                    assert row["errors"] != "", row  # its figures since the change are shown
+                assert f"open={rollout_id}" in page.url
+                # The rollout as the API has it: what the page showed.
+                shown = get_json(f"{base}/rollouts/{rollout_id}", key)
+                assert shown["state"] == "completed", shown
+                assert [w["state"] for w in shown["waves"]] == ["passed", "passed"], shown
+                page.screenshot(path=str(rollouts_png), full_page=True)
+                # A second click hides them again.
+                card.locator(".agents-toggle").click()
+                expect(card.locator(".rollout-agents")).to_have_count(0)
+                expect(card.locator(".agents-toggle")).to_have_attribute("aria-expanded", "false")
+
                 assert not errors, errors
                 assert not elsewhere, f"requests to other origins: {elsewhere}"
             finally:
@@ -400,7 +496,7 @@ def test_dashboard_fleet_and_host_pages_in_chromium(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    print(f"screenshots: {fleet_png} {host_png}")
+    print(f"screenshots: {fleet_png} {host_png} {rollouts_png}")
 
 
 REPLAYED = "replayed-agent"
