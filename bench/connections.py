@@ -52,9 +52,10 @@ from fleetpulse.errors import ConfigError
 
 # A Python process with grpc.aio holds a few thousand channels comfortably (docs/performance.md).
 CHANNELS_PER_PROCESS = 5000
-# Live counters, one row of NFIELDS per client process (CONNECTED is a gauge, the rest counts).
-CONNECTED, REGISTERED, HEARTBEATS_SENT, HEARTBEATS_ACKED, FAILURES = range(5)
-NFIELDS = 5
+# Live counters, one row of NFIELDS per client process (CONNECTED and SETTING_UP are gauges: agents
+# with a registered stream, and agents between opening a stream and its register's answer).
+CONNECTED, REGISTERED, HEARTBEATS_SENT, HEARTBEATS_ACKED, FAILURES, SETTING_UP = range(6)
+NFIELDS = 6
 RETRY_DELAY_MAX_S = 30.0
 # Samples of the front-end's /metrics (ingest/frontend/selfmetrics.py).
 _SERVER_CONNECTED = "fleetpulse_ingest_connected_agents"
@@ -72,6 +73,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--agents", type=int, default=20_000, help="simulated agents (default 20,000)"
     )
     parser.add_argument("--heartbeat-interval", type=float, default=10.0, help="seconds")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="front-end processes sharing the port (fleetpulse ingest --processes N; default 1)",
+    )
+    parser.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        default=300.0,
+        help="after the window the front-end is restarted: seconds to wait for every agent to "
+        "be back (default 300; 0 skips the restart)",
+    )
     parser.add_argument(
         "--duration", type=float, default=60.0, help="measured window, seconds (default 60)"
     )
@@ -129,6 +143,9 @@ class ClientResult:
     # failed attempts by status code and details (what the server or gRPC said), a few kinds
     error_details: Counter[str] = field(default_factory=Counter)
     connect_s: array[float] = field(default_factory=lambda: array("d"))
+    # wall time of each failed attempt, and its code (the run splits them by phase)
+    error_at: array[float] = field(default_factory=lambda: array("d"))
+    error_codes: list[str] = field(default_factory=list)
     # (wall time of the ack, seconds from heartbeat written to ack read), for the window's RTTs
     ack_at: array[float] = field(default_factory=lambda: array("d"))
     ack_rtt_s: array[float] = field(default_factory=lambda: array("d"))
@@ -137,8 +154,10 @@ class ClientResult:
     gc_pause_total_s: float = 0.0
 
     def note_error(self, code: str, details: str) -> None:
+        self.error_at.append(time.time())
+        self.error_codes.append(code)
         # Details name addresses and ports: keep the first MAX_ERROR_KINDS kinds, count the rest.
-        key = f"{code}: {details[:160]}"
+        key = f"{code}: {details[:240]}"
         if key in self.error_details or len(self.error_details) < MAX_ERROR_KINDS:
             self.error_details[key] += 1
         else:
@@ -162,10 +181,14 @@ class IdleAgent(simagent.SimulatedAgent):
         connected_once = False
         retry_delay_s = 0.5
         while True:
+            self._count(SETTING_UP)
+            setting_up = True
             try:
                 async with simagent.session(
                     self.config.target, self.config.token, self._register
                 ) as call:
+                    self._count(SETTING_UP, -1)
+                    setting_up = False
                     if not connected_once:
                         connected_once = True
                         self._result.connect_s.append(time.monotonic() - first_attempt_at)
@@ -178,12 +201,24 @@ class IdleAgent(simagent.SimulatedAgent):
                         self._count(CONNECTED, -1)
             except grpc.aio.AioRpcError as exc:
                 self._result.errors[exc.code().name] += 1
-                self._result.note_error(exc.code().name, str(exc.details()))
+                details = str(exc.details())
+                if exc.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL):
+                    # gRPC's own account (the failed operation, the transport's error)
+                    details += " | " + " ".join(str(exc.debug_error_string()).split())
+                self._result.note_error(exc.code().name, details)
                 server_delay_s = simagent.stream_retry_after_s(exc)
             except simagent.StreamEnded as exc:
                 self._result.errors[str(exc)] += 1
                 self._result.note_error(str(exc), "")
                 server_delay_s = 0.0
+            except asyncio.InvalidStateError as exc:
+                # grpc.aio's write() on a call that ended meanwhile (the front-end stopped it):
+                # the project's agent reconnects on it too (agent/daemon.py).
+                self._result.errors["WRITE_AFTER_END"] += 1
+                self._result.note_error("WRITE_AFTER_END", str(exc))
+                server_delay_s = 0.0
+            if setting_up:
+                self._count(SETTING_UP, -1)
             self._count(FAILURES)
             # Like the project's agent: jittered exponential backoff, at least what the server asked.
             await asyncio.sleep(max(server_delay_s, random.uniform(0.5, 1.0) * retry_delay_s))
@@ -286,10 +321,54 @@ def _sum(stats: Any, processes: int, name: int) -> int:
     return sum(stats[i * NFIELDS + name] for i in range(processes))
 
 
+def _reconnect(
+    frontend: FrontendProcess,
+    stats: Any,
+    processes: int,
+    args: argparse.Namespace,
+    sample: Any,
+) -> dict[str, Any]:
+    """Restart the front-end (every process) and wait until every agent registered again."""
+    if args.reconnect_timeout <= 0:
+        return {}
+    registered_0 = _sum(stats, processes, REGISTERED)
+    failures_0 = _sum(stats, processes, FAILURES)
+    restart_at = time.time()
+    started = time.monotonic()
+    listen_s = frontend.restart()  # its processes are new: their CPU counts from zero
+    back = done = False
+    while True:
+        now = sample("reconnect")
+        registered = _sum(stats, processes, REGISTERED) - registered_0
+        back = now["connected"] >= args.agents and registered >= args.agents
+        if back or time.monotonic() - started > args.reconnect_timeout:
+            done = True
+        progress(
+            f"reconnecting after a front-end restart: {now['connected']:,}/{args.agents:,} "
+            f"connected, {now['setting_up']:,} opening a stream, {now['t_s']:.0f} s",
+            final=done,
+        )
+        if done:
+            break
+        time.sleep(0.5)
+    elapsed = time.monotonic() - started
+    return {
+        "restart_at": restart_at,
+        "reconnect_s": round(elapsed, 1) if back else None,
+        "listen_s": round(listen_s, 2),
+        "connected": now["connected"],
+        "registrations_per_s": round(args.agents / elapsed, 1) if back else None,
+        "failed_attempts": _sum(stats, processes, FAILURES) - failures_0,
+        "server_cpu_s": round(frontend.cpu_s(), 2),
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     """`fleetpulse bench connections`: one run; the last stdout line is its summary as JSON."""
     if args.agents < 1 or args.duration <= 0 or args.heartbeat_interval <= 0:
         raise ConfigError("--agents, --duration and --heartbeat-interval must be positive")
+    if args.processes < 1:
+        raise ConfigError("--processes must be at least 1")
     started_at = datetime.now(UTC)
     run_id = started_at.strftime("%H%M%S") + secrets.token_hex(2)
     prefix = simagent.agent_prefix(AGENT_KIND, run_id)
@@ -300,13 +379,17 @@ def run(args: argparse.Namespace) -> int:
         args.connect_timeout if args.connect_timeout is not None else max(30.0, ramp_s)
     )
     settle_s = args.settle if args.settle is not None else args.heartbeat_interval
+    # Each process has its own limit: a front-end process holds its share of the agents, a
+    # client process its share of the channels.
+    per_process = max(math.ceil(args.agents / args.processes), math.ceil(args.agents / processes))
     wanted_files = (
-        args.open_files_limit if args.open_files_limit is not None else args.agents + 1024
+        args.open_files_limit if args.open_files_limit is not None else per_process + 1024
     )
     files_limit = raise_open_files_limit_to(wanted_files) if wanted_files else None
     command = (
         f"fleetpulse bench connections --agents {args.agents}"
         f" --heartbeat-interval {args.heartbeat_interval:g} --duration {args.duration:g}"
+        f" --processes {args.processes} --reconnect-timeout {args.reconnect_timeout:g}"
         f" --client-processes {processes} --ramp {ramp_s:g}"
         + (
             f" --open-files-limit {args.open_files_limit}"
@@ -324,7 +407,8 @@ def run(args: argparse.Namespace) -> int:
     stop: Any = None
     try:
         frontend.start(
-            settings_env={"FLEETPULSE_HEARTBEAT_INTERVAL_S": str(args.heartbeat_interval)}
+            settings_env={"FLEETPULSE_HEARTBEAT_INTERVAL_S": str(args.heartbeat_interval)},
+            processes=args.processes,
         )
         assert frontend.database_url is not None
         time.sleep(2.0)  # let the process finish starting (imports, pools) before the idle figure
@@ -358,7 +442,8 @@ def run(args: argparse.Namespace) -> int:
             for i in range(processes)
         ]
         sys.stderr.write(
-            f"front-end {frontend.target} (pid {frontend.pid}, open files limit "
+            f"front-end {frontend.target} ({args.processes} process(es), pid {frontend.pid}, "
+            "open files limit "
             f"{frontend.open_files_limit():,}); {args.agents:,} agents over {processes} client "
             f"processes, ramp {ramp_s:g} s\n"
         )
@@ -372,6 +457,7 @@ def run(args: argparse.Namespace) -> int:
                     "t_s": round(time.monotonic() - t0, 1),
                     "phase": phase,
                     "connected": _sum(stats, processes, CONNECTED),
+                    "setting_up": _sum(stats, processes, SETTING_UP),
                     "registrations": _sum(stats, processes, REGISTERED),
                     "failed_attempts": _sum(stats, processes, FAILURES),
                     "heartbeats_acked": _sum(stats, processes, HEARTBEATS_ACKED),
@@ -456,6 +542,7 @@ def run(args: argparse.Namespace) -> int:
             final=True,
         )
 
+        reconnect = _reconnect(frontend, stats, processes, args, sample)
         # Disconnect every agent; the front-end marks each offline as its stream closes.
         stop.set()
         results: list[ClientResult] = [results_queue.get(timeout=120) for _ in clients]
@@ -481,12 +568,21 @@ def run(args: argparse.Namespace) -> int:
         frontend.stop()
 
     errors: Counter[str] = Counter()
+    by_phase: dict[str, Counter[str]] = {
+        "ramp": Counter(),
+        "window": Counter(),
+        "reconnect": Counter(),
+    }
+    restart_wall = reconnect.get("restart_at", float("inf"))
     connect_s: list[float] = []
     rtt_in_window: list[float] = []
     error_details: Counter[str] = Counter()
     for result in results:
         errors.update(result.errors)
         error_details.update(result.error_details)
+        for at, code in zip(result.error_at, result.error_codes, strict=True):
+            phase = "ramp" if at < wall_0 else "window" if at < restart_wall else "reconnect"
+            by_phase[phase][code] += 1
         connect_s += result.connect_s
         rtt_in_window += [
             rtt
@@ -511,11 +607,13 @@ def run(args: argparse.Namespace) -> int:
             for name, value in server_metrics.items()
             if name.startswith(_SERVER_REJECTS) and value
         },
+        "frontend_processes": args.processes,
         "client_processes": processes,
         "heartbeat_interval_s": args.heartbeat_interval,
         "duration_s": round(window_s, 2),
         "ramp_s": ramp_s,
         "all_connected_after_s": round(connect_phase_s, 2) if all_connected else None,
+        "registrations_per_s": round(args.agents / connect_phase_s, 1) if all_connected else None,
         "server_rss_idle_mb": round(rss_idle / 2**20, 1),
         "server_rss_mb": round(rss / 2**20, 1),
         "server_rss_peak_mb": round(max([rss, *rss_samples]) / 2**20, 1),
@@ -533,6 +631,12 @@ def run(args: argparse.Namespace) -> int:
         "heartbeat_rtt_p99_ms": ms(percentile(rtt_in_window, 99, 6)),
         "server_cpu_s": round(cpu_window_s, 2),
         "server_cpu_percent": round(100 * cpu_window_s / window_s, 1),
+        # of one core, per 1,000 connected agents
+        "server_cpu_percent_per_1k_agents": round(
+            100 * cpu_window_s / window_s / (agents_connected / 1000), 2
+        )
+        if agents_connected
+        else None,
         "server_cpu_s_per_1k_heartbeats": round(cpu_window_s / (acked / 1000), 4)
         if acked
         else None,
@@ -543,6 +647,17 @@ def run(args: argparse.Namespace) -> int:
         # every process of the machine (the clients share it; 100 per core)
         "machine_cpu_percent": round(100 * machine_window_s / window_s, 1),
         "client_errors": dict(sorted(errors.items())),
+        "client_errors_ramp": dict(sorted(by_phase["ramp"].items())),
+        "client_errors_window": dict(sorted(by_phase["window"].items())),
+        "client_errors_reconnect": dict(sorted(by_phase["reconnect"].items())),
+        # The front-end restarted (every process) after the window: until every agent was
+        # registered again (None: not within --reconnect-timeout, or no restart).
+        "reconnect_s": reconnect.get("reconnect_s"),
+        "reconnect_listen_s": reconnect.get("listen_s"),
+        "reconnect_connected": reconnect.get("connected"),
+        "reconnect_registrations_per_s": reconnect.get("registrations_per_s"),
+        "reconnect_failed_attempts": reconnect.get("failed_attempts"),
+        "server_cpu_s_reconnect": reconnect.get("server_cpu_s"),
         "stream_failures_in_window": failures_in_window,
         "connect_p50_s": percentile(connect_s, 50),
         "connect_p99_s": percentile(connect_s, 99),

@@ -194,9 +194,13 @@ def _bench(args: list[str], tmp_path: Path) -> dict[str, object]:
 
 
 def test_bench_connections_holds_every_agent_on_its_own_connection(tmp_path: Path) -> None:
+    """Two front-end processes sharing the port; after the window both are restarted and every
+    agent comes back."""
     summary = _bench(
         [
             "connections",
+            "--processes",
+            "2",
             "--agents",
             "20",
             "--duration",
@@ -228,7 +232,12 @@ def test_bench_connections_holds_every_agent_on_its_own_connection(tmp_path: Pat
     # one TCP connection per agent: channels do not share a subchannel
     assert summary["tcp_connections"] == 20
     assert summary["agents_online_in_db"] == 20
-    assert summary["client_errors"] == {}
+    assert summary["frontend_processes"] == 2
+    assert summary["client_errors_ramp"] == summary["client_errors_window"] == {}
+    # the restart: every agent registered again, within the wait
+    assert summary["reconnect_connected"] == 20
+    assert isinstance(summary["reconnect_s"], float) and summary["reconnect_s"] > 0
+    assert summary["registrations_per_s"] is not None
     # 20 agents x 1 heartbeat/s over 3 s: every heartbeat acknowledged
     assert (
         isinstance(summary["heartbeats_per_s"], float) and 15 <= summary["heartbeats_per_s"] <= 25
