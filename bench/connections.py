@@ -24,6 +24,7 @@ import json
 import math
 import multiprocessing
 import random
+import re
 import secrets
 import signal
 import sys
@@ -65,6 +66,7 @@ _SERVER_REJECTS = "fleetpulse_ingest_rejects_total{"
 # progress, and report how many were left online.
 OFFLINE_STALL_S = 10.0
 MAX_ERROR_KINDS = 30
+_ADDRESS = re.compile(r"0x[0-9a-f]+")
 AGENT_KIND = "conn"  # its agents are conn-<run id>-<n> (simagent.agent_id_for)
 
 
@@ -157,7 +159,7 @@ class ClientResult:
         self.error_at.append(time.time())
         self.error_codes.append(code)
         # Details name addresses and ports: keep the first MAX_ERROR_KINDS kinds, count the rest.
-        key = f"{code}: {details[:240]}"
+        key = f"{code}: {_ADDRESS.sub('0x...', details)[:240]}"
         if key in self.error_details or len(self.error_details) < MAX_ERROR_KINDS:
             self.error_details[key] += 1
         else:
@@ -183,6 +185,7 @@ class IdleAgent(simagent.SimulatedAgent):
         while True:
             self._count(SETTING_UP)
             setting_up = True
+            attempt_at = time.monotonic()
             try:
                 async with simagent.session(
                     self.config.target, self.config.token, self._register
@@ -203,8 +206,14 @@ class IdleAgent(simagent.SimulatedAgent):
                 self._result.errors[exc.code().name] += 1
                 details = str(exc.details())
                 if exc.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL):
-                    # gRPC's own account (the failed operation, the transport's error)
+                    # gRPC's own account (the failed operation, the transport's error), and
+                    # whether the stream had registered
                     details += " | " + " ".join(str(exc.debug_error_string()).split())
+                    details += " | " + ("before register" if setting_up else "registered")
+                    waited_s = time.monotonic() - attempt_at
+                    details += (
+                        f" | after {10 * int(waited_s // 10)}-{10 * int(waited_s // 10) + 10} s"
+                    )
                 self._result.note_error(exc.code().name, details)
                 server_delay_s = simagent.stream_retry_after_s(exc)
             except simagent.StreamEnded as exc:

@@ -33,6 +33,10 @@ STOP_GRACE_S = 2.0
 SHUTDOWN_BUDGET_S = 8.0
 SHUTDOWN_WATCHDOG_MARGIN_S = 3.0
 POOL_MAX_SIZE = 8
+# New calls that may wait for the event loop, and for how long, before gRPC cancels them
+# (build_server).
+MAX_PENDING_CALLS = 100_000
+MAX_UNREQUESTED_S = 600
 
 
 def build_server(service: AgentService, settings: Settings) -> grpc.aio.Server:
@@ -55,6 +59,17 @@ def build_server(service: AgentService, settings: Settings) -> grpc.aio.Server:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # New calls wait in gRPC's queue until the event loop takes them up. gRPC cancels
+            # them past 1,000 waiting (at random, all past 3,000) or after 30 s: the client sees
+            # CANCELLED with no message, or INTERNAL "Internal error from Core" when its register
+            # write meets the cancelled call (grpc#36066). A registration burst that saturates
+            # the process passes both: 4,724 of 16,000 agents failed that way at 500
+            # registrations/s, and each retry cost the process another TCP and HTTP/2 handshake
+            # (docs/performance.md, "50,000 agents"). A waiting call costs next to nothing, and a
+            # process holds at most its open-files limit of them: let them wait.
+            ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
+            ("grpc.server_max_unrequested_time_in_server", MAX_UNREQUESTED_S),
             # Only the processes of one `ingest --processes N` share a port (settings.py): gRPC
             # turns SO_REUSEPORT on by default, which let a second platform join a running one.
             ("grpc.so_reuseport", 1 if settings.grpc_reuse_port else 0),
