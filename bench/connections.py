@@ -335,6 +335,27 @@ def _sum(stats: Any, processes: int, name: int) -> int:
     return sum(stats[i * NFIELDS + name] for i in range(processes))
 
 
+_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _check_source_ports(agents: int) -> None:
+    """Every agent is a connection from 127.0.0.1 to the one front-end port: each needs a source
+    port of its own, from the kernel's ephemeral range (28,232 by default). Past it, connects fail
+    and the run stalls (it did at 28,221 of 50,000), so say it before starting."""
+    try:
+        low, high = (int(v) for v in _PORT_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return  # not Linux: nothing to check
+    # the front-ends' own connections (PostgreSQL, Redis, /metrics) need some too
+    if agents + 1000 > high - low + 1:
+        raise ConfigError(
+            f"{agents:,} agents need as many loopback source ports; this host has "
+            f"{high - low + 1:,} (net.ipv4.ip_local_port_range {low}-{high}): widen it, "
+            f"for example: sysctl -w net.ipv4.ip_local_port_range="
+            f"'{max(1024, 64999 - agents - 5000)} 64999'"
+        )
+
+
 def _reconnect(
     frontend: FrontendProcess,
     stats: Any,
@@ -383,6 +404,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--agents, --duration and --heartbeat-interval must be positive")
     if args.processes < 1:
         raise ConfigError("--processes must be at least 1")
+    _check_source_ports(args.agents)
     started_at = datetime.now(UTC)
     run_id = started_at.strftime("%H%M%S") + secrets.token_hex(2)
     prefix = simagent.agent_prefix(AGENT_KIND, run_id)

@@ -290,6 +290,7 @@ def _free_ports(count: int) -> int:
 
 def _bindable(port: int) -> bool:
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

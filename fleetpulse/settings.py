@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     # The front-end's Prometheus /metrics (0: off); process i of --processes N uses port + i - 1.
     ingest_metrics_port: int = Field(default=9464, ge=0, le=65535)
 
+    # A stopping front-end asks its agents to come back spread over (its agents / this) seconds:
+    # about what one process registers per second on 2 cores with its share of a reconnecting
+    # fleet (docs/performance.md, "50,000 agents").
+    ingest_reconnect_rate: float = Field(default=100.0, gt=0)
+
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
     # Liveness (fleetpulse/liveness.py): an agent is stale after this many heartbeat intervals
     # without one (one missed), offline after offline_after_heartbeats, and data_stale when no

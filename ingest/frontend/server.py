@@ -186,6 +186,12 @@ async def run(
         if watchdog:
             lifecycle.exit_if_stuck(SHUTDOWN_BUDGET_S + SHUTDOWN_WATCHDOG_MARGIN_S)
         deadline = loop.time() + SHUTDOWN_BUDGET_S
+        sent_away = service.send_away(settings.ingest_reconnect_rate)
+        log.info(
+            "asked %d agents to come back within %.0f s",
+            sent_away,
+            sent_away / settings.ingest_reconnect_rate,
+        )
         await _stage("stop the gRPC server", server.stop(grace=STOP_GRACE_S), deadline)
         await _stage("stop the background tasks", lifecycle.cancel_and_wait(tasks), deadline)
         await _stage("mark connected agents offline", service.forget_all(), deadline)

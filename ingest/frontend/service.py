@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -76,6 +77,7 @@ class AgentService:
         self.over_budget = OverBudget(pool)
         # Set when the front-end stops (server.run): streams that end then are not failures.
         self.stopping = False
+        self._jitter = random.Random()  # noqa: S311 - spreading reconnects, not cryptography
         # Offline marks under way (they may outlive their stream's task, cancelled by a shutdown).
         self._offline_marks: set[asyncio.Future[None]] = set()
 
@@ -307,6 +309,23 @@ class AgentService:
             raise
         except Exception:
             log.exception("could not mark %s offline", agent_id)
+
+    def send_away(self, rate_per_s: float) -> int:
+        """At shutdown: end every registered stream with UNAVAILABLE and a delay to come back
+        after, drawn uniformly over (streams / ``rate_per_s``) seconds. A fleet that lost its
+        front-ends at once otherwise returns at once: 50,000 agents within about 30 s of backoff,
+        six times what the restarted front-ends register, and the herd never converged
+        (docs/performance.md, "50,000 agents"). Returns how many were sent away."""
+        sessions = self.sessions.all()
+        spread_s = len(sessions) / rate_per_s
+        for session in sessions:
+            session.end(
+                errors.Unavailable(
+                    "the front-end is stopping: reconnect after the delay given",
+                    retry_after_s=self._jitter.uniform(0.0, spread_s),
+                )
+            )
+        return len(sessions)
 
     async def forget_all(self) -> None:
         """At shutdown, before the pool closes: mark every agent still held offline, and let the
