@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import psycopg_pool
 import redis
 from psycopg_pool import AsyncConnectionPool
 
@@ -50,6 +51,12 @@ from fleetpulse.ingest.frontend.sessions import Sessions
 from fleetpulse.ingest.queue import BatchQueue
 from fleetpulse.proto import agent_pb2, edge_pb2, wire
 from fleetpulse.settings import Settings
+
+# A stream refused because the PostgreSQL pool stayed busy: come back after this many seconds
+# (uniform), and how often the refusals are logged.
+BUSY_RETRY_MIN_S = 5.0
+BUSY_RETRY_MAX_S = 60.0
+BUSY_LOG_INTERVAL_S = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +84,8 @@ class AgentService:
         self.over_budget = OverBudget(pool)
         # Set when the front-end stops (server.run): streams that end then are not failures.
         self.stopping = False
+        self._busy_refusals = 0
+        self._busy_logged_at = -BUSY_LOG_INTERVAL_S
         self._jitter = random.Random()  # noqa: S311 - spreading reconnects, not cryptography
         # Offline marks under way (they may outlive their stream's task, cancelled by a shutdown).
         self._offline_marks: set[asyncio.Future[None]] = set()
@@ -153,6 +162,27 @@ class AgentService:
             return
         except asyncio.CancelledError:
             raise
+        except psycopg_pool.PoolTimeout:
+            # Every PostgreSQL connection of this process stayed busy for the pool's timeout: a
+            # registration burst past what the database path takes (4,131 of 50,000 agents in a
+            # 250 per second ramp, docs/performance.md). Retryable, and said so, with a delay
+            # spread so the refused do not come back together; one line per 10 s, not a stack
+            # per stream.
+            self._busy_refusals += 1
+            now = time.monotonic()
+            if now - self._busy_logged_at >= BUSY_LOG_INTERVAL_S:
+                log.warning(
+                    "PostgreSQL pool busy: %d streams refused for now (UNAVAILABLE, retry later)",
+                    self._busy_refusals,
+                )
+                self._busy_logged_at, self._busy_refusals = now, 0
+            session.end(
+                errors.Unavailable(
+                    "the platform is busy (database): try again after the delay given",
+                    retry_after_s=self._jitter.uniform(BUSY_RETRY_MIN_S, BUSY_RETRY_MAX_S),
+                )
+            )
+            return
         except grpc.aio.AbortError:
             # The call is over already (gRPC refused a message over the size limit, with its own
             # status): nothing left to answer, and no failure of this front-end.

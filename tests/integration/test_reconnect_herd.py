@@ -7,13 +7,17 @@ import asyncio
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 
 from fleetpulse.agent.backoff import Backoff
 from fleetpulse.agent.config import AgentConfig
 from fleetpulse.agent.daemon import AgentDaemon
+from fleetpulse.proto import wire
 from tests.integration.conftest import TOKEN, ingest_env
-from tests.processes import fleetpulse_process, free_port, wait_for_port
+from tests.integration.test_edge import Stream
+from tests.integration.test_frontend import register
+from tests.processes import fleetpulse_process, free_port, stop, wait_for_port
 
 AGENTS = 1000
 
@@ -108,3 +112,30 @@ def test_a_thousand_agents_spread_their_reconnects(
     # agents in one event loop (it stalls for a few hundred ms while handling 1,000 failures, then
     # releases a burst), so only the spread is checked there, not the shape.
     assert np.percentile(arrivals_s, 95) - np.percentile(arrivals_s, 5) >= 0.35
+
+
+def test_a_stopping_front_end_spreads_its_agents_return(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM: each registered stream ends UNAVAILABLE with a retry-after drawn over (agents /
+    ingest_reconnect_rate) seconds, the delay the agents wait before coming back."""
+    port = free_port()
+    env = {**ingest_env(database_url, redis_url, port), "FLEETPULSE_INGEST_RECONNECT_RATE": "4"}
+    streams = []
+    with fleetpulse_process(["ingest"], env, tmp_path / "ingest.log") as proc:
+        wait_for_port(port, proc)
+        for n in range(20):
+            stream = Stream(f"127.0.0.1:{port}", TOKEN)
+            stream.send(register(f"away-{n}", f"m{n}"))
+            stream.wait_for("register_response")
+            streams.append(stream)
+        stop(proc)
+    delays = []
+    for stream in streams:
+        error = stream.wait_closed()
+        assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE, error
+        assert "front-end is stopping" in (error.details() or "")
+        delays.append(wire.retry_after_s(error.trailing_metadata()))
+    # 20 agents at 4 per second: spread over 5 s, not all at once
+    assert all(0 <= d <= 5.0 for d in delays), delays
+    assert max(delays) - min(delays) >= 1.0, delays
