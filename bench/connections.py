@@ -581,7 +581,9 @@ def run(args: argparse.Namespace) -> int:
         reconnect = _reconnect(frontend, stats, processes, args, sample)
         # Disconnect every agent; the front-end marks each offline as its stream closes.
         stop.set()
-        results: list[ClientResult] = [results_queue.get(timeout=120) for _ in clients]
+        # generous: a client cancelling thousands of waiting streams takes a while (a 50,000-agent
+        # run lost its results to a 120 s wait)
+        results: list[ClientResult] = [results_queue.get(timeout=600) for _ in clients]
         for proc in clients:
             proc.join(30)
         # Every stream is closed now; wait while the front-end keeps marking agents offline.
