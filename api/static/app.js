@@ -20,9 +20,6 @@
 
   const $ = (id) => document.getElementById(id);
   const tbody = document.querySelector("#agents tbody");
-  let inflight = null;
-  let timer = null;
-  let refreshes = 0;
 
   function keepInURL() {
     const query = new URLSearchParams();
@@ -151,57 +148,34 @@
     }
   }
 
-  function showError(message) {
-    $("error").hidden = !message;
-    $("error").textContent = message || "";
-  }
 
-  async function refresh() {
-    clearTimeout(timer);
-    if (inflight) inflight.abort();
-    const controller = new AbortController();
-    inflight = controller;
-    try {
-      const query = [
-        ["q", state.q],
-        ["status", state.status],
-        ["sort", state.sort],
-        ["limit", state.limit],
-        ["offset", state.offset],
-      ];
-      const tagQuery = state.tags.map((tag) => ["tag", tag]);
-      query.push(...tagQuery);
-      const [summary, agents] = await Promise.all([
-        fp.getJSON("/fleet/summary", tagQuery, controller.signal),
-        fp.getJSON("/agents", query, controller.signal),
-      ]);
-      const total = Number(agents.headers.get("X-Total-Count") ?? agents.body.length);
-      if (state.offset > 0 && state.offset >= total) {
-        // The page emptied under us (agents removed or a narrower filter): back to the last page.
-        state.offset = Math.max(0, Math.floor((total - 1) / state.limit) * state.limit);
-        keepInURL();
-        inflight = null;
-        return refresh();
-      }
-      renderSummary(summary.body);
-      renderAgents(agents.body, total);
-      renderSortIndicators();
-      showError(null);
-      refreshes += 1;
-      const stamp = $("refreshed-at");
-      stamp.textContent = new Date().toLocaleTimeString();
-      stamp.dateTime = new Date().toISOString();
-      stamp.dataset.refreshes = String(refreshes);
-    } catch (err) {
-      if (err.name === "AbortError" || err instanceof fp.Unauthorized) return;
-      showError(`Could not refresh: ${err.message}`);
-    } finally {
-      if (inflight === controller) {
-        inflight = null;
-        timer = setTimeout(refresh, REFRESH_MS);
-      }
+  const refresh = fp.poll(REFRESH_MS, async (signal) => {
+    const query = [
+      ["q", state.q],
+      ["status", state.status],
+      ["sort", state.sort],
+      ["limit", state.limit],
+      ["offset", state.offset],
+    ];
+    const tagQuery = state.tags.map((tag) => ["tag", tag]);
+    query.push(...tagQuery);
+    const [summary, agents] = await Promise.all([
+      fp.getJSON("/fleet/summary", tagQuery, signal),
+      fp.getJSON("/agents", query, signal),
+    ]);
+    const total = Number(agents.headers.get("X-Total-Count") ?? agents.body.length);
+    if (state.offset > 0 && state.offset >= total) {
+      // The page emptied under us (agents removed or a narrower filter): back to the last page.
+      state.offset = Math.max(0, Math.floor((total - 1) / state.limit) * state.limit);
+      keepInURL();
+      refresh();
+      return;
     }
-  }
+    renderSummary(summary.body);
+    renderAgents(agents.body, total);
+    renderSortIndicators();
+  });
+
 
   function changed() {
     keepInURL();
@@ -273,17 +247,6 @@
   $("next").addEventListener("click", () => {
     state.offset += state.limit;
     changed();
-  });
-  // A hidden tab need not poll; coming back shows fresh data at once.
-  document.addEventListener("visibilitychange", () => {
-    if (document.hidden) {
-      clearTimeout(timer);
-      const pending = inflight;
-      inflight = null;
-      if (pending) pending.abort();
-    } else {
-      refresh();
-    }
   });
 
   renderSortIndicators();

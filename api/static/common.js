@@ -108,5 +108,65 @@ const fp = (() => {
     return node;
   }
 
-  return { Unauthorized, getJSON, finite, percent, bytes, ago, clock, absolute, parseTime, el };
+  // The page's error line (#error): shown with a message, hidden with none.
+  function showError(message) {
+    const line = document.getElementById("error");
+    line.hidden = !message;
+    line.textContent = message || "";
+  }
+
+  // The "refreshed at" stamp (#refreshed-at); data-refreshes counts them for the browser tests.
+  let refreshes = 0;
+  function markRefreshed() {
+    refreshes += 1;
+    const stamp = document.getElementById("refreshed-at");
+    const now = new Date();
+    stamp.textContent = now.toLocaleTimeString();
+    stamp.dateTime = now.toISOString();
+    stamp.dataset.refreshes = String(refreshes);
+  }
+
+  // Keeps a page fresh: load(signal) now and again `everyMs` after each load ends. A newer refresh
+  // aborts the one under way; a load that started a newer refresh itself marks nothing. A hidden
+  // tab does not poll; coming back shows fresh data at once. Returns refresh, to call on a change.
+  function poll(everyMs, load) {
+    let inflight = null;
+    let timer = null;
+    async function refresh() {
+      clearTimeout(timer);
+      if (inflight) inflight.abort();
+      const controller = new AbortController();
+      inflight = controller;
+      try {
+        await load(controller.signal);
+        if (inflight !== controller) return;
+        showError(null);
+        markRefreshed();
+      } catch (err) {
+        if (err.name === "AbortError" || err instanceof Unauthorized) return;
+        showError(`Could not refresh: ${err.message}`);
+      } finally {
+        if (inflight === controller) {
+          inflight = null;
+          timer = setTimeout(refresh, everyMs);
+        }
+      }
+    }
+    document.addEventListener("visibilitychange", () => {
+      if (document.hidden) {
+        clearTimeout(timer);
+        const pending = inflight;
+        inflight = null;
+        if (pending) pending.abort();
+      } else {
+        refresh();
+      }
+    });
+    return refresh;
+  }
+
+  return {
+    Unauthorized, getJSON, finite, percent, bytes, ago, clock, absolute, parseTime, el,
+    showError, markRefreshed, poll,
+  };
 })();

@@ -26,7 +26,6 @@
   // The time range queried, [start, end), and the x axis on show from `shown` (axisStart), the
   // same for every chart (their x axes line up, and the cursor syncs).
   let view = { start: 0, end: 0, shown: 0 };
-  let refreshes = 0;
   // chart name → { plot, key } (key: the series' labels and colours, to reuse the plot)
   const plots = new Map();
   const loadedSeries = new Map(); // chart name → its series as last loaded, to redraw without a fetch
@@ -34,10 +33,7 @@
   // The charts by name, for the browser console and the end-to-end test to read their scales.
   window.fleetpulseCharts = plots;
 
-  function showError(message) {
-    $("error").hidden = !message;
-    $("error").textContent = message || "";
-  }
+  const showError = fp.showError;
 
   function step() {
     // Never finer than the agent collects: a step without a point would be a gap in every line.
@@ -478,11 +474,7 @@
       const young = view.shown > view.start ? ` · from ${fp.clock(view.shown)}: the agent is younger than the range` : "";
       $("range-info").textContent = `step ${step()} s${young}`;
       names.forEach((name, i) => showChart(name, loaded[i], gapS));
-      refreshes += 1;
-      const stamp = $("refreshed-at");
-      stamp.textContent = new Date().toLocaleTimeString();
-      stamp.dateTime = new Date().toISOString();
-      stamp.dataset.refreshes = String(refreshes);
+      fp.markRefreshed();
     }
     timer = setTimeout(refresh, range <= 3600 ? REFRESH_MS : 6 * REFRESH_MS);
   }

@@ -19,9 +19,6 @@
 
   const $ = (id) => document.getElementById(id);
   const list = $("rollouts");
-  let inflight = null;
-  let timer = null;
-  let refreshes = 0;
 
   function keepInURL() {
     const query = new URLSearchParams();
@@ -31,10 +28,6 @@
     history.replaceState(null, "", search ? `?${search}` : location.pathname);
   }
 
-  function showError(message) {
-    $("error").hidden = !message;
-    $("error").textContent = message || "";
-  }
 
   function plural(n, noun) {
     return `${n} ${noun}${n === 1 ? "" : "s"}`;
@@ -291,39 +284,20 @@
     }
   }
 
-  async function refresh() {
-    clearTimeout(timer);
-    if (inflight) inflight.abort();
-    const controller = new AbortController();
-    inflight = controller;
-    try {
-      const { body: rollouts } = await fp.getJSON(
-        "/rollouts",
-        [
-          ["state", state.state],
-          ["limit", LIMIT],
-        ],
-        controller.signal,
-      );
-      const ids = rollouts.map((r) => r.id).filter((id) => state.open.has(id));
-      const loaded = await Promise.all(ids.map((id) => loadAgents(id, controller.signal)));
-      render(rollouts, new Map(ids.map((id, i) => [id, loaded[i]])));
-      showError(null);
-      refreshes += 1;
-      const stamp = $("refreshed-at");
-      stamp.textContent = new Date().toLocaleTimeString();
-      stamp.dateTime = new Date().toISOString();
-      stamp.dataset.refreshes = String(refreshes);
-    } catch (err) {
-      if (err.name === "AbortError" || err instanceof fp.Unauthorized) return;
-      showError(`Could not refresh: ${err.message}`);
-    } finally {
-      if (inflight === controller) {
-        inflight = null;
-        timer = setTimeout(refresh, REFRESH_MS);
-      }
-    }
-  }
+  const refresh = fp.poll(REFRESH_MS, async (signal) => {
+    const { body: rollouts } = await fp.getJSON(
+      "/rollouts",
+      [
+        ["state", state.state],
+        ["limit", LIMIT],
+      ],
+      signal,
+    );
+    const ids = rollouts.map((r) => r.id).filter((id) => state.open.has(id));
+    const loaded = await Promise.all(ids.map((id) => loadAgents(id, signal)));
+    render(rollouts, new Map(ids.map((id, i) => [id, loaded[i]])));
+  });
+
 
   // A click on a rollout's head (or its toggle) shows or hides its agents.
   list.addEventListener("click", (event) => {
@@ -353,17 +327,6 @@
     state.state = $("state-filter").value;
     keepInURL();
     refresh();
-  });
-  // A hidden tab need not poll; coming back shows fresh data at once.
-  document.addEventListener("visibilitychange", () => {
-    if (document.hidden) {
-      clearTimeout(timer);
-      const pending = inflight;
-      inflight = null;
-      if (pending) pending.abort();
-    } else {
-      refresh();
-    }
   });
 
   refresh();
