@@ -26,6 +26,10 @@ _SELECT = """
 SELECT version, collect_interval_ms, heartbeat_interval_ms, collectors
 FROM agent_settings WHERE agent_id = %s
 """
+_SELECT_MANY = """
+SELECT agent_id, version, collect_interval_ms, heartbeat_interval_ms, collectors
+FROM agent_settings WHERE agent_id = ANY(%s)
+"""
 
 # Only the fields the change names are written; the others keep their stored value.
 _ON_CONFLICT = """
@@ -186,8 +190,16 @@ def load(conn: Connection[Any], agent_id: str) -> RemoteSettings | None:
 
 
 async def load_async(conn: AsyncConnection[Any], agent_id: str) -> RemoteSettings | None:
-    cur = await conn.execute(_SELECT, (agent_id,))
-    return _settings(await cur.fetchone())
+    return (await load_many_async(conn, [agent_id]))[0]
+
+
+async def load_many_async(
+    conn: AsyncConnection[Any], agent_ids: list[str]
+) -> list[RemoteSettings | None]:
+    """Each agent's platform-side settings, in order (None: it has none)."""
+    cur = await conn.execute(_SELECT_MANY, (agent_ids,))
+    found = {row[0]: _settings(row[1:]) for row in await cur.fetchall()}
+    return [found.get(agent_id) for agent_id in agent_ids]
 
 
 def _reported(row: tuple[Any, ...] | None) -> dict[str, Any] | None:

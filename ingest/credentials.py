@@ -66,24 +66,35 @@ def looks_like_credential(token: str) -> bool:
     return token.startswith(TOKEN_PREFIX)
 
 
-async def lookup(conn: AsyncConnection, token: str) -> Identity | None:
-    cur = await conn.execute(
-        "UPDATE agent_credentials SET last_used_at = coalesce(last_used_at, now())"
-        " WHERE token_hash = %s RETURNING agent_id, revoked_at IS NOT NULL",
-        (token_hash(token),),
-    )
-    row = await cur.fetchone()
-    return Identity(row[0], bool(row[1])) if row else None
+# A credential's first use is recorded once; later lookups only read (no row version per stream).
+_LOOKUP = """
+WITH found AS (
+    SELECT token_hash, agent_id, revoked_at IS NOT NULL AS revoked, last_used_at
+    FROM agent_credentials WHERE token_hash = ANY(%s)
+), first_use AS (
+    UPDATE agent_credentials c SET last_used_at = now()
+    FROM found WHERE c.token_hash = found.token_hash AND found.last_used_at IS NULL
+)
+SELECT token_hash, agent_id, revoked FROM found
+"""
 
 
-async def ensure_claimable(conn: AsyncConnection, agent_id: str) -> None:
-    """Raise AlreadyEnrolled when ``agent_id`` has a credential in force (see above)."""
+async def lookup_many(conn: AsyncConnection, tokens: list[str]) -> list[Identity | None]:
+    """The identity of each presented token, in order (None: no such credential)."""
+    hashes = [token_hash(token) for token in tokens]
+    cur = await conn.execute(_LOOKUP, (hashes,))
+    found = {bytes(row[0]): Identity(row[1], bool(row[2])) for row in await cur.fetchall()}
+    return [found.get(h) for h in hashes]
+
+
+async def enrolled_among(conn: AsyncConnection, agent_ids: list[str]) -> set[str]:
+    """Which of ``agent_ids`` have a credential in force (the enrollment token may not claim
+    them, see above)."""
     cur = await conn.execute(
-        "SELECT 1 FROM agent_credentials WHERE agent_id = %s AND revoked_at IS NULL",
-        (agent_id,),
+        "SELECT agent_id FROM agent_credentials WHERE agent_id = ANY(%s) AND revoked_at IS NULL",
+        (agent_ids,),
     )
-    if await cur.fetchone():
-        raise AlreadyEnrolled(agent_id)
+    return {row[0] for row in await cur.fetchall()}
 
 
 async def enroll(conn: AsyncConnection, agent_id: str) -> str:

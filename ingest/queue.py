@@ -7,14 +7,13 @@ after their PostgreSQL transaction committed (XACK + XDEL).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import redis
 import redis.asyncio
 
-from fleetpulse import lifecycle
 from fleetpulse.ingest import keys
+from fleetpulse.ingest.coalesce import Coalescer
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +60,10 @@ class BatchQueue:
     """The front-end's side: append agents' serialized MetricBatches to their shards.
 
     Thousands of streams add batches concurrently; instead of one Redis round trip (and one
-    connection) each, their XADDs are coalesced into pipelines on one connection, one pipeline in
-    flight at a time: under load a round trip carries up to ``max_pipeline`` entries, when idle an
-    entry waits for one round trip only. The waiting room is bounded (``max_pending``): when it is
-    full, ``add`` waits, which holds the agent's stream instead of growing memory.
+    connection) each, their XADDs are coalesced into pipelines on one connection (coalesce.py):
+    under load a round trip carries up to ``max_pipeline`` entries, when idle an entry waits for
+    one round trip only. The waiting room is bounded (``max_pending``): when it is full, ``add``
+    waits, which holds the agent's stream instead of growing memory.
     """
 
     def __init__(
@@ -76,23 +75,12 @@ class BatchQueue:
     ) -> None:
         self._client = client
         self.shards = shards
-        self._shards = shards
-        self._max_pipeline = max_pipeline
-        self._pending: asyncio.Queue[tuple[str, dict[bytes, object], asyncio.Future[None]]] = (
-            asyncio.Queue(max_pending)
+        self._xadds: Coalescer[tuple[str, dict[bytes, object]], object] = Coalescer(
+            self._xadd_many, name="xadd-pipeline", max_batch=max_pipeline, max_pending=max_pending
         )
-        self._flusher: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._flusher = asyncio.create_task(self._flush_forever(), name="xadd-pipeline")
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            await lifecycle.cancel_and_wait([self._flusher])
-        while not self._pending.empty():
-            _, _, future = self._pending.get_nowait()
-            if not future.done():
-                future.set_exception(redis.ConnectionError("front-end stopping"))
+        await self._xadds.close(redis.ConnectionError("front-end stopping"))
 
     async def add(
         self,
@@ -108,28 +96,13 @@ class BatchQueue:
         Raises redis.RedisError when Redis refused the entry: then nothing was queued.
         """
         fields = entry_fields(agent_id, epoch, sequence, batch, received_ms, form)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._pending.put(
-            (keys.stream_key(keys.shard_for(agent_id, self._shards)), fields, future)
-        )
-        await future
+        await self._xadds.submit((keys.stream_key(keys.shard_for(agent_id, self.shards)), fields))
 
-    async def _flush_forever(self) -> None:
-        while True:
-            items = [await self._pending.get()]
-            while len(items) < self._max_pipeline and not self._pending.empty():
-                items.append(self._pending.get_nowait())
-            pipe = self._client.pipeline(transaction=False)
-            for stream, fields, _ in items:
-                pipe.xadd(stream, fields)  # type: ignore[arg-type]
-            try:
-                results = await pipe.execute(raise_on_error=False)
-            except redis.RedisError as exc:
-                results = [exc] * len(items)
-            for (_, _, future), result in zip(items, results, strict=True):
-                if future.done():
-                    continue  # the stream went away while waiting; the agent will resend
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(None)
+    async def _xadd_many(
+        self, entries: list[tuple[str, dict[bytes, object]]]
+    ) -> list[object | BaseException]:
+        pipe = self._client.pipeline(transaction=False)
+        for stream, fields in entries:
+            pipe.xadd(stream, fields)  # type: ignore[arg-type]
+        results: list[object | BaseException] = await pipe.execute(raise_on_error=False)
+        return results

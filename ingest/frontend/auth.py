@@ -18,7 +18,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from fleetpulse import errors
 from fleetpulse.ingest import credentials
+from fleetpulse.ingest.coalesce import Coalescer
 from fleetpulse.proto import wire
+
+# Items per coalesced query: large enough for a reconnecting fleet, small enough that one query
+# stays a few milliseconds.
+COALESCE_MAX = 500
 
 
 @dataclass(frozen=True)
@@ -28,9 +33,27 @@ class Identity:
 
 
 class Authenticator:
+    """Checks are coalesced (ingest/coalesce.py): a reconnecting fleet's credentials are looked
+    up a few hundred per query, not one each."""
+
     def __init__(self, enrollment_token: str, pool: AsyncConnectionPool) -> None:
         self._token = enrollment_token.encode()
         self._pool = pool
+        self._lookups: Coalescer[str, credentials.Identity | None] = Coalescer(
+            self._lookup_many, name="credential-lookups", max_batch=COALESCE_MAX
+        )
+        self._enrolled: Coalescer[str, bool] = Coalescer(
+            self._enrolled_many, name="enrolled-checks", max_batch=COALESCE_MAX
+        )
+
+    async def _lookup_many(self, tokens: list[str]) -> list[credentials.Identity | None]:
+        async with self._pool.connection() as conn:
+            return await credentials.lookup_many(conn, tokens)
+
+    async def _enrolled_many(self, agent_ids: list[str]) -> list[bool]:
+        async with self._pool.connection() as conn:
+            enrolled = await credentials.enrolled_among(conn, agent_ids)
+        return [agent_id in enrolled for agent_id in agent_ids]
 
     async def identify(self, metadata: Iterable[tuple[str, object]] | None) -> Identity:
         presented = wire.bearer_token(metadata)
@@ -43,8 +66,7 @@ class Authenticator:
             return Identity(enrolling=True, agent_id=None)
         identity = None
         if credentials.looks_like_credential(presented):
-            async with self._pool.connection() as conn:
-                identity = await credentials.lookup(conn, presented)
+            identity = await self._lookups.submit(presented)
         if identity is None:
             raise errors.Unauthenticated("invalid credential")
         if identity.revoked:
@@ -56,11 +78,8 @@ class Authenticator:
 
     async def refuse_enrolled(self, agent_id: str) -> None:
         """The enrollment token may not register an id whose credential is in force."""
-        async with self._pool.connection() as conn:
-            try:
-                await credentials.ensure_claimable(conn, agent_id)
-            except credentials.AlreadyEnrolled:
-                raise _already_enrolled(agent_id) from None
+        if await self._enrolled.submit(agent_id):
+            raise _already_enrolled(agent_id)
 
     async def enroll(self, agent_id: str) -> str:
         """Issue ``agent_id`` its credential (the token, shown once)."""

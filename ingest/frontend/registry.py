@@ -13,27 +13,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from fleetpulse import liveness
+from fleetpulse.ingest.coalesce import Coalescer
 from fleetpulse.proto import agent_pb2
 from fleetpulse.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# A register makes the agent online and records why: first connection (or after being offline),
+# Registers make their agents online and record why: first connection (or after being offline),
 # or a newer connection replacing a stream that was still open (``agents.`` is the row as it was).
+# One statement for a coalesced group (no agent twice: coalesce.py), rows in agent_id order so that
+# two front-ends writing at once cannot deadlock.
 _REGISTER = f"""
-WITH up AS (
+WITH v AS (
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+        %s::text[], %s::text[], %s::jsonb[])
+        AS v(agent_id, hostname, ip, os, arch, version, machine_id, session, tags)
+), up AS (
     INSERT INTO agents
         (agent_id, hostname, ip, os, arch, version, machine_id, status, last_heartbeat, session,
          config_tags, connected_at, liveness, liveness_since, liveness_cause, liveness_detail)
-    VALUES (%(agent_id)s, %(hostname)s, %(ip)s, %(os)s, %(arch)s, %(version)s, %(machine_id)s,
-        'online', now(), %(session)s, %(tags)s, now(), 'online', now(),
-        '{liveness.REGISTERED}', '')
+    SELECT agent_id, hostname, ip, os, arch, version, machine_id,
+        'online', now(), session, tags, now(), 'online', now(), '{liveness.REGISTERED}', ''
+    FROM v ORDER BY agent_id
     ON CONFLICT (agent_id) DO UPDATE SET
         hostname = EXCLUDED.hostname, ip = EXCLUDED.ip, os = EXCLUDED.os, arch = EXCLUDED.arch,
         version = EXCLUDED.version, machine_id = EXCLUDED.machine_id, status = 'online',
@@ -57,21 +66,45 @@ FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[]) AS v(agent_id, hea
 WHERE agents.agent_id = v.agent_id
 """
 
-# The stream ``session`` closed: offline at once, unless a newer session registered meanwhile.
+# Streams closed: each agent offline at once, unless a newer session registered meanwhile.
 _MARK_OFFLINE = """
-WITH gone AS (
+WITH v AS (
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
+        AS v(agent_id, session, reason, cause, detail)
+), gone AS (
     UPDATE agents SET status = 'offline', updated_at = now(),
-        disconnect_reason = coalesce(%(reason)s, disconnect_reason),
-        liveness = 'offline', liveness_since = now(), liveness_cause = %(cause)s,
-        liveness_detail = %(detail)s
-    WHERE agent_id = %(agent_id)s AND session IS NOT DISTINCT FROM %(session)s
-    RETURNING agent_id
+        disconnect_reason = coalesce(v.reason, disconnect_reason),
+        liveness = 'offline', liveness_since = now(), liveness_cause = v.cause,
+        liveness_detail = v.detail
+    FROM v
+    WHERE agents.agent_id = v.agent_id AND agents.session IS NOT DISTINCT FROM v.session
+    RETURNING agents.agent_id, v.cause, v.detail
 )
 INSERT INTO agent_liveness (agent_id, at, state, cause, detail)
-SELECT agent_id, now(), 'offline', %(cause)s, %(detail)s FROM gone
+SELECT agent_id, now(), 'offline', cause, detail FROM gone
 """
 
 _PRUNE_EVERY_S = 3600.0
+# Agents per coalesced statement, and tries of one that deadlocked with another front-end's.
+_COALESCE_MAX = 500
+_DEADLOCK_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Registration:
+    message: agent_pb2.AgentRegister
+    ip: str
+    session: str | None
+
+
+@dataclass(frozen=True)
+class Disconnection:
+    agent_id: str
+    session: str | None
+    reason: str | None
+    cause: str
+    detail: str
+
 
 _CONFLICT = """
 UPDATE agents SET conflict = %s, conflict_at = now(), conflicts = conflicts + 1
@@ -89,25 +122,33 @@ class AgentRegistry:
         self._batches: dict[str, datetime] = {}
         self._swept_at = 0.0
         self._pruned_at = 0.0
+        self._registers: Coalescer[Registration, None] = Coalescer(
+            self._register_many,
+            name="registers",
+            max_batch=_COALESCE_MAX,
+            key=lambda r: r.message.agent_id,
+        )
+        self._offline_marks: Coalescer[Disconnection, None] = Coalescer(
+            self._disconnected_many,
+            name="offline-marks",
+            max_batch=_COALESCE_MAX,
+            key=lambda d: d.agent_id,
+        )
 
     async def register(
         self, message: agent_pb2.AgentRegister, ip: str, session: str | None = None
     ) -> None:
-        async with self._pool.connection() as conn:
-            await conn.execute(
-                _REGISTER,
-                {
-                    "agent_id": message.agent_id,
-                    "hostname": message.hostname,
-                    "ip": ip,
-                    "os": message.os,
-                    "arch": message.arch,
-                    "version": message.version,
-                    "machine_id": message.machine_id,
-                    "session": session,
-                    "tags": Jsonb(dict(message.tags)),
-                },
-            )
+        """Make the agent online (coalesced with the registers under way: coalesce.py)."""
+        await self._registers.submit(Registration(message, ip, session))
+
+    async def _register_many(self, items: list[Registration]) -> list[BaseException | None]:
+        columns: list[list[object]] = [[] for _ in range(9)]
+        for r in items:
+            m = r.message
+            row = (m.agent_id, m.hostname, r.ip, m.os, m.arch, m.version, m.machine_id, r.session)
+            for column, value in zip(columns, (*row, Jsonb(dict(m.tags))), strict=True):
+                column.append(value)
+        return await self._write_many(_REGISTER, columns)
 
     def heartbeat(self, agent_id: str) -> None:
         """Record liveness in memory; flush_forever writes it out."""
@@ -127,19 +168,50 @@ class AgentRegistry:
     ) -> None:
         """Mark an agent offline at once when its stream (``session``) closes, unless a newer
         session registered meanwhile, with the cause (fleetpulse/liveness.py); ``reason`` is what
-        the agent said if it left on purpose."""
+        the agent said if it left on purpose. Coalesced: a front-end that stops ends thousands of
+        streams at once."""
+        await self._offline_marks.submit(Disconnection(agent_id, session, reason, cause, detail))
+
+    async def _disconnected_many(self, items: list[Disconnection]) -> list[BaseException | None]:
+        # The latest heartbeats and batch times first: the offline row keeps when it was last seen.
         await self.flush()
-        async with self._pool.connection() as conn:
-            await conn.execute(
-                _MARK_OFFLINE,
-                {
-                    "agent_id": agent_id,
-                    "session": session,
-                    "reason": reason,
-                    "cause": cause,
-                    "detail": detail,
-                },
-            )
+        columns: list[list[object]] = [
+            [d.agent_id for d in items],
+            [d.session for d in items],
+            [d.reason for d in items],
+            [d.cause for d in items],
+            [d.detail for d in items],
+        ]
+        return await self._write_many(_MARK_OFFLINE, columns)
+
+    async def _write_many(
+        self, statement: str, columns: list[list[object]]
+    ) -> list[BaseException | None]:
+        """One statement for a coalesced group; a value PostgreSQL refuses fails only its own
+        item (the group is then written one by one), and a deadlock with another front-end
+        writing the same agents is retried."""
+        count = len(columns[0])
+        for attempt in range(1, _DEADLOCK_ATTEMPTS + 1):
+            try:
+                async with self._pool.connection() as conn:
+                    await conn.execute(statement, columns)
+                return [None] * count
+            except psycopg.errors.DeadlockDetected:
+                if attempt == _DEADLOCK_ATTEMPTS:
+                    raise
+                log.warning("deadlock writing %d agents, retrying", count)
+            except psycopg.DataError:
+                if count == 1:
+                    raise
+                break
+        results: list[BaseException | None] = []
+        for i in range(count):
+            try:
+                await self._write_many(statement, [[column[i]] for column in columns])
+                results.append(None)
+            except psycopg.DataError as exc:
+                results.append(exc)
+        return results
 
     async def conflict(self, agent_id: str, detail: str) -> None:
         """Record that a second machine claimed this agent (shown by the API)."""

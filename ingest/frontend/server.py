@@ -143,7 +143,6 @@ async def run(
     await pool.open(wait=True)
     registry = AgentRegistry(pool, settings)
     batches = BatchQueue(redis_client, shards)
-    batches.start()
     service = AgentService(
         settings,
         Authenticator(settings.enrollment_token.get_secret_value(), pool),

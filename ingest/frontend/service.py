@@ -40,7 +40,9 @@ import redis
 from psycopg_pool import AsyncConnectionPool
 
 from fleetpulse import errors, lifecycle, liveness
+from fleetpulse.agent.remote import RemoteSettings
 from fleetpulse.ingest import agentsettings
+from fleetpulse.ingest.coalesce import Coalescer
 from fleetpulse.ingest.frontend import admission, messages, replies, selfmetrics, status
 from fleetpulse.ingest.frontend.admission import Backpressure, TokenBucket
 from fleetpulse.ingest.frontend.auth import Authenticator
@@ -57,6 +59,7 @@ from fleetpulse.settings import Settings
 BUSY_RETRY_MIN_S = 5.0
 BUSY_RETRY_MAX_S = 60.0
 BUSY_LOG_INTERVAL_S = 10.0
+SETTINGS_LOADS_MAX = 500  # agents per coalesced settings query
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,10 @@ class AgentService:
         self._busy_refusals = 0
         self._busy_logged_at = -BUSY_LOG_INTERVAL_S
         self._jitter = random.Random()  # noqa: S311 - spreading reconnects, not cryptography
+        # A rollout wave or a reconnecting fleet loads many agents' settings at once.
+        self._settings_loads: Coalescer[str, RemoteSettings | None] = Coalescer(
+            self._load_settings_many, name="settings-loads", max_batch=SETTINGS_LOADS_MAX
+        )
         # Offline marks under way (they may outlive their stream's task, cancelled by a shutdown).
         self._offline_marks: set[asyncio.Future[None]] = set()
 
@@ -236,10 +243,13 @@ class AgentService:
     async def _push_settings(self, session: Session) -> None:
         """Send the agent its platform-side settings, if it has any (at register, on a change)."""
         assert session.agent_id is not None
-        async with self._pool.connection() as conn:
-            settings = await agentsettings.load_async(conn, session.agent_id)
+        settings = await self._settings_loads.submit(session.agent_id)
         if settings is not None:
             session.send(agentsettings.to_message(settings))
+
+    async def _load_settings_many(self, agent_ids: list[str]) -> list[RemoteSettings | None]:
+        async with self._pool.connection() as conn:
+            return await agentsettings.load_many_async(conn, agent_ids)
 
     async def _settings_status(self, session: Session, payload: bytes, registered: bool) -> None:
         if not registered or session.agent_id is None:
@@ -360,8 +370,9 @@ class AgentService:
     async def forget_all(self) -> None:
         """At shutdown, before the pool closes: mark every agent still held offline, and let the
         marks under way finish (else they fail on the closed pool and the agents stay online)."""
-        for session in self.sessions.all():
-            await self._forget(session)
+        await asyncio.gather(
+            *(self._forget(session) for session in self.sessions.all()), return_exceptions=True
+        )
         await asyncio.gather(*self._offline_marks, return_exceptions=True)
 
 
