@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -75,12 +76,25 @@ def exit_if_stuck(seconds: float) -> threading.Timer:
     return timer
 
 
-def task_stacks() -> str:
-    """Where every task of the running event loop is waiting, for a log line."""
-    out = io.StringIO()
+def task_stacks(most: int = 10) -> str:
+    """Where the tasks of the running event loop are waiting, for a log line: each distinct
+    stack once, with how many tasks wait there (a front-end holds a task per agent), the
+    ``most`` commonest."""
+    stacks: Counter[tuple[str, ...]] = Counter()
     for task in asyncio.all_tasks():
-        if task is not asyncio.current_task():
-            task.print_stack(limit=8, file=out)
+        if task is asyncio.current_task():
+            continue
+        frames = tuple(
+            f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+            for frame in task.get_stack(limit=8)
+        )
+        stacks[(f"task {task.get_coro().__qualname__}", *frames)] += 1  # type: ignore[union-attr]
+    out = io.StringIO()
+    for stack, count in stacks.most_common(most):
+        out.write(f"{count} tasks: {stack[0]}\n")
+        out.writelines(line + "\n" for line in stack[1:])
+    if len(stacks) > most:
+        out.write(f"... and {len(stacks) - most} other stacks\n")
     return out.getvalue()
 
 

@@ -36,6 +36,7 @@ from pydantic import SecretStr
 from fleetpulse import datadir, lifecycle
 from fleetpulse.embedded import EmbeddedPostgres, EmbeddedRedis
 from fleetpulse.errors import ConfigError
+from fleetpulse.ingest.frontend import server as frontend_server
 from fleetpulse.migrate import migrate
 from fleetpulse.settings import Settings
 
@@ -137,7 +138,8 @@ class Supervisor:
         assert settings.database_url
         migrate(settings.database_url)
 
-        self._spawn("ingest", "ingest", ["ingest"], stop_timeout_s=5.0)
+        # The front-end's own shutdown bound (it sends its agents away first).
+        self._spawn("ingest", "ingest", ["ingest"], stop_timeout_s=frontend_server.MAX_STOP_S)
         self._spawn(
             "workers",
             f"worker pool ({self.workers})",
