@@ -76,6 +76,15 @@ def exit_if_stuck(seconds: float) -> threading.Timer:
     return timer
 
 
+def exit_now(status: int = 0) -> None:
+    """End the process at once, its logs flushed: for a process whose shutdown is done, so that
+    it does not wait for the event loop to cancel what is left, one by one."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def task_stacks(most: int = 10) -> str:
     """Where the tasks of the running event loop are waiting, for a log line: each distinct
     stack once, with how many tasks wait there (a front-end holds a task per agent), the
