@@ -130,3 +130,47 @@ def test_settings_loads_answer_each_agent(database_url: str, agents: int) -> Non
                 assert settings is not None and settings.collect_interval_ms == 1000 + i
 
     asyncio.run(scenario())
+
+
+def test_credential_lookups_answer_each_token_in_order(database_url: str) -> None:
+    from fleetpulse.ingest import credentials
+
+    async def enroll(agent_ids: list[str]) -> list[str]:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            return [await credentials.enroll(conn, agent_id) for agent_id in agent_ids]
+
+    good, revoked = asyncio.run(enroll(["cred-good", "cred-revoked"]))
+    with psycopg.connect(database_url) as conn:
+        assert credentials.revoke(conn, "cred-revoked", "test")
+
+    async def lookup() -> tuple[list[credentials.Identity | None], set[str]]:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            found = await credentials.lookup_many(
+                conn, [good, credentials.new_token(), revoked, good]
+            )
+            enrolled = await credentials.enrolled_among(
+                conn, ["cred-good", "cred-revoked", "cred-never"]
+            )
+            await conn.commit()
+        return found, enrolled
+
+    found, enrolled = asyncio.run(lookup())
+    assert found == [
+        credentials.Identity("cred-good", False),
+        None,
+        credentials.Identity("cred-revoked", True),
+        credentials.Identity("cred-good", False),
+    ]
+    assert enrolled == {"cred-good"}
+    with psycopg.connect(database_url) as conn:
+        first_use = conn.execute(
+            "SELECT last_used_at FROM agent_credentials WHERE agent_id = 'cred-good'"
+        ).fetchone()
+    assert first_use is not None and first_use[0] is not None
+    # A later lookup keeps the first use.
+    asyncio.run(lookup())
+    with psycopg.connect(database_url) as conn:
+        again = conn.execute(
+            "SELECT last_used_at FROM agent_credentials WHERE agent_id = 'cred-good'"
+        ).fetchone()
+    assert again == first_use
