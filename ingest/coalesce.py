@@ -27,6 +27,10 @@ R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
+# Items per call unless a caller says otherwise: large enough for a reconnecting fleet (a few hundred
+# registrations in one statement), small enough that one statement stays a few milliseconds.
+MAX_BATCH = 500
+
 
 class Coalescer(Generic[T, R]):
     """``await submit(item)`` returns ``call([... item ...])``'s result for the item.
@@ -40,7 +44,7 @@ class Coalescer(Generic[T, R]):
         call: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]],
         *,
         name: str,
-        max_batch: int,
+        max_batch: int = MAX_BATCH,
         max_pending: int = 0,
         key: Callable[[T], Hashable] | None = None,
     ) -> None:
@@ -49,7 +53,8 @@ class Coalescer(Generic[T, R]):
         self._max_batch = max_batch
         self._key = key
         self._pending: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue(max_pending)
-        self._held: list[tuple[T, asyncio.Future[R]]] = []  # same key as an item of the last call
+        # left for the next call: past max_batch, or with the key of an item already in the call
+        self._held: list[tuple[T, asyncio.Future[R]]] = []
         self._runner: asyncio.Task[None] | None = None
         self._closed: BaseException | None = None
 

@@ -21,10 +21,6 @@ from fleetpulse.ingest import credentials
 from fleetpulse.ingest.coalesce import Coalescer
 from fleetpulse.proto import wire
 
-# Items per coalesced query: large enough for a reconnecting fleet, small enough that one query
-# stays a few milliseconds.
-COALESCE_MAX = 500
-
 
 @dataclass(frozen=True)
 class Identity:
@@ -40,10 +36,10 @@ class Authenticator:
         self._token = enrollment_token.encode()
         self._pool = pool
         self._lookups: Coalescer[str, credentials.Identity | None] = Coalescer(
-            self._lookup_many, name="credential-lookups", max_batch=COALESCE_MAX
+            self._lookup_many, name="credential-lookups"
         )
         self._enrolled: Coalescer[str, bool] = Coalescer(
-            self._enrolled_many, name="enrolled-checks", max_batch=COALESCE_MAX
+            self._enrolled_many, name="enrolled-checks"
         )
 
     async def _lookup_many(self, tokens: list[str]) -> list[credentials.Identity | None]:

@@ -85,9 +85,13 @@ SELECT agent_id, now(), 'offline', cause, detail FROM gone
 """
 
 _PRUNE_EVERY_S = 3600.0
-# Agents per coalesced statement, and tries of one that deadlocked with another front-end's.
-_COALESCE_MAX = 500
+# Tries of a coalesced statement that deadlocked with another front-end's.
 _DEADLOCK_ATTEMPTS = 3
+
+_CONFLICT = """
+UPDATE agents SET conflict = %s, conflict_at = now(), conflicts = conflicts + 1
+WHERE agent_id = %s
+"""
 
 
 @dataclass(frozen=True)
@@ -106,12 +110,6 @@ class Disconnection:
     detail: str
 
 
-_CONFLICT = """
-UPDATE agents SET conflict = %s, conflict_at = now(), conflicts = conflicts + 1
-WHERE agent_id = %s
-"""
-
-
 class AgentRegistry:
     """Writes agent identity and liveness to PostgreSQL on behalf of the front-end."""
 
@@ -125,13 +123,11 @@ class AgentRegistry:
         self._registers: Coalescer[Registration, None] = Coalescer(
             self._register_many,
             name="registers",
-            max_batch=_COALESCE_MAX,
             key=lambda r: r.message.agent_id,
         )
-        self._offline_marks: Coalescer[Disconnection, None] = Coalescer(
+        self._disconnections: Coalescer[Disconnection, None] = Coalescer(
             self._disconnected_many,
             name="offline-marks",
-            max_batch=_COALESCE_MAX,
             key=lambda d: d.agent_id,
         )
 
@@ -170,7 +166,7 @@ class AgentRegistry:
         session registered meanwhile, with the cause (fleetpulse/liveness.py); ``reason`` is what
         the agent said if it left on purpose. Coalesced: a front-end that stops ends thousands of
         streams at once."""
-        await self._offline_marks.submit(Disconnection(agent_id, session, reason, cause, detail))
+        await self._disconnections.submit(Disconnection(agent_id, session, reason, cause, detail))
 
     async def _disconnected_many(self, items: list[Disconnection]) -> list[BaseException | None]:
         # The latest heartbeats and batch times first: the offline row keeps when it was last seen.

@@ -59,7 +59,6 @@ from fleetpulse.settings import Settings
 BUSY_RETRY_MIN_S = 5.0
 BUSY_RETRY_MAX_S = 60.0
 BUSY_LOG_INTERVAL_S = 10.0
-SETTINGS_LOADS_MAX = 500  # agents per coalesced settings query
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ class AgentService:
         self._jitter = random.Random()  # noqa: S311 - spreading reconnects, not cryptography
         # A rollout wave or a reconnecting fleet loads many agents' settings at once.
         self._settings_loads: Coalescer[str, RemoteSettings | None] = Coalescer(
-            self._load_settings_many, name="settings-loads", max_batch=SETTINGS_LOADS_MAX
+            self._load_settings_many, name="settings-loads"
         )
         # Offline marks under way (they may outlive their stream's task, cancelled by a shutdown).
         self._offline_marks: set[asyncio.Future[None]] = set()
@@ -171,8 +170,8 @@ class AgentService:
             raise
         except psycopg_pool.PoolTimeout:
             # Every PostgreSQL connection of this process stayed busy for the pool's timeout: a
-            # registration burst past what the database path takes (4,131 of 50,000 agents in a
-            # 250 per second ramp, docs/performance.md). Retryable, and said so, with a delay
+            # registration burst past what the database path takes (4,132 of 50,000 agents in a
+            # 250 per second ramp before registrations were coalesced, docs/performance.md). Retryable, and said so, with a delay
             # spread so the refused do not come back together; one line per 10 s, not a stack
             # per stream.
             self._busy_refusals += 1

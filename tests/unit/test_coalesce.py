@@ -39,13 +39,19 @@ class Recorder:
         return [ValueError(f"bad {i}") if i in self.fail else i * 10 for i in items]
 
 
+async def one_in_call(c: Coalescer[int, int], call: Recorder, item: int) -> asyncio.Task[int]:
+    """Submit ``item`` and return once its call is under way, held there until call.release."""
+    call.release.clear()
+    task = asyncio.create_task(c.submit(item))
+    await asyncio.sleep(0.01)
+    return task
+
+
 @in_loop
 async def test_concurrent_items_share_calls_and_get_their_own_results() -> None:
     call = Recorder()
-    call.release.clear()
     c: Coalescer[int, int] = Coalescer(call, name="t", max_batch=100)
-    first = asyncio.create_task(c.submit(0))
-    await asyncio.sleep(0.01)
+    first = await one_in_call(c, call, 0)
     rest = [asyncio.create_task(c.submit(i)) for i in range(1, 50)]
     await asyncio.sleep(0.01)
     call.release.set()
@@ -116,10 +122,8 @@ async def test_a_failed_call_does_not_stop_the_coalescer() -> None:
 @in_loop
 async def test_an_item_whose_caller_gave_up_is_not_sent() -> None:
     call = Recorder()
-    call.release.clear()
     c: Coalescer[int, int] = Coalescer(call, name="t", max_batch=100)
-    first = asyncio.create_task(c.submit(1))
-    await asyncio.sleep(0.01)  # 1 is in its call, which waits
+    first = await one_in_call(c, call, 1)
     given_up = asyncio.create_task(c.submit(2))
     kept = asyncio.create_task(c.submit(3))
     await asyncio.sleep(0.01)
@@ -133,10 +137,8 @@ async def test_an_item_whose_caller_gave_up_is_not_sent() -> None:
 @in_loop
 async def test_a_full_waiting_room_holds_the_submitter() -> None:
     call = Recorder()
-    call.release.clear()
     c: Coalescer[int, int] = Coalescer(call, name="t", max_batch=100, max_pending=2)
-    first = asyncio.create_task(c.submit(0))
-    await asyncio.sleep(0.01)
+    first = await one_in_call(c, call, 0)
     tasks = [first] + [asyncio.create_task(c.submit(i)) for i in range(1, 5)]
     await asyncio.sleep(0.01)
     # 0 is in its call; 1 and 2 fill the waiting room; 3 and 4 are held in submit.
@@ -150,10 +152,8 @@ async def test_a_full_waiting_room_holds_the_submitter() -> None:
 @in_loop
 async def test_close_fails_the_waiting_and_later_submits() -> None:
     call = Recorder()
-    call.release.clear()
     c: Coalescer[int, int] = Coalescer(call, name="t", max_batch=100)
-    in_call = asyncio.create_task(c.submit(1))
-    await asyncio.sleep(0.01)
+    in_call = await one_in_call(c, call, 1)
     waiting = asyncio.create_task(c.submit(2))
     await asyncio.sleep(0.01)
     await c.close(ConnectionError("stopping"))
