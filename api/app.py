@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import math
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
 
-import orjson
 import psycopg
 import uvicorn
 from fastapi import Depends, FastAPI, Request, Response
@@ -20,13 +21,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse
 from psycopg import AsyncConnection
-from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleetpulse import connections
 from fleetpulse.api import (
     agents,
+    alerting,
     auditlog,
     budgets,
     config,
@@ -38,6 +39,7 @@ from fleetpulse.api import (
     tags,
     ui,
 )
+from fleetpulse.api.rules.evaluator import Evaluator, RuleSet
 from fleetpulse.api.schemas import HealthPublic
 from fleetpulse.errors import (
     BadInput,
@@ -78,22 +80,6 @@ _STATUS_OF_CLASS: dict[type[FleetpulseError], HTTPStatus] = {
 }
 
 
-async def _configure_connection(conn: AsyncConnection[Any]) -> None:
-    # Each read is one statement, so autocommit (no transaction left open between requests); UTC
-    # so that timestamps leave the API in one zone whatever the server's TimeZone setting is.
-    await conn.set_autocommit(True)
-    await conn.execute("SET TimeZone = 'UTC'")
-    # psycopg prepares a statement run five times, and PostgreSQL may then use a generic plan,
-    # made without the parameters' values: for a range over daily partitions it cannot prune at
-    # plan time. Measured on the 1B-point dataset (docs/performance.md): the 7-day chart's SQL took
-    # 11-13 ms for its first five runs and 155-468 ms once generic; a custom plan each time keeps
-    # the parse saved and plans with the values.
-    await conn.execute("SET plan_cache_mode = force_custom_plan")
-    # Series labels are jsonb: orjson reads them, not the standard library (2,000 series of a
-    # top-N: about 8 of select_series' 22 ms were json.loads).
-    set_json_loads(orjson.loads, conn)
-
-
 def _status(exc: FleetpulseError) -> HTTPStatus:
     return next(_STATUS_OF_CLASS[c] for c in type(exc).__mro__ if c in _STATUS_OF_CLASS)
 
@@ -113,6 +99,19 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
+def _start_rules(settings: Settings, ruleset: RuleSet) -> asyncio.Task[None] | None:
+    """SIGHUP reloads the rule files; the evaluator competes to be the platform's one (it needs
+    Redis, where recording rules' results go)."""
+    with contextlib.suppress(ValueError, RuntimeError):  # not the main thread (a test client)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, ruleset.reload)
+    if not settings.rules_evaluate:
+        return None
+    if settings.redis_url is None:
+        log.warning("rules are not evaluated here: FLEETPULSE_REDIS_URL is not set")
+        return None
+    return asyncio.create_task(Evaluator(settings, ruleset).run(), name="rule-evaluator")
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The API app; its lifespan opens the connection pool (and fails startup without a database)."""
     settings.require("database_url")
@@ -124,6 +123,13 @@ def create_app(settings: Settings) -> FastAPI:
             "FLEETPULSE_API_OPEN=true to let anyone who reaches the port read"
         )
 
+    # The rule files load before anything starts: one that does not fails the start, as in
+    # Prometheus; later reloads that fail keep the rules in force (api/rules/evaluator.py).
+    ruleset = RuleSet(settings)
+    error = ruleset.reload()
+    if error is not None:
+        raise ConfigError(error)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = connections.pg_pool_async(
@@ -131,7 +137,7 @@ def create_app(settings: Settings) -> FastAPI:
             min_size=POOL_MIN_SIZE,
             max_size=POOL_MAX_SIZE,
             name="api",
-            configure=_configure_connection,
+            configure=deps.configure_connection,
             # One round trip per checkout, so that the first request after a database restart gets
             # a fresh connection instead of a 500.
             check=True,
@@ -145,9 +151,16 @@ def create_app(settings: Settings) -> FastAPI:
         # (docs/performance.md, "Read latency at 100M+ points").
         gc.collect()
         gc.freeze()
+        evaluating = _start_rules(settings, ruleset)
         try:
             yield
         finally:
+            if evaluating is not None:
+                evaluating.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await evaluating
+            with contextlib.suppress(ValueError, RuntimeError):
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await pool.close()
             log.info("api pool closed")
 
@@ -155,6 +168,7 @@ def create_app(settings: Settings) -> FastAPI:
         title="fleetpulse", lifespan=lifespan, dependencies=[Depends(deps.require_read_key)]
     )
     app.state.settings = settings
+    app.state.ruleset = ruleset
 
     # Every error raised on purpose, below the routes or in them: its class decides the status
     # (the body is FastAPI's {"detail": message}); under /api/v1, Prometheus' status and format.
@@ -231,6 +245,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(fleet.router)
     app.include_router(query.router)
     app.include_router(prom.router)
+    app.include_router(alerting.router)
+    app.include_router(alerting.lifecycle)
     app.include_router(ui.router)
     return app
 

@@ -2,7 +2,7 @@
 other Prometheus clients work unchanged: queries (/api/v1/query, /api/v1/query_range), what is
 stored (/api/v1/series, /api/v1/labels, /api/v1/label/{name}/values, /api/v1/metadata), and what
 Grafana asks besides (/api/v1/status/buildinfo, /api/v1/query_exemplars, /api/v1/format_query,
-/api/v1/rules, /api/v1/alerts). GET with query parameters, and POST with a form body wherever
+and the rules and alerts of api/alerting.py). GET with query parameters, and POST with a form body wherever
 Prometheus takes one.
 
 Answers use Prometheus' envelope (``{"status": "success", "data": ...}``) and its error format
@@ -97,7 +97,7 @@ _LABEL_VALUES = (
 _METRIC_NAMES = "SELECT DISTINCT name FROM fleet_series WHERE (%s::text IS NULL OR name = %s) ORDER BY 1 LIMIT %s"
 
 
-def _answer(data: Any, warnings: list[str] | None = None) -> Response:
+def answer(data: Any, warnings: list[str] | None = None) -> Response:
     body = {"status": "success", "data": data}
     if warnings:
         body["warnings"] = warnings
@@ -175,16 +175,16 @@ def _range_samples(found: Range) -> list[dict[str, Any]]:
 def _answer_result(result: Result, instant: bool) -> Response:
     value, times = result.value, result.times_us
     if isinstance(value, Range):
-        return _answer({"resultType": "matrix", "result": _range_samples(value)})
+        return answer({"resultType": "matrix", "result": _range_samples(value)})
     if isinstance(value, String):
-        return _answer({"resultType": "string", "result": [_stamp(int(times[0])), value.value]})
+        return answer({"resultType": "string", "result": [_stamp(int(times[0])), value.value]})
     if isinstance(value, Scalar):
         if instant:
             point = [_stamp(int(times[0])), format_value(float(value.values[0]))]
-            return _answer({"resultType": "scalar", "result": point})
+            return answer({"resultType": "scalar", "result": point})
         ones = np.ones((1, len(times)), bool)
         matrix = _series([{}], value.values[None, :], ones, times)
-        return _answer({"resultType": "matrix", "result": matrix})
+        return answer({"resultType": "matrix", "result": matrix})
     if instant:
         stamp = _stamp(int(times[0]))
         vector = [
@@ -192,10 +192,10 @@ def _answer_result(result: Result, instant: bool) -> Response:
             for lab, row, mask in zip(value.labels, value.values, value.present, strict=True)
             if mask[0]
         ]
-        return _answer({"resultType": "vector", "result": vector})
+        return answer({"resultType": "vector", "result": vector})
     matrix = _series(value.labels, value.values, value.present, times)
     matrix.sort(key=lambda s: sorted(s["metric"].items()))
-    return _answer({"resultType": "matrix", "result": matrix})
+    return answer({"resultType": "matrix", "result": matrix})
 
 
 def _resolution(text: str, step: float, instant: bool) -> float:
@@ -335,7 +335,7 @@ async def series(request: Request, conn: ConnDep) -> Response:
         await _rows(conn, query, [*params, MAX_SERIES_LISTED + 1]), MAX_SERIES_LISTED
     )
     found = sorted((labels_of(Series(*row)) for row in rows), key=lambda s: sorted(s.items()))
-    return _answer(found, warnings)
+    return answer(found, warnings)
 
 
 @router.get("/labels", operation_id="label_names_get")
@@ -350,7 +350,7 @@ async def label_names(request: Request, conn: ConnDep) -> Response:
         await _rows(conn, _LABEL_NAMES.format(where=where), [*params, MAX_VALUES_LISTED + 1]),
         MAX_VALUES_LISTED,
     )
-    return _answer([row[0] for row in rows], warnings)
+    return answer([row[0] for row in rows], warnings)
 
 
 @router.get("/label/{name}/values")
@@ -369,7 +369,7 @@ async def label_values(name: str, request: Request, conn: ConnDep) -> Response:
     rows, warnings = _listed(
         await _rows(conn, query, [*params, MAX_VALUES_LISTED + 1]), MAX_VALUES_LISTED
     )
-    return _answer([row[0] for row in rows], warnings)
+    return answer([row[0] for row in rows], warnings)
 
 
 def _metric_type(name: str) -> str:
@@ -392,13 +392,13 @@ async def metadata(request: Request, conn: ConnDep) -> Response:
             limit = min(int(text), MAX_VALUES_LISTED)
     metric = _one(pairs, "metric", "") or None
     if metric is not None and "\x00" in metric:
-        return _answer({})  # PostgreSQL text holds no NUL: no metric is named so
+        return answer({})  # PostgreSQL text holds no NUL: no metric is named so
     rows, warnings = _listed(await _rows(conn, _METRIC_NAMES, [metric, metric, limit + 1]), limit)
     found = {
         name: [{"type": _metric_type(name), "help": fleetseries.HELP.get(name, ""), "unit": ""}]
         for (name,) in rows
     }
-    return _answer(found, [] if limit < MAX_VALUES_LISTED else warnings)
+    return answer(found, [] if limit < MAX_VALUES_LISTED else warnings)
 
 
 @router.get("/query_exemplars", operation_id="query_exemplars_get")
@@ -415,7 +415,7 @@ async def query_exemplars(request: Request) -> Response:
     has_selector = not promql_parser.walk(
         tree, pre_visit=lambda node: not isinstance(node, promql_parser.VectorSelector)
     )
-    return _answer([]) if has_selector else Response(status_code=204)
+    return answer([]) if has_selector else Response(status_code=204)
 
 
 @router.get("/format_query", operation_id="format_query_get")
@@ -427,29 +427,14 @@ async def format_query(request: Request) -> Response:
         tree = parse(query)
     except PromQLError as exc:
         raise PromQLError(f'invalid parameter "query": {exc.message}') from None
-    return _answer(tree.prettify())
-
-
-@router.get("/rules")
-async def rules(request: Request) -> Response:
-    """Recording and alerting rules: none, fleetpulse evaluates none (yet)."""
-    kind = _one(list(request.query_params.multi_items()), "type", "").lower()
-    if kind not in ("", "alert", "record"):
-        raise BadInput(f'invalid parameter "type": not supported value {_quoted(kind)}')
-    return _answer({"groups": []})
-
-
-@router.get("/alerts")
-async def alerts() -> Response:
-    """Active alerts: none, as there are no alerting rules."""
-    return _answer({"alerts": []})
+    return answer(tree.prettify())
 
 
 @router.get("/status/buildinfo")
 async def build_info() -> Response:
     """Which Prometheus this API answers as (docs/api.md says why 2.42.0), and fleetpulse's own
     version as the revision."""
-    return _answer(
+    return answer(
         {
             "version": PROMETHEUS_VERSION,
             "revision": f"fleetpulse {__version__}",

@@ -17,6 +17,7 @@ ROLLUP = _PREFIX | 0x02  # ingest/worker/rollups.py: the rollup job
 COMPACTION = _PREFIX | 0x03  # ingest/worker/compaction.py: packing rollup partitions' indexes
 COMPRESS = _PREFIX | 0x04  # ingest/worker/compress.py: compressing closed hours
 ROLLOUT = _PREFIX | 0x05  # ingest/worker/rolloutjob.py: moving the settings rollouts
+RULES = _PREFIX | 0x06  # api/rules/evaluator.py: the one rule evaluator of the platform
 
 ALL = {
     "migration": MIGRATION,
@@ -24,4 +25,5 @@ ALL = {
     "compaction": COMPACTION,
     "compress": COMPRESS,
     "rollout": ROLLOUT,
+    "rules": RULES,
 }

@@ -140,6 +140,24 @@ class Settings(BaseSettings):
     # Origins a browser may call the API from (comma-separated; "*" for any). Default: none.
     api_cors_origins: str = ""
 
+    # Rules and alerts (api/rules/). Rule files in Prometheus' format, comma-separated paths or
+    # globs; empty: the built-in fleet rules (api/rules/fleet.yml). `fleetpulse up` copies those
+    # into data_dir/rules/ on first start and points here, so that a new user edits a copy.
+    rule_files: str = ""
+    # A group without its own `interval:` evaluates this often (Prometheus' evaluation_interval).
+    rule_evaluation_interval_s: float = Field(default=60.0, gt=0)
+    # Whether this API process competes to be the platform's one rule evaluator (the holder of
+    # an advisory lock evaluates; the others stand by and answer /api/v1/rules from the database).
+    rules_evaluate: bool = True
+    # Alertmanagers (comma-separated base URLs, e.g. http://127.0.0.1:9093): firing and resolved
+    # alerts are POSTed to each one's /api/v2/alerts. Empty: alerts are evaluated and listed,
+    # and sent nowhere.
+    alertmanager_urls: str = ""
+    alert_resend_delay_s: float = Field(default=60.0, gt=0)
+    notification_queue_capacity: int = Field(default=10_000, ge=1)
+    # Where people reach this API (links in alerts); default http://<api_host>:<api_port>.
+    external_url: str | None = None
+
     def retentions(self) -> dict[str, int]:
         """Days kept per partitioned table (fleetpulse/partitions.py)."""
         return {
@@ -151,6 +169,15 @@ class Settings(BaseSettings):
             "minute_chunks": self.rollup_1m_retention_days,
             "set_rollup_1h": self.rollup_1h_retention_days,
         }
+
+    def rule_paths(self) -> list[str]:
+        return [p.strip() for p in self.rule_files.split(",") if p.strip()]
+
+    def alertmanagers(self) -> list[str]:
+        return [u.strip() for u in self.alertmanager_urls.split(",") if u.strip()]
+
+    def public_url(self) -> str:
+        return self.external_url or f"http://{self.api_host}:{self.api_port}"
 
     def read_keys(self) -> list[str]:
         return [key for _, key in self.named_read_keys()]
