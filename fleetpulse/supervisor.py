@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -134,6 +135,8 @@ class Supervisor:
             updates["enrollment_token"] = SecretStr(_stored_token(data_dir, "enrollment_token"))
         if settings.api_keys is None and settings.api_admin_key is None and not settings.api_open:
             updates["api_keys"] = SecretStr(_stored_token(data_dir, "api-key"))
+        if not settings.rule_paths():
+            updates["rule_files"] = _rules_copy(data_dir)
         self.settings = settings = settings.model_copy(update=updates)
         assert settings.database_url
         migrate(settings.database_url)
@@ -332,6 +335,8 @@ class Supervisor:
             f"  PostgreSQL       {'embedded' if self._pg else 'external'}  {_redact(s.database_url)}",
             f"  Redis            {'embedded' if self._redis else 'external'}  {_redact(s.redis_url)}",
             f"  workers          {self.workers}",
+            f"  rule files       {s.rule_files}  (reload: kill -HUP the api, or POST /-/reload)",
+            f"  Alertmanager     {s.alertmanager_urls or 'none (FLEETPULSE_ALERTMANAGER_URLS)'}",
             f"  enrollment token {token}  (in {s.data_dir / 'enrollment_token'})"
             if (s.data_dir / "enrollment_token").exists()
             else f"  enrollment token {token}",
@@ -372,6 +377,19 @@ def _stop_all(children: list[Child]) -> None:
             log.warning("%s did not stop in %.0f s; killing it", child.name, child.stop_timeout_s)
             child.proc.kill()
             child.proc.wait()
+
+
+def _rules_copy(data_dir: Path) -> str:
+    """The rule files of `up`: data_dir/rules/*.yml, which starts as a copy of the built-in fleet
+    rules (api/rules/fleet.yml), the user's to edit. A copy removed stays removed only if another
+    .yml file is there."""
+    from fleetpulse.api.rules.evaluator import BUILTIN_RULES
+
+    rules = data_dir / "rules"
+    rules.mkdir(exist_ok=True)
+    if not any(rules.glob("*.yml")):
+        shutil.copyfile(BUILTIN_RULES, rules / "fleet.yml")
+    return str(rules / "*.yml")
 
 
 def _stored_token(data_dir: Path, name: str) -> str:

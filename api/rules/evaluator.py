@@ -11,8 +11,7 @@ it (its connection broke) fails its next write and stops, rather than evaluate b
 spreads groups over the interval, as Prometheus does); a late evaluator skips to the latest slot
 and counts the ones it missed. Each rule runs through the API's PromQL engine at that time:
 
-- a recording rule's samples, and the ``ALERTS`` series of pending and firing alerts, become
-  one batch per agent (api/rules/... → ingest/platformbatches.py), named by the group and the
+- a recording rule's samples become one batch per agent (ingest/platformbatches.py), named by the group and the
   slot, and go through the queue, the workers and the ledger like an agent's batch: written
   twice (a crash before the round's state was saved), they are stored once;
 - an alerting rule's samples move its alerts (api/rules/alerts.py); those due are sent to
@@ -22,7 +21,8 @@ Then the round's state (the group's slot, the rules' health, the alerts that cha
 in one transaction (api/rules/store.py), and the next evaluator resumes from it.
 
 Within a group, a rule that reads an earlier rule's recorded series sees it once the workers
-have committed it (usually by the next round), not in the same round as in Prometheus.
+have committed it (usually by the next round), not in the same round as in Prometheus. Prometheus'
+``ALERTS`` series is not written (yet): /api/v1/alerts and the alerts table are where alerts are.
 """
 
 from __future__ import annotations
@@ -329,8 +329,6 @@ class Evaluator:
                 error = error.splitlines()[0] if error else type(exc).__name__
             if rule.kind == "alert":
                 to_send.extend(self._due(rule, states[rule.key], ts, group.interval_s))
-                for alert in states[rule.key].current():
-                    out.add("ALERTS", {**alert.labels, "alertstate": alert.state}, 1.0)
             outcomes.append(
                 store.RuleOutcome(
                     rule.key, "err" if error else "ok", error, time.perf_counter() - rule_started

@@ -10,7 +10,7 @@ import logging
 import redis
 import redis.asyncio
 
-from fleetpulse.ingest import watermark
+from fleetpulse.ingest import platformbatches, watermark
 from fleetpulse.ingest.frontend import replies, selfmetrics
 from fleetpulse.ingest.frontend.sessions import Sessions
 from fleetpulse.proto import wire
@@ -31,5 +31,8 @@ async def relay_committed(redis_client: redis.asyncio.Redis, sessions: Sessions)
             session = sessions.get(committed.agent_id)
             if session is None or session.protocol < wire.PROTOCOL_CREDENTIALS:
                 continue
+            if platformbatches.is_platform_epoch(committed.epoch):
+                continue  # a batch the platform wrote about the agent: not in its spool
+
             session.send(replies.committed(committed.epoch, committed.ranges))
             selfmetrics.COMMITTED_RELAYED.inc()

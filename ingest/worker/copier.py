@@ -23,6 +23,7 @@ import psycopg
 
 from fleetpulse import partitions, samples
 from fleetpulse.copybuf import samples_copy_buffer
+from fleetpulse.ingest import platformbatches
 from fleetpulse.ingest.worker import rollups
 from fleetpulse.ingest.worker.decode import Decoded
 from fleetpulse.ingest.worker.series import SetResolver
@@ -214,14 +215,16 @@ class ChunkWriter:
             if b.error is not None:
                 rejects[(b.agent_id, REASON_UNDECODABLE)][0] += 1
                 continue
+            if late_or_early[i]:
+                rejects[(b.agent_id, REASON_TIMESTAMP)][1] += int(late_or_early[i])
+            if platformbatches.is_platform_epoch(b.epoch):
+                continue  # the platform's own batch (a rule's results): not what the agent sent
             acc = per_agent.setdefault(b.agent_id, [0, 0, 0, b.epoch, b.sequence])
             acc[0] += 1
             acc[1] += int(points_per_batch[i])
             acc[2] += int(rejected_per_batch[i])
             if (b.epoch, b.sequence) > (acc[3], acc[4]):
                 acc[3], acc[4] = b.epoch, b.sequence
-            if late_or_early[i]:
-                rejects[(b.agent_id, REASON_TIMESTAMP)][1] += int(late_or_early[i])
         for index, reason, points in decoded.rejects:
             if new_batch[index]:
                 rejects[(decoded.batches[index].agent_id, reason)][1] += points

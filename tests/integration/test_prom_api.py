@@ -199,10 +199,23 @@ def test_format_query_writes_the_query_as_prometheus_does(client: TestClient) ->
         assert reason in refused(client.get("/api/v1/format_query", params=params)), params
 
 
-def test_rules_and_alerts_are_empty_in_prometheus_shapes(client: TestClient) -> None:
-    assert ok(client.get("/api/v1/rules")) == {"groups": []}
-    for kind in ("alert", "record", "ALERT", ""):
-        assert ok(client.get("/api/v1/rules", params={"type": kind})) == {"groups": []}
+def test_rules_and_alerts_in_prometheus_shapes_before_any_evaluation(client: TestClient) -> None:
+    # The built-in fleet rules are in force (api/rules/fleet.yml); nothing evaluated them here.
+    groups = ok(client.get("/api/v1/rules"))["groups"]
+    assert [g["name"] for g in groups] == ["fleet-agents", "fleet-hosts"]
+    offline = groups[0]["rules"][0]
+    assert (offline["name"], offline["type"], offline["health"], offline["state"]) == (
+        "AgentOffline",
+        "alerting",
+        "unknown",
+        "inactive",
+    )
+    assert offline["lastEvaluation"] == "0001-01-01T00:00:00Z" and offline["alerts"] == []
+    for kind in ("alert", "ALERT", ""):
+        assert ok(client.get("/api/v1/rules", params={"type": kind}))["groups"] == groups
+    assert ok(client.get("/api/v1/rules", params={"type": "record"})) == {"groups": []}
+    named = ok(client.get("/api/v1/rules", params={"rule_name[]": "FilesystemAlmostFull"}))
+    assert [g["name"] for g in named["groups"]] == ["fleet-hosts"]
     reason = refused(client.get("/api/v1/rules", params={"type": "foo"}))
     assert reason == 'invalid parameter "type": not supported value "foo"'
     assert ok(client.get("/api/v1/alerts")) == {"alerts": []}
