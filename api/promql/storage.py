@@ -167,7 +167,10 @@ async def raw_horizon_us(conn: AsyncConnection[Any]) -> int:
     if cached is not None and now - cached[0] < _HORIZON_TTL_S:
         return cached[1]
     horizon = await _find_horizon(conn)
-    _horizons[key] = (now, horizon)
+    # "No raw data yet" is not kept: the first points arrive any moment on a new platform, and a
+    # query made before them (the rule evaluator's first round) must not hide them for a minute.
+    if horizon != NO_RAW_US:
+        _horizons[key] = (now, horizon)
     return horizon
 
 
