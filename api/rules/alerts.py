@@ -88,11 +88,12 @@ class AlertState:
         limit: int = 0,
     ) -> None:
         """Move every alert to its state at evaluation time ``ts``, given the rule's result then:
-        each sample's labels (``__name__`` removed) and value."""
+        each sample's labels and value. Templates see ``__name__`` (as in Prometheus); the
+        alert's labels do not carry it."""
         rule = self.rule
         found: dict[str, Alert] = {}
         for sample_labels, value in result:
-            labels = dict(sample_labels)
+            labels = {k: v for k, v in sample_labels.items() if k != "__name__"}
             for name, template in rule.label_templates.items():
                 labels[name] = template.expand(sample_labels, value, external_labels, external_url)
             labels = {k: v for k, v in labels.items() if v != ""}

@@ -99,12 +99,13 @@ Sample = tuple[dict[str, str], float]
 
 
 def samples_of(value: Any) -> list[Sample]:
-    """A rule's result at its one evaluation time: each sample's labels and value."""
+    """A rule's result at its one evaluation time: each sample's labels (``__name__`` included,
+    for alert templates) and value."""
     if isinstance(value, Scalar):
         return [({}, float(value.values[0]))]
     if isinstance(value, Vector):
         rows = np.flatnonzero(value.present[:, 0]).tolist()
-        return [(without_name(value.labels[i]), float(value.values[i, 0])) for i in rows]
+        return [(value.labels[i], float(value.values[i, 0])) for i in rows]
     kind = (
         "string"
         if isinstance(value, String)
@@ -365,6 +366,7 @@ class Evaluator:
         if limit and len(samples) > limit:
             return f"exceeded limit of {limit} with {len(samples)} series"
         seen: set[tuple[tuple[str, str], ...]] = set()
+        samples = [(without_name(labels), value) for labels, value in samples]
         for labels, _ in samples:
             key = tuple(sorted((k, v) for k, v in {**labels, **rule.labels}.items() if v))
             if key in seen:

@@ -6,7 +6,7 @@ every group and rule as ``promtool check rules`` does, and returns the groups, o
 does not load changes nothing: the caller keeps the rules in force (api/rules/evaluator.py).
 
 fleetpulse is at least as strict as promtool, so that every file it accepts promtool accepts
-(tests/integration/test_rule_files.py runs Debian's promtool on them): unknown fields are
+(tests/integration/test_rule_files_promtool.py runs Debian's promtool on them): unknown fields are
 refused (Go's strict YAML does too), templates must be in the subset api/rules/templates.py
 reads, and durations are Prometheus' (``30s``, ``5m``, ``1h30m``; a bare number is not one).
 """
@@ -30,7 +30,8 @@ from fleetpulse.errors import BadInput
 METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _DURATION = re.compile(
-    r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?"
+    r"(?:([0-9]+)y)?(?:([0-9]+)w)?(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?"
+    r"(?:([0-9]+)ms)?"
 )
 _UNITS_S = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1, 0.001)
 _GROUP_FIELDS = {"name", "interval", "limit", "rules"}
@@ -102,24 +103,46 @@ class Group:
 
 
 def format_duration(seconds: float) -> str:
-    """A duration as Prometheus writes one (``1h30m``, ``90s`` as ``1m30s``, ``0s``)."""
+    """A duration as Prometheus writes one (model.Duration): ``1h30m``, ``90d`` (years and weeks
+    only when they divide it exactly), ``0s``."""
     ms = round(seconds * 1000)
     if ms == 0:
         return "0s"
     out = []
-    for unit, size in (
-        ("y", 31_536_000_000),
-        ("w", 604_800_000),
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1000),
-        ("ms", 1),
-    ):
+    units = (
+        ("y", 31_536_000_000, True),
+        ("w", 604_800_000, True),
+        ("d", 86_400_000, False),
+        ("h", 3_600_000, False),
+        ("m", 60_000, False),
+        ("s", 1000, False),
+        ("ms", 1, False),
+    )
+    for unit, size, exact in units:
+        if exact and ms % size:
+            continue
         if ms >= size:
             out.append(f"{ms // size}{unit}")
             ms %= size
     return "".join(out)
+
+
+class _Loader(yaml.BaseLoader):
+    """YAML as Go's yaml reads it into Prometheus' rule structs: every scalar stays the text it
+    was written as (a label ``1.50`` is "1.50", not 1.5; ``010`` is not 8), and a key repeated in
+    one mapping is an error, not the last one winning."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None, None, f'mapping key "{key}" already defined (line {line})', None
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def expand_paths(patterns: Iterable[str]) -> list[str]:
@@ -148,19 +171,19 @@ def load(patterns: Iterable[str], default_interval_s: float) -> list[Group]:
 
 def load_text(text: str, path: str, default_interval_s: float) -> list[Group]:
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_Loader)  # noqa: S506  # BaseLoader: plain text only
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise RuleFileError(f"{path}: not YAML{where}: {problem}") from None
-    if doc is None:
+    if doc is None or doc == "":
         return []
     if not isinstance(doc, dict) or set(doc) - {"groups"}:
         extra = sorted(set(doc) - {"groups"}) if isinstance(doc, dict) else []
         problem = f'unknown field "{extra[0]}"' if extra else "expected a mapping with groups:"
         raise RuleFileError(f"{path}: {problem}")
-    raw_groups = doc.get("groups") or []
+    raw_groups = _absent_as_none(doc.get("groups")) or []
     if not isinstance(raw_groups, list):
         raise RuleFileError(f"{path}: groups: expected a list")
     groups: list[Group] = []
@@ -183,14 +206,16 @@ def _group(raw: Any, index: int, path: str, default_interval_s: float, seen: set
     if name in seen:
         raise RuleFileError(f'{where}: groupname "{name}" is repeated in the same file')
     seen.add(name)
+    raw = {k: _absent_as_none(v) for k, v in raw.items()}
     interval_s = default_interval_s
     if raw.get("interval") is not None:
         interval_s = _duration(raw["interval"], f"{where}: interval")
         if interval_s <= 0:
             raise RuleFileError(f"{where}: interval must be above 0")
-    limit = raw.get("limit") or 0
-    if not isinstance(limit, int) or limit < 0:
+    limit_text = raw.get("limit") or "0"
+    if not isinstance(limit_text, str) or not re.fullmatch(r"[0-9]+", limit_text):
         raise RuleFileError(f"{where}: limit must be a whole number, 0 or more")
+    limit = int(limit_text)
     raw_rules = raw.get("rules") or []
     if not isinstance(raw_rules, list):
         raise RuleFileError(f"{where}: rules: expected a list")
@@ -200,6 +225,11 @@ def _group(raw: Any, index: int, path: str, default_interval_s: float, seen: set
         rule = _rule(raw_rule, f"{where}, rule {number}", names)
         rules.append(rule)
     return Group(path, name, interval_s, limit, tuple(rules))
+
+
+def _absent_as_none(value: Any) -> Any:
+    """A value written as nothing (``labels:``), which the text-only loader reads as ""."""
+    return None if value == "" else value
 
 
 def _duration(value: Any, where: str) -> float:
@@ -220,15 +250,16 @@ def _strings(raw: Any, what: str, where: str) -> dict[str, str]:
             raise RuleFileError(f"{where}: invalid {what[:-1]} name: {key}")
         if key.startswith("__"):
             raise RuleFileError(f"{where}: {what[:-1]} name {key} is reserved (it starts with __)")
-        if isinstance(value, bool) or value is None or isinstance(value, dict | list):
+        if not isinstance(value, str):
             raise RuleFileError(f"{where}: {what}.{key}: expected a string")
-        out[key] = str(value)
+        out[key] = value
     return out
 
 
 def _rule(raw: Any, where: str, names: dict[str, int]) -> Rule:
     if not isinstance(raw, dict):
         raise RuleFileError(f"{where}: expected a mapping")
+    raw = {k: _absent_as_none(v) for k, v in raw.items()}
     record, alert = raw.get("record"), raw.get("alert")
     if record is not None and alert is not None:
         raise RuleFileError(f"{where}: only one of 'record' and 'alert' must be set")

@@ -10,8 +10,8 @@ Supported, as in Prometheus (rules/alerting.go prepends the same variables):
 
 - text, ``{{ pipeline }}``, comments ``{{/* ... */}}``, and the trim markers ``{{-`` and ``-}}``;
 - ``$labels.NAME`` / ``.Labels.NAME``, ``$value`` / ``.Value``, ``$externalLabels.NAME`` /
-  ``.ExternalLabels.NAME``, ``$externalURL`` / ``.ExternalURL``; a label that is missing prints
-  ``<no value>``, as Go prints a missing map key;
+  ``.ExternalLabels.NAME``, ``$externalURL`` / ``.ExternalURL``; a label that is missing is empty
+  (Prometheus expands with Go's ``missingkey=zero``), so a label template of one is dropped;
 - string (``"..."``, `` `...` ``) and number literals;
 - pipelines ``a | f | g`` and calls ``f a b``, with Prometheus' functions ``humanize``,
   ``humanize1024``, ``humanizePercentage``, ``humanizeDuration``, ``printf``, ``toUpper``,
@@ -148,8 +148,22 @@ def humanize_duration(arg: Any) -> str:
 _VERB = re.compile(r"%([-+# 0]*)(\d+)?(?:\.(\d+))?([a-zA-Z%])")
 
 
+def _go_type(arg: Any) -> str:
+    return "float64" if isinstance(arg, float) else "int" if isinstance(arg, int) else "string"
+
+
+def _bad_verb(verb: str, arg: Any, precision: str | None) -> str:
+    """Go's note for a verb that does not fit its argument: ``%!d(float64=3)``."""
+    if isinstance(arg, int) and not isinstance(arg, bool):
+        shown = format(arg, f"0{precision}d") if precision else str(arg)
+    else:
+        shown = go_float(arg) if isinstance(arg, float) else str(arg)
+    return f"%!{verb}({_go_type(arg)}={shown})"
+
+
 def printf(fmt: Any, *args: Any) -> str:
-    """Go's ``fmt.Sprintf`` for the verbs rule templates use: %s %v %d %f %e %g %q %x %%."""
+    """Go's ``fmt.Sprintf`` for the verbs rule templates use (%s %v %d %f %e %g %q %x %%), with
+    Go's inline notes for a verb that does not fit its argument, a missing and an extra one."""
     out, pos, used = [], 0, 0
     text = str(fmt)
     for found in _VERB.finditer(text):
@@ -165,38 +179,66 @@ def printf(fmt: Any, *args: Any) -> str:
         arg = args[used]
         used += 1
         spec = flags + (width or "") + (f".{precision}" if precision is not None else "")
+        is_float = isinstance(arg, float)
+        is_int = isinstance(arg, int) and not isinstance(arg, bool)
         if verb in "fFeEgG":
-            value = float(arg) if not isinstance(arg, str) else math.nan
-            if isinstance(arg, str):
-                out.append(f"%!{verb}(string={arg})")
-            elif math.isnan(value) or math.isinf(value):
-                out.append(go_float(value))
+            if not is_float:
+                out.append(_bad_verb(verb, arg, precision))
+            elif math.isnan(arg) or math.isinf(arg):
+                out.append(go_float(arg))
             else:
-                out.append(format(value, spec + verb))
-        elif verb == "d":
-            if isinstance(arg, float) and not arg.is_integer():
-                out.append(f"%!d(float64={go_float(arg)})")
-            else:
-                out.append(format(int(arg), spec + "d"))
-        elif verb == "x":
-            out.append(
-                format(int(arg), spec + "x") if not isinstance(arg, str) else arg.encode().hex()
-            )
-        elif verb == "q":
-            out.append('"' + str(arg).replace("\\", "\\\\").replace('"', '\\"') + '"')
-        else:  # s, v
-            shown = go_float(arg) if isinstance(arg, float) else str(arg)
-            out.append(format(shown, spec + "s") if spec else shown)
+                out.append(format(arg, spec + verb))
+        elif verb in "dx":
+            out.append(format(arg, spec + verb) if is_int else _bad_verb(verb, arg, precision))
+        elif verb == "s":
+            out.append(format(arg, spec) if isinstance(arg, str) else _bad_verb(verb, arg, None))
+        elif verb == "q" and isinstance(arg, str):
+            out.append('"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        elif verb == "v":
+            shown = go_float(arg) if is_float else str(arg)
+            out.append(format(shown, spec) if spec else shown)
+        else:
+            out.append(_bad_verb(verb, arg, None))
     out.append(text[pos:])
     if used < len(args):
-        out.append("%!(EXTRA " + ", ".join(str(a) for a in args[used:]) + ")")
+        extra = ", ".join(
+            f"{_go_type(a)}={go_float(a) if isinstance(a, float) else a}" for a in args[used:]
+        )
+        out.append(f"%!(EXTRA {extra})")
     return "".join(out)
 
 
+def _title(text: Any) -> str:
+    """Go's strings.Title: the first letter of each word upper-cased, the rest left alone."""
+    out, after_separator = [], True
+    for char in str(text):
+        out.append(char.upper() if after_separator else char)
+        after_separator = not (char.isalnum() or char == "_")
+    return "".join(out)
+
+
+_GO_GROUP = re.compile(r"\$(\$|\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
+
+
 def _re_replace_all(pattern: Any, replacement: Any, text: Any) -> str:
-    # Go's $1 / ${1} become Python's \g<1>.
-    repl = re.sub(r"\$\{?(\w+)\}?", r"\\g<\1>", str(replacement))
-    return re.sub(str(pattern), repl, str(text))
+    """Go's Regexp.ReplaceAllString: ``$name`` / ``${name}`` take the longest run of letters,
+    digits and _ as the group's name or number (a group that does not exist is empty), ``$$`` is a
+    dollar, and backslashes are plain text."""
+    template = str(replacement)
+
+    def expand(match: re.Match[str]) -> str:
+        def group(found: re.Match[str]) -> str:
+            if found.group(1) == "$":
+                return "$"
+            name = found.group(2) or found.group(3)
+            try:
+                return match.group(int(name) if name.isdigit() else name) or ""
+            except IndexError:
+                return ""
+
+        return _GO_GROUP.sub(group, template)
+
+    return re.sub(str(pattern), expand, str(text))
 
 
 FUNCTIONS: dict[str, Callable[..., str]] = {
@@ -207,7 +249,7 @@ FUNCTIONS: dict[str, Callable[..., str]] = {
     "printf": printf,
     "toUpper": lambda s: str(s).upper(),
     "toLower": lambda s: str(s).lower(),
-    "title": lambda s: str(s).title(),
+    "title": _title,
     "reReplaceAll": _re_replace_all,
 }
 # Prometheus' functions this subset refuses rather than imitate.
@@ -235,7 +277,8 @@ _REFUSED = {
 
 # -- parsing -----------------------------------------------------------------------------------
 
-_ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.DOTALL)
+_GO_SPACE = " \t\r\n"  # what a trim marker removes (Go's lexer)
+_ACTION = re.compile(r"\{\{(-[ \t\r\n])?(.*?)([ \t\r\n]-)?\}\}", re.DOTALL)
 _TOKEN = re.compile(
     r"""\s*(?:
         (?P<string>"(?:[^"\\\n]|\\.)*")
@@ -279,17 +322,39 @@ class _Operand:
 _Command = list[_Operand]
 
 
-def _unquote(token: str) -> str:
+_ESCAPE = re.compile(
+    r"\\(?:([abfnrtv\\\"])|x([0-9a-fA-F]{2})|([0-7]{3})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|(.?))",
+    re.DOTALL,
+)
+_SIMPLE_ESCAPES = dict(zip('abfnrtv\\"', '\a\b\f\n\r\t\v\\"', strict=True))
+
+
+def _unquote(token: str, where: str) -> str:
+    """A Go string literal's value: raw (backquotes) as it is; interpreted with Go's escapes,
+    anything else refused as Go refuses it."""
     if token.startswith("`"):
         return token[1:-1]
-    return bytes(token[1:-1], "utf-8").decode("unicode_escape") if "\\" in token else token[1:-1]
+
+    def escape(found: re.Match[str]) -> str:
+        simple, hex2, octal, u4, u8, other = found.groups()
+        if simple:
+            return _SIMPLE_ESCAPES[simple]
+        if other is not None:
+            raise TemplateError(f"{where}: invalid syntax: unknown escape sequence in {token}")
+        return chr(int(hex2 or u4 or u8, 16) if not octal else int(octal, 8))
+
+    return _ESCAPE.sub(escape, token[1:-1])
 
 
 def _parse_pipeline(text: str, where: str) -> list[_Command]:
-    if text.lstrip().startswith("/*"):
-        if not text.strip().endswith("*/"):
+    if text.startswith("/*"):
+        if "*/" not in text:
             raise TemplateError(f"{where}: unclosed comment")
+        if not text.endswith("*/"):
+            raise TemplateError(f"{where}: comment ends before closing delimiter")
         return []
+    if text.strip().startswith("/*"):
+        raise TemplateError(f"{where}: a comment must follow {{{{ (or {{{{- ) at once")
     commands: list[_Command] = [[]]
     pos, text = 0, text.rstrip()
     while pos < len(text):
@@ -304,7 +369,7 @@ def _parse_pipeline(text: str, where: str) -> list[_Command]:
                 raise TemplateError(f"{where}: missing command before '|'")
             commands.append([])
         elif kind in ("string", "raw"):
-            commands[-1].append(_Operand("lit", _unquote(token)))
+            commands[-1].append(_Operand("lit", _unquote(token, where)))
         elif kind == "number":
             number = float(token)
             commands[-1].append(
@@ -340,6 +405,9 @@ def _parse_pipeline(text: str, where: str) -> list[_Command]:
             raise TemplateError(f"{where}: parentheses are not supported by fleetpulse")
     if not commands[-1]:
         raise TemplateError(f"{where}: missing value for command")
+    for stage, command in enumerate(commands[1:], start=2):
+        if command[0].kind != "func":
+            raise TemplateError(f"{where}: non executable command in pipeline stage {stage}")
     for command in commands:
         if command[0].kind != "func" and len(command) > 1:
             raise TemplateError(f"{where}: can't give argument to non-function {command[0].value}")
@@ -360,10 +428,10 @@ class Template:
         for found in _ACTION.finditer(text):
             literal = text[pos : found.start()]
             if found.group(1):
-                literal = literal.rstrip()
+                literal = literal.rstrip(_GO_SPACE)
             if self._parts and isinstance(self._parts[-1], str) and self._parts[-1] == "\0trim":
                 self._parts.pop()
-                literal = literal.lstrip()
+                literal = literal.lstrip(_GO_SPACE)
             self._parts.append(literal)
             if "{{" in found.group(2):
                 raise TemplateError(f"{where}: unexpected '{{{{' in action")
@@ -378,7 +446,7 @@ class Template:
             raise TemplateError(f"{where}: unclosed action")
         if self._parts and self._parts[-1] == "\0trim":
             self._parts.pop()
-            rest = rest.lstrip()
+            rest = rest.lstrip(_GO_SPACE)
         self._parts.append(rest)
 
     @property
@@ -418,9 +486,7 @@ def _operand(op: _Operand, data: Mapping[str, Any]) -> Any:
     for name in op.value:
         if not isinstance(found, Mapping):
             raise TemplateError(f"can't evaluate field {name}")
-        found = found.get(name, _NO_VALUE)
-        if found is _NO_VALUE:
-            return _NO_VALUE
+        found = found.get(name, "")  # Prometheus' missingkey=zero
     return found
 
 
