@@ -8,12 +8,14 @@ import gc
 import logging
 import math
 import signal
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
 
 import psycopg
+import redis
 import uvicorn
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
@@ -25,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleetpulse import connections
+from fleetpulse import selfmetrics as own_metrics
 from fleetpulse.api import (
     agents,
     alerting,
@@ -33,6 +36,7 @@ from fleetpulse.api import (
     config,
     deps,
     fleet,
+    metrics,
     prom,
     query,
     rollouts,
@@ -53,6 +57,7 @@ from fleetpulse.errors import (
     RetryableError,
     Unauthenticated,
 )
+from fleetpulse.ingest import queue as ingest_queue
 from fleetpulse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -112,6 +117,32 @@ def _start_rules(settings: Settings, ruleset: RuleSet) -> asyncio.Task[None] | N
     return asyncio.create_task(Evaluator(settings, ruleset).run(), name="rule-evaluator")
 
 
+def _store_own_metrics(
+    settings: Settings, pool: AsyncConnectionPool[AsyncConnection[Any]]
+) -> own_metrics.SelfStore | None:
+    """The API's own metrics, stored as series (fleetpulse/selfmetrics.py), when it has Redis."""
+    if settings.redis_url is None or settings.self_metrics_interval_s <= 0:
+        return None
+    client = connections.redis_client(settings.redis_url)
+    try:
+        shards = ingest_queue.ensure_layout(client, settings.stream_shards)
+    except redis.RedisError as exc:
+        log.warning("the API's own metrics are not stored: %s", exc)
+        return None
+    finally:
+        client.close()
+    store = own_metrics.SelfStore(
+        settings.redis_url,
+        shards,
+        "fleetpulse-api",
+        f"{socket.gethostname()}:{settings.api_port}",
+        settings.self_metrics_interval_s,
+        refresh=lambda _: metrics.refresh_pool(pool),
+    )
+    store.start()
+    return store
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The API app; its lifespan opens the connection pool (and fails startup without a database)."""
     settings.require("database_url")
@@ -152,9 +183,12 @@ def create_app(settings: Settings) -> FastAPI:
         gc.collect()
         gc.freeze()
         evaluating = _start_rules(settings, ruleset)
+        self_store = _store_own_metrics(settings, pool)
         try:
             yield
         finally:
+            if self_store is not None:
+                self_store.stop()
             if evaluating is not None:
                 evaluating.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -248,6 +282,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(alerting.router)
     app.include_router(alerting.lifecycle)
     app.include_router(ui.router)
+    app.include_router(metrics.router)
+    app.add_middleware(metrics.RequestMetrics)
     return app
 
 

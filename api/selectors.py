@@ -47,7 +47,11 @@ class Series:
 
 
 def labels_of(series: Series) -> dict[str, str]:
-    """The series' label set as Prometheus shows it: ``__name__`` and ``agent_id`` included."""
+    """The series' label set as Prometheus shows it: ``__name__`` and ``agent_id`` included; a
+    series of no agent (the platform's own, a fleet-wide recording rule: the empty agent id) has
+    no ``agent_id``, as Prometheus shows no empty label."""
+    if not series.agent_id:
+        return {"__name__": series.name, **series.labels}
     return {"__name__": series.name, "agent_id": series.agent_id, **series.labels}
 
 

@@ -409,6 +409,11 @@ _BENCHMARKS = (
         "the liveness sweep, agent pages and the agents' own PromQL series at 50,000 agents",
     ),
     (
+        "rules",
+        "rules",
+        "the built-in rules at 10,000 agents: each group's round time against its interval",
+    ),
+    (
         "agent",
         "agentfoot",
         "the agent's footprint: CPU per collection, series, RSS (vs node_exporter)",

@@ -140,6 +140,13 @@ class Settings(BaseSettings):
     # Origins a browser may call the API from (comma-separated; "*" for any). Default: none.
     api_cors_origins: str = ""
 
+    # Each worker process serves /metrics on worker_metrics_port + index - 1 (0: off). A port in
+    # use is logged and the worker goes on without it: a worker's job is committing data.
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(default=9465, ge=0, le=65535)
+    # Every process stores its own metrics as series this often (fleetpulse/selfmetrics.py); 0: not.
+    self_metrics_interval_s: float = Field(default=15.0, ge=0)
+
     # Rules and alerts (api/rules/). Rule files in Prometheus' format, comma-separated paths or
     # globs; empty: the built-in fleet rules (api/rules/fleet.yml). `fleetpulse up` copies those
     # into data_dir/rules/ on first start and points here, so that a new user edits a copy.

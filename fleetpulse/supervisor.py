@@ -320,6 +320,15 @@ class Supervisor:
             return None
         return f"http://{_connect_host(s.grpc_host)}:{s.ingest_metrics_port}/metrics"
 
+    @property
+    def worker_metrics_urls(self) -> str | None:
+        s = self.settings
+        if not s.worker_metrics_port:
+            return None
+        host = _connect_host(s.worker_metrics_host)
+        ports = [s.worker_metrics_port + i for i in range(self.workers)]
+        return f"http://{host}:{ports[0]}/metrics" + (f" to :{ports[-1]}" if len(ports) > 1 else "")
+
     def _banner(self, agent_ids: list[str]) -> None:
         s = self.settings
         token = s.enrollment_token.get_secret_value() if s.enrollment_token else ""
@@ -331,6 +340,8 @@ class Supervisor:
             f"  Prometheus API   {self.api_url}/api/v1  (Grafana, promtool: the API key as bearer token or basic-auth password)",
             f"  ingest (gRPC)    {s.grpc_host}:{s.grpc_port}",
             f"  ingest metrics   {self.ingest_metrics_url or 'off'}",
+            f"  worker metrics   {self.worker_metrics_urls or 'off'}",
+            f"  API metrics      {self.api_url}/metrics  (the API key)",
             f"  data dir         {s.data_dir}",
             f"  PostgreSQL       {'embedded' if self._pg else 'external'}  {_redact(s.database_url)}",
             f"  Redis            {'embedded' if self._redis else 'external'}  {_redact(s.redis_url)}",

@@ -41,6 +41,7 @@ import numpy as np
 import psycopg
 import redis
 import redis.asyncio
+from prometheus_client import Counter, Gauge
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
@@ -59,6 +60,26 @@ from fleetpulse.settings import Settings
 log = logging.getLogger(__name__)
 
 BUILTIN_RULES = Path(__file__).with_name("fleet.yml")
+
+LEADING = Gauge("fleetpulse_rule_evaluator_leading", "1 while this process is the one evaluator")
+GROUP_SECONDS = Gauge(
+    "fleetpulse_rule_group_last_duration_seconds",
+    "How long the group's last round took",
+    ["rule_group"],
+)
+GROUP_INTERVAL = Gauge(
+    "fleetpulse_rule_group_interval_seconds", "The group's evaluation interval", ["rule_group"]
+)
+MISSED = Counter(
+    "fleetpulse_rule_group_iterations_missed",
+    "Slots skipped because a round came late",
+    ["rule_group"],
+)
+FAILURES = Counter(
+    "fleetpulse_rule_evaluation_failures",
+    "Rules whose evaluation failed, per round",
+    ["rule_group"],
+)
 LOCK_RETRY_S = 5.0
 # After a failed write of a round's results, the same slot is tried again this much later.
 RETRY_S = 1.0
@@ -218,10 +239,12 @@ class Evaluator:
             if not row or not row[0]:
                 return
             self.leading = True
+            LEADING.set(1)
             log.info("rule evaluator %s: evaluating", self.identity)
             await self._lead(conn, pool, batches)
         finally:
             self.leading = False
+            LEADING.set(0)
             await conn.close()
 
     async def _lead(
@@ -353,6 +376,10 @@ class Evaluator:
             )
         written.clear()
         written.update({(k, a.fingerprint): _snapshot(a) for k, a in kept})
+        GROUP_SECONDS.labels(group.name).set(time.perf_counter() - started)
+        GROUP_INTERVAL.labels(group.name).set(group.interval_s)
+        MISSED.labels(group.name).inc(missed)
+        FAILURES.labels(group.name).inc(sum(o.health == "err" for o in outcomes))
 
     async def _query(
         self, pool: AsyncConnectionPool[AsyncConnection[Any]], expr: str, ts: float

@@ -1,4 +1,5 @@
-"""The front-end's own Prometheus metrics (``/metrics`` on ``ingest_metrics_port``).
+"""The front-end's own Prometheus metrics (``/metrics`` on ``ingest_metrics_port``, and stored as
+series: fleetpulse/selfmetrics.py).
 
 With ``fleetpulse ingest --processes N`` every process serves its own on port + index - 1
 (the gRPC port is shared, the metrics are not: a scrape must see one process's counters).
@@ -8,9 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
-
-from fleetpulse.errors import ConfigError
+from prometheus_client import Counter, Gauge, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +32,10 @@ BACKPRESSURE = Gauge(
     "fleetpulse_ingest_backpressure", "1 while metric batches are refused because workers lag"
 )
 QUEUED = Gauge("fleetpulse_ingest_queued_batches", "Batches in the streams, not yet committed")
+CONFLICTS = Counter(
+    "fleetpulse_ingest_identity_conflicts",
+    "Registrations refused because another machine holds the agent id (a cloned image)",
+)
 COMMITTED_RELAYED = Counter(
     "fleetpulse_ingest_committed_relayed", "Committed announcements relayed to agents"
 )
-
-
-def serve(host: str, port: int, index: int = 1) -> int | None:
-    """Start the /metrics endpoint (a daemon thread); return its port, None when disabled."""
-    if port <= 0:
-        return None
-    actual = port + index - 1
-    try:
-        start_http_server(actual, addr=host)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot serve /metrics on {host}:{actual} ({exc.strerror}); "
-            "set FLEETPULSE_INGEST_METRICS_PORT (0 turns it off)"
-        ) from exc
-    return actual

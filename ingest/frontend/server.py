@@ -14,15 +14,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Awaitable
 from typing import Any
 
 import grpc
 
 from fleetpulse import connections, datadir, lifecycle
+from fleetpulse import selfmetrics as own_metrics
 from fleetpulse.errors import ConfigError
 from fleetpulse.ingest import queue
-from fleetpulse.ingest.frontend import relay, selfmetrics
+from fleetpulse.ingest.frontend import relay
 from fleetpulse.ingest.frontend.auth import Authenticator
 from fleetpulse.ingest.frontend.registry import AgentRegistry
 from fleetpulse.ingest.frontend.service import AgentService
@@ -163,7 +165,18 @@ async def run(
     )
     server = build_server(service, settings)
     await server.start()
-    metrics_port = selfmetrics.serve(settings.grpc_host, settings.ingest_metrics_port, index)
+    metrics_port = own_metrics.serve(
+        settings.grpc_host, settings.ingest_metrics_port, "ingest_metrics_port", index=index
+    )
+    assert settings.redis_url is not None
+    self_store = own_metrics.SelfStore(
+        settings.redis_url,
+        shards,
+        "fleetpulse-ingest",
+        f"{socket.gethostname()}:{settings.grpc_port}/{index}",
+        settings.self_metrics_interval_s,
+    )
+    self_store.start()
     tasks = [
         asyncio.create_task(registry.flush_forever(), name="heartbeat-flush"),
         asyncio.create_task(service.backpressure.watch(), name="backpressure"),
@@ -190,6 +203,7 @@ async def run(
     try:
         await stop.wait()
     finally:
+        self_store.stop()
         log.info("ingest front-end stopping")
         service.stopping = True
         ending_s = min(len(service.sessions), MAX_STREAMS) * STREAM_END_S

@@ -105,6 +105,7 @@ class Sessions:
             f"this one is {newcomer.machine_id[:12]}: a cloned image? give each host its own agent id"
         )
         log.warning("identity conflict: %s", detail)
+        selfmetrics.CONFLICTS.inc()
         asyncio.get_running_loop().create_task(self._registry.conflict(agent_id, detail))
         raise errors.Conflict(detail, CONFLICT_RETRY_AFTER_S)
 

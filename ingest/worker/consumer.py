@@ -20,8 +20,9 @@ import psycopg
 import redis
 
 from fleetpulse import connections, partitions
+from fleetpulse import selfmetrics as own_metrics
 from fleetpulse.ingest import keys, queue, watermark
-from fleetpulse.ingest.worker import failpoints
+from fleetpulse.ingest.worker import failpoints, selfmetrics
 from fleetpulse.ingest.worker.compaction import CompactionThread
 from fleetpulse.ingest.worker.compress import CompressThread
 from fleetpulse.ingest.worker.copier import ChunkResult, ChunkWriter
@@ -164,6 +165,7 @@ class Worker:
         stream, entry_id, fields = entry
         error = f"{type(exc).__name__}: {exc}"[:2000]
         attempts = int(self._redis.hincrby(keys.ATTEMPTS_KEY, f"{stream}/{entry_id}", 1))
+        selfmetrics.ERRORS.labels("entry_failed").inc()
         if attempts < self._settings.worker_max_deliveries:
             log.warning("entry %s %s failed (attempt %d): %s", stream, entry_id, attempts, error)
             return False
@@ -182,6 +184,7 @@ class Worker:
         pipe.xdel(stream, entry_id)
         pipe.hdel(keys.ATTEMPTS_KEY, f"{stream}/{entry_id}")
         pipe.execute()
+        selfmetrics.ERRORS.labels("dead_letter").inc()
         log.error(
             "entry %s %s moved to %s after %d attempts: %s",
             stream,
@@ -235,6 +238,12 @@ class Worker:
             pipe.xdel(stream, *ids)
         pipe.execute()
         self._publish_stats(result, decoded_at - started, time.perf_counter() - written_at)
+        selfmetrics.CHUNKS.inc()
+        selfmetrics.BATCHES.labels("new").inc(result.batches_new)
+        selfmetrics.BATCHES.labels("duplicate").inc(result.batches_duplicate)
+        selfmetrics.POINTS.inc(result.points_committed)
+        selfmetrics.POINTS_REJECTED.inc(result.points_rejected)
+        selfmetrics.CHUNK_SECONDS.observe(time.perf_counter() - started)
         self.points_committed += result.points_committed
         self._window_points += result.points_committed
         self._window_chunks += 1
@@ -334,6 +343,7 @@ class Worker:
                     recovering = True
             except _CONNECTION_LOST as exc:
                 # Transient: the entries stay pending to this consumer and are retried.
+                selfmetrics.ERRORS.labels("connection_lost").inc()
                 log.warning("chunk failed, retrying in %.0f s: %s", _RETRY_DELAY_S, exc)
                 recovering = True
                 time.sleep(_RETRY_DELAY_S)
@@ -362,6 +372,14 @@ class Worker:
         self.close_database()
         self._redis.close()
 
+    @property
+    def shards(self) -> int:
+        return len(self._streams)
+
+    @property
+    def consumer(self) -> str:
+        return self._consumer
+
 
 def consumer_name(index: int) -> str:
     """Stable across restarts, so a restarted worker finds its own pending entries."""
@@ -379,7 +397,25 @@ def main(settings: Settings, index: int = 1, count: int = 1) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    own_metrics.serve(
+        settings.worker_metrics_host,
+        settings.worker_metrics_port,
+        "worker_metrics_port",
+        index=index,
+        fatal=False,
+    )
+    assert settings.redis_url is not None
+    store = own_metrics.SelfStore(
+        settings.redis_url,
+        worker.shards,
+        "fleetpulse-worker",
+        worker.consumer,
+        settings.self_metrics_interval_s,
+        refresh=lambda client: selfmetrics.refresh_queue(client, worker.shards),
+    )
+    store.start()
     try:
         worker.run()
     finally:
+        store.stop()
         worker.close()

@@ -42,7 +42,7 @@ import psycopg
 
 from fleetpulse import locks, partitions, samples
 from fleetpulse.copybuf import set_rollup_buffer
-from fleetpulse.ingest.worker import failpoints
+from fleetpulse.ingest.worker import failpoints, selfmetrics
 from fleetpulse.ingest.worker.jobs import JobThread
 
 log = logging.getLogger(__name__)
@@ -368,6 +368,7 @@ class RollupThread(JobThread):
         assert self._job is not None
         result = self._job.run_round()
         if result and (result.minutes or result.hours):
+            selfmetrics.ROLLUP_LAG.set(result.max_lag_s)
             log.debug(
                 "rollups: %d minutes, %d hours, %d rows in %.2f s (max lag %.1f s)",
                 result.minutes,

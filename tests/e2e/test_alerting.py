@@ -10,8 +10,10 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +42,9 @@ groups:
 """
 
 
-@pytest.fixture
-def alertmanager(tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp_path = tmp_path_factory.mktemp("alertmanager")
     if not os.path.exists(ALERTMANAGER):
         if os.environ.get("CI"):
             pytest.fail(f"{ALERTMANAGER} (Debian's prometheus-alertmanager) is not installed")
@@ -101,11 +104,24 @@ def start_agent(tmp_path: Path, grpc_port: int, token: str) -> subprocess.Popen[
         )
 
 
-def test_an_offline_agent_alerts_in_alertmanager_and_resolves(
-    alertmanager: str, tmp_path: Path
-) -> None:
+@dataclass
+class Platform:
+    api: str
+    key: str
+    grpc_port: int
+    worker_metrics_port: int
+    token: str
+    tmp_path: Path
+
+
+@pytest.fixture(scope="module")
+def platform(alertmanager: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """`fleetpulse up` with rules on, Alertmanager configured, and the processes' own metrics
+    stored every second."""
+    tmp_path = tmp_path_factory.mktemp("platform")
     rules = tmp_path / "rules.yml"
     rules.write_text(RULES)
+    worker_metrics_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETPULSE_")}
     env.update(
         FLEETPULSE_RULE_FILES=str(rules),
@@ -113,18 +129,33 @@ def test_an_offline_agent_alerts_in_alertmanager_and_resolves(
         FLEETPULSE_ALERTMANAGER_URLS=alertmanager,
         FLEETPULSE_ALERT_RESEND_DELAY_S="2",
         FLEETPULSE_INGEST_METRICS_PORT=str(free_port()),
+        FLEETPULSE_WORKER_METRICS_PORT=str(worker_metrics_port),
+        FLEETPULSE_SELF_METRICS_INTERVAL_S="1",
     )
     api_port, grpc_port = free_port(), free_port()
     data_dir = tmp_path / "data"
     args = ["--data-dir", str(data_dir), "--api-port", str(api_port), "--grpc-port", str(grpc_port)]
-    api = f"http://127.0.0.1:{api_port}"
-    proc = start_up([*args, "--agents", "0"], env, tmp_path / "up.log")
-    agent = None
+    proc = start_up([*args, "--agents", "0", "--workers", "1"], env, tmp_path / "up.log")
     try:
         wait_for_port(api_port, proc, timeout_s=60)
-        key = api_key(data_dir)
-        token = (data_dir / "enrollment_token").read_text().strip()
-        agent = start_agent(tmp_path, grpc_port, token)
+        yield Platform(
+            f"http://127.0.0.1:{api_port}",
+            api_key(data_dir),
+            grpc_port,
+            worker_metrics_port,
+            (data_dir / "enrollment_token").read_text().strip(),
+            tmp_path,
+        )
+    finally:
+        stop_and_check_no_orphans(proc, 40)
+
+
+def test_an_offline_agent_alerts_in_alertmanager_and_resolves(
+    platform: Platform, alertmanager: str
+) -> None:
+    api, key, tmp_path = platform.api, platform.key, platform.tmp_path
+    agent = start_agent(tmp_path, platform.grpc_port, platform.token)
+    try:
 
         def online() -> bool:
             agents = get_json(f"{api}/agents", key)
@@ -156,15 +187,52 @@ def test_an_offline_agent_alerts_in_alertmanager_and_resolves(
         firing = get_json(f"{api}/api/v1/alerts", key)["data"]["alerts"]
         assert [(a["labels"]["agent_id"], a["state"]) for a in firing] == [(AGENT_ID, "firing")]
 
-        agent = start_agent(tmp_path, grpc_port, token)
+        agent = start_agent(tmp_path, platform.grpc_port, platform.token)
         wait_until(online, 30, "the agent online again")
         wait_until(lambda: am_alerts(alertmanager) == [], 30, "the alert resolved in Alertmanager")
         assert get_json(f"{api}/api/v1/alerts", key)["data"]["alerts"] == []
     finally:
-        if agent is not None and agent.poll() is None:
+        if agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
             agent.wait(15)
-        stop_and_check_no_orphans(proc, 40)
+
+
+def test_every_process_serves_its_metrics_and_stores_them_as_series(platform: Platform) -> None:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{platform.worker_metrics_port}/metrics", timeout=5
+    ) as response:
+        worker_text = response.read().decode()
+    assert "fleetpulse_worker_chunks_committed_total" in worker_text
+    assert 'fleetpulse_queue_oldest_age_seconds{shard="0"}' in worker_text
+    request = urllib.request.Request(
+        f"{platform.api}/metrics", headers={"Authorization": f"Bearer {platform.key}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        api_text = response.read().decode()
+    assert 'fleetpulse_api_requests_total{method="GET",route="/agents",status="200"}' in api_text
+    assert "fleetpulse_rule_evaluator_leading 1.0" in api_text
+
+    def jobs() -> set[str] | None:
+        body = get_json(
+            f"{platform.api}/api/v1/query?query="
+            + urllib.parse.quote('count by (job, instance) ({job=~"fleetpulse-.*"})'),
+            platform.key,
+        )
+        got = {r["metric"]["job"] for r in body["data"]["result"]}
+        return got if len(got) == 3 else None
+
+    assert wait_until(jobs, 30, "the three roles' own series") == {
+        "fleetpulse-ingest",
+        "fleetpulse-worker",
+        "fleetpulse-api",
+    }
+    # They belong to no agent: no agent_id label, as a scrape of the platform would show them.
+    body = get_json(
+        f"{platform.api}/api/v1/query?query=fleetpulse_worker_chunks_committed_total", platform.key
+    )
+    [series] = body["data"]["result"]
+    assert "agent_id" not in series["metric"]
+    assert series["metric"]["job"] == "fleetpulse-worker" and float(series["value"][1]) > 0
 
 
 def _unix(text: str) -> float:

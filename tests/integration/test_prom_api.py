@@ -202,7 +202,7 @@ def test_format_query_writes_the_query_as_prometheus_does(client: TestClient) ->
 def test_rules_and_alerts_in_prometheus_shapes_before_any_evaluation(client: TestClient) -> None:
     # The built-in fleet rules are in force (api/rules/fleet.yml); nothing evaluated them here.
     groups = ok(client.get("/api/v1/rules"))["groups"]
-    assert [g["name"] for g in groups] == ["fleet-agents", "fleet-hosts"]
+    assert [g["name"] for g in groups] == ["fleet-agents", "fleet-hosts", "fleet-platform"]
     offline = groups[0]["rules"][0]
     assert (offline["name"], offline["type"], offline["health"], offline["state"]) == (
         "AgentOffline",
