@@ -116,11 +116,15 @@ def any_of(sets: list[list[Matcher]] | None) -> tuple[str, list[Any]]:
 
 
 async def select_series(
-    conn: AsyncConnection[Any], matchers: list[Matcher], table: str = STORED
+    conn: AsyncConnection[Any],
+    matchers: list[Matcher],
+    table: str = STORED,
+    max_series: int = MAX_MATCHED_SERIES,
 ) -> list[Series]:
     """Series matching every matcher (one of them should name the metric): of the stored ones,
     or with ``table=ALL`` also the platform's own series of each agent (api/promql/fleetseries.py).
-    At most MAX_MATCHED_SERIES stored ones; the platform's own are not limited (a few per agent,
+    At most ``max_series`` stored ones (MAX_MATCHED_SERIES for a person's query; the rule
+    evaluator, whose rules cover the fleet by design, allows more); the platform's own are not limited (a few per agent,
     whose samples cost no read: ``sum(fleetpulse_agent_up)`` over 50,000 agents answers)."""
     if _has_nul(matchers):
         return []
@@ -129,12 +133,12 @@ async def select_series(
         fragment, values = condition(matcher)
         where += fragment
         params.extend(values)
-    stored = _SERIES_BASE.format(table=STORED) + where + f" LIMIT {MAX_MATCHED_SERIES + 1}"
+    stored = _SERIES_BASE.format(table=STORED) + where + f" LIMIT {int(max_series) + 1}"
     try:
         cur = await conn.execute(stored, params)
         rows = await cur.fetchall()
-        if len(rows) > MAX_MATCHED_SERIES:
-            raise BadInput(f"more than {MAX_MATCHED_SERIES} series match; add label matchers")
+        if len(rows) > max_series:
+            raise BadInput(f"more than {max_series} series match; add label matchers")
         if table == ALL:
             cur = await conn.execute(_SERIES_BASE.format(table=_OWN) + where, params)
             rows += await cur.fetchall()

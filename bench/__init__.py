@@ -14,6 +14,8 @@ subcommands in fleetpulse/cli.py); each writes ``result.json`` under ``--results
 - ``queries``: the read API's latency on a dataset of 1B+ points (``querydata``: seeded and
   topped up in its database; ``querylayout``: its values, written in the platform's layout).
 - ``layouts``: storage layouts for points compared on this host's real data.
+- ``liveness``: the liveness sweep, agent pages and the agents' own PromQL series at fleet size;
+  ``rules``: the built-in rules (api/rules/fleet.yml) at fleet size, round time per group.
 
 Shared pieces:
 

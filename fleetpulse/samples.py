@@ -150,6 +150,34 @@ def points_sql(ids: str = "ids", lo: str = "lo", hi: str = "hi", hi_inclusive: b
     """  # noqa: S608  # parameter names checked above; no value is formatted in
 
 
+def latest_points_sql(ids: str = "ids", lo: str = "lo", hi: str = "hi") -> str:
+    """``points_sql``'s newest point of each series in ``[%(lo)s, %(hi)s]`` only, from hot rows
+    and the layout before (not from chunks: the caller makes sure no chunk can hold the range).
+
+    Every row of a set holds every member, so a set's newest row in the range is each member's
+    newest point there: one backward index probe per set (samples_set_ts) instead of every row of
+    the range. A series in two sets (its agent's series changed) gets one point per set; the
+    newest is the caller's to take. What an instant query's selectors need: the rule evaluator's
+    fleet-wide selectors read one row per agent instead of the 30 of a 5-minute lookback."""
+    _check_names(ids, lo, hi)
+    return f"""
+    SELECT series_id, ts, value FROM (
+        SELECT DISTINCT ON (series_id) series_id, ts, value FROM points
+        WHERE series_id = ANY(%({ids})s) AND ts >= %({lo})s AND ts <= %({hi})s
+        ORDER BY series_id, ts DESC) old
+    UNION ALL
+    SELECT * FROM (
+        WITH m AS (SELECT series_id, set_id, col FROM set_members WHERE series_id = ANY(%({ids})s))
+        SELECT m.series_id, l.ts, l.vals[m.col]
+        FROM (SELECT DISTINCT set_id FROM m) w
+        CROSS JOIN LATERAL (
+            SELECT s.ts, s.vals FROM samples s
+            WHERE s.set_id = w.set_id AND s.ts >= %({lo})s AND s.ts <= %({hi})s
+            ORDER BY s.ts DESC LIMIT 1) l
+        JOIN m ON m.set_id = w.set_id) hot
+    """  # noqa: S608  # parameter names checked above; no value is formatted in
+
+
 def points_at_sql(ids: str = "ids", times: str = "times") -> str:
     """``points_sql`` for the points at exactly the times ``%(times)s`` (a timestamptz array):
     hot rows only (chunks: ``chunks_at_sql``).

@@ -38,6 +38,10 @@ REQUIRE_EXTERNAL = bool(os.environ.get("CI") or os.environ.get("FLEETPULSE_TEST_
 # count stream entries, batches and series, which its recording batches would change: it runs only
 # where a test turns it on (tests/integration/test_rule_evaluator.py, tests/e2e/test_alerting.py).
 os.environ.setdefault("FLEETPULSE_RULES_EVALUATE", "false")
+# Likewise every process storing its own metrics as series (fleetpulse/selfmetrics.py): its
+# batches would land in the streams and tables those tests count. tests/e2e/test_alerting.py
+# turns it on.
+os.environ.setdefault("FLEETPULSE_SELF_METRICS_INTERVAL_S", "0")
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from fleetpulse.api.promql.model import (
 )
 from fleetpulse.api.promql.parser import matchers, parse, seconds
 from fleetpulse.api.promql.storage import Reader, raw_horizon_us
-from fleetpulse.api.selectors import LABEL_NAME, labels_of
+from fleetpulse.api.selectors import LABEL_NAME, MAX_MATCHED_SERIES, labels_of
 from fleetpulse.api.tiers import TIER_SPACING_S
 
 LOOKBACK_US = 300_000_000
@@ -163,6 +163,14 @@ class Evaluator:
     async def instant_selector(self, node: Any) -> Vector:
         ref = self.refs(node.offset, node.at)
         lo = await self.lookback_los(ref)
+        if len(ref) == 1:  # one step (an instant query, a rule): each series' newest sample
+            lo_us, hi_us = int(lo[0]), int(ref[0])
+            found = await self.query.reader.fetch_latest(matchers(node), lo_us, hi_us)
+            series, index, ts, values = found
+            samples = RangeSamples(
+                [labels_of(s) for s in series], index, ts, values, lo_us, hi_us - lo_us + 1
+            )
+            return select_instant(samples, lo, ref)
         samples = await self.samples(node, int(lo.min()), int(ref.max()))
         return select_instant(samples, lo, ref)
 
@@ -781,19 +789,21 @@ async def evaluate(
     instant: bool,
     resolution: float = 0.0,
     liveness: dict[str, Any] | None = None,
+    max_series: int = MAX_MATCHED_SERIES,
 ) -> Result:
     """Evaluate ``text`` at ``start``, ``start + step``, ... ``end``. An instant query may answer
     a range vector (a matrix of raw samples); a range query may not. ``resolution``: the
     coarsest rollup tier the query may read instead of raw points (0: none, as Prometheus).
     ``liveness``: the platform's liveness parameters (fleetpulse/liveness.py `params`), for the
-    agents' own series (api/promql/fleetseries.py); the defaults' when not given."""
+    agents' own series (api/promql/fleetseries.py); the defaults' when not given. ``max_series``:
+    how many stored series one selector may match."""
     tree = parse(text)
     start_us, end_us = round(start * US), round(end * US)
     step_us = max(1, round(step * US))
     times = np.arange(start_us, end_us + 1, step_us, dtype=np.int64)
     ranges, steps = _ranges_and_steps(tree)
     tier, downsample = tiers.stand_in(None if instant else step, ranges, steps, resolution)
-    query = Query(start_us, end_us, Reader(conn, tier, downsample, liveness))
+    query = Query(start_us, end_us, Reader(conn, tier, downsample, liveness, max_series))
     evaluator = Evaluator(query, times)
     if _is_range(tree):
         if not instant:

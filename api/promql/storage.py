@@ -40,7 +40,7 @@ from psycopg import AsyncConnection, sql
 from fleetpulse import liveness, samples
 from fleetpulse.api.promql import fleetseries
 from fleetpulse.api.promql.errors import PromQLError
-from fleetpulse.api.selectors import ALL, Matcher, Series, select_series
+from fleetpulse.api.selectors import ALL, MAX_MATCHED_SERIES, Matcher, Series, select_series
 from fleetpulse.api.tiers import TIER_SPACING_S, splits
 from fleetpulse.api.windows import read_windows
 from fleetpulse.settings import Settings
@@ -103,6 +103,14 @@ FROM (SELECT series_id, {_EPOCH_US.format(col="ts")} AS ts, value
       FROM ({samples.points_at_sql("ids", "times")}) p) fetched
 """  # noqa: S608  # constants only
 _AT_CHUNKS = samples.chunks_at_sql("ids", "hours")
+_LATEST = f"""
+SELECT string_agg(int4send(series_id::int4), ''), string_agg(int8send(ts), ''),
+       string_agg(float8send(value), '')
+FROM (SELECT series_id, {_EPOCH_US.format(col="ts")} AS ts, value
+      FROM ({samples.latest_points_sql("ids", "lo", "hi")}) p) fetched
+"""  # noqa: S608  # constants only
+# An hour is compressed no sooner than this after it closed (Settings.compress_after_s' least).
+_HOURS_HOT_AFTER_CLOSE_US = 300_000_000
 _DIRTY = """
 SELECT EXISTS (SELECT FROM rollup_dirty WHERE tier IN (1, 2) AND bucket >= %s AND bucket < %s)
 """
@@ -214,8 +222,10 @@ class Reader:
         tier: str,
         downsample: bool = False,
         liveness_params: dict[str, Any] | None = None,
+        max_series: int = MAX_MATCHED_SERIES,
     ) -> None:
         self.conn = conn
+        self.max_series = max_series
         self.liveness = liveness_params or liveness.params(Settings())
         self.tier = tier
         self.downsample = downsample
@@ -236,7 +246,7 @@ class Reader:
 
     async def series(self, matchers: list[Matcher]) -> list[Series]:
         """The matching series, by id."""
-        series = await select_series(self.conn, matchers, ALL)
+        series = await select_series(self.conn, matchers, ALL, self.max_series)
         series.sort(key=lambda s: s.series_id)
         return series
 
@@ -346,6 +356,37 @@ class Reader:
         self._count(len(ts))
         ids = np.array([s.series_id for s in series], dtype=np.int64)
         return series, np.searchsorted(ids, sid), ts, value
+
+    async def fetch_latest(
+        self, matchers: list[Matcher], lo_us: int, hi_us: int
+    ) -> tuple[list[Series], np.ndarray, np.ndarray, np.ndarray]:
+        """`fetch` for a selector of a one-step query: at least each series' newest sample in
+        [lo_us, hi_us], not every sample (select_instant takes the newest). Read from hot rows
+        alone where they hold the whole range (raw data there, and an hour too recent to be
+        compressed); else as `fetch`."""
+        hour_start_us = lo_us // _HOUR_US * _HOUR_US
+        compressible_us = hour_start_us + _HOUR_US + _HOURS_HOT_AFTER_CLOSE_US
+        if lo_us < await self.horizon_us() or compressible_us <= round(self.now * US):
+            return await self.fetch(matchers, lo_us, hi_us)
+        series = await self.series(matchers)
+        own = fleetseries.virtual(series)
+        if own:  # the platform's own series of each agent: computed, not read
+            return await self.fetch(matchers, lo_us, hi_us)
+        if not series:
+            return series, np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+        ids = [s.series_id for s in series]
+        params = {"ids": ids, "lo": _at(lo_us), "hi": _at(hi_us)}
+        cur = await self.conn.execute(_LATEST, params, binary=True)
+        fetched = await cur.fetchone()
+        if fetched is None or fetched[0] is None:
+            return series, np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+        sid = np.frombuffer(fetched[0], ">i4").astype(np.int64)
+        ts = np.frombuffer(fetched[1], ">i8").astype(np.int64)
+        value = np.frombuffer(fetched[2], ">f8").astype(np.float64)
+        order = np.lexsort((ts, sid))
+        sid, ts, value = sid[order], ts[order], value[order]
+        self._count(len(ts))
+        return series, np.searchsorted(np.array(ids, dtype=np.int64), sid), ts, value
 
     async def _stored(
         self, series: list[Series], lo_us: int, hi_us: int

@@ -159,10 +159,12 @@
     ];
     const tagQuery = state.tags.map((tag) => ["tag", tag]);
     query.push(...tagQuery);
-    const [summary, agents] = await Promise.all([
+    const [summary, agents, alerts] = await Promise.all([
       fp.getJSON("/fleet/summary", tagQuery, signal),
       fp.getJSON("/agents", query, signal),
+      fp.firingAlerts(signal),
     ]);
+    fp.renderAlerts(alerts);
     const total = Number(agents.headers.get("X-Total-Count") ?? agents.body.length);
     if (state.offset > 0 && state.offset >= total) {
       // The page emptied under us (agents removed or a narrower filter): back to the last page.

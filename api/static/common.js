@@ -165,8 +165,50 @@ const fp = (() => {
     return refresh;
   }
 
+  // Firing alerts (Prometheus' /api/v1/alerts), those of one agent when `agentId` is given.
+  async function firingAlerts(signal, agentId) {
+    const { body } = await getJSON("/api/v1/alerts", [], signal);
+    return body.data.alerts.filter(
+      (a) => a.state === "firing" && (agentId === undefined || a.labels.agent_id === agentId),
+    );
+  }
+
+  // The alert list of a page: #alerts (hidden when nothing fires), its count and its items, most
+  // severe first. At most `limit` are listed; the count says how many fire.
+  const SEVERITY = { critical: 0, warning: 1, info: 2 };
+  function renderAlerts(alerts, { limit = 50, linkAgents = true } = {}) {
+    const section = document.getElementById("alerts");
+    section.hidden = alerts.length === 0;
+    document.getElementById("alert-count").textContent = String(alerts.length);
+    const rank = (a) => SEVERITY[a.labels.severity] ?? 3;
+    const sorted = [...alerts].sort(
+      (a, b) => rank(a) - rank(b) || a.labels.alertname.localeCompare(b.labels.alertname),
+    );
+    const items = sorted.slice(0, limit).map((a) => {
+      const agent = a.labels.agent_id;
+      const where = !agent
+        ? null
+        : linkAgents
+          ? el("a", { href: `/ui/host?agent=${encodeURIComponent(agent)}` }, agent)
+          : null;
+      return el(
+        "li",
+        { class: `alert severity-${a.labels.severity || "none"}`, "data-alertname": a.labels.alertname },
+        el("span", { class: "badge" }, a.labels.severity || "alert"),
+        el("strong", {}, a.labels.alertname),
+        where ? " · " : null,
+        where,
+        " · ",
+        el("span", { class: "alert-summary" }, a.annotations.summary || ""),
+        el("span", { class: "muted", title: absolute(a.activeAt) }, ` since ${ago(a.activeAt)}`),
+      );
+    });
+    if (sorted.length > limit) items.push(el("li", { class: "muted" }, `and ${sorted.length - limit} more`));
+    document.getElementById("alert-list").replaceChildren(...items);
+  }
+
   return {
     Unauthorized, getJSON, finite, percent, bytes, ago, clock, absolute, parseTime, el,
-    showError, markRefreshed, poll,
+    showError, markRefreshed, poll, firingAlerts, renderAlerts,
   };
 })();

@@ -451,6 +451,16 @@
     }
   }
 
+  // --- alerts ---------------------------------------------------------------------------------
+
+  async function loadAlerts() {
+    try {
+      fp.renderAlerts(await fp.firingAlerts(undefined, agentId), { linkAgents: false });
+    } catch (err) {
+      if (!(err instanceof fp.Unauthorized)) showError(`Could not load alerts: ${err.message}`);
+    }
+  }
+
   // --- refresh --------------------------------------------------------------------------------
 
   async function refresh() {
@@ -461,6 +471,7 @@
     if (known) loadActions();
     if (known) loadLiveness();
     if (known) loadSeriesBudget();
+    if (known) loadAlerts();
     if (known) {
       showError(null);
       const end = Math.floor(Date.now() / 1000);

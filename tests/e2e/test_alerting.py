@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
+from tests.e2e.test_dashboard import CHROMIUM, skip_without_chromium
 from tests.e2e.test_up import api_key, get_json, start_up, stop_and_check_no_orphans, wait_until
 from tests.processes import free_port, log_tail, wait_for_port
 
@@ -186,6 +188,7 @@ def test_an_offline_agent_alerts_in_alertmanager_and_resolves(
         # Prometheus' API of fleetpulse lists it firing, and the rule with it.
         firing = get_json(f"{api}/api/v1/alerts", key)["data"]["alerts"]
         assert [(a["labels"]["agent_id"], a["state"]) for a in firing] == [(AGENT_ID, "firing")]
+        check_dashboard_lists_it(api, key)
 
         agent = start_agent(tmp_path, platform.grpc_port, platform.token)
         wait_until(online, 30, "the agent online again")
@@ -233,6 +236,37 @@ def test_every_process_serves_its_metrics_and_stores_them_as_series(platform: Pl
     [series] = body["data"]["result"]
     assert "agent_id" not in series["metric"]
     assert series["metric"]["job"] == "fleetpulse-worker" and float(series["value"][1]) > 0
+
+
+def check_dashboard_lists_it(base: str, key: str) -> None:
+    """The fleet page lists the firing alert with a link to its host, whose page lists it too."""
+    skip_without_chromium()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
+        )
+        try:
+            page = browser.new_context().new_page()
+            page.set_default_timeout(15_000)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{base}/login?next=%2Fui%2F")
+            page.fill("#key", key)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{base}/ui/")
+            item = page.locator("#alerts li[data-alertname=AgentOffline]")
+            expect(page.locator("#alerts")).to_be_visible()
+            expect(page.locator("#alert-count")).to_have_text("1")
+            expect(item).to_contain_text(f"Agent {AGENT_ID} is offline")
+            expect(item.locator(".badge")).to_have_text("critical")
+            item.locator("a").click()
+            page.wait_for_url(f"{base}/ui/host?agent={AGENT_ID}")
+            expect(page.locator("#alerts li[data-alertname=AgentOffline]")).to_contain_text(
+                f"Agent {AGENT_ID} is offline"
+            )
+            assert errors == []
+        finally:
+            browser.close()
 
 
 def _unix(text: str) -> float:

@@ -176,6 +176,31 @@ def test_bench_liveness_reports_the_sweep_pages_and_promql() -> None:
     )
 
 
+def test_bench_rules_times_each_group_of_the_builtin_rules() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETPULSE_")}
+    args = ["bench", "rules", "--agents", "200", "--series", "20", "--rounds", "2"]
+    result = subprocess.run(
+        [sys.executable, "-m", "fleetpulse", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["agents"] == 200 and summary["stored_equals_queued"] is True
+    groups = summary["groups"]
+    assert {"fleet-agents", "fleet-hosts"} <= groups.keys()
+    for group in groups.values():
+        assert group["rounds"] == 2 and {"median_ratio", "max_ratio", "rules"} <= group.keys()
+        assert all(rule["rounds_in_error"] == 0 for rule in group["rules"].values())
+    # the planted trouble shows: the spool that drops fires at once, the full disks are pending
+    data = summary["data"]
+    rules = {**groups["fleet-agents"]["rules"], **groups["fleet-hosts"]["rules"]}
+    assert rules["AgentSpoolDropping"]["firing"] == data["dropping_batches"]
+    assert rules["FilesystemAlmostFull"]["pending"] >= data["filesystems_above_90pct"]
+
+
 def _bench(args: list[str], tmp_path: Path) -> dict[str, object]:
     """Run `fleetpulse bench ...` on embedded servers; return its JSON last line."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETPULSE_")}
