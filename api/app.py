@@ -34,6 +34,7 @@ from fleetpulse.api import (
     fleet,
     prom,
     query,
+    remotewrite,
     rollouts,
     tags,
     ui,
@@ -138,6 +139,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         await pool.open(wait=True)
         app.state.pool = pool
+        app.state.remote_write = remotewrite.RemoteWriteSink(settings)
         log.info("api pool open (%d-%d connections)", POOL_MIN_SIZE, POOL_MAX_SIZE)
         # Everything alive now (modules, the app, the pool) lives as long as the process: moved
         # out of the collector's sight, a full collection no longer walks it. Measured: 7 of 100
@@ -148,6 +150,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.remote_write.close()
             await pool.close()
             log.info("api pool closed")
 
@@ -157,10 +160,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
 
     # Every error raised on purpose, below the routes or in them: its class decides the status
-    # (the body is FastAPI's {"detail": message}); under /api/v1, Prometheus' status and format.
+    # (the body is FastAPI's {"detail": message}); under /api/v1, Prometheus' status and format,
+    # and on its remote-write endpoint, what Prometheus' own receiver answers.
     @app.exception_handler(FleetpulseError)
     async def on_error(request: Request, exc: FleetpulseError) -> Response:
-        if prom.owns(request.url.path):
+        if remotewrite.owns(request.url.path):
+            response = remotewrite.error_response(exc)
+        elif prom.owns(request.url.path):
             response = prom.error_response(exc)
         else:
             response = JSONResponse({"detail": exc.message}, _status(exc))
@@ -172,6 +178,8 @@ def create_app(settings: Settings) -> FastAPI:
     # API gets one format whatever went wrong; everywhere else FastAPI's own.
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if remotewrite.owns(request.url.path):
+            return PlainTextResponse(f"{exc.detail}\n", exc.status_code, exc.headers)
         if prom.owns(request.url.path):
             return prom.http_error(request, exc.status_code, str(exc.detail), exc.headers)
         return await http_exception_handler(request, exc)
@@ -231,6 +239,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(fleet.router)
     app.include_router(query.router)
     app.include_router(prom.router)
+    app.include_router(remotewrite.router)
     app.include_router(ui.router)
     return app
 
