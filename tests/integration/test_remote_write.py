@@ -125,7 +125,9 @@ def test_a_request_is_stored_once_and_its_retry_stores_nothing_more(
     drained(redis_url)
     assert points(database_url) == 600
     assert ledger(database_url) == len(expected.batches)
-    assert count(database_url, "SELECT points_committed FROM agent_ingest WHERE agent_id = 'h'") == 600
+    assert (
+        count(database_url, "SELECT points_committed FROM agent_ingest WHERE agent_id = 'h'") == 600
+    )
 
 
 def test_a_request_partly_queued_before_a_failure_is_completed_once_by_its_retry(
@@ -179,11 +181,21 @@ def test_series_land_on_their_agents_with_every_label_and_read_back_with_promql(
         key=lambda pair: pair[0]["agent_id"],
     ) == [
         (
-            {"__name__": "node_load1", "agent_id": "web-1", "instance": "web-1:9100", "job": "node"},
+            {
+                "__name__": "node_load1",
+                "agent_id": "web-1",
+                "instance": "web-1:9100",
+                "job": "node",
+            },
             "0.25",
         ),
         (
-            {"__name__": "node_load1", "agent_id": "web-2", "instance": "web-2:9100", "job": "node"},
+            {
+                "__name__": "node_load1",
+                "agent_id": "web-2",
+                "instance": "web-2:9100",
+                "job": "node",
+            },
             "1.5",
         ),
     ]

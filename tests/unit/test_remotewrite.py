@@ -42,7 +42,9 @@ def decoder(**mapping: object) -> RequestDecoder:
     return RequestDecoder(AgentMapping(**mapping), 1 << 20)  # type: ignore[arg-type]
 
 
-def stored(request: remotewrite.DecodedRequest) -> dict[tuple[str, str, tuple[tuple[str, str], ...], int], float]:
+def stored(
+    request: remotewrite.DecodedRequest,
+) -> dict[tuple[str, str, tuple[tuple[str, str], ...], int], float]:
     """What the batches hold: (agent, name, labels, timestamp ns) -> value."""
     points = {}
     for batch in request.batches:
@@ -213,7 +215,12 @@ def test_series_are_grouped_per_agent_and_timestamps() -> None:
         for b in request.batches
     )
     ns, later = T0_MS * 1_000_000, (T0_MS + 5000) * 1_000_000
-    assert shapes == [("h1", 1, (later,)), ("h1", 2, (ns,)), ("h1", 2, (ns, later)), ("h2", 1, (ns,))]
+    assert shapes == [
+        ("h1", 1, (later,)),
+        ("h1", 2, (ns,)),
+        ("h1", 2, (ns, later)),
+        ("h2", 1, (ns,)),
+    ]
     points = stored(request)
     assert points[("h1", "f", (("instance", "h1:1"),), ns)] == 8.0
     assert points[("h1", "e", (("instance", "h1:1"),), later)] == 6.0
