@@ -62,7 +62,8 @@ NAME_LABEL = "__name__"
 AGENT_LABEL = "agent_id"
 # Prometheus' staleness marker: one NaN bit pattern (prometheus/model/value.StaleNaN).
 STALE_NAN_BITS = 0x7FF0000000000002
-# Average width of a content-defined chunk of series (a batch, a series set, a samples row).
+# Average width of a content-defined chunk of series (one batch, one series set): a series starts
+# a chunk when its labels' digest is a multiple of it.
 CHUNK_SERIES = 64
 # The front-end's limit on an agent id (ingest/frontend/messages.py MAX_AGENT_ID).
 MAX_AGENT_ID = 256
@@ -111,7 +112,10 @@ class _Series:
 
     agent_id: str
     definition: bytes
-    boundary: bool
+    starts_chunk: bool
+    # Where it sorts in its group: by name, then label names and values, as an exporter lists
+    # its series (client_golang sorts families by name, a family's series by label values).
+    order: bytes
 
 
 @dataclass(frozen=True)
@@ -229,7 +233,6 @@ class RequestDecoder:
         _group(
             request,
             digest,
-            keys,
             series,
             np.asarray(owners, dtype=np.int64),
             np.asarray(stamps, dtype=np.int64),
@@ -258,14 +261,14 @@ class RequestDecoder:
                 while renamed in pairs:
                     renamed = f"exported_{renamed}"
                 pairs[renamed] = pairs.pop(AGENT_LABEL)
-        boundary = zlib.crc32(key) % CHUNK_SERIES == 0
-        return _Series(agent_id, platformbatches.series_def(name, pairs), boundary)
+        starts_chunk = zlib.crc32(key) % CHUNK_SERIES == 0
+        order = "\0".join([name, *(f"{k}\0{v}" for k, v in sorted(pairs.items()))]).encode()
+        return _Series(agent_id, platformbatches.series_def(name, pairs), starts_chunk, order)
 
 
 def _group(
     request: DecodedRequest,
     digest: bytes,
-    keys: list[bytes],
     series: list[_Series],
     owners: np.ndarray,
     stamps: np.ndarray,
@@ -302,26 +305,25 @@ def _group(
         groups.setdefault((series[owner].agent_id, when), []).append(run)
     index = 0
     for (agent_id, _), runs in groups.items():
-        runs.sort(key=lambda run: keys[run_series[run]])
+        runs.sort(key=lambda run: series[run_series[run]].order)
         count = counts[runs[0]]
         first = int(starts[runs[0]])
         times_ns = stamps[first : first + count] * _NS_PER_MS
         steps = np.arange(count)[:, np.newaxis]
-        chunk: list[int] = []
-        for run in [*runs, -1]:
-            if chunk and (run < 0 or series[run_series[run]].boundary):
-                # Timestamp-major: row t holds every column's value at times_ns[t].
-                matrix = values[starts[chunk][np.newaxis, :] + steps]
-                sequence = batch_sequence(digest, index)
-                definitions = [series[run_series[r]].definition for r in chunk]
-                payload = platformbatches.encode(
-                    agent_id, EPOCH, sequence, definitions, times_ns, matrix
-                )
-                request.batches.append(Batch(agent_id, sequence, payload, matrix.size))
-                index += 1
-                chunk = []
-            if run >= 0:
-                chunk.append(run)
+        cuts = [at for at, run in enumerate(runs) if series[run_series[run]].starts_chunk]
+        for low, high in zip([0, *cuts], [*cuts, len(runs)], strict=True):
+            if low == high:
+                continue
+            chunk = runs[low:high]
+            # Timestamp-major: row t holds every column's value at times_ns[t].
+            matrix = values[starts[chunk][np.newaxis, :] + steps]
+            sequence = batch_sequence(digest, index)
+            definitions = [series[run_series[r]].definition for r in chunk]
+            payload = platformbatches.encode(
+                agent_id, EPOCH, sequence, definitions, times_ns, matrix
+            )
+            request.batches.append(Batch(agent_id, sequence, payload, matrix.size))
+            index += 1
 
 
 def batch_sequence(digest: bytes, index: int) -> int:
