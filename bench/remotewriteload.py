@@ -221,6 +221,7 @@ FROM batches WHERE epoch = %(epoch)s AND agent_id LIKE %(prefix)s
   AND committed_at >= to_timestamp(%(timed_from_s)s)
 """
 _SETS = "SELECT count(*) FROM series_sets WHERE agent_id LIKE %s"
+_ROLLUPS = "SELECT coalesce(sum(took_s), 0) FROM rollup_log"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -307,13 +308,19 @@ def run(args: argparse.Namespace) -> int:
             },
             interval_s=0.5,
         )
+        client.delete(keys.WORKER_STATS_KEY)  # the workers' profile covers the timed window
+        with pg_connect(database_url, autocommit=True) as conn:
+            conn.execute("DELETE FROM rollup_log")
         sampler.start()
         total = sum(b.samples for b in timed)
         sys.stderr.write(f"sending {len(timed)} requests, {total:,} samples ...\n")
         sent = asyncio.run(send(url, key, timed, args.concurrency))
         _drain(client, procs)
         resources = sampler.stop()
+        raw_stats: Any = client.hgetall(keys.WORKER_STATS_KEY)
+        stats = {k.decode(): float(v) for k, v in raw_stats.items()}
         with pg_connect(database_url) as conn:
+            rollup_s = (conn.execute(_ROLLUPS).fetchone() or (0,))[0]
             params = {
                 "prefix": prefix + "%",
                 "since_s": since_s,
@@ -386,6 +393,13 @@ def run(args: argparse.Namespace) -> int:
         ),
         "summary": summary,
         "resources": resources,
+        # Where the workers' time went in the timed window (seconds, summed over processes):
+        # their chunk steps (ingest/worker/consumer.py) and the rollup job.
+        "workers_profile_s": {
+            **{k[:-2]: round(v, 3) for k, v in stats.items() if k.endswith("_s")},
+            "rollup_job": round(float(rollup_s), 3),
+        },
+        "worker_chunks": int(stats.get("chunks", 0)),
     }
     out_dir = args.results_dir / (started_at.strftime("%Y%m%dT%H%M%SZ") + "-remote-write")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,7 @@ AGENT_LABEL = "agent_id"
 STALE_NAN_BITS = 0x7FF0000000000002
 # Average width of a content-defined chunk of series (one batch, one series set): a series starts
 # a chunk when its labels' digest is a multiple of it.
-CHUNK_SERIES = 64
+CHUNK_SERIES = 256
 # The front-end's limit on an agent id (ingest/frontend/messages.py MAX_AGENT_ID).
 MAX_AGENT_ID = 256
 # Bound on the per-process cache of series (entries); past it the cache starts over.

@@ -109,7 +109,7 @@ def test_a_request_is_stored_once_and_its_retry_stores_nothing_more(
     worker: None, client: TestClient, database_url: str, redis_url: str
 ) -> None:
     stamp = now_ms()
-    data = body(*scrape(300, stamp), *scrape(300, stamp + 15_000))
+    data = body(*scrape(1000, stamp), *scrape(1000, stamp + 15_000))
     expected = RequestDecoder(AgentMapping(), 1 << 25).decode(data)
     assert len(expected.batches) > 2
 
@@ -117,23 +117,24 @@ def test_a_request_is_stored_once_and_its_retry_stores_nothing_more(
     assert answer.status_code == 204, answer.text
     assert answer.content == b""
     drained(redis_url)
-    assert points(database_url) == 600
+    assert points(database_url) == 2000
     assert ledger(database_url) == len(expected.batches)
 
     for _ in range(2):  # Prometheus resends the same bytes after a timeout or a 5xx
         assert post(client, data).status_code == 204
     drained(redis_url)
-    assert points(database_url) == 600
+    assert points(database_url) == 2000
     assert ledger(database_url) == len(expected.batches)
     assert (
-        count(database_url, "SELECT points_committed FROM agent_ingest WHERE agent_id = 'h'") == 600
+        count(database_url, "SELECT points_committed FROM agent_ingest WHERE agent_id = 'h'")
+        == 2000
     )
 
 
 def test_a_request_partly_queued_before_a_failure_is_completed_once_by_its_retry(
     worker: None, client: TestClient, database_url: str, redis_url: str
 ) -> None:
-    data = body(*scrape(500, now_ms()))
+    data = body(*scrape(2000, now_ms()))
     decoded = RequestDecoder(AgentMapping(), 1 << 25).decode(data)
     assert len(decoded.batches) >= 4
     # What a request that failed halfway left in the queue: its first batches, then 503.
@@ -147,11 +148,11 @@ def test_a_request_partly_queued_before_a_failure_is_completed_once_by_its_retry
     raw.close()
     drained(redis_url)
     partial = sum(b.samples for b in decoded.batches[:2])
-    assert points(database_url) == partial < 500
+    assert points(database_url) == partial < 2000
 
     assert post(client, data).status_code == 204
     drained(redis_url)
-    assert points(database_url) == 500
+    assert points(database_url) == 2000
     assert ledger(database_url) == len(decoded.batches)
 
 
@@ -294,7 +295,7 @@ def test_workers_behind_is_429_with_retry_after_then_taken_again(
         database_url, redis_url, ingest_max_queued_entries=2, ingest_retry_after_ms=3000
     )
     with TestClient(create_app(settings)) as client:
-        assert post(client, body(*scrape(300, now_ms()))).status_code == 204
+        assert post(client, body(*scrape(2000, now_ms()))).status_code == 204
         assert queued(redis_url) >= 2
         answers: list[Any] = []
 

@@ -262,11 +262,11 @@ def scrape(n: int, stamp_ms: int) -> list[remotewrite_pb2.TimeSeries]:
 
 
 def test_a_scrape_split_anywhere_makes_the_same_chunks_but_the_one_the_split_falls_in() -> None:
-    whole = scrape(1000, T0_MS)
+    whole = scrape(3000, T0_MS)
     reference = sets(decoder().decode(body(*whole)))
     assert len(reference) > 5  # content-defined chunks, about CHUNK_SERIES wide
     seen = set(reference)
-    for split in (137, 500, 501, 862):
+    for split in (137, 1500, 1501, 2862):
         halves = [decoder().decode(body(*whole[:split])), decoder().decode(body(*whole[split:]))]
         made = sets(halves[0]) | sets(halves[1])
         # every chunk but the one the split falls in is a set seen before
