@@ -311,6 +311,7 @@ def run(args: argparse.Namespace) -> int:
         client.delete(keys.WORKER_STATS_KEY)  # the workers' profile covers the timed window
         with pg_connect(database_url, autocommit=True) as conn:
             conn.execute("DELETE FROM rollup_log")
+        sampler.sample()  # the baseline: its first own sample comes an interval later
         sampler.start()
         total = sum(b.samples for b in timed)
         sys.stderr.write(f"sending {len(timed)} requests, {total:,} samples ...\n")

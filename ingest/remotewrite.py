@@ -24,15 +24,15 @@ The grouping below depends on the body and the mapping settings only, never on w
 saw before, so another API process computes the same batches.
 
 **Grouping.** A batch is one agent's series at one set of timestamps (a scrape's samples share
-one). Every batch becomes a ``series_sets`` row per distinct set of series, and Prometheus cuts
+one). Every distinct set of series in a batch becomes a ``series_sets`` row, and Prometheus cuts
 a scrape into requests at a different place each time (500 samples, or what arrived within the
-send deadline): one batch per request and agent made a new set for nearly every request. So the
-series of a group are sorted (by their labels' bytes: a target's exposition order) and cut where
-a series' own digest says (`CHUNK_SERIES` on average, content-defined chunking as in rsync):
-chunk boundaries do not move with the request's boundaries, a whole chunk is the same set in every
-request, and only the chunk a request boundary falls in makes a partial set, a prefix or suffix of
-it. Distinct sets stay bounded by about twice the series (docs/performance.md has the figures
-measured with Prometheus and node_exporter).
+send deadline): one batch per agent and request would make new sets without end. So the series
+of a group are sorted as an exporter lists them (name, then labels) and cut where a series' own
+digest says (`CHUNK_SERIES` on average, content-defined chunking as in rsync): chunk boundaries do
+not move with the request's boundaries, a whole chunk is the same set in every request, and only
+the chunk a request boundary falls in makes a partial set, a prefix or suffix of it. Distinct
+sets stay bounded by about twice the series (docs/architecture.md, "Remote write in", has the
+figures measured with Prometheus and node_exporter, and what the chunk width costs).
 
 **Cost.** One Python step per series (protobuf decodes in C; a series seen before costs a join of
 its label bytes and one dict lookup), numpy for the samples, one `encode` per batch from cached
@@ -63,7 +63,8 @@ AGENT_LABEL = "agent_id"
 # Prometheus' staleness marker: one NaN bit pattern (prometheus/model/value.StaleNaN).
 STALE_NAN_BITS = 0x7FF0000000000002
 # Average width of a content-defined chunk of series (one batch, one series set): a series starts
-# a chunk when its labels' digest is a multiple of it.
+# a chunk when its labels' digest is a multiple of it. Wider chunks are fewer, larger batches
+# (the workers' cost is per batch), narrower ones fewer sets per series.
 CHUNK_SERIES = 256
 # The front-end's limit on an agent id (ingest/frontend/messages.py MAX_AGENT_ID).
 MAX_AGENT_ID = 256
