@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleetpulse.errors import ConfigError
@@ -149,6 +149,15 @@ class Settings(BaseSettings):
     remote_write_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     # Origins a browser may call the API from (comma-separated; "*" for any). Default: none.
     api_cors_origins: str = ""
+
+    @field_validator("api_keys", "api_write_keys", "api_admin_key")
+    @classmethod
+    def _blank_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        """A key setting set to nothing is no key (docker-compose.yml passes an unset variable as
+        ""): an empty admin key would otherwise match an empty bearer token."""
+        if value is not None and not value.get_secret_value().strip():
+            return None
+        return value
 
     def retentions(self) -> dict[str, int]:
         """Days kept per partitioned table (fleetpulse/partitions.py)."""

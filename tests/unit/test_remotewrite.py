@@ -303,3 +303,17 @@ def test_another_body_makes_other_sequences() -> None:
     one = decoder().decode(body(*scrape(100, T0_MS)))
     other = decoder().decode(body(*scrape(100, T0_MS + 5000)))
     assert not {b.sequence for b in one.batches} & {b.sequence for b in other.batches}
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+def test_blank_key_settings_are_no_keys() -> None:
+    # docker-compose.yml passes an unset FLEETPULSE_API_ADMIN_KEY as "": no key, not the empty key.
+    from fleetpulse.settings import Settings
+
+    settings = Settings(api_admin_key="", api_write_keys=" ", api_keys="r")  # type: ignore[arg-type]
+    assert settings.api_admin_key is None and settings.named_admin_key() is None
+    assert settings.named_write_keys() == []
+    named = Settings(api_write_keys="prometheus:k1, k2")  # type: ignore[arg-type]
+    assert named.named_write_keys() == [("prometheus", "k1"), ("write-2", "k2")]
