@@ -335,3 +335,19 @@ def test_redis_unreachable_is_503_with_retry_after(database_url: str) -> None:
         # reads do not need Redis
         health = client.get("/healthz")
         assert health.status_code == 200
+
+
+def test_an_empty_admin_key_setting_lets_no_empty_key_in(database_url: str, redis_url: str) -> None:
+    # What docker-compose.yml passes when FLEETPULSE_API_ADMIN_KEY is unset: "", which is no key.
+    settings = Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        api_keys=READ_KEY,  # type: ignore[arg-type]
+        api_write_keys="",  # type: ignore[arg-type]
+        api_admin_key="",  # type: ignore[arg-type]
+    )
+    with TestClient(create_app(settings)) as client:
+        empty = {**HEADERS, "authorization": "Bearer "}
+        answer = client.post("/api/v1/write", content=body(), headers=empty)
+        assert answer.status_code == 403 and "remote write is off" in answer.text
+        assert client.get("/agents", headers={"authorization": "Bearer "}).status_code == 401
