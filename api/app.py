@@ -39,6 +39,7 @@ from fleetpulse.api import (
     metrics,
     prom,
     query,
+    remotewrite,
     rollouts,
     tags,
     ui,
@@ -175,6 +176,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         await pool.open(wait=True)
         app.state.pool = pool
+        app.state.remote_write = remotewrite.RemoteWriteSink(settings)
         log.info("api pool open (%d-%d connections)", POOL_MIN_SIZE, POOL_MAX_SIZE)
         # Everything alive now (modules, the app, the pool) lives as long as the process: moved
         # out of the collector's sight, a full collection no longer walks it. Measured: 7 of 100
@@ -195,6 +197,7 @@ def create_app(settings: Settings) -> FastAPI:
                     await evaluating
             with contextlib.suppress(ValueError, RuntimeError):
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            await app.state.remote_write.close()
             await pool.close()
             log.info("api pool closed")
 
@@ -205,10 +208,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.ruleset = ruleset
 
     # Every error raised on purpose, below the routes or in them: its class decides the status
-    # (the body is FastAPI's {"detail": message}); under /api/v1, Prometheus' status and format.
+    # (the body is FastAPI's {"detail": message}); under /api/v1, Prometheus' status and format,
+    # and on its remote-write endpoint, what Prometheus' own receiver answers.
     @app.exception_handler(FleetpulseError)
     async def on_error(request: Request, exc: FleetpulseError) -> Response:
-        if prom.owns(request.url.path):
+        if remotewrite.owns(request.url.path):
+            response = remotewrite.error_response(exc)
+        elif prom.owns(request.url.path):
             response = prom.error_response(exc)
         else:
             response = JSONResponse({"detail": exc.message}, _status(exc))
@@ -220,6 +226,8 @@ def create_app(settings: Settings) -> FastAPI:
     # API gets one format whatever went wrong; everywhere else FastAPI's own.
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if remotewrite.owns(request.url.path):
+            return PlainTextResponse(f"{exc.detail}\n", exc.status_code, exc.headers)
         if prom.owns(request.url.path):
             return prom.http_error(request, exc.status_code, str(exc.detail), exc.headers)
         return await http_exception_handler(request, exc)
@@ -281,6 +289,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(prom.router)
     app.include_router(alerting.router)
     app.include_router(alerting.lifecycle)
+    app.include_router(remotewrite.router)
     app.include_router(ui.router)
     app.include_router(metrics.router)
     app.add_middleware(metrics.RequestMetrics)

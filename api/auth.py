@@ -1,4 +1,6 @@
-"""API keys: read scope for every path but /healthz and /login, admin scope for writes.
+"""API keys: read scope for every path but /healthz, /login and /api/v1/write; write scope for
+Prometheus' remote write (/api/v1/write); admin scope for every other write. The admin key also
+reads and writes samples; a read key does neither, a write key does not read.
 
 A key arrives as ``Authorization: Bearer <key>``; as the password of HTTP basic auth (any user
 name), which is how most Prometheus clients send credentials (promtool and Grafana take them in
@@ -25,24 +27,34 @@ OPEN_PATHS = frozenset({"/healthz", "/login"})
 # The dashboard's pages (api/ui.py): they check the key themselves, so that a person without one
 # gets a redirect to the login form instead of a 401.
 PAGE_PATHS = frozenset({"/", "/ui", "/ui/", "/ui/host", "/ui/rollouts"})
+# Paths that take a write key, not a read key (api/remotewrite.py checks it): a write key alone
+# must reach them, and a read key alone must not.
+WRITE_PATHS = frozenset({"/api/v1/write"})
 
 
-def _keys(settings: Settings, admin: bool) -> list[tuple[str, bytes]]:
-    keys = [] if admin else [(name, key.encode()) for name, key in settings.named_read_keys()]
+def _keys(settings: Settings, admin: bool, write: bool = False) -> list[tuple[str, bytes]]:
+    if admin:
+        keys = []
+    else:
+        scoped = settings.named_write_keys() if write else settings.named_read_keys()
+        keys = [(name, key.encode()) for name, key in scoped]
     named_admin = settings.named_admin_key()
     if named_admin is not None:
         keys.append((named_admin[0], named_admin[1].encode()))
     return keys
 
 
-def key_name(presented: str | None, settings: Settings, *, admin: bool = False) -> str | None:
-    """The name of the configured key of the scope that ``presented`` is (admin keys also read),
-    or None. Every key is compared, whichever matches."""
+def key_name(
+    presented: str | None, settings: Settings, *, admin: bool = False, write: bool = False
+) -> str | None:
+    """The name of the configured key of the scope that ``presented`` is (the read scope, or with
+    ``write`` the write scope; admin keys are in every scope), or None. Every key is compared,
+    whichever matches."""
     if presented is None:
         return None
     candidate = presented.encode()
     found = None
-    for name, key in _keys(settings, admin):
+    for name, key in _keys(settings, admin, write):
         if hmac.compare_digest(candidate, key) and found is None:
             found = name
     return found
@@ -79,6 +91,26 @@ def require_read(request: Request, settings: Settings) -> None:
             "missing or wrong API key: send 'Authorization: Bearer <key>', or the key as the "
             "password of HTTP basic auth"
         )
+
+
+def require_write(request: Request, settings: Settings) -> str:
+    """The name of the write (or admin) key the request carries. `Forbidden` when no write key is
+    configured or the key is a read key (which may not write), `Unauthenticated` without a key
+    of any scope. Never open: ``api_open`` lets anyone read, not write."""
+    if not settings.named_write_keys() and settings.api_admin_key is None:
+        raise Forbidden(
+            "remote write is off: set FLEETPULSE_API_WRITE_KEYS to the keys that may write"
+        )
+    presented = presented_key(request)
+    name = key_name(presented, settings, write=True)
+    if name is not None:
+        return name
+    if matches(presented, settings):
+        raise Forbidden("this API key may read, not write: send a write key")
+    raise Unauthenticated(
+        "missing or wrong API key: send a write key as the password of HTTP basic auth "
+        "(remote_write's basic_auth) or as 'Authorization: Bearer <key>'"
+    )
 
 
 def require_admin(request: Request, settings: Settings) -> str:

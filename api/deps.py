@@ -62,10 +62,11 @@ async def configure_connection(conn: AsyncConnection[Any]) -> None:
 
 
 async def require_read_key(request: Request, settings: SettingsDep) -> None:
-    """The app-wide check: a read (or admin) key on every path but the open ones and the
-    dashboard's pages (which check it themselves, to redirect to the login form)."""
+    """The app-wide check: a read (or admin) key on every path but the open ones, the
+    dashboard's pages (which check it themselves, to redirect to the login form) and the paths
+    that take a write key instead (which check that)."""
     path = request.url.path
-    if path not in auth.OPEN_PATHS and path not in auth.PAGE_PATHS:
+    if path not in auth.OPEN_PATHS and path not in auth.PAGE_PATHS and path not in auth.WRITE_PATHS:
         auth.require_read(request, settings)
 
 

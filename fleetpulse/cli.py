@@ -404,6 +404,11 @@ _BENCHMARKS = (
         "the front-end alone: batches into Redis as fast as it acks, no workers",
     ),
     (
+        "remote-write",
+        "remotewriteload",
+        "Prometheus remote write: samples/s accepted and committed, CPU per sample per part",
+    ),
+    (
         "liveness",
         "liveness",
         "the liveness sweep, agent pages and the agents' own PromQL series at 50,000 agents",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleetpulse.errors import ConfigError
@@ -137,6 +137,16 @@ class Settings(BaseSettings):
     # be `name:key` (grafana:...,ops:...); unnamed ones are read-1, read-2... in order.
     api_keys: SecretStr | None = None
     api_open: bool = False
+    # Write keys (comma-separated, named like the read keys; unnamed ones are write-1, write-2...):
+    # what Prometheus' remote_write presents to POST /api/v1/write (api/remotewrite.py). The admin
+    # key also writes; a read key does not. None set (and no admin key): remote write is refused.
+    api_write_keys: SecretStr | None = None
+    # Remote write (ingest/remotewrite.py): the label whose value names a series' agent, and
+    # whether a trailing ":port" is cut from it (an agent is a host, node_exporter's instance is
+    # "host:9100"; the label itself is stored as sent). The most a request may hold, decompressed.
+    remote_write_agent_label: str = Field(default="instance", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    remote_write_strip_port: bool = True
+    remote_write_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     # Origins a browser may call the API from (comma-separated; "*" for any). Default: none.
     api_cors_origins: str = ""
 
@@ -165,6 +175,15 @@ class Settings(BaseSettings):
     # Where people reach this API (links in alerts); default http://<api_host>:<api_port>.
     external_url: str | None = None
 
+    @field_validator("api_keys", "api_write_keys", "api_admin_key")
+    @classmethod
+    def _blank_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        """A key setting set to nothing is no key (docker-compose.yml passes an unset variable as
+        ""): an empty admin key would otherwise match an empty bearer token."""
+        if value is not None and not value.get_secret_value().strip():
+            return None
+        return value
+
     def retentions(self) -> dict[str, int]:
         """Days kept per partitioned table (fleetpulse/partitions.py)."""
         return {
@@ -191,13 +210,11 @@ class Settings(BaseSettings):
 
     def named_read_keys(self) -> list[tuple[str, str]]:
         """(name, key) of each read key: ``name:key`` entries, else read-1, read-2..."""
-        if self.api_keys is None:
-            return []
-        entries = [entry.strip() for entry in self.api_keys.get_secret_value().split(",")]
-        return [
-            _named(entry, f"read-{index}")
-            for index, entry in enumerate((e for e in entries if e), start=1)
-        ]
+        return _named_keys(self.api_keys, "read")
+
+    def named_write_keys(self) -> list[tuple[str, str]]:
+        """(name, key) of each write key: ``name:key`` entries, else write-1, write-2..."""
+        return _named_keys(self.api_write_keys, "write")
 
     def named_admin_key(self) -> tuple[str, str] | None:
         """(name, key) of the admin key (``name:key``, else "admin"), or None."""
@@ -227,6 +244,18 @@ def load_settings(**overrides: object) -> Settings:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "settings"
         raise ConfigError(f"invalid setting {field}: {first['msg']}") from exc
+
+
+def _named_keys(keys: SecretStr | None, scope: str) -> list[tuple[str, str]]:
+    """A comma-separated list of keys as (name, key): ``name:key`` entries, else
+    <scope>-1, <scope>-2... in order."""
+    if keys is None:
+        return []
+    entries = [entry.strip() for entry in keys.get_secret_value().split(",")]
+    return [
+        _named(entry, f"{scope}-{index}")
+        for index, entry in enumerate((e for e in entries if e), start=1)
+    ]
 
 
 def _named(entry: str, default: str) -> tuple[str, str]:

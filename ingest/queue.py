@@ -42,6 +42,15 @@ def ensure_layout(client: redis.Redis, wanted_shards: int) -> int:
     return shards
 
 
+async def shard_count(client: redis.asyncio.Redis, wanted_shards: int) -> int:
+    """The shard count of this Redis (fixing it to ``wanted_shards`` when no process did yet), for
+    a writer that only adds entries (the API's remote write). The consumer groups are the
+    workers' to create (``ensure_layout``): created at id 0, they see entries added before them.
+    Raises redis.RedisError when Redis does not answer."""
+    await client.set(keys.SHARDS_KEY, wanted_shards, nx=True)
+    return int(await client.get(keys.SHARDS_KEY))  # type: ignore[arg-type]
+
+
 def entry_fields(
     agent_id: str, epoch: int, sequence: int, batch: bytes, received_ms: int, form: bytes
 ) -> dict[bytes, object]:

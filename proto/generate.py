@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 PROTO_DIR = Path(__file__).resolve().parent
-PROTO_FILES = ("common.proto", "metric.proto", "agent.proto", "edge.proto")
+PROTO_FILES = ("common.proto", "metric.proto", "agent.proto", "edge.proto", "remotewrite.proto")
 _BARE_IMPORT = re.compile(r"^from proto import ", re.MULTILINE)
 
 

@@ -59,8 +59,17 @@ def retry_after_s(trailing: Iterable[tuple[str, object]] | None) -> float:
 WIRE_VARINT, WIRE_LEN = 0, 2
 
 
+# The one-byte varints, made once: tags and most lengths are one (remote write frames a few
+# hundred series per request, 0.36 against 0.11 µs each).
+_ONE_BYTE = [bytes((value,)) for value in range(0x80)]
+
+
 def varint(value: int) -> bytes:
     """A non-negative integer as a base-128 varint."""
+    if value < 0x80:
+        return _ONE_BYTE[value]
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)

@@ -4,28 +4,22 @@ Two checks, both answered in band (the batch's ``MetricAck`` says success=false 
 nothing was queued and the stream stays open):
 
 - **Backpressure**: while the queue (entries not yet committed) is over its limit, every batch is
-  refused until it falls below 80 % of it; ``Backpressure.watch`` reads the streams' lengths.
+  refused until it falls below 80 % of it, and while Redis does not answer (the rule, shared with
+  the API's remote write: ingest/backpressure.py).
 - **Fairness**: a per-agent token bucket of batch bytes per second with a burst, so that one agent
   replaying a large spool cannot take the whole front-end.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 
-import redis
 import redis.asyncio
 
 from fleetpulse import errors
-from fleetpulse.ingest import keys
+from fleetpulse.ingest.backpressure import Backpressure
 from fleetpulse.ingest.frontend import selfmetrics
 from fleetpulse.settings import Settings
-
-log = logging.getLogger(__name__)
-
-BACKPRESSURE_CHECK_S = 0.5
 
 
 class TokenBucket:
@@ -47,45 +41,25 @@ class TokenBucket:
         return (min(amount, self.burst) - self.tokens) / self.rate
 
 
-class Backpressure:
-    """Why batches are refused right now (workers behind, the queue unreachable), or None."""
+def backpressure(
+    settings: Settings, redis_client: redis.asyncio.Redis, shards: int
+) -> Backpressure:
+    """The shared rule (ingest/backpressure.py), its state shown in the front-end's metrics."""
 
-    def __init__(self, settings: Settings, redis_client: redis.asyncio.Redis, shards: int) -> None:
-        self._settings = settings
-        self._redis = redis_client
-        self._streams = [keys.stream_key(shard) for shard in range(shards)]
-        self.reason: str | None = None
+    def observe(queued: int | None, refusing: bool) -> None:
+        if queued is not None:
+            selfmetrics.QUEUED.set(queued)
+        selfmetrics.BACKPRESSURE.set(1 if refusing else 0)
 
-    def refusal(self) -> errors.Overloaded | None:
-        if self.reason is None:
-            return None
+    return Backpressure(settings, redis_client, shards, observe)
+
+
+def refused(backpressure: Backpressure) -> errors.RetryableError | None:
+    """Why a batch is refused for the queue's state now (counted), or None (taken)."""
+    refusal = backpressure.refusal()
+    if refusal is not None:
         selfmetrics.REJECTS.labels("backpressure").inc()
-        return errors.Overloaded(
-            f"{self.reason}; keep the batch and retry",
-            self._settings.ingest_retry_after_ms / 1000,
-        )
-
-    async def watch(self) -> None:
-        """Refuse batches while the queue (entries not yet committed) is over its limit."""
-        limit = self._settings.ingest_max_queued_entries
-        resume = int(limit * 0.8)
-        while True:
-            try:
-                pipe = self._redis.pipeline(transaction=False)
-                for stream in self._streams:
-                    pipe.xlen(stream)
-                queued = sum(int(n) for n in await pipe.execute())
-                selfmetrics.QUEUED.set(queued)
-                if self.reason is None and queued >= limit:
-                    self.reason = f"workers are behind ({queued} batches queued, limit {limit})"
-                    log.warning("backpressure on: %s", self.reason)
-                elif self.reason is not None and queued < resume:
-                    log.info("backpressure off: %d batches queued", queued)
-                    self.reason = None
-            except redis.RedisError as exc:
-                self.reason = f"queue unreachable ({exc})"
-            selfmetrics.BACKPRESSURE.set(0 if self.reason is None else 1)
-            await asyncio.sleep(BACKPRESSURE_CHECK_S)
+    return refusal
 
 
 def over_rate(bucket: TokenBucket, size: int) -> errors.Overloaded | None:

@@ -44,7 +44,7 @@ from fleetpulse.agent.remote import RemoteSettings
 from fleetpulse.ingest import agentsettings
 from fleetpulse.ingest.coalesce import Coalescer
 from fleetpulse.ingest.frontend import admission, messages, replies, selfmetrics, status
-from fleetpulse.ingest.frontend.admission import Backpressure, TokenBucket
+from fleetpulse.ingest.frontend.admission import TokenBucket
 from fleetpulse.ingest.frontend.auth import Authenticator
 from fleetpulse.ingest.frontend.budgets import OverBudget
 from fleetpulse.ingest.frontend.registry import AgentRegistry
@@ -82,7 +82,7 @@ class AgentService:
         self._pool = pool
         self._ids = itertools.count(1)
         self.sessions = Sessions(registry, redis_client, self._push_settings)
-        self.backpressure = Backpressure(settings, redis_client, batches.shards)
+        self.backpressure = admission.backpressure(settings, redis_client, batches.shards)
         self.over_budget = OverBudget(pool)
         # Set when the front-end stops (server.run): streams that end then are not failures.
         self.stopping = False
@@ -288,7 +288,7 @@ class AgentService:
             )
         refused = (
             messages.batch_problem(header, case, batch)
-            or self.backpressure.refusal()
+            or admission.refused(self.backpressure)
             or admission.over_rate(session.bucket, len(batch))
         )
         if refused is not None:

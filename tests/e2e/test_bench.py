@@ -290,6 +290,22 @@ def test_bench_ingest_queues_exactly_the_batches_it_acked(tmp_path: Path) -> Non
     assert isinstance(summary["points_per_s"], int) and summary["points_per_s"] > 0
 
 
+def test_bench_remote_write_stores_every_sample_once(tmp_path: Path) -> None:
+    summary = _bench(
+        ["remote-write", "--hosts", "6", "--series", "100", "--scrapes", "3", "--workers", "1"],
+        tmp_path,
+    )
+    assert summary["samples"] == summary["points_stored"] == 6 * 100 * 3
+    assert summary["requests"] == 3 * 2  # 600 samples a scrape, 500 a request
+    assert summary["stored_equals_sent"] is True and summary["duplicates"] == 0
+    assert summary["batches"] > 0 and summary["series_sets"] > 0
+    for part in ("api", "workers", "postgres", "redis", "senders"):
+        assert f"{part}_cpu_us_per_sample" in summary, part
+    assert summary["api_cpu_us_per_sample"] > 0  # decoding 1,800 samples takes some
+    assert isinstance(summary["accepted_samples_per_s"], int)
+    assert summary["accepted_samples_per_s"] > 0
+
+
 def test_bench_agent_reports_the_footprint(tmp_path: Path) -> None:
     summary = _bench(
         [

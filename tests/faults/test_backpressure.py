@@ -13,7 +13,7 @@ import psutil
 import psycopg
 import pytest
 
-from fleetpulse.ingest.frontend.admission import BACKPRESSURE_CHECK_S
+from fleetpulse.ingest.backpressure import CHECK_INTERVAL_S
 from tests.faults.conftest import (
     COLLECT_INTERVAL_S,
     FLEET_AGENTS,
@@ -98,8 +98,8 @@ def test_held_lock_engages_backpressure_within_bounds(harness: Harness) -> None:
         # simulated agent one per interval; four check intervals allowed for a busy machine).
         queued = harness.queued()
         overshoot = len(agents) * math.ceil(
-            4 * BACKPRESSURE_CHECK_S / COLLECT_INTERVAL_S
-        ) + FLEET_AGENTS * math.ceil(4 * BACKPRESSURE_CHECK_S / FLEET_INTERVAL_S)
+            4 * CHECK_INTERVAL_S / COLLECT_INTERVAL_S
+        ) + FLEET_AGENTS * math.ceil(4 * CHECK_INTERVAL_S / FLEET_INTERVAL_S)
         assert MAX_QUEUED <= queued <= MAX_QUEUED + overshoot
         rss_bound = (
             rss_before

@@ -179,3 +179,14 @@ def test_grpc_tools_is_the_pinned_version() -> None:
     from importlib.metadata import version
 
     assert version("grpcio-tools") == "1.85.1"
+
+
+@pytest.mark.parametrize("value", [1, 127, 128, 300, 16383, 16384, 2**32, 2**63 - 1])
+def test_hand_written_fields_are_what_protobuf_writes(value: int) -> None:
+    from fleetpulse.proto import wire
+
+    assert wire.varint(0) == b"\x00"
+    assert wire.field_varint(2, value) == edge_pb2.ColumnarView(epoch=value).SerializeToString()
+    payload = b"x" * min(value, 20_000)
+    expected = edge_pb2.ColumnarView(series=payload).SerializeToString()
+    assert wire.field_bytes(4, payload) == expected
