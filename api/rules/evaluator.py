@@ -50,7 +50,7 @@ from fleetpulse.api.deps import configure_connection
 from fleetpulse.api.promql import PromQLError, Range, Scalar, String, Vector, evaluate
 from fleetpulse.api.promql.model import without_name
 from fleetpulse.api.rules import files, store
-from fleetpulse.api.rules.alerts import INACTIVE, AlertState, LabelsetError
+from fleetpulse.api.rules.alerts import AlertState, LabelsetError
 from fleetpulse.api.rules.files import Group, Rule
 from fleetpulse.api.rules.notifier import Notifier, generator_url, payload
 from fleetpulse.errors import FleetpulseError
@@ -444,16 +444,3 @@ class Evaluator:
             )
             adds.append(batches.add(agent, epoch, ts_ms, data, now_ms, keys.FORM_COLUMNS))
         await asyncio.gather(*adds)
-
-
-def current_alerts(
-    groups: list[Group], saved: dict[tuple[str, str], list[Any]]
-) -> list[tuple[Group, Rule, Any]]:
-    """Pending and firing alerts of the rules in force, from the saved state."""
-    out = []
-    for group in groups:
-        for rule in group.rules:
-            for alert in saved.get((group.key, rule.key), []):
-                if alert.state != INACTIVE:
-                    out.append((group, rule, alert))
-    return out

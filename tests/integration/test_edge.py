@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from fleetpulse import liveness
+from fleetpulse.bench.ports import free_ports
 from fleetpulse.ingest import keys, watermark
 from fleetpulse.proto import agent_pb2, agent_pb2_grpc, common_pb2, metric_pb2
 from fleetpulse.settings import Settings
@@ -404,9 +405,7 @@ def test_several_front_end_processes_share_one_port(
 ) -> None:
     import psutil
 
-    port, metrics_port = free_port(), free_port()
-    while metrics_port + 1 == port:
-        metrics_port = free_port()
+    port, metrics_port = free_port(), free_ports(2)  # one metrics port per process
     env = ingest_env(database_url, redis_url, port, metrics_port=metrics_port)
     with fleetpulse_process(["ingest", "--processes", "2"], env, tmp_path / "ingest.log") as proc:
         wait_for_port(port, proc)
